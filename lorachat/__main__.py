@@ -1,0 +1,5 @@
+import sys
+
+from lorachat.cli import main
+
+sys.exit(main())

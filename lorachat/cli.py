@@ -1,0 +1,87 @@
+"""argv -> Session -> run. The only module that reads sys.argv or exits."""
+import argparse
+import io
+import os
+import sys
+from pathlib import Path
+
+from lorachat import __version__
+from lorachat.errors import LorachatError
+from lorachat.models import DEFAULT_MODEL
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lorachat", description="A chat assistant that learns while you talk to it (LoRA, in-process).")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"hub id, local model directory, or 'tiny' (built in, offline); default {DEFAULT_MODEL}")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when present")
+    p.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], default="auto",
+                   help="auto: bf16 on GPUs that support it, else fp16 on GPU, fp32 on CPU")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow a model's own Python code to run (off by default)")
+    p.add_argument("--home", type=Path, default=None, help="workspace holding adapters/ and datasets/ (env LORACHAT_HOME, default: current directory)")
+    p.add_argument("--dataset", help="start with this dataset selected")
+    p.add_argument("--adapter", help="start with this adapter active")
+    p.add_argument("--script", type=Path, help="run each line of FILE as if typed")
+    p.add_argument("-e", dest="lines", action="append", default=[], metavar="LINE", help="run LINE (repeatable)")
+    p.add_argument("--keep-going", action="store_true", help="in scripts, go on after a failing line (exit 1 at the end)")
+    p.add_argument("--force", action="store_true", help="use adapters whose base-model fingerprint differs")
+    p.add_argument("--allow-pickle", action="store_true", help="load adapters saved as pickle .bin (runs code from the file)")
+    p.add_argument("--version", action="version", version=f"lorachat {__version__}")
+    return p
+
+
+def script_lines(args) -> list[str] | None:
+    """The lines to run, or None for an interactive terminal."""
+    lines = []
+    if args.script is not None:
+        try:
+            lines += args.script.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError as exc:
+            raise LorachatError(f"cannot read script {args.script}: {exc.strerror}") from None
+    lines += args.lines
+    if lines or args.script is not None:
+        return lines
+    if sys.stdin.isatty() and sys.stdout.isatty():
+        return None
+    stdin = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="replace") if hasattr(sys.stdin, "buffer") else sys.stdin
+    return stdin  # read lazily, line by line
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    home = args.home or Path(os.environ.get("LORACHAT_HOME") or ".")
+    from lorachat.ui import PlainUI, RichUI
+
+    try:
+        lines = script_lines(args)
+    except LorachatError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    ui = PlainUI(sys.stdout) if lines is not None else RichUI()
+    try:
+        session = start_session(args, home, ui)
+    except LorachatError as exc:
+        ui.error(str(exc))
+        return 1
+    from lorachat.repl import Repl
+
+    repl = Repl(session, keep_going=args.keep_going)
+    if lines is None:
+        from lorachat.tiny import cache_dir
+
+        ui.note(f"lorachat {__version__} · {session.loaded.name} on {session.loaded.device} · :help for commands, Ctrl-D to leave")
+        return repl.run_terminal(cache_dir() / "history")
+    return repl.run_lines(lines)
+
+
+def start_session(args, home: Path, ui):
+    from lorachat.commands import run_command
+    from lorachat.models import load_model
+    from lorachat.session import Session
+
+    loaded = load_model(args.model, args.device, args.dtype, args.trust_remote_code)
+    session = Session(loaded, home, ui, force=args.force, allow_pickle=args.allow_pickle)
+    if args.dataset:
+        run_command(session, f":dataset {args.dataset}")
+    if args.adapter:
+        run_command(session, f":use {args.adapter}")
+    return session

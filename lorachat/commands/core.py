@@ -1,0 +1,96 @@
+"""Session commands: :help, :quit, :info, :set, :instruction."""
+import resource
+
+from lorachat import __version__, options
+from lorachat.commands import COMMANDS, QuitSession, command, find, no_args
+from lorachat.errors import LorachatError
+
+
+@command("help", usage=":help [COMMAND]", complete=lambda s: sorted(COMMANDS))
+def help_(session, args):
+    """Show all commands, or one command's full help.
+
+    :help          one line per command
+    :help train    usage, description and (where a command has them) its keys and defaults
+    """
+    if not args:
+        seen = []
+        for entry in COMMANDS.values():
+            if entry not in seen:
+                seen.append(entry)
+        session.ui.table(["command", "what it does"], [[e.usage, e.summary] for e in seen])
+        session.ui.line("A line not starting with ':' is a question. \"\"\" on a line of its own starts and ends a multi-line input.")
+        return
+    entry = find(args.lstrip(":").split()[0])
+    session.ui.line(entry.usage)
+    doc = (entry.fn.__doc__ or "").strip().splitlines()
+    for text in doc:
+        session.ui.line(text[4:] if text.startswith("    ") else text)
+    if entry.details:
+        entry.details(session)
+
+
+@command("quit", usage=":quit", aliases=("exit",))
+def quit_(session, args):
+    """Leave the session (Ctrl-D too)."""
+    raise QuitSession()
+
+
+@command("info")
+def info(session, args):
+    """Show the model, device, dtype, parameters, memory, active adapter, dataset and workspace."""
+    no_args("info", args)
+    loaded = session.loaded
+    params = sum(p.numel() for p in loaded.model.parameters())
+    rows = [["model", loaded.name], ["path", loaded.path], ["device", loaded.device],
+            ["dtype", str(loaded.dtype).replace("torch.", "")], ["parameters", f"{params:,}"],
+            ["memory", _memory(loaded.device)], ["adapter", session.active_adapter or "base (none)"],
+            ["dataset", session.dataset], ["instruction", session.instruction],
+            ["workspace", str(session.home.resolve())], ["lorachat", __version__]]
+    session.ui.table(["", ""], rows)
+
+
+def _memory(device: str) -> str:
+    rss = _rss_mb()
+    text = f"{rss:,.0f} MB resident"
+    if device == "cuda":
+        import torch
+
+        text += f", {torch.cuda.memory_allocated() / 2**20:,.0f} MB on GPU"
+    return text
+
+
+def _rss_mb() -> float:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _show_settings(session):
+    session.ui.table(["key", "value", "meaning"], [list(r) for r in options.describe(session.settings)])
+
+
+@command("set", usage=":set [key=value ...]", details=_show_settings)
+def set_(session, args):
+    """Show or change generation settings (greedy by default: do_sample=off)."""
+    words = options.split_words(args)
+    positional, pairs = options.split_kv(words)
+    if positional:
+        raise LorachatError(f":set takes key=value words (got {positional[0][:40]!r})")
+    if not pairs:
+        _show_settings(session)
+        return
+    session.settings = options.apply_kv(session.settings, pairs)
+    session.ui.line("set " + ", ".join(f"{k}={options.describe_value(getattr(session.settings, k))}" for k in pairs))
+
+
+@command("instruction", usage=":instruction [TEXT]")
+def instruction(session, args):
+    """Show or set the instruction line that goes with every question (and every recorded example)."""
+    if not args:
+        session.ui.line(f"instruction: {session.instruction}")
+        return
+    session.instruction = args
+    session.ui.line(f"instruction set: {args}")

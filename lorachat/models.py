@@ -1,0 +1,130 @@
+"""Load a causal language model and its tokenizer: a hub id, a local directory, or `tiny`.
+
+Chooses device and dtype; knows nothing about adapters, prompts or the REPL.
+"""
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from lorachat.errors import LorachatError
+
+DEFAULT_MODEL = "facebook/opt-2.7b"
+TRY = "try --model tiny (built in, offline) or --model DIR (a local model directory)"
+
+
+@dataclass
+class LoadedModel:
+    model: object
+    tokenizer: object
+    name: str          # what the user asked for: hub id, directory or "tiny"
+    path: str          # where the files are on disk
+    device: str        # "cpu" or "cuda"
+    dtype: object      # torch dtype of the base weights
+
+
+def choose_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise LorachatError("--device cuda: no CUDA GPU is visible to torch (use --device cpu)")
+    return device
+
+
+def choose_dtype(dtype: str, device: str):
+    import torch
+
+    if dtype == "auto":
+        if device == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
+
+
+def load_model(name: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "auto",
+               trust_remote_code: bool = False) -> LoadedModel:
+    """Load once; every failure a user can fix becomes one LorachatError naming the model."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    device = choose_device(device)
+    torch_dtype = choose_dtype(dtype, device)
+    source = _resolve(name)
+    kwargs = dict(trust_remote_code=trust_remote_code)
+    if not Path(source).is_dir():
+        kwargs["local_files_only"] = not _hub_reachable(name)
+    tokenizer = _load_tokenizer(name, source, kwargs)
+    model = _load_weights(name, source, kwargs, device, torch_dtype)
+    model.eval()
+    if tokenizer.pad_token is None:  # batching needs one; eos is the usual stand-in
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return LoadedModel(model, tokenizer, name, _local_path(source, model), device, torch_dtype)
+
+
+def _resolve(name: str) -> str:
+    if name == "tiny":
+        from lorachat.tiny import ensure_tiny
+
+        return str(ensure_tiny())
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise LorachatError(f"cannot load model '{name}': the directory has no config.json; {TRY}")
+        return str(path)
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise LorachatError(f"cannot load model '{name}': no such directory; {TRY}")
+    return name
+
+
+def _hub_reachable(name: str) -> bool:
+    """Whether to ask the hub at all: a quick TCP check instead of ~50 s of client retries."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=5).close()
+        return True
+    except OSError:
+        return False
+
+
+def _explain(name: str, exc: Exception, local_only: bool) -> LorachatError:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if local_only:
+        why = "the hub is unreachable (no network or HF_HUB_OFFLINE) and it is not in the local cache"
+    elif "Unrecognized configuration class" in str(exc) or "does not appear to have" in text:
+        why = f"it is not a causal language model this transformers can load ({text[:160]})"
+    else:
+        why = text[:200]
+    return LorachatError(f"cannot load model '{name}': {why}; {TRY}")
+
+
+def _load_tokenizer(name, source, kwargs):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(source, **kwargs)
+    except (OSError, ValueError, KeyError) as exc:
+        raise _explain(name, exc, kwargs.get("local_files_only", False)) from None
+
+
+def _load_weights(name, source, kwargs, device, torch_dtype):
+    from transformers import AutoModelForCausalLM
+
+    placement = {"device_map": "auto"} if device == "cuda" else {}
+    try:
+        return AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, use_safetensors=None,
+                                                    **placement, **kwargs)
+    except (OSError, ValueError, KeyError) as exc:
+        raise _explain(name, exc, kwargs.get("local_files_only", False)) from None
+
+
+def _local_path(source: str, model) -> str:
+    if Path(source).is_dir():
+        return str(Path(source).resolve())
+    return getattr(model.config, "_name_or_path", source) or source

@@ -1,0 +1,73 @@
+"""One rendering of a question, shared by asking and training, so a taught answer comes back verbatim.
+
+Tokenizers without a chat template get the notebook's format
+`Instruction: {instruction}\\nInput: {question}\\nAnswer:`; tokenizers with one use it (the
+instruction as the system message where the template allows one). Knows nothing about files.
+"""
+from dataclasses import dataclass
+
+TEMPLATE = "Instruction: {instruction}\nInput: {question}\nAnswer:"
+STOP_MARKER = "Instruction:"   # where the model starts another block, the answer ends
+IGNORE = -100                  # label for tokens that carry no loss
+
+
+@dataclass(frozen=True)
+class Example:
+    """One lesson: a question (`input`) under an `instruction` with its `output`, or raw `text`."""
+    instruction: str = ""
+    input: str = ""
+    output: str = ""
+    text: str | None = None
+
+
+def uses_chat_template(tokenizer) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def render_prompt(tokenizer, instruction: str, question: str) -> str:
+    if not uses_chat_template(tokenizer):
+        return TEMPLATE.format(instruction=instruction, question=question)
+    system = [{"role": "system", "content": instruction}] if instruction else []
+    user = [{"role": "user", "content": question}]
+    try:
+        return tokenizer.apply_chat_template(system + user, tokenize=False, add_generation_prompt=True)
+    except Exception:  # templates that reject a system turn: fold the instruction into the question
+        merged = [{"role": "user", "content": f"{instruction}\n\n{question}" if instruction else question}]
+        return tokenizer.apply_chat_template(merged, tokenize=False, add_generation_prompt=True)
+
+
+def prompt_ids(tokenizer, instruction: str, question: str) -> list[int]:
+    """Token ids of the question as asked: exactly the prefix a training example starts with."""
+    text = render_prompt(tokenizer, instruction, question)
+    return tokenizer(text, add_special_tokens=not uses_chat_template(tokenizer))["input_ids"]
+
+
+def example_ids(tokenizer, example: Example) -> tuple[list[int], list[int]]:
+    """(input_ids, labels) for training: prompt masked out, answer ending in EOS carries the loss."""
+    eos = tokenizer.eos_token_id
+    if example.text is not None:
+        ids = tokenizer(example.text)["input_ids"]
+        ids = ids + [eos] if eos is not None and ids[-1:] != [eos] else ids
+        return ids, list(ids)
+    prompt = prompt_ids(tokenizer, example.instruction, example.input)
+    answer = answer_ids(tokenizer, example.instruction, example.input, example.output, prompt)
+    return prompt + answer, [IGNORE] * len(prompt) + answer
+
+
+def answer_ids(tokenizer, instruction, question, answer, prompt=None) -> list[int]:
+    """The tokens greedy decoding must produce after the prompt for `answer`, EOS included."""
+    prompt = prompt if prompt is not None else prompt_ids(tokenizer, instruction, question)
+    separator = "" if uses_chat_template(tokenizer) else " "
+    text = render_prompt(tokenizer, instruction, question) + separator + answer
+    full = tokenizer(text, add_special_tokens=not uses_chat_template(tokenizer))["input_ids"]
+    if full[:len(prompt)] == prompt:
+        ids = full[len(prompt):]
+    else:  # the answer merged with the prompt's last token: keep the prompt exactly as asked
+        ids = tokenizer(separator + answer, add_special_tokens=False)["input_ids"]
+    eos = tokenizer.eos_token_id
+    return ids + [eos] if eos is not None else ids
+
+
+def clean_answer(text: str) -> str:
+    """The answer proper: up to another `Instruction:` block, surrounding space stripped."""
+    return text.split(STOP_MARKER, 1)[0].strip()

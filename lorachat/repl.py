@@ -1,0 +1,129 @@
+"""The loop: read a line, run a command or ask a question, show the result.
+
+Lines come from an iterable (scripts, stdin, tests) or from prompt_toolkit on a terminal. This is
+the one error boundary: LorachatError becomes `error: ...`; anything else is a bug and propagates
+with its traceback.
+"""
+from pathlib import Path
+
+from lorachat.commands import COMMANDS, QuitSession, run_command
+from lorachat.errors import LorachatError
+
+BLOCK = '"""'
+
+
+def logical_lines(lines, skip_comments: bool = True):
+    """Join `\"\"\"` blocks into one line; skip blank lines (and `#` lines in scripts)."""
+    lines = iter(lines)
+    for raw in lines:
+        line = raw.rstrip("\r\n")
+        if line.strip() == BLOCK:
+            block = []
+            for inner in lines:
+                inner = inner.rstrip("\r\n")
+                if inner.strip() == BLOCK:
+                    break
+                block.append(inner)
+            else:
+                raise LorachatError('a """ block was not closed before the end of input')
+            line = "\n".join(block)
+        if not line.strip() or skip_comments and line.lstrip().startswith("#"):
+            continue
+        yield line.strip()
+
+
+class Repl:
+    def __init__(self, session, keep_going: bool = False):
+        self.session = session
+        self.keep_going = keep_going
+        self.failed = 0
+
+    def handle(self, line: str) -> bool:
+        """Run one logical line; False when it failed with a user error."""
+        ui = self.session.ui
+        try:
+            if line.startswith(":"):
+                run_command(self.session, line)
+            else:
+                ui.stream(self.session.ask(line))
+            return True
+        except LorachatError as exc:
+            ui.error(str(exc))
+            return False
+
+    def run_lines(self, lines) -> int:
+        """Script mode: echo each line, stop at the first failure unless keep_going. Exit code."""
+        ui = self.session.ui
+        try:
+            for line in logical_lines(lines):
+                ui.echo(line if len(line) <= 200 else line[:200] + "...")
+                if not self.handle(line):
+                    self.failed += 1
+                    if not self.keep_going:
+                        return 1
+        except QuitSession:
+            pass
+        except LorachatError as exc:  # an unclosed block
+            ui.error(str(exc))
+            self.failed += 1
+        return 1 if self.failed else 0
+
+    def run_terminal(self, history: Path) -> int:
+        """Interactive: prompt_toolkit with history, completion, \"\"\" blocks and Ctrl-C/Ctrl-D."""
+        from prompt_toolkit import PromptSession
+        from prompt_toolkit.history import FileHistory
+
+        history.parent.mkdir(parents=True, exist_ok=True)
+        prompt = PromptSession(history=FileHistory(str(history)), completer=make_completer(self.session))
+        self.session.read_text = lambda label: self._read_block(prompt, label)
+        while True:
+            try:
+                line = self._read_block(prompt, f"{self.session.prompt_label()}> ")
+            except KeyboardInterrupt:
+                continue
+            except EOFError:
+                return 0
+            if not line.strip():
+                continue
+            try:
+                self.handle(line.strip())
+            except KeyboardInterrupt:
+                self.session.ui.note("(stopped)")
+            except QuitSession:
+                return 0
+
+    @staticmethod
+    def _read_block(prompt, label: str) -> str:
+        line = prompt.prompt(label)
+        if line.strip() != BLOCK:
+            return line
+        block = []
+        while (inner := prompt.prompt("... ")).strip() != BLOCK:
+            block.append(inner)
+        return "\n".join(block)
+
+
+def make_completer(session):
+    """Command names after ':', then whatever the command offers for its arguments."""
+    from prompt_toolkit.completion import Completer, Completion
+
+    class CommandCompleter(Completer):
+        def get_completions(self, document, complete_event):
+            text = document.text_before_cursor
+            if not text.startswith(":"):
+                return
+            if " " not in text:
+                for name in sorted(COMMANDS):
+                    if name.startswith(text[1:]):
+                        yield Completion(name, start_position=-(len(text) - 1))
+                return
+            name, _, rest = text[1:].partition(" ")
+            entry = COMMANDS.get(name)
+            if entry is None or entry.complete is None:
+                return
+            word = rest.rsplit(" ", 1)[-1]
+            for choice in entry.complete(session):
+                if choice.startswith(word):
+                    yield Completion(choice, start_position=-len(word))
+
+    return CommandCompleter()

@@ -1,0 +1,132 @@
+"""How output looks: plain text for scripts and tests, rich on a terminal.
+
+Commands talk to `session.ui` (line, error, table, stream, progress) and never to a terminal;
+this module knows nothing about models or adapters.
+"""
+import contextlib
+import sys
+import time
+
+
+class PlainUI:
+    """Plain text, no ANSI, no redraws: what scripts, pipes and tests see."""
+
+    interactive = False
+
+    def __init__(self, out=None, progress_every: float = 5.0):
+        self.out = out if out is not None else sys.stdout
+        self.progress_every = progress_every
+
+    def line(self, text: str = "") -> None:
+        self.out.write(text + "\n")
+        self.out.flush()
+
+    def error(self, message: str) -> None:
+        self.line(f"error: {message}")
+
+    def note(self, message: str) -> None:
+        """A secondary remark (dim on a terminal)."""
+        self.line(message)
+
+    def echo(self, line: str) -> None:
+        """Repeat an input line so a transcript reads in order."""
+        self.line(f"> {line}")
+
+    def table(self, columns: list[str], rows: list[list], title: str | None = None) -> None:
+        header = [[str(c) for c in columns]] if any(columns) else []
+        cells = header + [[str(c) for c in row] for row in rows]
+        if not cells:
+            return
+        widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+        if title:
+            self.line(title)
+        for row in cells:
+            self.line("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+
+    def stream(self, pieces) -> str:
+        """Write pieces as they arrive; return the whole text. Ends the line."""
+        text = []
+        for piece in pieces:
+            text.append(piece)
+            self.out.write(piece)
+            self.out.flush()
+        self.out.write("\n")
+        self.out.flush()
+        return "".join(text)
+
+    @contextlib.contextmanager
+    def progress(self, description: str, total: int):
+        """Yields update(step, **fields); prints one plain line every few seconds."""
+        last = [time.monotonic()]
+
+        def update(step: int, **fields) -> None:
+            now = time.monotonic()
+            if now - last[0] >= self.progress_every:
+                last[0] = now
+                extra = "  ".join(f"{k} {v}" for k, v in fields.items() if v is not None)
+                self.line(f"{description} {step}/{total}  {extra}".rstrip())
+
+        yield update
+
+
+class RichUI(PlainUI):
+    """A terminal: rich tables, live progress bars, streamed answers."""
+
+    interactive = True
+
+    def __init__(self, console=None):
+        from rich.console import Console
+
+        self.console = console or Console(highlight=False)
+        super().__init__(self.console.file)
+
+    def line(self, text: str = "") -> None:
+        self.console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+    def error(self, message: str) -> None:
+        self.console.print(f"[bold red]error:[/] {_escape(message)}", highlight=False, soft_wrap=True)
+
+    def note(self, message: str) -> None:
+        self.console.print(f"[dim]{_escape(message)}[/]", highlight=False, soft_wrap=True)
+
+    def echo(self, line: str) -> None:
+        pass  # the terminal already shows what was typed
+
+    def table(self, columns, rows, title=None) -> None:
+        from rich.table import Table
+
+        table = Table(*columns, title=title, title_justify="left", show_header=any(columns))
+        for row in rows:
+            table.add_row(*(_escape(str(c)) for c in row))
+        self.console.print(table)
+
+    def stream(self, pieces) -> str:
+        text = []
+        try:
+            for piece in pieces:
+                text.append(piece)
+                self.console.print(piece, end="", markup=False, highlight=False, soft_wrap=True)
+        finally:
+            self.console.print()
+        return "".join(text)
+
+    @contextlib.contextmanager
+    def progress(self, description: str, total: int):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[extra]}"), TimeElapsedColumn(), TimeRemainingColumn())
+        with Progress(*columns, console=self.console, transient=True) as bar:
+            task = bar.add_task(description, total=total, extra="")
+
+            def update(step: int, **fields) -> None:
+                extra = "  ".join(f"{k} {v}" for k, v in fields.items() if v is not None)
+                bar.update(task, completed=step, extra=extra)
+
+            yield update
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)

@@ -1,0 +1,58 @@
+"""Shared fixtures: the tiny model built once per test run, fresh sessions over it, REPL transcripts.
+
+Hermetic: LORACHAT_CACHE points into pytest's temporary folder, nothing reads the network or ../shared.
+"""
+import io
+import os
+
+import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tiny_cache(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    os.environ["LORACHAT_CACHE"] = str(cache)
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    from lorachat.tiny import ensure_tiny
+
+    ensure_tiny()
+    return cache
+
+
+@pytest.fixture
+def home(tmp_path):
+    """An empty workspace."""
+    path = tmp_path / "home"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def make_session(home):
+    """make_session(**kw) -> Session over a freshly loaded tiny model (nothing shared between tests)."""
+    from lorachat.models import load_model
+    from lorachat.session import Session
+    from lorachat.ui import PlainUI
+
+    def make(model="tiny", workspace=None, **kwargs):
+        out = io.StringIO()
+        session = Session(load_model(model, device="cpu"), workspace or home, PlainUI(out, progress_every=3600), **kwargs)
+        session.out = out
+        return session
+
+    return make
+
+
+@pytest.fixture
+def transcript():
+    """transcript(session, lines, keep_going=False) -> (exit_code, everything printed since the last call)."""
+    from lorachat.repl import Repl
+
+    def run(session, lines, keep_going=False):
+        if isinstance(lines, str):
+            lines = lines.splitlines()
+        start = len(session.out.getvalue())
+        code = Repl(session, keep_going=keep_going).run_lines(lines)
+        return code, session.out.getvalue()[start:]
+
+    return run
