@@ -1,0 +1,226 @@
+"""Recording and managing examples: :dataset, :datasets, :add, :good, :fix, :examples, :drop, :undo, :import.
+
+Every recorded example is on disk (fsync'd) before its acknowledgement is printed. The examples
+recorded in this session are remembered in `session.extensions["recorded"]` as (dataset, Example)
+so :undo removes exactly those. Knows nothing about training or adapters.
+"""
+from lorachat import datasets, options
+from lorachat.commands import command, no_args
+from lorachat.errors import LorachatError
+from lorachat.importers import FORMATS, ImportOptions, import_examples
+from lorachat.names import check_name
+from lorachat.prompts import Example
+
+ARROW = "=>"
+SHOWN = 10      # :examples with no argument shows the last this many
+CLIP = 200      # characters of a field shown per example in plain lines
+
+
+def _names(session) -> list[str]:
+    """Dataset names for Tab completion (never raises: a completer must not break the prompt)."""
+    try:
+        names = datasets.dataset_names(session.home)
+    except LorachatError:
+        names = []
+    return sorted(set(names) | {session.dataset})
+
+
+def _bad_note(session, current: datasets.DatasetFile) -> None:
+    if current.bad_lines:
+        session.ui.error(f"{current.path}: {len(current.bad_lines)} invalid line(s) skipped ({current.describe_problems()}); "
+                         "fix or delete them in an editor")
+
+
+@command("dataset", usage=":dataset [NAME]", complete=_names)
+def dataset(session, args):
+    """Show the current dataset (path and count), or switch to NAME (created with its first example)."""
+    words = options.split_words(args)
+    if len(words) > 1:
+        raise LorachatError(f":dataset takes one name (got {len(words)} words)")
+    if words:
+        name = check_name(words[0], "dataset")
+        current = datasets.load_dataset(session.home, name)
+        session.dataset = name
+    else:
+        current = datasets.load_dataset(session.home, session.dataset)
+    new = "" if current.path.exists() else " (new: the file is written with the first example)"
+    session.ui.line(f"dataset {current.name}: {_count(len(current.examples))} in {current.path}{new}")
+    _bad_note(session, current)
+
+
+@command("datasets")
+def datasets_(session, args):
+    """List the workspace's datasets with their example counts (* marks the current one)."""
+    no_args("datasets", args)
+    names = sorted(set(datasets.dataset_names(session.home)) | {session.dataset})
+    rows = []
+    for name in names:
+        current = datasets.load_dataset(session.home, name)
+        bad = f"{len(current.bad_lines)} invalid" if current.bad_lines else ""
+        rows.append(["*" if name == session.dataset else "", name, len(current.examples), bad])
+    session.ui.table(["", "dataset", "examples", "problems"], rows)
+
+
+@command("add", usage=":add QUESTION => ANSWER")
+def add(session, args):
+    """Record an example: `:add QUESTION => ANSWER`, or `:add` alone to be asked for both (multi-line with \"\"\").
+
+    The example is stored with the current :instruction, in the current :dataset, and is on disk
+    before `added` is printed.
+    """
+    if args:
+        question, arrow, answer = args.partition(ARROW)
+        if not arrow:
+            raise LorachatError(f"write :add QUESTION {ARROW} ANSWER (no '{ARROW}' found)")
+    else:
+        question, answer = _ask_both(session)
+    question, answer = question.strip(), answer.strip()
+    if not question or not answer:
+        raise LorachatError(f"nothing added: the {'question' if not question else 'answer'} is empty")
+    _record(session, question, answer)
+
+
+def _ask_both(session) -> tuple[str, str]:
+    if session.read_text is None:
+        raise LorachatError(f":add alone asks on a terminal; in a script write :add QUESTION {ARROW} ANSWER")
+    try:
+        return session.read_text("question> "), session.read_text("answer> ")
+    except EOFError:
+        raise LorachatError("nothing added (input ended)") from None
+
+
+@command("good")
+def good(session, args):
+    """Record the last question with the model's last answer, as it was."""
+    no_args("good", args)
+    question = _last_question(session)
+    answer = (session.last_answer or "").strip()
+    if not answer:
+        raise LorachatError("the last answer was empty; record a corrected one with :fix ANSWER")
+    _record(session, question, answer)
+
+
+@command("fix", usage=":fix ANSWER")
+def fix(session, args):
+    """Record the last question with ANSWER, the answer it should have had."""
+    if not args.strip():
+        raise LorachatError("write :fix ANSWER: the answer the last question should have had")
+    _record(session, _last_question(session), args.strip())
+
+
+def _last_question(session) -> str:
+    if not session.last_question:
+        raise LorachatError("no question asked yet in this session: ask one first, or use :add QUESTION => ANSWER")
+    return session.last_question
+
+
+def _record(session, question: str, answer: str) -> None:
+    example = Example(session.instruction, question, answer)
+    count = datasets.append_example(session.home, session.dataset, example)
+    session.extensions.setdefault("recorded", []).append((session.dataset, example))
+    session.ui.line(f"added to {session.dataset} ({_count(count)}): {_clip(question, 60)} {ARROW} {_clip(answer, 60)}")
+
+
+@command("examples", usage=":examples [N|all]")
+def examples(session, args):
+    """Show the current dataset's last N examples (10 by default, or all), numbered for :drop."""
+    words = options.split_words(args)
+    if len(words) > 1 or words and words[0] != "all" and not (words[0].isdigit() and int(words[0]) > 0):
+        raise LorachatError(f":examples takes a number (1 or more) or 'all' (got {args[:40]!r})")
+    current = datasets.load_dataset(session.home, session.dataset)
+    total = len(current.examples)
+    shown = total if words == ["all"] else min(total, int(words[0]) if words else SHOWN)
+    first = total - shown
+    rows = [[str(first + i + 1), *_fields(e)] for i, e in enumerate(current.examples[first:])]
+    session.ui.line(f"dataset {current.name}: {_count(total)}" + (f", showing the last {shown}" if shown < total else ""))
+    if session.ui.interactive:
+        session.ui.table(["#", "instruction", "input", "output"], [[_printable(c) for c in row] for row in rows])
+    else:
+        for number, instruction, question, answer in rows:
+            if instruction == "(text)":
+                session.ui.line(f"{number}. (text) {_clip(answer)}")
+            else:
+                session.ui.line(f"{number}. [{_clip(instruction, 60)}] {_clip(question)} {ARROW} {_clip(answer)}")
+    _bad_note(session, current)
+
+
+def _fields(example: Example) -> list[str]:
+    if example.text is not None:
+        return ["(text)", "", example.text]
+    return [example.instruction, example.input, example.output]
+
+
+@command("drop", usage=":drop N")
+def drop(session, args):
+    """Remove example N (as :examples numbers it) from the current dataset, and say what it was."""
+    words = options.split_words(args)
+    if len(words) != 1 or not words[0].isdigit() or int(words[0]) < 1:
+        raise LorachatError(f"write :drop N, with N an example number from :examples (got {args[:40]!r})")
+    removed, left = datasets.remove_example(session.home, session.dataset, int(words[0]))
+    session.ui.line(f"dropped {words[0]} from {session.dataset} ({_count(left)} left): {_describe(removed)}")
+
+
+@command("undo")
+def undo(session, args):
+    """Remove the last example recorded in this session (by :add, :good or :fix)."""
+    no_args("undo", args)
+    recorded = session.extensions.get("recorded") or []
+    if not recorded:
+        raise LorachatError("nothing to undo: no example was recorded in this session")
+    name, example = recorded[-1]
+    try:
+        removed, left = datasets.remove_last_equal(session.home, name, example)
+    except LorachatError as exc:
+        if "no longer" in str(exc):  # gone already: nothing left to undo for this one
+            recorded.pop()
+        raise
+    recorded.pop()
+    session.ui.line(f"removed from {name} ({_count(left)} left): {_describe(removed)}")
+
+
+def _import_details(session):
+    session.ui.table(["key", "default", "meaning"], [list(r) for r in options.describe(ImportOptions())])
+
+
+@command("import", usage=f":import SOURCE [format={'|'.join(FORMATS)}] [limit=N] [split=SPLIT]", details=_import_details)
+def import_(session, args):
+    """Append examples from a local .json/.jsonl/.csv/.parquet file or a hub dataset id to the current dataset.
+
+    Formats: alpaca (instruction/input/output), prompt-completion, messages (OpenAI style),
+    sharegpt (conversations from/value), text, piqa (goal, sol1/sol2, label); auto picks one from
+    the fields. Rows that cannot be mapped are skipped, with the reason.
+    """
+    positional, pairs = options.split_kv(options.split_words(args))
+    if len(positional) != 1:
+        raise LorachatError(f"write :import SOURCE [key=value ...] with one SOURCE (got {len(positional)})")
+    settings = options.apply_kv(ImportOptions(), pairs)
+    check_name(session.dataset, "dataset")
+    result = import_examples(positional[0], settings, session.instruction)
+    if settings.format == "auto":
+        session.ui.note(f"format auto: chose {result.format} (fields {', '.join(result.columns)})")
+    if not result.examples:
+        raise LorachatError(f"nothing imported from {positional[0]} (format {result.format}); {result.describe_skipped()}")
+    datasets.append_examples(session.home, session.dataset, result.examples)
+    session.ui.line(f"imported {_count(len(result.examples))} (format {result.format}) into {session.dataset}; "
+                    f"{result.describe_skipped()}")
+
+
+def _describe(example: Example) -> str:
+    if example.text is not None:
+        return f"(text) {_clip(example.text)}"
+    return f"{_clip(example.input)} {ARROW} {_clip(example.output)}"
+
+
+def _clip(text: str, width: int = CLIP) -> str:
+    """One line of at most `width` characters: newlines shown as ⏎."""
+    text = text.replace("\r\n", "\n").replace("\n", " ⏎ ")
+    return _printable(text if len(text) <= width else text[:width - 3] + "...")
+
+
+def _printable(text: str) -> str:
+    """Control characters from a file (terminal escapes) are shown, not obeyed."""
+    return text if text.isprintable() else "".join(c if c.isprintable() or c == "\n" else "\ufffd" for c in text)
+
+
+def _count(n: int) -> str:
+    return f"{n} example" + ("" if n == 1 else "s")

@@ -1,0 +1,272 @@
+"""Examples on disk: `datasets/NAME.jsonl` in the workspace, one JSON object per line.
+
+A line is `{"instruction", "input", "output"}` (the Alpaca convention) or `{"text"}` (trained on
+as is). Appends are durable before they return (write, fsync, and fsync of the folder when the
+file is new); rewrites go through a hidden temporary file renamed over the old one, and a file
+with invalid lines is never rewritten. Knows nothing about sessions, models or other formats
+(importers.py maps those to Examples).
+"""
+import contextlib
+import fcntl
+import json
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lorachat.errors import LorachatError
+from lorachat.names import check_name
+from lorachat.prompts import Example
+
+FOLDER = "datasets"
+SUFFIX = ".jsonl"
+TEMP_MARK = ".tmp-"   # hidden leftovers of an interrupted rewrite: `.NAME.jsonl.tmp-PID`
+
+
+@dataclass
+class DatasetFile:
+    name: str
+    path: Path
+    examples: list[Example] = field(default_factory=list)   # the good lines, in file order
+    bad_lines: list[int] = field(default_factory=list)      # 1-based numbers of invalid lines
+    problems: dict[int, str] = field(default_factory=dict)  # bad line number -> why
+    lines: list[int] = field(default_factory=list)          # file line number of each example
+
+    def describe_problems(self) -> str:
+        """'line 3 is not valid JSON; line 7: ...' for the first few bad lines."""
+        shown = [f"line {n} {self.problems[n]}" for n in self.bad_lines[:3]]
+        more = len(self.bad_lines) - len(shown)
+        return "; ".join(shown) + (f"; and {more} more" if more > 0 else "")
+
+
+def dataset_path(home: Path, name: str) -> Path:
+    return Path(home) / FOLDER / f"{check_name(name, 'dataset')}{SUFFIX}"
+
+
+def parse_line(text: str) -> Example:
+    """One line -> Example, or ValueError saying what is wrong with it."""
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"is not valid JSON ({exc.msg})") from None
+    if not isinstance(obj, dict):
+        raise ValueError("is not a JSON object")
+    if "text" in obj:
+        if not isinstance(obj["text"], str) or not obj["text"]:
+            raise ValueError('has a "text" that is not a non-empty string')
+        return Example(text=obj["text"])
+    if not isinstance(obj.get("output"), str):
+        raise ValueError('has no "output" string (nor a "text")')
+    for key in ("instruction", "input"):
+        if obj.get(key) is not None and not isinstance(obj[key], str):
+            raise ValueError(f'has an "{key}" that is not a string')
+    return Example(obj.get("instruction") or "", obj.get("input") or "", obj["output"])
+
+
+def format_line(example: Example) -> bytes:
+    """The JSON line for an example, newline included; readable UTF-8, one physical line."""
+    if example.text is not None:
+        obj = {"text": example.text}
+    else:
+        obj = {"instruction": example.instruction, "input": example.input, "output": example.output}
+    text = json.dumps(obj, ensure_ascii=False)
+    # characters other tools' line splitters (str.splitlines) break on
+    for char in ("\u2028", "\u2029", "\x85"):
+        text = text.replace(char, f"\\u{ord(char):04x}")
+    try:
+        return (text + "\n").encode("utf-8")
+    except UnicodeEncodeError:
+        raise LorachatError("the example contains characters that are not valid Unicode text") from None
+
+
+def load_dataset(home: Path, name: str) -> DatasetFile:
+    """Read NAME's examples; a missing file is an empty dataset, invalid lines are listed, not fatal."""
+    path = dataset_path(home, name)
+    return _parse(name, path, _read_bytes(path))
+
+
+def _parse(name: str, path: Path, data: bytes) -> DatasetFile:
+    result = DatasetFile(name, path)
+    for number, raw in enumerate(_split_lines(data), start=1):
+        if not raw.strip():
+            continue
+        try:
+            text = raw.decode("utf-8")
+            result.examples.append(parse_line(text.removeprefix("\ufeff") if number == 1 else text))
+            result.lines.append(number)
+        except UnicodeDecodeError:
+            result.bad_lines.append(number)
+            result.problems[number] = "is not UTF-8 text"
+        except ValueError as exc:
+            result.bad_lines.append(number)
+            result.problems[number] = str(exc)
+    return result
+
+
+def dataset_names(home: Path) -> list[str]:
+    """Names of the datasets in the workspace (valid names only; hidden leftovers ignored)."""
+    folder = Path(home) / FOLDER
+    try:
+        files = sorted(folder.glob(f"*{SUFFIX}"))
+    except OSError as exc:
+        raise LorachatError(f"cannot list {folder}: {exc.strerror}") from None
+    names = []
+    for path in files:
+        name = path.name[:-len(SUFFIX)]
+        with contextlib.suppress(LorachatError):
+            names.append(check_name(name, "dataset"))
+    return names
+
+
+def list_datasets(home: Path) -> list[tuple[str, int]]:
+    """(name, number of good examples) for each dataset in the workspace."""
+    return [(name, len(load_dataset(home, name).examples)) for name in dataset_names(home)]
+
+
+def append_example(home: Path, name: str, example: Example) -> int:
+    """Append one example durably (on disk before this returns); the dataset's new count."""
+    return append_examples(home, name, [example])
+
+
+def append_examples(home: Path, name: str, examples: list[Example]) -> int:
+    """Append all of `examples` in one write, or none of them (the file is cut back on failure)."""
+    path = dataset_path(home, name)
+    data = b"".join(format_line(example) for example in examples)
+    with _locked_folder(path.parent):
+        _append_bytes(path, data)
+    return len(load_dataset(home, name).examples)
+
+
+def remove_example(home: Path, name: str, number: int) -> tuple[Example, int]:
+    """Remove example `number` (1-based, as `:examples` numbers them); (removed, count left)."""
+    def choose(current: DatasetFile) -> int:
+        if not 1 <= number <= len(current.examples):
+            have = f"1 to {len(current.examples)}" if current.examples else "none: it is empty"
+            raise LorachatError(f"no example {number} in {name} (examples are numbered {have})")
+        return number - 1
+    return _rewrite_without(home, name, choose)
+
+
+def remove_last_equal(home: Path, name: str, example: Example) -> tuple[Example, int]:
+    """Remove the last line holding exactly `example`; (removed, count left)."""
+    def choose(current: DatasetFile) -> int:
+        for index in range(len(current.examples) - 1, -1, -1):
+            if current.examples[index] == example:
+                return index
+        raise LorachatError(f"that example is no longer in {name} (was it dropped or edited?)")
+    return _rewrite_without(home, name, choose)
+
+
+def _rewrite_without(home, name, choose) -> tuple[Example, int]:
+    path = dataset_path(home, name)
+    if not path.exists():
+        raise LorachatError(f"dataset {name} is empty (no file {path})")
+    with _locked_folder(path.parent):
+        data = _read_bytes(path)
+        current = _parse(name, path, data)
+        if current.bad_lines:
+            raise LorachatError(f"{path} has invalid lines ({current.describe_problems()}); it is never "
+                                "rewritten while they are there: fix or delete those lines in an editor, then try again")
+        index = choose(current)
+        drop = current.lines[index]
+        kept = [raw for n, raw in enumerate(_split_lines(data), start=1) if n != drop and raw.strip()]
+        _replace_file(path, b"".join(raw + b"\n" for raw in kept))
+    return current.examples[index], len(current.examples) - 1
+
+
+def _split_lines(data: bytes) -> list[bytes]:
+    lines = data.split(b"\n")
+    return lines[:-1] if lines and lines[-1] == b"" else lines
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        _check_regular(path)
+        return path.read_bytes()
+    except FileNotFoundError:
+        return b""
+    except OSError as exc:
+        raise LorachatError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def _check_regular(path: Path) -> None:
+    """A folder, device or pipe in place of a dataset is refused (reading one could block or never end)."""
+    if not stat.S_ISREG(path.stat().st_mode):
+        raise LorachatError(f"{path} is not a regular file; move it out of the way")
+
+
+@contextlib.contextmanager
+def _locked_folder(folder: Path):
+    """Create the folder if needed and hold an exclusive lock on it, so two sessions writing the
+    same workspace never lose each other's lines between a read and a rewrite."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError as exc:
+        raise LorachatError(f"cannot write to {folder}: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)   # closing releases the lock
+
+
+def _append_bytes(path: Path, data: bytes) -> None:
+    created = not path.exists()
+    try:
+        if not created:
+            _check_regular(path)
+        # a new file is never created through a planted (dangling) symlink
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | (os.O_NOFOLLOW if created else 0), 0o644)
+    except OSError as exc:
+        raise LorachatError(f"cannot write {path}: {exc.strerror}") from None
+    try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":  # a last line without its newline
+            data = b"\n" + data
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        except OSError as exc:
+            with contextlib.suppress(OSError):   # never leave half an example behind
+                os.ftruncate(fd, size)
+            raise LorachatError(f"cannot write {path}: {exc.strerror}; nothing was added") from None
+    finally:
+        os.close(fd)
+    if created:
+        _fsync_folder(path.parent)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _replace_file(path: Path, data: bytes) -> None:
+    """Write `data` to a hidden temporary file, fsync it, rename it over `path`, fsync the folder."""
+    for stale in path.parent.glob(f".{path.name}{TEMP_MARK}*"):  # we hold the lock: nobody writes these now
+        with contextlib.suppress(OSError):
+            stale.unlink()
+    temp = path.parent / f".{path.name}{TEMP_MARK}{os.getpid()}"
+    try:
+        with open(temp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            temp.unlink()
+        raise LorachatError(f"cannot rewrite {path}: {exc.strerror}; the file is unchanged") from None
+    _fsync_folder(path.parent)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a new or renamed entry durable; some filesystems refuse fsync on folders, which is no loss."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
