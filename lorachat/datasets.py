@@ -49,6 +49,8 @@ def parse_line(text: str) -> Example:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"is not valid JSON ({exc.msg})") from None
+    except RecursionError:  # a hostile line of 100,000 '['
+        raise ValueError("is not valid JSON (nested too deeply)") from None
     if not isinstance(obj, dict):
         raise ValueError("is not a JSON object")
     if "text" in obj:
@@ -159,8 +161,8 @@ def remove_last_equal(home: Path, name: str, example: Example) -> tuple[Example,
 
 def _rewrite_without(home, name, choose) -> tuple[Example, int]:
     path = dataset_path(home, name)
-    if not path.exists():
-        raise LorachatError(f"dataset {name} is empty (no file {path})")
+    if not _read_bytes(path).strip():   # checked before the lock, which would create datasets/
+        raise LorachatError(f"dataset {name} is empty: nothing to remove")
     with _locked_folder(path.parent):
         data = _read_bytes(path)
         current = _parse(name, path, data)
@@ -212,8 +214,8 @@ def _locked_folder(folder: Path):
 
 
 def _append_bytes(path: Path, data: bytes) -> None:
-    created = not path.exists()
     try:
+        created = not path.exists()
         if not created:
             _check_regular(path)
         # a new file is never created through a planted (dangling) symlink
@@ -227,10 +229,12 @@ def _append_bytes(path: Path, data: bytes) -> None:
         try:
             _write_all(fd, data)
             os.fsync(fd)
-        except OSError as exc:
+        except BaseException as exc:  # a full disk, or Ctrl-C between two writes: not acknowledged, so not kept
             with contextlib.suppress(OSError):   # never leave half an example behind
                 os.ftruncate(fd, size)
-            raise LorachatError(f"cannot write {path}: {exc.strerror}; nothing was added") from None
+            if isinstance(exc, OSError):
+                raise LorachatError(f"cannot write {path}: {exc.strerror}; nothing was added") from None
+            raise
     finally:
         os.close(fd)
     if created:

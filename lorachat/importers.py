@@ -93,8 +93,8 @@ def _opened(source: str, options: ImportOptions):
     verbosity = datasets.logging.get_verbosity()
     datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its own error logs would repeat ours
     try:
-        path = Path(source).expanduser()
-        if path.exists() or _looks_like_path(source):
+        path = _expand(source)
+        if _exists(path) or _looks_like_path(source):
             with tempfile.TemporaryDirectory(prefix="lorachat-import-") as cache:
                 yield _load(source, lambda: datasets.load_dataset(
                     _builder(path), data_files=str(path), split=options.split, cache_dir=cache))
@@ -104,15 +104,32 @@ def _opened(source: str, options: ImportOptions):
         datasets.logging.set_verbosity(verbosity)
 
 
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except (OSError, ValueError) as exc:  # a NUL byte, a name too long for the system
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise LorachatError(f"cannot import {str(path)[:60]!r}: not a usable file name ({why[:80]})") from None
+
+
+def _expand(source: str) -> Path:
+    try:
+        return Path(source).expanduser()
+    except RuntimeError:  # ~user that does not exist
+        raise LorachatError(f"cannot import {source[:60]!r}: no such home directory") from None
+
+
 def _looks_like_path(source: str) -> bool:
     return source.startswith((".", "/", "~")) or Path(source).suffix.lower() in BUILDERS or source.count("/") > 1
 
 
 def _builder(path: Path) -> str:
-    if not path.exists():
+    if not _exists(path):
         raise LorachatError(f"cannot import {path}: no such file")
     if path.is_dir():
         raise LorachatError(f"cannot import {path}: it is a folder; give a .json, .jsonl, .csv or .parquet file")
+    if not path.is_file():  # a device or pipe could be read forever
+        raise LorachatError(f"cannot import {path}: not a regular file")
     builder = BUILDERS.get(path.suffix.lower())
     if builder is None:
         raise LorachatError(f"cannot import {path}: unknown file type '{path.suffix}' (use .json, .jsonl, .csv or .parquet)")

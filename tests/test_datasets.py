@@ -8,6 +8,8 @@ import sys
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lorachat import datasets
 from lorachat.errors import LorachatError
@@ -120,11 +122,12 @@ def test_corrupt_line_in_the_middle_is_reported_and_never_rewritten(make_session
     folder.mkdir()
     path = folder / "broken.jsonl"
     good = json.dumps({"instruction": "i", "input": "q1", "output": "a1"}).encode()
-    content = b"\n".join([good, b'{"input": "q2", "outp', b"\xff\xfe junk", b"[1, 2]", b'{"output": 3}',
+    content = b"\n".join([good, b'{"input": "q2", "outp', b"\xff\xfe junk", b"[1, 2]", b"[" * 100_000,
                           b"", json.dumps({"text": "t"}).encode()]) + b"\n"
     path.write_bytes(content)
     loaded = datasets.load_dataset(home, "broken")
     assert loaded.bad_lines == [2, 3, 4, 5]
+    assert loaded.problems[5] == "is not valid JSON (nested too deeply)"
     assert loaded.examples == [Example("i", "q1", "a1"), Example(text="t")]
     session = make_session()
     code, out = transcript(session, [":dataset broken", ":examples", ":drop 1", ":datasets"], keep_going=True)
@@ -221,3 +224,24 @@ def test_acknowledged_adds_survive_sigkill(home):
     expected = [Example("Answer the question.", f"question {i}", f"answer {i}") for i in range(200)]
     assert loaded.bad_lines == [] and len(loaded.examples) >= 25
     assert loaded.examples == expected[:len(loaded.examples)]   # every acknowledged one, whole, in order
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(), st.text(), st.text(), st.one_of(st.none(), st.text(min_size=1)))
+def test_any_example_round_trips_through_one_line(instruction, question, answer, text):
+    example = Example(text=text) if text is not None else Example(instruction, question, answer)
+    try:
+        line = datasets.format_line(example)
+    except LorachatError:   # lone surrogates: not Unicode text, refused with one line
+        return
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    assert datasets.parse_line(line.decode("utf-8")) == example
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text())
+def test_any_line_parses_or_says_why(text):
+    try:
+        assert isinstance(datasets.parse_line(text), Example)
+    except ValueError as exc:
+        assert str(exc).startswith(("is not", "has "))

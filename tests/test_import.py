@@ -121,10 +121,12 @@ def test_unreadable_sources_get_one_line_and_write_nothing(make_session, transcr
     write_jsonl(tmp_path / "odd.jsonl", [{"question": "q", "reply": "r"}])
     write_jsonl(tmp_path / "ok.jsonl", [{"text": "t"}])
     (tmp_path / "folder.json").mkdir()
+    (tmp_path / "zeros.jsonl").symlink_to("/dev/zero")
     lines = [f":import {tmp_path / 'broken.jsonl'}", f":import {tmp_path / 'empty.json'}", f":import {tmp_path / 'notes.txt'}",
              f":import {tmp_path / 'missing.jsonl'}", f":import {tmp_path / 'folder.json'}", f":import {tmp_path / 'odd.jsonl'}",
              f":import {tmp_path / 'ok.jsonl'} split=test", f":import {tmp_path / 'ok.jsonl'} format=alpaca",
-             ":import someone/some-dataset", ":import 'not a hub id!'"]
+             ":import someone/some-dataset", ":import 'not a hub id!'", f":import {tmp_path / 'zeros.jsonl'}",
+             f":import {'x' * 5000}", ":import ~no-such-user-here/x.json", ':import "nul\x00byte"']
     session = make_session()
     capfd.readouterr()
     start = time.monotonic()
@@ -137,6 +139,7 @@ def test_unreadable_sources_get_one_line_and_write_nothing(make_session, transcr
     assert 'Unknown split "test"' in out
     assert "nothing imported from" in out and "skipped 1 (1 without an output)" in out
     assert "cannot import someone/some-dataset: the hub is unreachable" in out
-    assert "not a file here, nor a hub dataset id" in out
+    assert "not a file here, nor a hub dataset id" in out and "zeros.jsonl: not a regular file" in out
+    assert "not a usable file name (File name too long)" in out and "no such home directory" in out
     assert list(home.iterdir()) == []
     assert capfd.readouterr().err == ""   # the library's own error logs stay quiet: ours is the one line

@@ -4,6 +4,8 @@ Every recorded example is on disk (fsync'd) before its acknowledgement is printe
 recorded in this session are remembered in `session.extensions["recorded"]` as (dataset, Example)
 so :undo removes exactly those. Knows nothing about training or adapters.
 """
+import os
+
 from lorachat import datasets, options
 from lorachat.commands import command, no_args
 from lorachat.errors import LorachatError
@@ -43,7 +45,7 @@ def dataset(session, args):
         session.dataset = name
     else:
         current = datasets.load_dataset(session.home, session.dataset)
-    new = "" if current.path.exists() else " (new: the file is written with the first example)"
+    new = "" if os.path.lexists(current.path) else " (new: the file is written with the first example)"
     session.ui.line(f"dataset {current.name}: {_count(len(current.examples))} in {current.path}{new}")
     _bad_note(session, current)
 
