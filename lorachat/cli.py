@@ -48,6 +48,7 @@ def script_lines(args) -> list[str] | None:
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
+    _quiet_libraries()
     home = args.home or Path(os.environ.get("LORACHAT_HOME") or ".")
     from lorachat.ui import PlainUI, RichUI
 
@@ -71,6 +72,15 @@ def main(argv=None) -> int:
         ui.note(f"lorachat {__version__} · {session.loaded.name} on {session.loaded.device} · :help for commands, Ctrl-D to leave")
         return repl.run_terminal(cache_dir() / "history")
     return repl.run_lines(lines)
+
+
+def _quiet_libraries() -> None:
+    """Library warnings and download bars are noise in a chat; errors still surface as ours."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
 
 
 def start_session(args, home: Path, ui):

@@ -45,7 +45,11 @@ class Repl:
             if line.startswith(":"):
                 run_command(self.session, line)
             else:
-                ui.stream(self.session.ask(line))
+                pieces = self.session.ask(line)
+                try:
+                    ui.stream(pieces)
+                finally:
+                    pieces.close()  # on Ctrl-C: stop generating now, not when garbage collected
             return True
         except LorachatError as exc:
             ui.error(str(exc))

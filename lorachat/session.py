@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lorachat import prompts
+from lorachat.errors import LorachatError
 from lorachat.generate import stream
 
 DEFAULT_INSTRUCTION = "Answer the question."
@@ -57,10 +58,24 @@ class Session:
         if self.settings.do_sample:
             torch.manual_seed(self.settings.seed)
         ids = prompts.prompt_ids(self.tokenizer, self.instruction, question)
+        generation = self.settings.generation_kwargs()
+        room = self.context_length() - len(ids)
+        if room < 1:
+            raise LorachatError(f"the question is too long: {len(ids)} tokens with the prompt, "
+                                f"the model reads at most {self.context_length()}")
+        generation["max_new_tokens"] = min(generation["max_new_tokens"], room)
         self.last_question, self.last_answer = question, ""
-        for piece in stream(self.model, self.tokenizer, ids, **self.settings.generation_kwargs()):
+        for piece in stream(self.model, self.tokenizer, ids, **generation):
             self.last_answer += piece
             yield piece
+
+    def context_length(self) -> int:
+        """Most tokens (prompt and answer) the model can attend to."""
+        config = self.loaded.model.config
+        for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+            if isinstance(getattr(config, key, None), int):
+                return getattr(config, key)
+        return min(self.tokenizer.model_max_length, 1 << 20)
 
     def prompt_label(self) -> str:
         return f"{self.active_adapter or 'base'} · {self.dataset}"

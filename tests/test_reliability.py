@@ -1,0 +1,153 @@
+"""Guarantees that cut across commands: no traceback for any input, Ctrl-C always safe,
+fuzzed parsers raise nothing but LorachatError, junk and huge input get one line."""
+import os
+import pty
+import select
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from lorachat import options
+from lorachat.commands import find, split_command
+from lorachat.errors import LorachatError
+from lorachat.names import check_name
+from lorachat.repl import logical_lines
+from lorachat.session import Settings
+
+any_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=200)
+
+
+@settings(max_examples=300, deadline=None)
+@given(any_text)
+def test_fuzz_key_value_parser(text):
+    try:
+        words = options.split_words(text)
+        _, pairs = options.split_kv(words)
+        options.apply_kv(Settings(), pairs)
+    except LorachatError:
+        pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(["max_new_tokens", "temperature", "do_sample", "top_p", "seed", "nope"]),
+                       any_text, max_size=4))
+def test_fuzz_values_of_known_keys(pairs):
+    try:
+        result = options.apply_kv(Settings(), pairs)
+    except LorachatError:
+        return
+    assert 1 <= result.max_new_tokens <= 8192 and 0 < result.top_p <= 1 and result.temperature > 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(any_text)
+def test_fuzz_line_parser(text):
+    try:
+        for line in logical_lines(text.splitlines()):
+            if line.startswith(":"):
+                name, _ = split_command(line)
+                find(name)
+    except LorachatError:
+        pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(any_text)
+def test_fuzz_names_never_leave_the_workspace(text):
+    try:
+        name = check_name(text, "dataset")
+    except LorachatError:
+        return
+    assert "/" not in name and "\\" not in name and not name.startswith(".") and name.isprintable()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.sampled_from([":set", ":instruction", ":help", ":info", ":quit"]), min_size=1, max_size=3), any_text)
+def test_fuzz_session_commands_give_one_line_errors(make_session, transcript, heads, tail):
+    session = make_session()
+    transcript(session, [f"{head} {tail}".replace('"""', "") for head in heads], keep_going=True)
+    for line in session.out.getvalue().splitlines():
+        assert "Traceback" not in line
+
+
+def test_huge_line_gets_one_line(make_session, transcript):
+    session = make_session()
+    code, out = transcript(session, ["word " * 200_000, ":" + "x" * 1_000_000, ":set " + "y=1 " * 100_000], keep_going=True)
+    assert code == 1
+    errors = [line for line in out.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 3
+    assert errors[0].startswith("error: the question is too long")
+    assert all(len(e) < 300 for e in errors)
+
+
+def test_binary_junk_on_stdin(home):
+    junk = b":set max_new_tokens=4\n" + bytes(range(256)) * 3 + b"\n\xff\xfe\x00:set \x00\x01=\xff\n:\x80\x81\n"
+    proc = subprocess.run([sys.executable, "-m", "lorachat", "--model", "tiny", "--home", str(home), "--keep-going"],
+                          input=junk, capture_output=True, timeout=180)
+    assert b"Traceback" not in proc.stderr + proc.stdout
+    assert proc.returncode == 1
+    assert b"error: unknown command" in proc.stdout
+    assert proc.stdout.count(b"error: ") == proc.stdout.count(b"\nerror: ")  # each at a line start
+
+
+def _read_until(fd, marker: bytes, timeout: float) -> bytes:
+    seen, deadline = b"", time.monotonic() + timeout
+    while marker not in seen:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"did not see {marker!r}; got {seen[-500:]!r}")
+        ready, _, _ = select.select([fd], [], [], left)
+        if ready:
+            try:
+                seen += os.read(fd, 4096)
+            except OSError:
+                break
+    return seen
+
+
+def test_ctrl_c_stops_an_answer_and_the_session_goes_on(home, tmp_path):
+    """Drive the real interactive REPL through a pseudo-terminal: Ctrl-C mid-answer."""
+    main, child = pty.openpty()
+    env = dict(os.environ, TERM="xterm", COLUMNS="200", LINES="50", PROMPT_TOOLKIT_NO_CPR="1")
+    proc = subprocess.Popen([sys.executable, "-m", "lorachat", "--model", "tiny", "--home", str(home)],
+                            stdin=child, stdout=child, stderr=child, env=env, start_new_session=True)
+    os.close(child)
+    try:
+        _read_until(main, b"default>", 120)
+        os.write(main, b":set max_new_tokens=8192 repetition_penalty=1.3\r")
+        _read_until(main, b"repetition_penalty=1.3\r\n", 30)
+        _read_until(main, b"default>", 30)
+        os.write(main, b"Tell me a very long story about wafers.\r")
+        time.sleep(1.0)
+        os.killpg(proc.pid, signal.SIGINT)
+        _read_until(main, b"(stopped)", 30)
+        _read_until(main, b"default>", 30)
+        os.write(main, b":info\r")
+        out = _read_until(main, b"default>", 30)
+        assert b"workspace" in out and b"Traceback" not in out
+        os.write(main, b"\x04")  # Ctrl-D leaves
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(main)
+    assert list(home.iterdir()) == []
+
+
+def test_closing_an_answer_midway_leaves_the_model_usable(make_session):
+    import torch
+
+    session = make_session()
+    before = {k: v.clone() for k, v in session.model.state_dict().items()}
+    session.settings.max_new_tokens = 200
+    pieces = session.ask("A long answer please")
+    next(pieces, None)
+    pieces.close()
+    first = "".join(session.ask("What is SOH?"))
+    assert first == "".join(session.ask("What is SOH?"))
+    after = session.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
