@@ -1,23 +1,55 @@
-"""Every PEFT call lives here: create, save, load, activate adapters around the one base model.
+"""Every PEFT call lives here (and in shelf.py / switch.py): create, load, activate, scale, unload,
+save, delete and rename adapters around the one base model.
 
 The base model is wrapped in a PeftModel the first time an adapter is created or loaded; from
 then on `session.model` is that wrapper and adapters come and go inside it without touching or
-copying the base weights. Knows nothing about terminals or training loops.
+copying the base weights. Switching is switch.Switch's job (flags, plus an exact lazy merge for
+decoding); files are checked by provenance.py before anything is loaded. Per-session state (LRU
+order, live scales, the switch) lives in `session.extensions["adapters"]`. Knows nothing about
+terminals or training loops.
 """
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import tempfile
 import time
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from lorachat import __version__
-from lorachat.errors import LorachatError
+from lorachat import __version__, provenance
+from lorachat.errors import LorachatError, did_you_mean
 from lorachat.names import check_name
+from lorachat.provenance import META_FILE, read_meta  # noqa: F401  (read_meta is part of this API)
 
-META_FILE = "lorachat.json"
 BASE = "base"
+
+
+
+@contextlib.contextmanager
+def _quiet():
+    """PEFT 0.21 warns for adapter names that are substrings of "lora_" ("a", "r", "lora"...),
+    whose save/load round trip is exact (tests/test_adapters.py loads one named "a"), and when a
+    deleted adapter was active (lorachat re-activates its own choice right after): noise to a user."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Adapter name .* should not be contained in the prefix")
+        warnings.filterwarnings("ignore", message="Adapter .* was active which is now deleted")
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing. is deprecated")
+        yield
+
+
+@dataclass
+class Shelf:
+    """What this session knows about adapters beyond PEFT's own state."""
+    lru: list = field(default_factory=list)      # loaded names, least recently used first
+    scales: dict = field(default_factory=dict)   # name -> live strength (1.0 as trained)
+    switch: object = None                        # switch.Switch for the current PeftModel
+
+
+def shelf(session) -> Shelf:
+    return session.extensions.setdefault("adapters", Shelf())
 
 
 def adapters_dir(session) -> Path:
@@ -40,11 +72,37 @@ def loaded_names(session) -> list[str]:
     return list(model.peft_config) if model is not None else []
 
 
+def saved_names(session) -> list[str]:
+    """Adapter directories on disk; hidden ones (interrupted writes, deletions) are ignored."""
+    try:
+        entries = list(adapters_dir(session).iterdir())
+    except OSError:
+        return []
+    return sorted(p.name for p in entries if p.is_dir() and not p.name.startswith("."))
+
+
+def known_names(session) -> list[str]:
+    return sorted(set(saved_names(session)) | set(loaded_names(session)))
+
+
+def switch(session):
+    """The Switch of the current PeftModel (created on first need), or None while unwrapped."""
+    from lorachat.switch import Switch
+
+    model, state = peft_model(session), shelf(session)
+    if model is None:
+        return None
+    if state.switch is None or state.switch.model is not model:
+        state.switch = Switch(model)
+        state.switch.set_active(session.active_adapter)
+    return state.switch
+
+
 def base_fingerprint(session) -> str:
     """Cheap, stable identity of the base weights: config hash + checksums of a few tensors.
 
     Tensors are hashed after rounding to bfloat16, so the same checkpoint loaded in float32, float16
-    or bfloat16 has the same fingerprint. Computed once per session."""
+    or bfloat16 has the same fingerprint. Computed once per session, before the first wrap."""
     cached = session.extensions.get("fingerprint")
     if cached:
         return cached
@@ -65,16 +123,141 @@ def base_fingerprint(session) -> str:
 
 
 def add_new(session, name: str, lora_config):
-    """Create a fresh, trainable adapter `name` (wrapping the base on first use); returns the PeftModel."""
+    """Create a fresh, trainable adapter `name` (wrapping the base on first use); returns the PeftModel.
+
+    The new adapter is what the layers apply (and the only trainable one) until `activate`;
+    `session.active_adapter` is left as it was."""
     from peft import get_peft_model
 
     base_fingerprint(session)  # before wrapping: names of the plain base
-    model = peft_model(session)
-    if model is None:
-        session.model = get_peft_model(session.model, lora_config, adapter_name=name)
-    else:
-        model.add_adapter(name, lora_config)
+    model, current = peft_model(session), switch(session)
+    if current is not None:
+        current.set_active(None)  # base weights back in place before the structure changes
+    with _quiet():
+        if model is None:
+            session.model = get_peft_model(session.model, lora_config, adapter_name=name)
+        else:
+            model.add_adapter(name, lora_config)
+            model.set_adapter(name)  # PEFT: active and trainable, the others frozen
+    current = switch(session)
+    current.refresh()
+    current.set_active(name)
+    _touch(session, name)
     return session.model
+
+
+def activate(session, name: str | None) -> None:
+    """Make loaded adapter `name` answer (None: the base alone). No weights are copied or reloaded."""
+    if name is None:
+        if switch(session) is not None:
+            switch(session).set_active(None)
+        session.active_adapter = None
+        return
+    if name not in loaded_names(session):
+        raise LorachatError(f"adapter '{name}' is not loaded")
+    switch(session).set_active(name)
+    session.active_adapter = name
+    _touch(session, name)
+
+
+def use(session, name: str) -> list[str]:
+    """`:use NAME|base`: load from disk on first use, then activate. Returns notes to show."""
+    if name.lower() == BASE:
+        activate(session, None)
+        return []
+    check_name(name, "adapter")
+    notes = [] if name in loaded_names(session) else load(session, name)
+    activate(session, name)
+    return notes
+
+
+def load(session, name: str, keep=()) -> list[str]:
+    """Load saved adapter `name` into memory (inactive); checks first, so a refusal changes nothing.
+    Least recently used adapters are unloaded to stay under max_loaded, except those in `keep`."""
+    path = adapter_path(session, name)
+    if not path.is_dir():
+        raise LorachatError(f"no adapter named '{name}'{did_you_mean(name, saved_names(session))}"
+                            f" (have: {', '.join(saved_names(session)) or 'none yet'})")
+    notes = provenance.inspect(session, name, path, base_fingerprint(session))
+    make_room(session, keep={name, session.active_adapter, *keep})
+    _load_checked(session, name, path)
+    _touch(session, name)
+    if shelf(session).scales.get(name, 1.0) != 1.0:
+        _apply_scale(session, name, shelf(session).scales[name])
+    return notes
+
+
+def _load_checked(session, name: str, path: Path) -> None:
+    from peft import PeftConfig, PeftModel
+    from safetensors import SafetensorError
+
+    model, current = peft_model(session), switch(session)
+    if current is not None:
+        current.set_active(None)
+    wrapped_here = False
+    try:
+        with _quiet():
+            if model is None:
+                config = PeftConfig.from_pretrained(str(path))
+                config.inference_mode = True
+                wrapped_here = True
+                model = PeftModel(session.model, config, adapter_name=name)
+            model.load_adapter(str(path), adapter_name=name, is_trainable=False)
+    except (ValueError, RuntimeError, OSError, KeyError, TypeError, SafetensorError) as exc:
+        _undo_load(session, name, model, wrapped_here)
+        raise LorachatError(f"cannot load adapter '{name}': {provenance._first_line(exc)}") from None
+    except BaseException:
+        _undo_load(session, name, model, wrapped_here)
+        raise
+    session.model = model
+    model.eval()
+    switch(session).refresh()
+    switch(session).set_active(session.active_adapter)
+
+
+def _undo_load(session, name, model, wrapped_here) -> None:
+    """A load that failed half-way: put the model back exactly as it was."""
+    if wrapped_here:
+        base = model.unload() if model is not None else _strip_lora(session.loaded.model)
+        session.model = base
+        session.model.eval()
+        return
+    if model is not None and name in model.peft_config:
+        with _quiet():
+            model.delete_adapter(name)
+    switch(session).refresh()
+    switch(session).set_active(session.active_adapter)
+
+
+def _strip_lora(base):
+    """Replace any LoRA layer left in `base` by its own base layer (a wrap that failed midway)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for qualified, module in list(base.named_modules()):
+        if isinstance(module, BaseTunerLayer) and qualified:
+            parent_name, _, child = qualified.rpartition(".")
+            setattr(base.get_submodule(parent_name) if parent_name else base, child, module.get_base_layer())
+    return base
+
+
+def make_room(session, keep=(), extra: int = 1) -> None:
+    """Unload least recently used adapters until `extra` more fit under settings.max_loaded.
+    Adapters that exist only in memory (not saved) are never unloaded this way."""
+    loaded = loaded_names(session)
+    order = [n for n in shelf(session).lru if n in loaded]
+    order = [n for n in loaded if n not in order] + order
+    saved = set(saved_names(session))
+    for victim in [n for n in order if n not in keep and n in saved]:
+        if len(loaded_names(session)) + extra <= session.settings.max_loaded:
+            break
+        remove(session, victim)
+
+
+def _touch(session, name: str) -> None:
+    lru = shelf(session).lru
+    if name in lru:
+        lru.remove(name)
+    lru.append(name)
 
 
 def remove(session, name: str) -> None:
@@ -84,27 +267,78 @@ def remove(session, name: str) -> None:
         return
     if session.active_adapter == name:
         activate(session, None)
+    current = switch(session)
+    current.set_active(None)
     if len(model.peft_config) == 1:  # PEFT cannot delete its last adapter: unwrap instead
+        current.detach()
+        shelf(session).switch = None
         session.model = model.unload()
         session.model.eval()
     else:
-        model.delete_adapter(name)
+        with _quiet():
+            model.delete_adapter(name)
+        current.refresh()
+        current.set_active(session.active_adapter)
+    if name in shelf(session).lru:
+        shelf(session).lru.remove(name)
 
 
-def activate(session, name: str | None) -> None:
-    """Make `name` answer (None: the base alone). No weights are copied or reloaded."""
-    model = peft_model(session)
-    if name is None:
-        if model is not None:
-            model.base_model.disable_adapter_layers()
-        session.active_adapter = None
-        return
-    if model is None or name not in model.peft_config:
-        raise LorachatError(f"adapter '{name}' is not loaded")
-    model.base_model.enable_adapter_layers()
-    model.set_adapter(name)
-    model.eval()
-    session.active_adapter = name
+def set_scale(session, name: str, factor: float) -> None:
+    """Live strength of adapter `name` (0 off, 1 as trained), kept for the session."""
+    if name not in loaded_names(session):
+        load(session, name)
+    _apply_scale(session, name, factor)
+    shelf(session).scales[name] = factor
+
+
+def _apply_scale(session, name: str, factor: float) -> None:
+    from peft.tuners.lora import LoraLayer
+
+    for module in peft_model(session).modules():
+        if isinstance(module, LoraLayer):
+            module.set_scale(name, factor)
+    switch(session).invalidate()
+
+
+def delete(session, name: str) -> None:
+    """Unload adapter `name` and remove its directory (renamed hidden first, so a crash leaves no
+    half-deleted adapter visible)."""
+    path = adapter_path(session, name)
+    if not path.is_dir() and name not in loaded_names(session):
+        raise LorachatError(f"no adapter named '{name}'{did_you_mean(name, known_names(session))}")
+    remove(session, name)
+    shelf(session).scales.pop(name, None)
+    if path.is_dir():
+        doomed = path.with_name(f".{name}.deleted-{os.getpid()}-{time.monotonic_ns()}")
+        try:
+            os.rename(path, doomed)
+        except OSError as exc:
+            raise LorachatError(f"could not delete adapter '{name}': {exc.strerror or exc}") from None
+        shutil.rmtree(doomed, ignore_errors=True)
+
+
+def rename(session, old: str, new: str) -> None:
+    """Rename a saved adapter on disk (and in memory: it is reloaded under the new name)."""
+    source, target = adapter_path(session, old), adapter_path(session, new)
+    if not source.is_dir():
+        raise LorachatError(f"no saved adapter named '{old}'{did_you_mean(old, saved_names(session))}")
+    if target.exists() or new in loaded_names(session):
+        raise LorachatError(f"an adapter named '{new}' already exists")
+    was_loaded, was_active = old in loaded_names(session), session.active_adapter == old
+    remove(session, old)
+    try:
+        os.rename(source, target)
+    except OSError as exc:
+        raise LorachatError(f"could not rename adapter '{old}': {exc.strerror or exc}") from None
+    meta = read_meta(target)
+    if meta is not None:
+        _write_json_atomic(target / META_FILE, dict(meta, name=new))
+    if old in shelf(session).scales:
+        shelf(session).scales[new] = shelf(session).scales.pop(old)
+    if was_loaded:
+        load(session, new)
+    if was_active:
+        activate(session, new)
 
 
 def save(session, name: str, meta: dict) -> Path:
@@ -117,7 +351,8 @@ def save(session, name: str, meta: dict) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=target.parent))
     try:
-        model.save_pretrained(str(work), selected_adapters=[name], safe_serialization=True)
+        with switch(session).unmerged():
+            model.save_pretrained(str(work), selected_adapters=[name], safe_serialization=True)
         written = work / name if (work / name).is_dir() else work  # PEFT nests non-"default" names
         record = dict(meta, name=name, base_model=session.loaded.name, base_fingerprint=base_fingerprint(session),
                       created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), lorachat_version=__version__)
@@ -132,19 +367,22 @@ def save(session, name: str, meta: dict) -> Path:
     return target
 
 
-def read_meta(path: Path) -> dict | None:
-    try:
-        return json.loads((path / META_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
 def _write_json(path: Path, data: dict) -> None:
     with open(path, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=2, sort_keys=True, default=str)
         f.write("\n")
         f.flush()
         os.fsync(f.fileno())
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        _write_json(temporary, data)
+        os.replace(temporary, path)
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        raise LorachatError(f"could not update {path}: {exc.strerror or exc}") from None
 
 
 def _fsync_dir(path: Path) -> None:

@@ -1,0 +1,217 @@
+"""What is done with several adapters at once: merge (PEFT add_weighted_adapter), export as a
+standalone model, answer one prompt with base and adapters side by side, evaluate, list.
+
+Builds on adapters.py (loading, saving, switching); knows nothing about terminals — commands
+format what these functions return.
+"""
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from lorachat import adapters, prompts, provenance
+from lorachat.adapters import BASE
+from lorachat.errors import LorachatError
+from lorachat.names import check_name
+
+METHODS = ("cat", "linear", "svd", "ties", "dare_linear", "dare_ties", "magnitude_prune")
+NEEDS_DENSITY = ("ties", "dare_linear", "dare_ties", "magnitude_prune")
+EQUAL_RANKS = ("linear", "ties", "dare_linear", "dare_ties", "magnitude_prune")
+MIXED_BASE = "__base__"  # PEFT's name for "no adapter" in a mixed-adapter batch
+
+
+@dataclass
+class MergeOptions:
+    """`:merge` keys."""
+    method: str = field(default="cat", metadata={"help": "PEFT combination: cat is the exact sum of the deltas (any ranks)", "choices": METHODS})
+    weights: str = field(default="", metadata={"help": "comma list, one per source (default 1.0 each)"})
+    density: Optional[float] = field(default=None, metadata={"help": "fraction kept (ties, dare_*, magnitude_prune)", "positive": True, "max": 1})
+
+
+MERGE_DEFAULTS = MergeOptions()
+
+
+def parse_weights(text: str, count: int) -> list[float]:
+    if not text:
+        return [1.0] * count
+    try:
+        weights = [float(w) for w in text.split(",")]
+    except ValueError:
+        raise LorachatError(f"weights={text!r}: expected numbers separated by commas") from None
+    if len(weights) != count:
+        raise LorachatError(f"weights={text!r}: give one weight per source adapter ({count})")
+    if not all(math.isfinite(w) and abs(w) <= 1000 for w in weights):
+        raise LorachatError(f"weights={text!r}: each weight must be a finite number between -1000 and 1000")
+    return weights
+
+
+def check_method(options: MergeOptions) -> None:
+    """What a method needs that the arguments alone can tell."""
+    if options.method in NEEDS_DENSITY and options.density is None:
+        raise LorachatError(f"method={options.method} keeps only a fraction of each delta: give density=D (0 < D <= 1)")
+    if options.method not in NEEDS_DENSITY and options.density is not None:
+        raise LorachatError(f"density is used only by {', '.join(NEEDS_DENSITY)}, not by method={options.method}")
+
+
+def merge(session, sources: list[str], name: str, options: MergeOptions) -> tuple[list[str], object]:
+    """Combine `sources` into a new adapter `name`, save it like a trained one and activate it.
+    Returns (notes, path)."""
+    import torch
+
+    for source in sources:
+        check_name(source, "adapter")
+    check_name(name, "adapter")
+    if len(set(sources)) != len(sources):
+        raise LorachatError("each source adapter may be named once")
+    if name in adapters.known_names(session):
+        raise LorachatError(f"an adapter named '{name}' already exists")
+    if len(sources) > session.settings.max_loaded:
+        raise LorachatError(f"can merge at most max_loaded={session.settings.max_loaded} adapters at once")
+    weights = parse_weights(options.weights, len(sources))
+    check_method(options)
+    notes = load_all(session, sources)
+    model = adapters.peft_model(session)
+    configs = {s: model.peft_config[s] for s in sources}
+    ranks = {s: max([c.r, *(c.rank_pattern or {}).values()]) for s, c in configs.items()}
+    if options.method in EQUAL_RANKS and len(set(ranks.values())) > 1:
+        shown = ", ".join(f"{s}: r={r}" for s, r in ranks.items())
+        raise LorachatError(f"method={options.method} needs adapters of equal rank ({shown}); use method=cat or svd")
+    if len({type(c.target_modules) for c in configs.values()}) > 1:
+        raise LorachatError("these adapters name their target modules differently (a list and a pattern); PEFT cannot merge them")
+    with adapters.switch(session).unmerged(), torch.random.fork_rng():
+        torch.manual_seed(session.settings.seed)  # dare_* drop at random: the same merge every time
+        try:
+            model.add_weighted_adapter(sources, weights, name, combination_type=options.method, density=options.density)
+        except (ValueError, TypeError, RuntimeError) as exc:
+            adapters.remove(session, name)
+            raise LorachatError(f"PEFT could not merge: {provenance._first_line(exc)}") from None
+    adapters.switch(session).refresh()
+    scales = {s: adapters.shelf(session).scales[s] for s in sources if adapters.shelf(session).scales.get(s, 1.0) != 1.0}
+    meta = dict(merged_from=sources, method=options.method, weights=weights, density=options.density,
+                ranks=ranks, **({"scales": scales} if scales else {}))
+    try:
+        path = adapters.save(session, name, meta)
+    except LorachatError:
+        adapters.remove(session, name)
+        raise
+    adapters.activate(session, name)
+    adapters.make_room(session, keep={name}, extra=0)
+    return notes, path
+
+
+def load_all(session, names) -> list[str]:
+    """Load every named adapter not yet in memory, keeping all of them loaded together."""
+    notes = []
+    for n in names:
+        if n != BASE and n not in adapters.loaded_names(session):
+            notes += adapters.load(session, n, keep=set(names))
+    return notes
+
+
+# --- export ------------------------------------------------------------------------------------
+
+def export(session, name: str, directory: Path) -> tuple[list[str], Path]:
+    """Write the base with adapter `name` merged in as a standalone model (safetensors +
+    tokenizer). The live model is not changed: merged tensors are new ones."""
+    check_name(name, "adapter")
+    target = Path(directory).expanduser()
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise LorachatError(f"{target} already exists and is not an empty directory")
+    notes = load_all(session, [name])
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    except OSError as exc:
+        raise LorachatError(f"cannot write to {target.parent}: {exc.strerror or exc}") from None
+    try:
+        with adapters.switch(session).unmerged():
+            state = merged_state_dict(session, name)
+            session.loaded.model.save_pretrained(str(work), state_dict=state, safe_serialization=True)
+        session.tokenizer.save_pretrained(str(work))
+        if target.exists():
+            target.rmdir()
+        os.rename(work, target)
+    except OSError as exc:
+        raise LorachatError(f"could not export to {target}: {exc.strerror or exc}") from None
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return notes, target
+
+
+def merged_state_dict(session, name: str) -> dict:
+    """The base's own tensor names and tensors, with `name`'s delta added where it has one."""
+    from peft.tuners.lora import LoraLayer
+
+    base = session.loaded.model
+    state, overrides = {}, {}
+    for key, tensor in base.state_dict().items():
+        if f".modules_to_save.{name}." in key:
+            overrides[key.replace(f".modules_to_save.{name}.", ".")] = tensor
+        elif ".lora_" not in key and ".modules_to_save." not in key:
+            state[key.replace(".base_layer.", ".").replace(".original_module.", ".")] = tensor
+    state.update(overrides)
+    for qualified, layer in base.named_modules():
+        if isinstance(layer, LoraLayer) and name in layer.lora_A:
+            if name in getattr(layer, "lora_variant", {}):
+                raise LorachatError(f"adapter '{name}' is not plain LoRA (DoRA or another variant): export merges plain LoRA only")
+            weight = layer.get_base_layer().weight
+            state[f"{qualified}.weight"] = (weight.float() + layer.get_delta_weight(name).float()).to(weight.dtype)
+    return state
+
+
+# --- compare and eval --------------------------------------------------------------------------
+
+def compare(session, names: list[str], question: str) -> tuple[list[str], list[tuple[str, str]]]:
+    """Greedy answers to `question` from each of `names` ('base' for none), in one mixed-adapter
+    batch where PEFT supports it. Returns (notes, [(name, answer)])."""
+    import torch
+
+    extra = [n for n in names if n != BASE]
+    for n in extra:
+        check_name(n, "adapter")
+    if len(extra) > session.settings.max_loaded:
+        raise LorachatError(f"can compare at most max_loaded={session.settings.max_loaded} adapters at once")
+    notes = load_all(session, names)
+    ids = prompts.prompt_ids(session.tokenizer, session.instruction, question)
+    settings = session.settings
+    generation = dict(max_new_tokens=settings.max_new_tokens, do_sample=False, repetition_penalty=settings.repetition_penalty,
+                      pad_token_id=session.tokenizer.pad_token_id, eos_token_id=session.tokenizer.eos_token_id)
+    model = adapters.peft_model(session)
+    batch = torch.tensor([ids] * len(names), device=session.loaded.model.device)
+    with torch.inference_mode():
+        if model is None:  # no adapter was ever loaded: only the base can answer
+            rows = session.model.generate(input_ids=batch, attention_mask=torch.ones_like(batch), **generation)
+        else:
+            labels = [MIXED_BASE if n == BASE else n for n in names]
+            with adapters.switch(session).unmerged(enabled=True):
+                rows = model.generate(input_ids=batch, attention_mask=torch.ones_like(batch), adapter_names=labels, **generation)
+    return notes, [(n, decode_answer(session.tokenizer, row[len(ids):].tolist())) for n, row in zip(names, rows)]
+
+
+def decode_answer(tokenizer, ids: list[int]) -> str:
+    """What streaming shows for these generated ids: up to EOS, specials dropped, cleaned."""
+    eos = tokenizer.eos_token_id
+    if eos is not None and eos in ids:
+        ids = ids[:ids.index(eos)]
+    return prompts.clean_answer(tokenizer.decode(ids, skip_special_tokens=True))
+
+
+def evaluate(session, names: list[str], examples) -> tuple[list[str], list[tuple[str, float, int]]]:
+    """(name, mean answer-token loss, exact recall k) for each of `names`; the active adapter is
+    restored afterwards."""
+    try:
+        from lorachat.train import answer_loss, recall
+    except ImportError:
+        raise LorachatError(":eval needs lorachat.train, which this installation lacks") from None
+    notes = load_all(session, names)
+    previous, rows = session.active_adapter, []
+    try:
+        for n in names:
+            adapters.activate(session, None if n == BASE else n)
+            rows.append((n, answer_loss(session.model, session.tokenizer, examples), recall(session.model, session.tokenizer, examples)))
+    finally:
+        adapters.activate(session, previous if previous in adapters.loaded_names(session) else None)
+    return notes, rows
