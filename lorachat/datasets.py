@@ -216,6 +216,8 @@ def _locked_folder(folder: Path):
 def _append_bytes(path: Path, data: bytes) -> None:
     try:
         created = not path.exists()
+        if created and path.is_symlink():
+            raise LorachatError(f"{path} is a symbolic link to a missing file; remove it or create that file")
         if not created:
             _check_regular(path)
         # a new file is never created through a planted (dangling) symlink

@@ -87,6 +87,26 @@ def test_record_show_drop_undo_transcript(make_session, transcript, home):
     assert [p.name for p in (home / "datasets").iterdir() if p.name.startswith(".")] == []
 
 
+def test_undo_of_an_example_dropped_meanwhile_moves_on(make_session, transcript, home):
+    session = make_session()
+    code, out = transcript(session, [":add a => 1", ":add b => 2", ":drop 2", ":undo", ":undo", ":undo"], keep_going=True)
+    assert out.endswith("> :undo\nerror: that example is no longer in default (was it dropped or edited?)\n"
+                        "> :undo\nremoved from default (0 examples left): a => 1\n"
+                        "> :undo\nerror: nothing to undo: no example was recorded in this session\n")
+
+
+def test_tab_completes_dataset_names(make_session, home):
+    from prompt_toolkit.document import Document
+
+    from lorachat.repl import make_completer
+
+    datasets.append_example(home, "films", SOH)
+    datasets.append_example(home, "facts", SOH)
+    session = make_session()
+    completions = make_completer(session).get_completions(Document(":dataset f"), None)
+    assert [c.text for c in completions] == ["facts", "films"]
+
+
 def test_interactive_add_asks_for_both(make_session, transcript, home):
     session = make_session()
     answers = iter(["What is SOH?", "A hardmask\nmade of carbon."])
@@ -132,11 +152,12 @@ def test_corrupt_line_in_the_middle_is_reported_and_never_rewritten(make_session
     session = make_session()
     code, out = transcript(session, [":dataset broken", ":examples", ":drop 1", ":datasets"], keep_going=True)
     assert code == 1
-    assert f"dataset broken: 2 examples in {path}\nerror: {path}: 4 invalid line(s) skipped (line 2 is not valid JSON" in out
+    assert f"dataset broken: 2 examples in {path}\nwarning: {path}: 4 invalid line(s) skipped (line 2 is not valid JSON" in out
     assert "line 3 is not UTF-8 text; line 4 is not a JSON object; and 1 more); fix or delete them in an editor" in out
     assert "1. [i] q1 => a1\n2. (text) t\n" in out
     assert "> :drop 1\nerror: " in out and "never rewritten while they are there: fix or delete those lines" in out
-    assert "*  broken   2         4 invalid" in out
+    assert "*  broken   2         4 invalid lines" in out
+    assert out.count("error: ") == 1  # only the refused :drop
     assert path.read_bytes() == content
 
 
@@ -195,13 +216,15 @@ def test_hostile_files_in_place_of_a_dataset(make_session, transcript, home, tmp
     assert code == 1 and "Traceback" not in out
     assert f"error: {folder / 'dir.jsonl'} is not a regular file; move it out of the way" in out
     assert f"error: {folder / 'pipe.jsonl'} is not a regular file" in out
-    assert "> :add q => a\nerror: cannot write " in out
+    assert ("   dir      ?         the file is not a regular file; move it out of the way\n   link     0\n"
+            "   pipe     ?         the file is not a regular file; move it out of the way\n") in out
+    assert "> :add q => a\nerror: " + f"{folder / 'link.jsonl'} is a symbolic link to a missing file" in out
     assert not (tmp_path / "outside.jsonl").exists()
 
 
 def test_acknowledged_adds_survive_sigkill(home):
     """Kill -9 right after reading an acknowledgement: every acknowledged example is on disk, whole."""
-    process = subprocess.Popen([sys.executable, "-m", "lorachat", "--model", "tiny", "--home", str(home)],
+    process = subprocess.Popen([sys.executable, "-m", "lorachat", "--model", "tiny", "--home", str(home), "--dataset", "lessons"],
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         # queue many more lines than we wait for, so the kill lands while later ones are being written
@@ -212,7 +235,7 @@ def test_acknowledged_adds_survive_sigkill(home):
         while acknowledged < 25 and time.monotonic() < deadline:
             line = process.stdout.readline()
             assert line, "lorachat ended early"
-            acknowledged += line.startswith("added to default")
+            acknowledged += line.startswith("added to lessons")
         os.kill(process.pid, signal.SIGKILL)
         process.wait()
     finally:
@@ -220,7 +243,7 @@ def test_acknowledged_adds_survive_sigkill(home):
             process.kill()
             process.wait()
     assert acknowledged == 25
-    loaded = datasets.load_dataset(home, "default")
+    loaded = datasets.load_dataset(home, "lessons")
     expected = [Example("Answer the question.", f"question {i}", f"answer {i}") for i in range(200)]
     assert loaded.bad_lines == [] and len(loaded.examples) >= 25
     assert loaded.examples == expected[:len(loaded.examples)]   # every acknowledged one, whole, in order

@@ -29,8 +29,8 @@ def _names(session) -> list[str]:
 
 def _bad_note(session, current: datasets.DatasetFile) -> None:
     if current.bad_lines:
-        session.ui.error(f"{current.path}: {len(current.bad_lines)} invalid line(s) skipped ({current.describe_problems()}); "
-                         "fix or delete them in an editor")
+        session.ui.note(f"warning: {current.path}: {len(current.bad_lines)} invalid line(s) skipped "
+                        f"({current.describe_problems()}); fix or delete them in an editor")
 
 
 @command("dataset", usage=":dataset [NAME]", complete=_names)
@@ -57,8 +57,13 @@ def datasets_(session, args):
     names = sorted(set(datasets.dataset_names(session.home)) | {session.dataset})
     rows = []
     for name in names:
-        current = datasets.load_dataset(session.home, name)
-        bad = f"{len(current.bad_lines)} invalid" if current.bad_lines else ""
+        try:
+            current = datasets.load_dataset(session.home, name)
+        except LorachatError as exc:  # one unreadable file does not hide the others
+            why = str(exc).replace(str(datasets.dataset_path(session.home, name)), "the file")
+            rows.append(["*" if name == session.dataset else "", name, "?", why])
+            continue
+        bad = f"{len(current.bad_lines)} invalid lines" if current.bad_lines else ""
         rows.append(["*" if name == session.dataset else "", name, len(current.examples), bad])
     session.ui.table(["", "dataset", "examples", "problems"], rows)
 
