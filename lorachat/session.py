@@ -46,6 +46,7 @@ class Session:
         self.dataset = DEFAULT_DATASET
         self.last_question: str | None = None
         self.last_answer: str | None = None
+        self.last_answer_complete = False  # False when the last answer was stopped (Ctrl-C) midway
         self.force = force
         self.allow_pickle = allow_pickle
         self.active_adapter: str | None = None   # None: the base model answers
@@ -64,10 +65,11 @@ class Session:
             raise LorachatError(f"the question is too long: {len(ids)} tokens with the prompt, "
                                 f"the model reads at most {self.context_length()}")
         generation["max_new_tokens"] = min(generation["max_new_tokens"], room)
-        self.last_question, self.last_answer = question, ""
+        self.last_question, self.last_answer, self.last_answer_complete = question, "", False
         for piece in stream(self.model, self.tokenizer, ids, **generation):
             self.last_answer += piece
             yield piece
+        self.last_answer_complete = True
 
     def context_length(self) -> int:
         """Most tokens (prompt and answer) the model can attend to."""

@@ -152,3 +152,13 @@ def test_closing_an_answer_midway_leaves_the_model_usable(make_session):
     assert first == "".join(session.ask("What is SOH?"))
     after = session.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_good_refuses_an_answer_stopped_midway(make_session, transcript, home):
+    session = make_session()
+    pieces = session.ask("A long answer please")
+    next(pieces, None)
+    pieces.close()
+    code, out = transcript(session, [":good"])
+    assert code == 1 and "error: the last answer was stopped before it ended" in out
+    assert not (home / "datasets").exists()

@@ -104,6 +104,8 @@ def good(session, args):
     answer = (session.last_answer or "").strip()
     if not answer:
         raise LorachatError("the last answer was empty; record a corrected one with :fix ANSWER")
+    if not session.last_answer_complete:
+        raise LorachatError("the last answer was stopped before it ended; record the answer you want with :fix ANSWER")
     _record(session, question, answer)
 
 
