@@ -12,14 +12,12 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lorachat import __version__, provenance
+from lorachat import __version__, provenance, store
 from lorachat.errors import LorachatError, did_you_mean
 from lorachat.names import check_name
 from lorachat.provenance import META_FILE, read_meta  # noqa: F401  (read_meta is part of this API)
@@ -58,6 +56,14 @@ def adapters_dir(session) -> Path:
 
 def adapter_path(session, name: str) -> Path:
     return adapters_dir(session) / check_name(name, "adapter")
+
+
+def check_loadable_name(name: str) -> str:
+    """A name PEFT can hold in memory: PEFT keys adapters inside module paths, where '.' separates parts."""
+    check_name(name, "adapter")
+    if "." in name:
+        raise LorachatError(f"adapter name '{name}' cannot contain '.' (PEFT keys adapters by module path; use '-' or '_')")
+    return name
 
 
 def peft_model(session):
@@ -178,6 +184,7 @@ def load(session, name: str, keep=()) -> list[str]:
     if not path.is_dir():
         raise LorachatError(f"no adapter named '{name}'{did_you_mean(name, saved_names(session))}"
                             f" (have: {', '.join(saved_names(session)) or 'none yet'})")
+    check_loadable_name(name)
     notes = provenance.inspect(session, name, path, base_fingerprint(session))
     make_room(session, keep={name, session.active_adapter, *keep})
     _load_checked(session, name, path)
@@ -205,7 +212,7 @@ def _load_checked(session, name: str, path: Path) -> None:
             model.load_adapter(str(path), adapter_name=name, is_trainable=False)
     except (ValueError, RuntimeError, OSError, KeyError, TypeError, SafetensorError) as exc:
         _undo_load(session, name, model, wrapped_here)
-        raise LorachatError(f"cannot load adapter '{name}': {provenance._first_line(exc)}") from None
+        raise LorachatError(f"cannot load adapter '{name}': {provenance.brief(exc)}") from None
     except BaseException:
         _undo_load(session, name, model, wrapped_here)
         raise
@@ -301,38 +308,29 @@ def _apply_scale(session, name: str, factor: float) -> None:
 
 
 def delete(session, name: str) -> None:
-    """Unload adapter `name` and remove its directory (renamed hidden first, so a crash leaves no
-    half-deleted adapter visible)."""
+    """Unload adapter `name` and remove its directory (hidden first: a crash leaves nothing half-deleted in view)."""
     path = adapter_path(session, name)
     if not path.is_dir() and name not in loaded_names(session):
         raise LorachatError(f"no adapter named '{name}'{did_you_mean(name, known_names(session))}")
     remove(session, name)
     shelf(session).scales.pop(name, None)
     if path.is_dir():
-        doomed = path.with_name(f".{name}.deleted-{os.getpid()}-{time.monotonic_ns()}")
-        try:
-            os.rename(path, doomed)
-        except OSError as exc:
-            raise LorachatError(f"could not delete adapter '{name}': {exc.strerror or exc}") from None
-        shutil.rmtree(doomed, ignore_errors=True)
+        store.hide_and_remove(path, f"adapter '{name}'")
 
 
 def rename(session, old: str, new: str) -> None:
     """Rename a saved adapter on disk (and in memory: it is reloaded under the new name)."""
-    source, target = adapter_path(session, old), adapter_path(session, new)
+    source, target = adapter_path(session, old), adapter_path(session, check_loadable_name(new))
     if not source.is_dir():
         raise LorachatError(f"no saved adapter named '{old}'{did_you_mean(old, saved_names(session))}")
     if target.exists() or new in loaded_names(session):
         raise LorachatError(f"an adapter named '{new}' already exists")
     was_loaded, was_active = old in loaded_names(session), session.active_adapter == old
     remove(session, old)
-    try:
-        os.rename(source, target)
-    except OSError as exc:
-        raise LorachatError(f"could not rename adapter '{old}': {exc.strerror or exc}") from None
+    store.move(source, target, f"adapter '{old}'")
     meta = read_meta(target)
     if meta is not None:
-        _write_json_atomic(target / META_FILE, dict(meta, name=new))
+        store.write_json_atomic(target / META_FILE, dict(meta, name=new))
     if old in shelf(session).scales:
         shelf(session).scales[new] = shelf(session).scales.pop(old)
     if was_loaded:
@@ -348,46 +346,14 @@ def save(session, name: str, meta: dict) -> Path:
     target = adapter_path(session, name)
     if target.exists():
         raise LorachatError(f"an adapter named '{name}' already exists at {target}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=target.parent))
-    try:
+    record = dict(meta, name=name, base_model=session.loaded.name, base_fingerprint=base_fingerprint(session),
+                  created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), lorachat_version=__version__)
+
+    def fill(work: Path) -> Path:
         with switch(session).unmerged():
             model.save_pretrained(str(work), selected_adapters=[name], safe_serialization=True)
         written = work / name if (work / name).is_dir() else work  # PEFT nests non-"default" names
-        record = dict(meta, name=name, base_model=session.loaded.name, base_fingerprint=base_fingerprint(session),
-                      created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), lorachat_version=__version__)
-        _write_json(written / META_FILE, record)
-        _fsync_dir(written)
-        os.rename(written, target)
-        _fsync_dir(target.parent)
-    except OSError as exc:
-        raise LorachatError(f"could not save adapter '{name}': {exc.strerror or exc}") from None
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return target
+        store.write_json(written / META_FILE, record)
+        return written
 
-
-def _write_json(path: Path, data: dict) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, sort_keys=True, default=str)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        _write_json(temporary, data)
-        os.replace(temporary, path)
-    except OSError as exc:
-        temporary.unlink(missing_ok=True)
-        raise LorachatError(f"could not update {path}: {exc.strerror or exc}") from None
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    return store.write_atomically(target, fill, f"adapter '{name}'")

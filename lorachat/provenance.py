@@ -33,7 +33,7 @@ def read_config(name: str, path: Path) -> dict:
     try:
         config = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise LorachatError(f"adapter '{name}': {CONFIG_FILE} is unreadable or not JSON ({_first_line(exc)})") from None
+        raise LorachatError(f"adapter '{name}': {CONFIG_FILE} is unreadable or not JSON ({brief(exc)})") from None
     if not isinstance(config, dict):
         raise LorachatError(f"adapter '{name}': {CONFIG_FILE} is not a JSON object")
     kind = config.get("peft_type", "LORA")
@@ -51,7 +51,7 @@ def weight_shapes(name: str, path: Path, allow_pickle: bool) -> dict[str, tuple]
             with safe_open(str(path / SAFETENSORS), framework="pt") as f:
                 return {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
         except (SafetensorError, OSError, ValueError) as exc:
-            raise LorachatError(f"adapter '{name}': {SAFETENSORS} is corrupt or truncated ({_first_line(exc)})") from None
+            raise LorachatError(f"adapter '{name}': {SAFETENSORS} is corrupt or truncated ({brief(exc)})") from None
     if (path / PICKLE).is_file():
         if not allow_pickle:
             raise LorachatError(f"adapter '{name}' is saved as a pickle ({PICKLE}), and unpickling runs code "
@@ -68,7 +68,7 @@ def _pickle_shapes(name: str, file: Path) -> dict[str, tuple]:
     try:
         state = torch.load(file, map_location="cpu", weights_only=False)  # the user passed --allow-pickle
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, AttributeError, ImportError) as exc:
-        raise LorachatError(f"adapter '{name}': {PICKLE} is corrupt ({_first_line(exc)})") from None
+        raise LorachatError(f"adapter '{name}': {PICKLE} is corrupt ({brief(exc)})") from None
     if not isinstance(state, dict):
         raise LorachatError(f"adapter '{name}': {PICKLE} does not hold a state dict")
     return {key: tuple(value.shape) for key, value in state.items() if hasattr(value, "shape")}
@@ -141,6 +141,7 @@ def inspect(session, name: str, path: Path, fingerprint: str) -> list[str]:
     return notes
 
 
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
+def brief(exc: Exception) -> str:
+    """A library's exception as part of one line: whitespace collapsed, at most 240 characters."""
+    text = " ".join(str(exc).split())
+    return (text[:237] + "...") if len(text) > 240 else text or type(exc).__name__

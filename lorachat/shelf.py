@@ -63,7 +63,7 @@ def merge(session, sources: list[str], name: str, options: MergeOptions) -> tupl
 
     for source in sources:
         check_name(source, "adapter")
-    check_name(name, "adapter")
+    adapters.check_loadable_name(name)
     if len(set(sources)) != len(sources):
         raise LorachatError("each source adapter may be named once")
     if name in adapters.known_names(session):
@@ -87,7 +87,7 @@ def merge(session, sources: list[str], name: str, options: MergeOptions) -> tupl
             model.add_weighted_adapter(sources, weights, name, combination_type=options.method, density=options.density)
         except (ValueError, TypeError, RuntimeError) as exc:
             adapters.remove(session, name)
-            raise LorachatError(f"PEFT could not merge: {provenance._first_line(exc)}") from None
+            raise LorachatError(f"PEFT could not merge: {provenance.brief(exc)}") from None
     adapters.switch(session).refresh()
     scales = {s: adapters.shelf(session).scales[s] for s in sources if adapters.shelf(session).scales.get(s, 1.0) != 1.0}
     meta = dict(merged_from=sources, method=options.method, weights=weights, density=options.density,

@@ -32,7 +32,7 @@ def _notes(session, notes) -> None:
 def _exactly(name: str, args: str, count: int, usage: str) -> list[str]:
     words = options.split_words(args)
     if len(words) != count:
-        what = "missing" if len(words) < count else f"unexpected {words[count][:40]!r}"
+        what = "missing argument" if len(words) < count else f"unexpected argument {words[count][:40]!r}"
         raise LorachatError(f":{name}: {what}; usage: {usage}")
     return words
 
