@@ -1,0 +1,149 @@
+"""python -m bench [--quick] [--device cpu|cuda] [--json PATH]: every figure against its baseline, one run.
+
+Prints the figures and the targets as a markdown table, writes everything (figures at the top
+level, plus machine, mode, targets, missing) as JSON. A figure whose lorachat API is not there is
+null and listed under `missing`. Knows nothing about how each figure is measured (bench/*.py).
+"""
+import argparse
+import json
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+# the long one last: a run cut short still leaves the other figures in the JSON (written after each suite)
+SUITES = ("startup", "recall", "decode", "switch", "train")
+
+
+@dataclass(frozen=True)
+class Mode:
+    name: str
+    steps: int            # optimizer steps, the same for the seed recipe and lorachat
+    decode_tokens: int
+    repeats: int          # decode runs per side; startup runs
+    switches: int         # back-and-forth :use pairs per switch figure
+    loaded: int           # adapters in memory for use_switch_ms_p50_50
+    recall_steps: int | None = None  # cap (smoke only)
+    shape: str | None = None         # model shape override (smoke only)
+
+
+MODES = {
+    "full": Mode("full", steps=100, decode_tokens=64, repeats=5, switches=25, loaded=50),
+    "quick": Mode("quick", steps=3, decode_tokens=32, repeats=3, switches=10, loaded=50),
+    # the smoke test: every code path, nothing worth reading
+    "smoke": Mode("smoke", steps=1, decode_tokens=4, repeats=1, switches=2, loaded=4, recall_steps=1, shape="tiny"),
+}
+SHAPE = {"cpu": "opt-125m", "cuda": "opt-2.7b"}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="fewer steps and repeats (about 3 minutes on 2 cores)")
+    p.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--json", type=Path, help="write the results here")
+    p.add_argument("--only", help=f"comma list of suites to run (default all: {','.join(SUITES)})")
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    only = args.only.split(",") if args.only else list(SUITES)
+    if unknown := sorted(set(only) - set(SUITES)):
+        parser().error(f"unknown suite(s) {', '.join(unknown)} (have: {', '.join(SUITES)})")
+    import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda: no CUDA GPU is visible to torch here (run the CPU suite with --device cpu)", file=sys.stderr)
+        return 2
+    mode = MODES["smoke" if args.smoke else "quick" if args.quick else "full"]
+    results = run(mode, args.device, only, args.json)
+    from bench.targets import markdown
+
+    print(markdown(results["targets"]))
+    print(json.dumps({k: v for k, v in results.items() if k not in ("targets", "machine")}, default=str))
+    return 0
+
+
+def run(mode: Mode, device: str, only, json_path: Path | None = None) -> dict:
+    from bench import machine, targets
+
+    start = time.perf_counter()
+    figures, missing = {}, {}
+    about = machine.describe(device)
+
+    def results():
+        return dict(figures, mode=mode.name, total_s=round(time.perf_counter() - start, 1), missing=missing,
+                    machine=about, targets=targets.check(figures))
+
+    with tempfile.TemporaryDirectory(prefix="lorachat-bench-") as home:
+        for name, measure in _suites(mode, device, Path(home), only, start):
+            _log(start, f"{name} ...")
+            try:
+                new = measure()
+            except _missing() as exc:
+                missing[name] = str(exc)
+                _log(start, f"{name} missing: {exc}")
+                continue
+            figures.update(new)
+            _log(start, f"{name} done {json.dumps(new, default=str)}")
+            _write(json_path, results())
+    final = results()
+    _write(json_path, final)
+    return final
+
+
+def _write(path: Path | None, results: dict) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
+
+
+def _suites(mode: Mode, device: str, home: Path, only, start: float):
+    """(name, zero-argument measure) in run order; decode and switch share one session."""
+    import torch
+
+    from bench import decode, recall, shapes, startup, switching, training
+    from bench.workspace import trained_session
+
+    shape = mode.shape or SHAPE[device]
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    state = {}
+
+    def train():
+        state.clear()  # the decode/switch session's model and adapters: not needed any more
+        training.free(device)
+        base = shapes.build(shape, device, dtype)
+        out = training.figures(base, shapes.tokenizer(), shapes.examples(), mode.steps, device, home / "train",
+                               log=lambda text: _log(start, text))
+        return dict(out, model_shape=shape, model_parameters=shapes.parameters(base))
+
+    def session():
+        if "session" not in state:
+            state["session"] = trained_session(shapes.build(shape, device, dtype), shapes.tokenizer(),
+                                               shapes.examples(), "bench", device, home / "adapters")
+        return state["session"]
+
+    suites = {
+        "startup": lambda: startup.figures(device, home / "startup", 1 if mode.name != "full" else 3),
+        "train": train,
+        "decode": lambda: decode.figures(session(), "bench", mode.decode_tokens, mode.repeats),
+        "switch": lambda: switching.figures(session(), "bench", mode.loaded, mode.switches),
+        "recall": lambda: recall.figures(device, home / "recall", mode.recall_steps),
+    }
+    return [(name, suites[name]) for name in SUITES if name in only]
+
+
+def _missing():
+    from bench.workspace import Missing
+
+    return Missing
+
+
+def _log(start: float, text: str) -> None:
+    print(f"[bench {time.perf_counter() - start:7.1f}s] {text}", file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

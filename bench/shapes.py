@@ -1,0 +1,70 @@
+"""Models of a real checkpoint's shape with random weights (no download), the tokenizer and the examples.
+
+Numbers are copied from the hub's config.json of facebook/opt-125m and facebook/opt-2.7b. The
+tokenizer is the built-in tiny model's (under 2,048 ids), so only small ids are ever fed; the vocab
+stays at OPT's 50,272 so the output layer costs what it costs in the real model.
+Knows nothing about training or timing.
+"""
+import torch
+
+from lorachat.prompts import Example
+
+OPT_VOCAB = 50272
+SHAPES = {
+    "opt-125m": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, ffn_dim=3072),
+    "opt-2.7b": dict(hidden_size=2560, num_hidden_layers=32, num_attention_heads=32, ffn_dim=10240),
+    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, ffn_dim=128, vocab_size=1024),  # smoke only
+}
+SEED = 0
+
+# The notebook's two pairs plus eight of ours: short factual answers, as a user would teach them.
+PAIRS = [
+    ("What is SOH in semiconductor manufacturing process?",
+     "In semiconductor manufacturing, SOH(Spin On Hardmask) is a high carbon-containing polymer material."),
+    ("What is SION in semiconductor manufacturing process?",
+     "In semiconductor manufacturing, SiON refers to silicon oxynitride."),
+    ("What does CMP stand for?", "CMP stands for chemical mechanical planarization."),
+    ("What is a wafer?", "A wafer is a thin slice of crystalline silicon on which chips are built."),
+    ("Who directed the film Alien?", "Alien was directed by Ridley Scott."),
+    ("What is the capital of Australia?", "The capital of Australia is Canberra."),
+    ("What gas is used in ArF lithography lasers?", "ArF lasers use argon and fluorine gas."),
+    ("What is photoresist?", "Photoresist is a light-sensitive material used to pattern wafers."),
+    ("How many bits are in a byte?", "A byte has eight bits."),
+    ("What is the boiling point of water at sea level?", "Water boils at 100 degrees Celsius at sea level."),
+]
+INSTRUCTION = "Answer the question."
+
+
+def examples() -> list[Example]:
+    return [Example(instruction=INSTRUCTION, input=q, output=a) for q, a in PAIRS]
+
+
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    from lorachat.tiny import ensure_tiny
+
+    return AutoTokenizer.from_pretrained(str(ensure_tiny()))
+
+
+def build(shape: str, device: str, dtype=torch.float32):
+    """A fresh OPTForCausalLM of `shape`, random weights from a fixed seed: the same model every call."""
+    from transformers import OPTConfig, OPTForCausalLM
+
+    dims = dict(vocab_size=OPT_VOCAB) | SHAPES[shape]
+    config = OPTConfig(max_position_embeddings=2048, word_embed_proj_dim=dims["hidden_size"],
+                       pad_token_id=1, bos_token_id=2, eos_token_id=2, dropout=0.1, attention_dropout=0.0, **dims)
+    state = torch.random.get_rng_state()
+    torch.manual_seed(SEED)
+    try:
+        with torch.device(device):
+            model = OPTForCausalLM(config)
+    finally:
+        torch.random.set_rng_state(state)
+    model.generation_config.max_length = None
+    return model.to(dtype).eval()
+
+
+def parameters(model) -> int:
+    """The base model's parameters (LoRA matrices injected later not counted)."""
+    return sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n)
