@@ -216,10 +216,13 @@ def _load_checked(session, name: str, path: Path) -> None:
     except BaseException:
         _undo_load(session, name, model, wrapped_here)
         raise
-    session.model = model
-    model.eval()
-    switch(session).refresh()
-    switch(session).set_active(session.active_adapter)
+    if session.model is not model:
+        session.model = model
+        model.eval()
+    current = switch(session)
+    current.refresh()
+    current.eval_adapter(name)  # not model.eval(): that walks every loaded adapter's modules
+    current.set_active(session.active_adapter)
 
 
 def _undo_load(session, name, model, wrapped_here) -> None:

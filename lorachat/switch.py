@@ -38,7 +38,18 @@ class Switch:
         """Re-read the LoRA layers after adapters were added or removed (call while unmerged)."""
         from peft.tuners.lora import LoraLayer
 
-        self.layers = [m for m in self.model.modules() if isinstance(m, LoraLayer)]
+        from peft.utils.other import AuxiliaryTrainingWrapper
+
+        # Walk the model but not into LoRA layers, whose children grow with every loaded adapter.
+        self.layers, self.aux, stack = [], [], [self.model]
+        while stack:
+            module = stack.pop()
+            if isinstance(module, LoraLayer):
+                self.layers.append(module)
+            elif isinstance(module, AuxiliaryTrainingWrapper):
+                self.aux.append(module)
+            else:
+                stack.extend(module.children())
         for layer in self.layers:
             self.pristine.setdefault(layer, layer.base_layer.weight)
         live = set(self.layers)
@@ -46,6 +57,13 @@ class Switch:
             for layer in [k for k in table if k not in live]:
                 del table[layer]
         self.buffer_key = None
+
+    def eval_adapter(self, name: str) -> None:
+        """Eval mode for adapter `name`'s new modules (dropout off) without walking the whole model."""
+        for layer in self.layers:
+            for table in layer.children():
+                if isinstance(table, torch.nn.ModuleDict) and name in table:
+                    table[name].eval()
 
     def detach(self) -> None:
         """Before unwrapping: base weights back, hooks off."""
@@ -76,14 +94,7 @@ class Switch:
             layer._disable_adapters = name is None
         if name is not None:
             self.model.base_model.active_adapter = name
-            self._aux_set_adapter(name)
-
-    def _aux_set_adapter(self, name: str) -> None:
-        """modules_to_save / trainable-token wrappers switch through PEFT's own API."""
-        from peft.utils.other import AuxiliaryTrainingWrapper
-
-        for module in self.model.modules():
-            if isinstance(module, AuxiliaryTrainingWrapper):
+            for module in self.aux:  # modules_to_save / trainable tokens: PEFT's own API
                 module.set_adapter(name)
 
     @contextlib.contextmanager
