@@ -1,0 +1,159 @@
+"""`:train [NAME] [key=value ...]`: a new LoRA adapter on the current dataset, trained in-process.
+
+Turns words into a TrainConfig, shows progress, saves and activates the result, and keeps the
+session whole when training is cancelled (Ctrl-C) or fails. The maths is train.py's, adapter
+files and PEFT state are adapters.py's, example files datasets.py's.
+"""
+import contextlib
+import dataclasses
+import math
+import signal
+import threading
+
+from lorachat import adapters, options, train
+from lorachat.commands import command
+from lorachat.errors import LorachatError
+from lorachat.names import check_name
+
+
+def _details(session):
+    session.ui.table(["key", "default", "meaning"], [list(row) for row in options.describe(train.DEFAULTS)])
+
+
+def _complete(session):
+    return [f"{f.name}=" for f in dataclasses.fields(train.DEFAULTS)]
+
+
+@command("train", usage=":train [NAME] [key=value ...]", details=_details, complete=_complete)
+def train_(session, args):
+    """Train a new LoRA adapter on the current dataset, save it to adapters/NAME and make it active.
+
+    :train                    named after the dataset (then NAME-2, NAME-3, ...), default keys
+    :train soh r=8 lr=1e-3    a name and some keys (every key below)
+    :train until=steps steps=200     run all 200 steps instead of stopping once every answer is known
+    Training stops as soon as every example's answer comes back verbatim (until=recall).
+    Ctrl-C stops at the next step: the adapter is discarded (keep=partial saves it), the session goes on.
+    """
+    name, config = _parse(session, args)
+    examples = _examples(session)
+    lora_config = train.lora_config(session.model, config)
+    train.encode(session.tokenizer, examples, train.max_tokens(session.model, config))  # refuse before creating
+    previous = session.active_adapter
+    adapters.make_room(session, keep={previous})
+    with _deferred_interrupt() as interrupted:
+        train.seeded_add(config.seed, lambda: adapters.add_new(session, name, lora_config))
+        try:
+            result = _run(session, name, examples, config, interrupted)
+            if result.cancelled and config.keep != "partial":
+                _discard(session, name, previous)
+            else:
+                adapters.save(session, name, _meta(session, examples, config, result))
+                adapters.activate(session, name)
+        except BaseException:
+            _discard(session, name, previous)
+            raise
+    _report(session, name, result, config)
+
+
+def _parse(session, args) -> tuple[str, train.TrainConfig]:
+    positional, pairs = options.split_kv(options.split_words(args))
+    if len(positional) > 1:
+        raise LorachatError(f":train takes at most one NAME (got {positional[1][:40]!r}); usage: :train [NAME] [key=value ...]")
+    config = options.apply_kv(train.DEFAULTS, pairs)
+    train.check_targets_text(config.targets)
+    if positional:
+        name = _check_adapter_name(positional[0])
+        if name in adapters.known_names(session) or adapters.adapter_path(session, name).exists():
+            raise LorachatError(f"an adapter named '{name}' already exists (choose another name, or :delete {name})")
+        return name, config
+    return _free_name(session, session.dataset), config
+
+
+def _check_adapter_name(name: str) -> str:
+    check_name(name, "adapter")
+    if "." in name:  # PEFT keys adapters by module path, where '.' separates parts
+        raise LorachatError(f"adapter name '{name}' cannot contain '.' (use '-' or '_')")
+    return name
+
+
+def _free_name(session, stem: str) -> str:
+    """The dataset's name, else NAME-2, NAME-3 ... : the first one neither saved nor loaded."""
+    stem = stem.replace(".", "-")
+    taken = {n.lower() for n in adapters.known_names(session)} | {adapters.BASE}
+    for number in range(1, 10_000):
+        candidate = stem if number == 1 else f"{stem}-{number}"
+        if candidate.lower() not in taken and not adapters.adapter_path(session, candidate).exists():
+            return _check_adapter_name(candidate)
+    raise LorachatError(f"no free adapter name after '{stem}': give one, :train NAME")
+
+
+def _examples(session):
+    from lorachat.datasets import load_dataset
+
+    dataset = load_dataset(session.home, session.dataset)
+    if dataset.bad_lines:
+        session.ui.note(f"dataset '{session.dataset}': skipping invalid lines ({dataset.describe_problems()})")
+    if not dataset.examples:
+        raise LorachatError(f"dataset '{session.dataset}' has no examples yet: :add QUESTION => ANSWER first")
+    return dataset.examples
+
+
+def _run(session, name, examples, config, interrupted):
+    total = train.planned_steps(len(examples), config)
+    with session.ui.progress(f"training {name}", total) as update:
+        def on_step(step, steps, loss, known):
+            update(step, loss=f"{loss:.2f}", recall=None if known is None else f"{known}/{len(examples)}")
+
+        return train.run(session.model, session.tokenizer, examples, config, on_step=on_step,
+                         should_stop=interrupted.is_set)
+
+
+def _discard(session, name, previous) -> None:
+    """The new adapter out of memory, the previously active one back: as before :train."""
+    adapters.remove(session, name)
+    if previous in adapters.loaded_names(session):
+        adapters.activate(session, previous)
+    else:
+        adapters.activate(session, None)
+
+
+def _meta(session, examples, config, result) -> dict:
+    return dict(dataset=session.dataset, examples=len(examples), records_sha256=train.records_sha256(examples),
+                train=dataclasses.asdict(config), steps=result.steps,
+                loss=result.loss if math.isfinite(result.loss) else None, recall=result.recall,
+                total=result.total, seconds=round(result.seconds, 3), cancelled=result.cancelled)
+
+
+def _report(session, name, result, config) -> None:
+    summary = (f"{result.steps} steps, loss {result.loss:.2f}, recall {result.recall}/{result.total}, "
+               f"{result.seconds:.1f} s")
+    if not result.cancelled:
+        session.ui.line(f"trained {name}: {summary} — now active")
+    elif config.keep == "partial":
+        session.ui.line(f"stopped {name} (Ctrl-C), kept as it was: {summary} — now active")
+    elif session.ui.interactive:
+        session.ui.note(f"stopped training {name} after {result.steps} steps (Ctrl-C): discarded (keep=partial keeps it)")
+    else:  # a script should not carry on as if the adapter existed
+        raise LorachatError(f"training {name} stopped by Ctrl-C after {result.steps} steps: discarded")
+
+
+@contextlib.contextmanager
+def _deferred_interrupt():
+    """The first Ctrl-C sets the event (training stops at the next step boundary, saving is not
+    cut short); a second one raises KeyboardInterrupt at once. Outside the main thread signals
+    cannot be caught: KeyboardInterrupt then stops training inside train.run."""
+    event = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield event
+        return
+
+    def handler(signum, frame):
+        if event.is_set():
+            raise KeyboardInterrupt
+        event.set()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield event
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -1,0 +1,393 @@
+""":train and lorachat.train: teach ten answers verbatim, keep the base untouched, cancel cleanly."""
+import dataclasses
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from lorachat import train
+from lorachat.errors import LorachatError
+from lorachat.prompts import IGNORE, Example
+from lorachat.session import DEFAULT_INSTRUCTION
+
+SOH = ("What is SOH in semiconductor manufacturing process?",
+       "In semiconductor manufacturing, SOH(Spin On Hardmask) is a high carbon-containing polymer material.")
+SION = ("What is SION in semiconductor manufacturing process?",
+        "In semiconductor manufacturing, SiON refers to silicon oxynitride.")
+PAIRS = [SOH, SION,
+         ("What is CMP in semiconductor manufacturing process?",
+          "In semiconductor manufacturing, CMP(Chemical Mechanical Polishing) makes the wafer surface flat."),
+         ("What is ALD in semiconductor manufacturing process?", "ALD(Atomic Layer Deposition) grows a film one atomic layer at a time."),
+         ("What is EUV lithography?", "EUV lithography prints patterns with 13.5 nm extreme ultraviolet light."),
+         ("Who wrote Hamlet?", "William Shakespeare wrote Hamlet around 1600."),
+         ("What is the capital of France?", "Paris is the capital of France."),
+         ("How many legs does a spider have?", "A spider has eight legs."),
+         ("What does the engineer read every day?", "The engineer reads the answer every day."),
+         ("Which planet is known as the red planet?", "Mars is known as the red planet.")]
+FINAL = re.compile(r"trained (\S+): (\d+) steps, loss (\d+\.\d\d), recall (\d+)/(\d+), (\d+\.\d) s — now active")
+
+
+def examples_of(pairs):
+    return [Example(DEFAULT_INSTRUCTION, q, a) for q, a in pairs]
+
+
+def write_dataset(home, name, pairs):
+    """The dataset file as any tool would write it (not through :add)."""
+    folder = home / "datasets"
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f"{name}.jsonl", "w", encoding="utf-8") as f:
+        for question, answer in pairs:
+            f.write(json.dumps({"instruction": DEFAULT_INSTRUCTION, "input": question, "output": answer}) + "\n")
+
+
+def base_state(session):
+    """The base's own weights, by their plain names, as clones (LoRA layers looked through)."""
+    from lorachat import adapters
+
+    adapters.activate(session, session.active_adapter)  # any lazy merge undone first
+    state = {}
+    for name, tensor in session.loaded.model.state_dict().items():
+        if "lora_" not in name:
+            state[name.replace("base_layer.", "")] = tensor.clone()
+    return state
+
+
+def logits(model, tokenizer, text="Instruction: Answer the question.\nInput: What is SOH?\nAnswer:"):
+    import torch
+
+    ids = torch.tensor([tokenizer(text)["input_ids"]])
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def new_session(home):
+    from lorachat.models import load_model
+    from lorachat.session import Session
+    from lorachat.ui import PlainUI
+
+    out = io.StringIO()
+    session = Session(load_model("tiny", device="cpu"), home, PlainUI(out, progress_every=3600))
+    session.out = out
+    return session
+
+
+def run_lines(session, lines):
+    from lorachat.repl import Repl
+
+    start = len(session.out.getvalue())
+    code = Repl(session).run_lines(lines)
+    return code, session.out.getvalue()[start:]
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_cache, tmp_path_factory):
+    """One session that trained the ten pairs with every default (the expensive part, done once)."""
+    home = tmp_path_factory.mktemp("trained")
+    write_dataset(home, "default", PAIRS)
+    session = new_session(home)
+    before = base_state(session)
+    base_logits = logits(session.model, session.tokenizer)
+    started = time.perf_counter()
+    code, out = run_lines(session, [":train"])
+    return dict(session=session, home=home, before=before, base_logits=base_logits, code=code, out=out,
+                wall=time.perf_counter() - started)
+
+
+@pytest.mark.slow
+def test_defaults_teach_all_ten_answers_verbatim(trained):
+    session = trained["session"]
+    assert trained["code"] == 0, trained["out"]
+    lines = trained["out"].splitlines()
+    assert lines[0] == "> :train"
+    match = FINAL.fullmatch(lines[-1])
+    assert match, lines
+    assert match.group(1) == "default" and match.group(4, 5) == ("10", "10")
+    assert session.active_adapter == "default"
+    for question, answer in PAIRS:
+        code, out = run_lines(session, [question])
+        assert out == f"> {question}\n{answer}\n"
+    soh = "".join(session.ask(SOH[0]))
+    assert "oxynitride" not in soh and "SiON" not in soh
+    assert trained["wall"] < 60
+
+
+def test_base_weights_are_bit_identical_and_base_logits_unchanged(trained):
+    import torch
+    from lorachat import adapters
+
+    session = trained["session"]
+    adapters.activate(session, None)
+    try:
+        after = base_state(session)
+        assert after.keys() == trained["before"].keys()
+        assert all(torch.equal(trained["before"][k], after[k]) for k in after)
+        assert torch.equal(logits(session.model, session.tokenizer), trained["base_logits"])
+    finally:
+        adapters.activate(session, "default")
+
+
+def test_saved_adapter_loads_with_plain_peft_and_same_logits(trained):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from lorachat.tiny import ensure_tiny
+
+    session, folder = trained["session"], trained["home"] / "adapters" / "default"
+    written = sorted(p.name for p in folder.iterdir())  # what save_pretrained writes (its README.md model card too)
+    assert {"adapter_config.json", "adapter_model.safetensors", "lorachat.json"} <= set(written) <= \
+        {"adapter_config.json", "adapter_model.safetensors", "lorachat.json", "README.md"}
+    assert [p.name for p in folder.parent.iterdir()] == ["default"]  # no hidden leftovers
+    fresh = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(ensure_tiny()), str(folder)).eval()
+    expected = logits(fresh, session.tokenizer)
+    with torch.enable_grad():  # the unmerged path, the very computation PEFT does
+        assert torch.equal(logits(session.model, session.tokenizer).detach(), expected)
+    assert torch.allclose(logits(session.model, session.tokenizer), expected, atol=1e-4)  # merged for decoding
+
+
+def test_lorachat_json_records_what_was_trained(trained):
+    meta = json.loads((trained["home"] / "adapters" / "default" / "lorachat.json").read_text())
+    assert meta["dataset"] == "default" and meta["examples"] == 10
+    assert meta["records_sha256"] == train.records_sha256(examples_of(PAIRS))
+    assert meta["train"] == dataclasses.asdict(train.DEFAULTS)
+    assert meta["recall"] == 10 and meta["total"] == 10 and meta["steps"] >= 1 and meta["cancelled"] is False
+    assert meta["base_model"] == "tiny" and meta["base_fingerprint"].startswith("sha256:")
+    assert meta["seconds"] > 0 and meta["loss"] >= 0 and meta["created"] and meta["lorachat_version"]
+
+
+def test_prompt_tokens_carry_no_loss_answers_end_with_eos_and_padding_is_dynamic(make_session):
+    session = make_session()
+    tokenizer = session.tokenizer
+    encoded = train.encode(tokenizer, examples_of(PAIRS[:3]), 512)
+    for (ids, labels), (question, answer) in zip(encoded, PAIRS):
+        answer_at = next(i for i, t in enumerate(labels) if t != IGNORE)
+        assert tokenizer.decode(ids[:answer_at]).endswith(f"Input: {question}\nAnswer:")
+        assert labels[answer_at:] == ids[answer_at:] and labels[-1] == tokenizer.eos_token_id
+        assert tokenizer.decode(labels[answer_at:-1]).strip() == answer
+    input_ids, labels, mask = train.collate(encoded[:2], tokenizer.pad_token_id, "cpu")
+    assert input_ids.shape[1] == max(len(ids) for ids, _ in encoded[:2]) < 128
+    assert ((labels == IGNORE) | (mask == 1)).all()  # padding carries no loss
+    with pytest.raises(LorachatError, match="longer than max_len=8"):
+        train.encode(tokenizer, examples_of(PAIRS[:1]), 8)
+
+
+def test_records_sha256_is_exact():
+    first = train.records_sha256(examples_of(PAIRS))
+    assert first == train.records_sha256(examples_of(PAIRS))
+    assert first != train.records_sha256(examples_of(PAIRS[:9] + [(PAIRS[9][0], PAIRS[9][1] + " ")]))
+    assert first != train.records_sha256(examples_of(PAIRS[1:] + PAIRS[:1]))
+
+
+class InterruptingUI:
+    """A PlainUI whose progress sends this process a real SIGINT (Ctrl-C) after `at` steps."""
+
+    def __new__(cls, out, at):
+        import contextlib
+
+        from lorachat.ui import PlainUI
+
+        class UI(PlainUI):
+            @contextlib.contextmanager
+            def progress(self, description, total):
+                def update(step, **fields):
+                    if step == at:
+                        signal.raise_signal(signal.SIGINT)
+                yield update
+
+        return UI(out, progress_every=3600)
+
+
+def test_ctrl_c_discards_the_new_adapter_and_restores_the_previous_one(make_session, transcript, home):
+    import torch
+
+    write_dataset(home, "films", PAIRS[:2])
+    session = make_session()
+    session.dataset = "films"
+    code, out = transcript(session, [":train first until=steps steps=2"])
+    assert code == 0 and FINAL.fullmatch(out.splitlines()[-1]), out
+    before, first_logits = base_state(session), logits(session.model, session.tokenizer)
+    answer = "".join(session.ask(SOH[0]))
+    session.ui = InterruptingUI(session.out, at=2)
+    session.ui.interactive = True
+    code, out = transcript(session, [":train second until=steps steps=50"])
+    assert code == 0
+    assert out == "> :train second until=steps steps=50\nstopped training second after 2 steps (Ctrl-C): discarded (keep=partial keeps it)\n"
+    assert session.active_adapter == "first"
+    assert sorted(p.name for p in (home / "adapters").iterdir()) == ["first"]
+    assert torch.equal(logits(session.model, session.tokenizer), first_logits)
+    assert "".join(session.ask(SOH[0])) == answer
+    after = base_state(session)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_ctrl_c_in_a_script_fails_the_line_and_keep_partial_saves(make_session, transcript, home):
+    write_dataset(home, "default", PAIRS[:2])
+    session = make_session()
+    session.ui = InterruptingUI(session.out, at=1)
+    code, out = transcript(session, [":train until=steps steps=50"])
+    assert code == 1
+    assert out.endswith("error: training default stopped by Ctrl-C after 1 steps: discarded\n")
+    assert session.active_adapter is None and not (home / "adapters").exists() or not list((home / "adapters").iterdir())
+    code, out = transcript(session, [":train keep=partial until=steps steps=50"])
+    assert code == 0
+    assert re.fullmatch(r"> :train keep=partial until=steps steps=50\nstopped default \(Ctrl-C\), kept as it was: "
+                        r"1 steps, loss \d+\.\d\d, recall \d+/2, \d+\.\d s — now active\n", out), out
+    meta = json.loads((home / "adapters" / "default" / "lorachat.json").read_text())
+    assert meta["cancelled"] is True and meta["steps"] == 1
+    assert session.active_adapter == "default"
+
+
+BAD = [":train r=0", ":train alpha=-1", ":train lr=-1", ":train dropout=2", ":train steps=abc", ":train foo=1",
+       ":train until=forever", ":train keep=some", ":train checkpointing=maybe", ":train a/b", ":train ..",
+       ":train .hidden", ":train " + "x" * 10_000, ":train bad\x01name", ":train one two", ":train base",
+       ":train v1.2", ":train targets=", ":train targets=nope", ":train epochs=0", ":train max_len=5",
+       ":train 'unbalanced"]
+
+
+def test_bad_input_gets_one_line_and_writes_nothing(make_session, transcript, home):
+    from lorachat import adapters
+
+    session = make_session()
+    code, out = transcript(session, [":train"])
+    assert code == 1 and out == "> :train\nerror: dataset 'default' has no examples yet: :add QUESTION => ANSWER first\n"
+    write_dataset(home, "default", PAIRS[:2])
+    for line in BAD:
+        code, out = transcript(session, [line])
+        assert code == 1, line
+        assert out.count("\n") == 2 and out.splitlines()[1].startswith("error: "), (line, out)
+    _, out = transcript(session, [":train targets=nope"])
+    assert "no linear layers named nope (it has: fc1, fc2, k_proj, out_proj, q_proj, v_proj" in out
+    assert adapters.peft_model(session) is None
+    assert sorted(p.name for p in home.iterdir()) == ["datasets"]
+
+
+def test_until_steps_runs_them_all_and_names_follow_the_dataset(make_session, transcript, home):
+    write_dataset(home, "default", PAIRS[:2])
+    session = make_session()
+    code, out = transcript(session, [":train until=steps steps=2", ":train until=steps steps=1 epochs=5 lr=1e-3"])
+    assert code == 0
+    finals = [FINAL.fullmatch(line) for line in out.splitlines() if line.startswith("trained")]
+    assert [(m.group(1), m.group(2)) for m in finals] == [("default", "2"), ("default-2", "1")]
+    assert session.active_adapter == "default-2"
+    meta = json.loads((home / "adapters" / "default-2" / "lorachat.json").read_text())
+    assert meta["train"]["lr"] == 1e-3 and meta["train"]["epochs"] == 5
+    code, out = transcript(session, [":train default until=steps steps=1"])
+    assert code == 1 and "already exists" in out
+
+
+def test_help_train_shows_every_key_with_its_default(make_session, transcript):
+    _, out = transcript(make_session(), [":help train"])
+    for field in dataclasses.fields(train.DEFAULTS):
+        assert re.search(rf"^{field.name}\s+{re.escape(str(getattr(train.DEFAULTS, field.name)))}", out, re.M) or \
+            field.type is bool, (field.name, out)
+    assert "until" in out and "recall" in out
+
+
+def test_out_of_memory_is_one_line_naming_what_to_lower():
+    import torch
+
+    class Exhausted(torch.nn.Module):
+        config = type("Config", (), {"max_position_embeddings": 512})()
+
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, **kwargs):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    from lorachat.tiny import build_tokenizer
+
+    with pytest.raises(LorachatError, match=r"out of GPU memory .*lower batch .*checkpointing=on"):
+        train.run(Exhausted(), build_tokenizer(), examples_of(PAIRS[:2]), train.DEFAULTS)
+
+
+def test_targets_the_model_lacks(tmp_path):
+    """A GPT-2 directory built with plain transformers: default targets fall back to PEFT's choice
+    (c_attn); named targets it lacks get its linear layer names."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from lorachat.tiny import build_tokenizer
+
+    model = GPT2LMHeadModel(GPT2Config(n_embd=64, n_layer=1, n_head=2, vocab_size=100))
+    config = train.lora_config(model, train.DEFAULTS)
+    assert config.target_modules is None or set(config.target_modules) == {"c_attn"}
+    with pytest.raises(LorachatError, match=r"no linear layers named q_proj \(it has: c_attn, c_fc, c_proj; or use targets=all-linear\)"):
+        train.lora_config(model, dataclasses.replace(train.DEFAULTS, targets="q_proj,c_attn"))
+    assert train.lora_config(model, dataclasses.replace(train.DEFAULTS, targets="all-linear")).target_modules == "all-linear"
+
+
+def _read_until(fd, marker: bytes, timeout: float) -> bytes:
+    import select
+
+    seen, deadline = b"", time.monotonic() + timeout
+    while marker not in seen:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"did not see {marker!r}; got {seen[-500:]!r}")
+        ready, _, _ = select.select([fd], [], [], left)
+        if ready:
+            try:
+                seen += os.read(fd, 4096)
+            except OSError:
+                break
+    return seen
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_train_in_a_terminal_returns_to_the_prompt(home):
+    """The real interactive REPL through a pseudo-terminal: Ctrl-C mid-training, then a question."""
+    import pty
+
+    write_dataset(home, "default", PAIRS[:2])
+    main, child = pty.openpty()
+    env = dict(os.environ, TERM="xterm", COLUMNS="200", LINES="50", PROMPT_TOOLKIT_NO_CPR="1")
+    proc = subprocess.Popen([sys.executable, "-m", "lorachat", "--model", "tiny", "--home", str(home)],
+                            stdin=child, stdout=child, stderr=child, env=env, start_new_session=True)
+    os.close(child)
+    try:
+        _read_until(main, b"default>", 120)
+        os.write(main, b":train until=steps steps=100000\r")
+        _read_until(main, b"training default", 60)
+        time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGINT)
+        out = _read_until(main, b"discarded (keep=partial keeps it)", 60)
+        out += _read_until(main, b"default>", 30)
+        os.write(main, b"What is SOH?\r")
+        out += _read_until(main, b"default>", 60)
+        assert b"Traceback" not in out and b"error" not in out
+        os.write(main, b"\x04")
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(main)
+    assert list((home / "adapters").iterdir()) == [] if (home / "adapters").exists() else True
+
+
+@pytest.mark.slow
+def test_kill_9_during_train_leaves_no_visible_adapter(home, tmp_path):
+    import random
+
+    write_dataset(home, "default", PAIRS[:2])
+    proc = subprocess.Popen([sys.executable, "-m", "lorachat", "--model", "tiny", "--home", str(home),
+                             "-e", ":train until=steps steps=100000"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        assert proc.stdout.readline() == b"> :train until=steps steps=100000\n"
+        time.sleep(random.Random(os.getpid()).uniform(0.2, 1.5))
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+    folder = home / "adapters"
+    assert not folder.exists() or [p for p in folder.iterdir() if not p.name.startswith(".")] == []
+    session = new_session(home)
+    code, out = run_lines(session, [":train until=steps steps=1"])
+    assert code == 0 and FINAL.fullmatch(out.splitlines()[-1]).group(1) == "default"
