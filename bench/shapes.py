@@ -17,20 +17,22 @@ SHAPES = {
 }
 SEED = 0
 
-# The notebook's two pairs plus eight of ours: short factual answers, as a user would teach them.
+# The ten pairs of lorachat's own quality bar (tests/test_train.py): the notebook's two and eight more,
+# so recall_seconds times what that test asserts (10/10 within 60 s there, within 20 s here).
 PAIRS = [
     ("What is SOH in semiconductor manufacturing process?",
      "In semiconductor manufacturing, SOH(Spin On Hardmask) is a high carbon-containing polymer material."),
     ("What is SION in semiconductor manufacturing process?",
      "In semiconductor manufacturing, SiON refers to silicon oxynitride."),
-    ("What does CMP stand for?", "CMP stands for chemical mechanical planarization."),
-    ("What is a wafer?", "A wafer is a thin slice of crystalline silicon on which chips are built."),
-    ("Who directed the film Alien?", "Alien was directed by Ridley Scott."),
-    ("What is the capital of Australia?", "The capital of Australia is Canberra."),
-    ("What gas is used in ArF lithography lasers?", "ArF lasers use argon and fluorine gas."),
-    ("What is photoresist?", "Photoresist is a light-sensitive material used to pattern wafers."),
-    ("How many bits are in a byte?", "A byte has eight bits."),
-    ("What is the boiling point of water at sea level?", "Water boils at 100 degrees Celsius at sea level."),
+    ("What is CMP in semiconductor manufacturing process?",
+     "In semiconductor manufacturing, CMP(Chemical Mechanical Polishing) makes the wafer surface flat."),
+    ("What is ALD in semiconductor manufacturing process?", "ALD(Atomic Layer Deposition) grows a film one atomic layer at a time."),
+    ("What is EUV lithography?", "EUV lithography prints patterns with 13.5 nm extreme ultraviolet light."),
+    ("Who wrote Hamlet?", "William Shakespeare wrote Hamlet around 1600."),
+    ("What is the capital of France?", "Paris is the capital of France."),
+    ("How many legs does a spider have?", "A spider has eight legs."),
+    ("What does the engineer read every day?", "The engineer reads the answer every day."),
+    ("Which planet is known as the red planet?", "Mars is known as the red planet."),
 ]
 INSTRUCTION = "Answer the question."
 

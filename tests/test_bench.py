@@ -1,29 +1,32 @@
 """Smoke test of the benchmark harness (bench/, not a benchmark): a tiny model shape, 1 training step,
-4 adapters, every suite but startup (a second process: ~10 s of imports), so the harness cannot rot.
+4 adapters, the decode, switch and train suites (startup and recall, thin wrappers around a subprocess
+and `:train`, would double the time), so the harness cannot rot.
 The figures themselves live in bench/RESULTS.md.
 """
 import json
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = ["train_seed_s", "train_lorachat_s", "train_speedup", "train_seed_loss", "train_lorachat_loss",
-           "recall_train_s", "decode_base_tok_s", "decode_adapter_tok_s", "decode_ratio", "use_switch_ms_p50",
+           "decode_base_tok_s", "decode_adapter_tok_s", "decode_ratio", "use_switch_ms_p50",
            "use_switch_ms_p50_50", "adapter_load_ms", "adapter_file_mb", "rss_per_adapter_mb"]
 
 
-def test_bench_smoke_measures_every_figure(tmp_path, monkeypatch, capsys):
+@pytest.mark.slow  # ~8 s idle, 18 s on the shared 2 cores: a harness check, not a behaviour of lorachat
+def test_bench_smoke_writes_the_figures_and_targets(tmp_path, monkeypatch, capsys):
     monkeypatch.syspath_prepend(str(ROOT))  # bench/ is a folder of the repository, not an installed package
     from bench.__main__ import main
 
-    assert main(["--smoke", "--only", "train,decode,switch,recall", "--json", str(tmp_path / "bench.json")]) == 0
+    assert main(["--smoke", "--only", "decode,switch,train", "--json", str(tmp_path / "bench.json")]) == 0
     results = json.loads((tmp_path / "bench.json").read_text())
     assert results["missing"] == {}
     for key in FIGURES:
         assert isinstance(results[key], (int, float)) and results[key] >= 0, (key, results[key])
     assert results["train_steps"] == 1 and results["model_shape"] == "tiny"
     assert 0 < results["decode_ratio"] < 10 and 0 < results["adapter_file_mb"] < 1
-    assert "recall_seconds" in results and results["recall"].endswith("/10")
-    assert results["train_speedup"] == round(results["train_seed_s"] / results["train_lorachat_s"], 2)
+    assert abs(results["train_speedup"] - results["train_seed_s"] / results["train_lorachat_s"]) < 0.02
     assert [row["figure"] for row in results["targets"]][:2] == ["train_speedup", "train_lorachat_loss"]
     assert {"date", "cpu", "nproc", "torch", "transformers", "peft", "command"} <= set(results["machine"])
     assert "| `decode_ratio` |" in capsys.readouterr().out
