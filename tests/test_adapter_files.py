@@ -115,3 +115,16 @@ def test_bad_input_gets_one_line_and_writes_nothing(shelved, transcript, tmp_pat
 def test_compare_without_a_question_and_unknown_names(shelved, transcript):
     code, out = transcript(shelved, [":compare", ":compare zz -- hi"], keep_going=True)
     assert out.count("error: ") == 2 and "no question yet" in out and "no adapter named 'zz'" in out
+
+
+def test_hidden_leftovers_of_dead_writers_are_swept_on_the_next_save(shelved):
+    import os
+
+    folder = shelved.home / "adapters"
+    dead, live = folder / ".x.tmp-999999999-abc", folder / f".y.tmp-{os.getppid()}-abc"
+    for leftover in (dead, live):
+        leftover.mkdir()
+        (leftover / "adapter_config.json").write_text("{}")
+    assert adapters.saved_names(shelved) == ["a", "b"]  # hidden: ignored
+    shelve(shelved, ["c"])
+    assert not dead.exists() and live.exists()
