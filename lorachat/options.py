@@ -6,6 +6,7 @@ user words into `dataclasses.replace(defaults, **parsed)` or one clear LorachatE
 """
 import dataclasses
 import shlex
+import types
 import typing
 
 from lorachat.errors import LorachatError, did_you_mean
@@ -38,7 +39,7 @@ def split_kv(words: list[str]) -> tuple[list[str], dict[str, str]]:
 
 def _convert(field: dataclasses.Field, hint, raw: str):
     name = field.name
-    if typing.get_origin(hint) is typing.Union:  # Optional[X]: 'none' clears it
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):  # X | None: 'none' clears it
         if raw.lower() in ("none", ""):
             return None
         hint = next(h for h in typing.get_args(hint) if h is not type(None))
