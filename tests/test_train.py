@@ -146,9 +146,10 @@ def test_saved_adapter_loads_with_plain_peft_and_same_logits(trained):
     assert [p.name for p in folder.parent.iterdir()] == ["default"]  # no hidden leftovers
     fresh = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(ensure_tiny()), str(folder)).eval()
     expected = logits(fresh, session.tokenizer)
-    with torch.enable_grad():  # the unmerged path, the very computation PEFT does
-        assert torch.equal(logits(session.model, session.tokenizer).detach(), expected)
-    assert torch.allclose(logits(session.model, session.tokenizer), expected, atol=1e-4)  # merged for decoding
+    with torch.enable_grad():  # the unmerged path, the computation PEFT does (float-rounding apart: ~1e-6)
+        assert torch.allclose(logits(session.model, session.tokenizer).detach(), expected, rtol=0, atol=1e-5)
+    decoding = logits(session.model, session.tokenizer)  # merged for decoding
+    assert torch.allclose(decoding, expected, rtol=0, atol=1e-4) and torch.equal(decoding.argmax(-1), expected.argmax(-1))
 
 
 def test_lorachat_json_records_what_was_trained(trained):
