@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 import time
 from pathlib import Path
 
@@ -82,10 +83,17 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path):
     assert visible(full) == ["b2", "c", "d"]
     check_workspace(full, lines)
     rng = random.Random(1234)
-    for trial in range(20):
-        home = tmp_path / f"t{trial}"
-        _, lines, _ = run_and_kill(home, rng.uniform(2.0, duration))
+    delays = [rng.uniform(2.0, duration) for _ in range(20)]
+    homes = [tmp_path / f"t{trial}" for trial in range(20)]
+    with ThreadPoolExecutor(max_workers=2) as pool:  # two at a time: one per core
+        results = list(pool.map(run_and_kill, homes, delays))
+    for home, (_, lines, _) in zip(homes, results):
         check_workspace(home, lines)
-    # the next start ignores hidden leftovers and works on what is there
-    code, lines, err = run_and_kill(home, None)
-    check_workspace(home, lines)
+    # the next start ignores hidden leftovers and goes on with what is there
+    home = next((h for h in homes if list((h / "adapters").glob(".*"))), homes[0])
+    listing = subprocess.run([sys.executable, "-m", "lorachat", "--model", "tiny", "--home", str(home),
+                              "-e", ":adapters", "-e", ":datasets"], capture_output=True, timeout=120)
+    assert listing.returncode == 0, listing.stdout.decode()[-1000:]
+    for name in visible(home):
+        assert name in listing.stdout.decode()
+    assert "/." not in listing.stdout.decode() and "\n." not in listing.stdout.decode()
