@@ -28,10 +28,10 @@ class TrainConfig:
     alpha: float = field(default=32.0, metadata={"help": "LoRA scaling numerator (scale = alpha / r)", "positive": True, "max": 10000})
     dropout: float = field(default=0.05, metadata={"help": "dropout on the LoRA input", "min": 0, "max": 0.9})
     targets: str = field(default=DEFAULT_TARGETS, metadata={"help": "comma list of module names, or all-linear"})
-    steps: int = field(default=300, metadata={"help": "most optimizer steps", "min": 1, "max": 1_000_000})
+    steps: int = field(default=500, metadata={"help": "most optimizer steps", "min": 1, "max": 1_000_000})
     epochs: Optional[int] = field(default=None, metadata={"help": "most passes over the examples (none: steps decide)", "min": 1, "max": 100_000})
     lr: float = field(default=5e-3, metadata={"help": "AdamW learning rate", "positive": True, "max": 1})
-    batch: int = field(default=16, metadata={"help": "examples per forward pass", "min": 1, "max": 4096})
+    batch: int = field(default=4, metadata={"help": "examples per forward pass", "min": 1, "max": 4096})
     grad_accum: int = field(default=1, metadata={"help": "forward passes per optimizer step", "min": 1, "max": 1024})
     max_len: int = field(default=512, metadata={"help": "longest example in tokens (longer ones are refused)", "min": 8, "max": 131072})
     seed: int = field(default=0, metadata={"help": "seed for the adapter's init, shuffling and dropout", "min": 0, "max": 2**32 - 1})
@@ -176,9 +176,30 @@ def _device(model):
     return next(p for p in model.parameters()).device
 
 
-def _shifted(logits, labels):
-    """Logits at position t predict label t+1: (logits, targets) aligned, padding = IGNORE."""
-    return logits[:, :-1, :], labels[:, 1:]
+def _answer_logits(model, input_ids, labels, mask):
+    """The logits at answer positions only: (logits, targets, row of each), in fp32.
+
+    Logits at position t predict label t+1. Where the model takes `logits_to_keep` (transformers'
+    own knob), the vocabulary projection runs only at positions where some row has an answer
+    token next, not over the prompts and padding; the cross-entropy and argmax then work on a
+    contiguous (K, vocab) block of the K answer positions."""
+    import torch
+
+    keep = (labels[:, 1:] != IGNORE).any(0).nonzero()[:, 0]
+    if _takes_logits_to_keep(model):
+        logits = model(input_ids=input_ids, attention_mask=mask, use_cache=False, logits_to_keep=keep).logits
+    else:
+        logits = model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits[:, keep]
+    targets = labels[:, keep + 1]
+    where = targets != IGNORE
+    return logits[where].float(), targets[where], where.nonzero()[:, 0]
+
+
+def _takes_logits_to_keep(model) -> bool:
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
 # --- measuring ---------------------------------------------------------------------------------
@@ -193,23 +214,23 @@ def _eval_batches(model, tokenizer, examples, batch: int = 16):
         with torch.no_grad(), _autocast(model):
             for items in _chunks(encoded, batch):
                 input_ids, labels, mask = collate(items, _pad_id(tokenizer), _device(model))
-                logits = model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits
-                yield _shifted(logits.float(), labels)
+                yield (*_answer_logits(model, input_ids, labels, mask), len(items))
     finally:
         model.train(was_training)
 
 
-def _known(logits, targets):
+def _known(logits, targets, rows, count: int):
     """Per row: True when the argmax at every answer position is the next answer token."""
-    answer = targets != IGNORE
-    wrong = (logits.argmax(-1) != targets) & answer
-    return ~wrong.any(-1)
+    import torch
+
+    wrong = (logits.argmax(-1) != targets).to(torch.int32)
+    return torch.zeros(count, dtype=torch.int32, device=wrong.device).index_add_(0, rows, wrong) == 0
 
 
 def recall(model, tokenizer, examples, batch: int = 16) -> int:
     """How many examples greedy decoding reproduces verbatim: teacher-forced argmax, eval mode,
     one forward pass per batch (no generation)."""
-    return sum(int(_known(logits, targets).sum()) for logits, targets in _eval_batches(model, tokenizer, examples, batch))
+    return sum(int(_known(*parts).sum()) for parts in _eval_batches(model, tokenizer, examples, batch))
 
 
 def answer_loss(model, tokenizer, examples, batch: int = 16) -> float:
@@ -217,9 +238,9 @@ def answer_loss(model, tokenizer, examples, batch: int = 16) -> float:
     import torch.nn.functional as F
 
     total, count = 0.0, 0
-    for logits, targets in _eval_batches(model, tokenizer, examples, batch):
-        total += float(F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE, reduction="sum"))
-        count += int((targets != IGNORE).sum())
+    for logits, targets, _, _ in _eval_batches(model, tokenizer, examples, batch):
+        total += float(F.cross_entropy(logits, targets, reduction="sum"))
+        count += len(targets)
     return total / max(count, 1)
 
 
@@ -335,15 +356,14 @@ def _step(model, tokenizer, group, optimizer, scaler, state, params):
     for batch in group:
         input_ids, labels, mask = collate([item for _, item in batch], _pad_id(tokenizer), device)
         with _autocast(model):
-            logits = model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits
-        shifted, targets = _shifted(logits.float(), labels)
+            shifted, targets, rows = _answer_logits(model, input_ids, labels, mask)
         # summed then divided by the step's answer tokens: every answer token weighs the same
-        loss = F.cross_entropy(shifted.transpose(1, 2), targets, ignore_index=IGNORE, reduction="sum") / answer_tokens
+        loss = F.cross_entropy(shifted, targets, reduction="sum") / answer_tokens
         scaler.scale(loss).backward() if scaler else loss.backward()
         loss_sum += loss.item()
         state["tokens"] += int(mask.sum())
         # free hint for the recall check: which examples this (train-mode) pass already gets right
-        for (index, _), ok in zip(batch, _known(shifted.detach(), targets).tolist()):
+        for (index, _), ok in zip(batch, _known(shifted.detach(), targets, rows, len(batch)).tolist()):
             state["seen"][index] = ok
     if scaler:
         scaler.step(optimizer)
