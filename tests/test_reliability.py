@@ -2,7 +2,6 @@
 fuzzed parsers raise nothing but LorachatError, junk and huge input get one line."""
 import os
 import pty
-import select
 import signal
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from lorachat.errors import LorachatError
 from lorachat.names import check_name
 from lorachat.repl import logical_lines
 from lorachat.session import Settings
+from terminal import read_until
 
 any_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=200)
 
@@ -94,21 +94,6 @@ def test_binary_junk_on_stdin(home):
     assert proc.stdout.count(b"error: ") == proc.stdout.count(b"\nerror: ")  # each at a line start
 
 
-def _read_until(fd, marker: bytes, timeout: float) -> bytes:
-    seen, deadline = b"", time.monotonic() + timeout
-    while marker not in seen:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise AssertionError(f"did not see {marker!r}; got {seen[-500:]!r}")
-        ready, _, _ = select.select([fd], [], [], left)
-        if ready:
-            try:
-                seen += os.read(fd, 4096)
-            except OSError:
-                break
-    return seen
-
-
 def test_ctrl_c_stops_an_answer_and_the_session_goes_on(home, tmp_path):
     """Drive the real interactive REPL through a pseudo-terminal: Ctrl-C mid-answer."""
     main, child = pty.openpty()
@@ -117,18 +102,18 @@ def test_ctrl_c_stops_an_answer_and_the_session_goes_on(home, tmp_path):
                             stdin=child, stdout=child, stderr=child, env=env, start_new_session=True)
     os.close(child)
     try:
-        _read_until(main, b"default>", 120)
+        read_until(main, b"default>", 120)
         os.write(main, b":set max_new_tokens=8192 repetition_penalty=1.3\r")
-        _read_until(main, b"repetition_penalty=1.3\r\n", 30)
-        _read_until(main, b"default>", 30)
+        read_until(main, b"repetition_penalty=1.3\r\n", 30)
+        read_until(main, b"default>", 30)
         os.write(main, b"Tell me a very long story about wafers.\r")
         time.sleep(1.0)
         os.killpg(proc.pid, signal.SIGINT)
-        _read_until(main, b"(stopped)", 30)
-        _read_until(main, b"default>", 30)
+        read_until(main, b"(stopped)", 30)
+        read_until(main, b"default>", 30)
         os.write(main, b":info\r")
-        out = _read_until(main, b"workspace", 30)
-        out += _read_until(main, b"default>", 30)
+        out = read_until(main, b"workspace", 30)
+        out += read_until(main, b"default>", 30)
         assert b"Traceback" not in out
         os.write(main, b"\x04")  # Ctrl-D leaves
         assert proc.wait(timeout=30) == 0

@@ -15,6 +15,7 @@ from lorachat import train
 from lorachat.errors import LorachatError
 from lorachat.prompts import IGNORE, Example
 from lorachat.session import DEFAULT_INSTRUCTION
+from terminal import read_until
 
 SOH = ("What is SOH in semiconductor manufacturing process?",
        "In semiconductor manufacturing, SOH(Spin On Hardmask) is a high carbon-containing polymer material.")
@@ -325,23 +326,6 @@ def test_targets_the_model_lacks(tmp_path):
     assert train.lora_config(model, dataclasses.replace(train.DEFAULTS, targets="all-linear")).target_modules == "all-linear"
 
 
-def _read_until(fd, marker: bytes, timeout: float) -> bytes:
-    import select
-
-    seen, deadline = b"", time.monotonic() + timeout
-    while marker not in seen:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise AssertionError(f"did not see {marker!r}; got {seen[-500:]!r}")
-        ready, _, _ = select.select([fd], [], [], left)
-        if ready:
-            try:
-                seen += os.read(fd, 4096)
-            except OSError:
-                break
-    return seen
-
-
 @pytest.mark.slow
 def test_ctrl_c_during_train_in_a_terminal_returns_to_the_prompt(home):
     """The real interactive REPL through a pseudo-terminal: Ctrl-C mid-training, then a question."""
@@ -354,15 +338,15 @@ def test_ctrl_c_during_train_in_a_terminal_returns_to_the_prompt(home):
                             stdin=child, stdout=child, stderr=child, env=env, start_new_session=True)
     os.close(child)
     try:
-        _read_until(main, b"default>", 120)
+        read_until(main, b"default>", 120)
         os.write(main, b":train until=steps steps=100000\r")
-        _read_until(main, b"training default", 60)
+        read_until(main, b"training default", 60)
         time.sleep(0.5)
         os.killpg(proc.pid, signal.SIGINT)
-        out = _read_until(main, b"discarded (keep=partial keeps it)", 60)
-        out += _read_until(main, b"default>", 30)
+        out = read_until(main, b"discarded (keep=partial keeps it)", 60)
+        out += read_until(main, b"default>", 30)
         os.write(main, b"What is SOH?\r")
-        out += _read_until(main, b"default>", 60)
+        out += read_until(main, b"default>", 60)
         assert b"Traceback" not in out and b"error" not in out
         os.write(main, b"\x04")
         assert proc.wait(timeout=30) == 0
