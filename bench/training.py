@@ -2,7 +2,7 @@
 
 Both start from bit-identical copies of one randomly initialised base and run the same number of
 optimizer steps, each with its own batch (the notebook's 4 x 4 sequences, lorachat's defaults), so
-non-pad tokens per second are reported too; both are scored by lorachat.train.answer_loss afterwards
+non-pad tokens per second are reported too; both are scored by lorachat.batches.answer_loss afterwards
 (mean answer-token cross-entropy, eval mode). Knows nothing about decoding or adapters on disk.
 """
 import copy
@@ -19,7 +19,7 @@ BF16_PEAK = {"H200": 989e12, "H100": 989e12, "A100": 312e12}
 
 def figures(base, tokenizer, examples, steps: int, device: str, home, log=lambda text: None):
     """The train_* figures (and the trained session is dropped: decode and switch make their own)."""
-    from lorachat import datasets, train
+    from lorachat import batches, datasets, train
 
     config = dataclasses.replace(train.DEFAULTS, steps=steps, until="steps")
     recipe = seed.Recipe(r=config.r, alpha=config.alpha, dropout=config.dropout, targets=config.targets.split(","),
@@ -27,7 +27,7 @@ def figures(base, tokenizer, examples, steps: int, device: str, home, log=lambda
                          seed=config.seed)
     log(f"seed recipe: {steps} steps")
     seed_model, seed_s = seed.train(copy.deepcopy(base), tokenizer, examples, recipe, device)
-    seed_loss = train.answer_loss(seed_model, tokenizer, examples)
+    seed_loss = batches.answer_loss(seed_model, tokenizer, examples)
     per_pass = [min(len(tokenizer(t)["input_ids"]), seed.MAX_LENGTH) for t in seed.texts(tokenizer, examples)]
     seed_tokens = steps * recipe.batch * recipe.grad_accum * sum(per_pass) / len(per_pass)  # non-pad, as sampled
     del seed_model
@@ -43,8 +43,8 @@ def figures(base, tokenizer, examples, steps: int, device: str, home, log=lambda
     done = recall.DONE.search(printed)
     if done is None or int(done.group(1)) != steps:
         raise RuntimeError(f":train did not run {steps} steps: {printed[-300:]!r}")
-    lorachat_loss = train.answer_loss(session.model, tokenizer, examples)
-    lengths = [len(ids) for ids, _ in train.encode(tokenizer, examples, 1 << 20)]
+    lorachat_loss = batches.answer_loss(session.model, tokenizer, examples)
+    lengths = [len(ids) for ids, _ in batches.encode(tokenizer, examples, 1 << 20)]
     tokens = steps * min(config.batch * config.grad_accum, len(examples)) * sum(lengths) / len(lengths)
     out = dict(train_steps=steps, train_lorachat_batch=f"{config.batch}x{config.grad_accum}",
                train_seed_batch=f"{recipe.batch}x{recipe.grad_accum}", train_lr=config.lr, train_r=config.r,

@@ -11,7 +11,6 @@ terminals or training loops.
 import contextlib
 import hashlib
 import json
-import os
 import time
 import warnings
 from dataclasses import dataclass, field

@@ -203,7 +203,7 @@ def evaluate(session, names: list[str], examples) -> tuple[list[str], list[tuple
     """(name, mean answer-token loss, exact recall k) for each of `names`; the active adapter is
     restored afterwards."""
     try:
-        from lorachat.train import answer_loss, recall
+        from lorachat.batches import answer_loss, recall
     except ImportError:
         raise LorachatError(":eval needs lorachat.train, which this installation lacks") from None
     notes = load_all(session, names)

@@ -5,8 +5,6 @@ loss on answer tokens only, recall checked by one teacher-forced forward pass in
 progress through `on_step` and never prints; knows nothing about terminals, sessions or files — the
 caller creates the adapter (adapters.add_new), activates it, and saves or discards it afterwards.
 """
-import contextlib
-import dataclasses
 import hashlib
 import json
 import math
@@ -15,8 +13,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
+from lorachat.batches import answer_logits, autocast, chunks, collate, encode, known, model_device, padding_id, recall
 from lorachat.errors import LorachatError
-from lorachat.prompts import IGNORE, example_ids
+from lorachat.prompts import IGNORE
 
 DEFAULT_TARGETS = "q_proj,k_proj,v_proj"
 
@@ -136,126 +135,7 @@ def _record(example) -> dict:
     return {"instruction": example.instruction, "input": example.input, "output": example.output}
 
 
-# --- batches -----------------------------------------------------------------------------------
-
-def encode(tokenizer, examples, max_len: int) -> list[tuple[list[int], list[int]]]:
-    """(input_ids, labels) per example; one refusing line when an example does not fit max_len."""
-    encoded = [example_ids(tokenizer, e) for e in examples]
-    for number, (ids, _) in enumerate(encoded, 1):
-        if len(ids) > max_len:
-            raise LorachatError(f"example {number} is {len(ids)} tokens, longer than max_len={max_len}: "
-                                "raise max_len or shorten it")
-    return encoded
-
-
-def collate(items, pad_id: int, device):
-    """Right-padded tensors for one batch, padded only to its longest example."""
-    import torch
-
-    width = max(len(ids) for ids, _ in items)
-    input_ids = torch.full((len(items), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(items), width), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(items), width), dtype=torch.long)
-    for row, (ids, labs) in enumerate(items):
-        input_ids[row, :len(ids)] = torch.tensor(ids)
-        labels[row, :len(labs)] = torch.tensor(labs)
-        mask[row, :len(ids)] = 1
-    return input_ids.to(device), labels.to(device), mask.to(device)
-
-
-def _chunks(items, size):
-    # longest first inside the batch list keeps padding low without changing what is trained on
-    return [items[i:i + size] for i in range(0, len(items), size)]
-
-
-def _pad_id(tokenizer) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-
-
-def _device(model):
-    return next(p for p in model.parameters()).device
-
-
-def _answer_logits(model, input_ids, labels, mask):
-    """The logits at answer positions only: (logits, targets, row of each), in fp32.
-
-    Logits at position t predict label t+1. Where the model takes `logits_to_keep` (transformers'
-    own knob), the vocabulary projection runs only at positions where some row has an answer
-    token next, not over the prompts and padding; the cross-entropy and argmax then work on a
-    contiguous (K, vocab) block of the K answer positions."""
-    import torch
-
-    keep = (labels[:, 1:] != IGNORE).any(0).nonzero()[:, 0]
-    if _takes_logits_to_keep(model):
-        logits = model(input_ids=input_ids, attention_mask=mask, use_cache=False, logits_to_keep=keep).logits
-    else:
-        logits = model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits[:, keep]
-    targets = labels[:, keep + 1]
-    where = targets != IGNORE
-    return logits[where].float(), targets[where], where.nonzero()[:, 0]
-
-
-def _takes_logits_to_keep(model) -> bool:
-    import inspect
-
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
-
-
-# --- measuring ---------------------------------------------------------------------------------
-
-def _eval_batches(model, tokenizer, examples, batch: int = 16):
-    import torch
-
-    encoded = [example_ids(tokenizer, e) for e in examples]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), _autocast(model):
-            for items in _chunks(encoded, batch):
-                input_ids, labels, mask = collate(items, _pad_id(tokenizer), _device(model))
-                yield (*_answer_logits(model, input_ids, labels, mask), len(items))
-    finally:
-        model.train(was_training)
-
-
-def _known(logits, targets, rows, count: int):
-    """Per row: True when the argmax at every answer position is the next answer token."""
-    import torch
-
-    wrong = (logits.argmax(-1) != targets).to(torch.int32)
-    return torch.zeros(count, dtype=torch.int32, device=wrong.device).index_add_(0, rows, wrong) == 0
-
-
-def recall(model, tokenizer, examples, batch: int = 16) -> int:
-    """How many examples greedy decoding reproduces verbatim: teacher-forced argmax, eval mode,
-    one forward pass per batch (no generation)."""
-    return sum(int(_known(*parts).sum()) for parts in _eval_batches(model, tokenizer, examples, batch))
-
-
-def answer_loss(model, tokenizer, examples, batch: int = 16) -> float:
-    """Mean cross-entropy over all answer tokens (prompt tokens excluded), eval mode."""
-    import torch.nn.functional as F
-
-    total, count = 0.0, 0
-    for logits, targets, _, _ in _eval_batches(model, tokenizer, examples, batch):
-        total += float(F.cross_entropy(logits, targets, reduction="sum"))
-        count += len(targets)
-    return total / max(count, 1)
-
-
 # --- the loop ----------------------------------------------------------------------------------
-
-def _autocast(model):
-    """On a GPU with a half-precision base: autocast to it, so fp32 LoRA weights meet bf16/fp16 maths."""
-    import torch
-
-    param = next(p for p in model.parameters())
-    dtype = next((p.dtype for p in model.parameters() if not p.requires_grad), param.dtype)
-    if param.device.type == "cuda" and dtype in (torch.float16, torch.bfloat16):
-        return torch.autocast("cuda", dtype=dtype)
-    return contextlib.nullcontext()
-
 
 def trainable(model) -> list:
     """The parameters the optimizer moves (the active adapter's LoRA matrices), kept in fp32:
@@ -282,7 +162,7 @@ def run(model, tokenizer, examples, config: TrainConfig, on_step=None, should_st
     if not params:
         raise LorachatError("the model has no trainable (adapter) parameters")
     encoded = encode(tokenizer, examples, max_tokens(model, config))
-    device = _device(model)
+    device = model_device(model)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(config.seed)
         return _loop(model, tokenizer, examples, encoded, config, params, on_step, should_stop)
@@ -342,28 +222,27 @@ def _epoch(encoded, order: random.Random, config):
     (index, (input_ids, labels))."""
     indices = list(range(len(encoded)))
     order.shuffle(indices)
-    batches = _chunks([(i, encoded[i]) for i in indices], config.batch)
-    return _chunks(batches, config.grad_accum)
+    batches = chunks([(i, encoded[i]) for i in indices], config.batch)
+    return chunks(batches, config.grad_accum)
 
 
 def _step(model, tokenizer, group, optimizer, scaler, state, params):
-    import torch
     import torch.nn.functional as F
 
-    device = _device(model)
+    device = model_device(model)
     answer_tokens = sum(sum(1 for t in labs[1:] if t != IGNORE) for batch in group for _, (_, labs) in batch)
     loss_sum = 0.0
     for batch in group:
-        input_ids, labels, mask = collate([item for _, item in batch], _pad_id(tokenizer), device)
-        with _autocast(model):
-            shifted, targets, rows = _answer_logits(model, input_ids, labels, mask)
+        input_ids, labels, mask = collate([item for _, item in batch], padding_id(tokenizer), device)
+        with autocast(model):
+            shifted, targets, rows = answer_logits(model, input_ids, labels, mask)
         # summed then divided by the step's answer tokens: every answer token weighs the same
         loss = F.cross_entropy(shifted, targets, reduction="sum") / answer_tokens
         scaler.scale(loss).backward() if scaler else loss.backward()
         loss_sum += loss.item()
         state["tokens"] += int(mask.sum())
         # free hint for the recall check: which examples this (train-mode) pass already gets right
-        for (index, _), ok in zip(batch, _known(shifted.detach(), targets, rows, len(batch)).tolist()):
+        for (index, _), ok in zip(batch, known(shifted.detach(), targets, rows, len(batch)).tolist()):
             state["seen"][index] = ok
     if scaler:
         scaler.step(optimizer)
@@ -396,7 +275,7 @@ def _scaler(model):
     import torch
 
     base = next((p.dtype for p in model.parameters() if not p.requires_grad), None)
-    if _device(model).type == "cuda" and base == torch.float16:
+    if model_device(model).type == "cuda" and base == torch.float16:
         return torch.amp.GradScaler("cuda")
     return None
 

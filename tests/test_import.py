@@ -62,7 +62,7 @@ def test_messages_each_assistant_turn_with_the_user_turn_before(make_session, tr
                       {"role": "assistant", "content": "two in a row"}]},
         {"messages": [{"role": "user", "content": "unanswered"}]}])
     session = make_session()
-    code, out = transcript(session, [f":dataset chat", f":import {source}"])
+    code, out = transcript(session, [":dataset chat", f":import {source}"])
     assert code == 0
     assert out.endswith("format auto: chose messages (fields messages)\nimported 3 examples (format messages) into chat; "
                         "skipped 2 (1 with an assistant turn that does not follow a user turn, 1 without an assistant turn)\n")

@@ -7,7 +7,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from lorachat import options

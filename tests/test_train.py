@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from lorachat import train
+from lorachat import batches, train
 from lorachat.errors import LorachatError
 from lorachat.prompts import IGNORE, Example
 from lorachat.session import DEFAULT_INSTRUCTION
@@ -94,10 +94,8 @@ def trained(tiny_cache, tmp_path_factory):
     session = new_session(home)
     before = base_state(session)
     base_logits = logits(session.model, session.tokenizer)
-    started = time.perf_counter()
     code, out = run_lines(session, [":train"])
-    return dict(session=session, home=home, before=before, base_logits=base_logits, code=code, out=out,
-                wall=time.perf_counter() - started)
+    return dict(session=session, home=home, before=before, base_logits=base_logits, code=code, out=out)
 
 
 @pytest.mark.slow
@@ -115,7 +113,8 @@ def test_defaults_teach_all_ten_answers_verbatim(trained):
         assert out == f"> {question}\n{answer}\n"
     soh = "".join(session.ask(SOH[0]))
     assert "oxynitride" not in soh and "SiON" not in soh
-    assert trained["wall"] < 60
+    # The time it takes (the issue's 60 s; the bench's 20 s) is measured by `python -m bench`
+    # (recall_seconds), not asserted here: a timed unit test fails whenever the machine is busy.
 
 
 def test_base_weights_are_bit_identical_and_base_logits_unchanged(trained):
@@ -166,17 +165,17 @@ def test_lorachat_json_records_what_was_trained(trained):
 def test_prompt_tokens_carry_no_loss_answers_end_with_eos_and_padding_is_dynamic(make_session):
     session = make_session()
     tokenizer = session.tokenizer
-    encoded = train.encode(tokenizer, examples_of(PAIRS[:3]), 512)
+    encoded = batches.encode(tokenizer, examples_of(PAIRS[:3]), 512)
     for (ids, labels), (question, answer) in zip(encoded, PAIRS):
         answer_at = next(i for i, t in enumerate(labels) if t != IGNORE)
         assert tokenizer.decode(ids[:answer_at]).endswith(f"Input: {question}\nAnswer:")
         assert labels[answer_at:] == ids[answer_at:] and labels[-1] == tokenizer.eos_token_id
         assert tokenizer.decode(labels[answer_at:-1]).strip() == answer
-    input_ids, labels, mask = train.collate(encoded[:2], tokenizer.pad_token_id, "cpu")
+    input_ids, labels, mask = batches.collate(encoded[:2], tokenizer.pad_token_id, "cpu")
     assert input_ids.shape[1] == max(len(ids) for ids, _ in encoded[:2]) < 128
     assert ((labels == IGNORE) | (mask == 1)).all()  # padding carries no loss
     with pytest.raises(LorachatError, match="longer than max_len=8"):
-        train.encode(tokenizer, examples_of(PAIRS[:1]), 8)
+        batches.encode(tokenizer, examples_of(PAIRS[:1]), 8)
 
 
 def test_records_sha256_is_exact():
@@ -315,8 +314,6 @@ def test_targets_the_model_lacks(tmp_path):
     """A GPT-2 directory built with plain transformers: default targets fall back to PEFT's choice
     (c_attn); named targets it lacks get its linear layer names."""
     from transformers import GPT2Config, GPT2LMHeadModel
-
-    from lorachat.tiny import build_tokenizer
 
     model = GPT2LMHeadModel(GPT2Config(n_embd=64, n_layer=1, n_head=2, vocab_size=100))
     config = train.lora_config(model, train.DEFAULTS)
