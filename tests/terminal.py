@@ -18,3 +18,25 @@ def read_until(fd, marker: bytes, timeout: float) -> bytes:
             except OSError:
                 break
     return seen
+
+
+def spawn_repl(home):
+    """`lorachat --model tiny` on a pseudo-terminal, as a person would run it, at its first prompt.
+
+    Returns (process, fd of the terminal's other end); the caller kills the process and closes fd."""
+    import pty
+    import subprocess
+    import sys
+
+    main, child = pty.openpty()
+    env = dict(os.environ, TERM="xterm", COLUMNS="200", LINES="50", PROMPT_TOOLKIT_NO_CPR="1")
+    proc = subprocess.Popen([sys.executable, "-m", "lorachat", "--model", "tiny", "--home", str(home)],
+                            stdin=child, stdout=child, stderr=child, env=env, start_new_session=True)
+    os.close(child)
+    try:
+        read_until(main, b"default>", 120)
+    except BaseException:
+        proc.kill()
+        os.close(main)
+        raise
+    return proc, main

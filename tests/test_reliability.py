@@ -1,7 +1,6 @@
 """Guarantees that cut across commands: no traceback for any input, Ctrl-C always safe,
 fuzzed parsers raise nothing but LorachatError, junk and huge input get one line."""
 import os
-import pty
 import signal
 import subprocess
 import sys
@@ -15,7 +14,7 @@ from lorachat.errors import LorachatError
 from lorachat.names import check_name
 from lorachat.repl import logical_lines
 from lorachat.session import Settings
-from terminal import read_until
+from terminal import read_until, spawn_repl
 
 any_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=200)
 
@@ -95,13 +94,8 @@ def test_binary_junk_on_stdin(home):
 
 def test_ctrl_c_stops_an_answer_and_the_session_goes_on(home, tmp_path):
     """Drive the real interactive REPL through a pseudo-terminal: Ctrl-C mid-answer."""
-    main, child = pty.openpty()
-    env = dict(os.environ, TERM="xterm", COLUMNS="200", LINES="50", PROMPT_TOOLKIT_NO_CPR="1")
-    proc = subprocess.Popen([sys.executable, "-m", "lorachat", "--model", "tiny", "--home", str(home)],
-                            stdin=child, stdout=child, stderr=child, env=env, start_new_session=True)
-    os.close(child)
+    proc, main = spawn_repl(home)
     try:
-        read_until(main, b"default>", 120)
         os.write(main, b":set max_new_tokens=8192 repetition_penalty=1.3\r")
         read_until(main, b"repetition_penalty=1.3\r\n", 30)
         read_until(main, b"default>", 30)

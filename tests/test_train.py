@@ -15,7 +15,7 @@ from lorachat import batches, train
 from lorachat.errors import LorachatError
 from lorachat.prompts import IGNORE, Example
 from lorachat.session import DEFAULT_INSTRUCTION
-from terminal import read_until
+from terminal import read_until, spawn_repl
 
 SOH = ("What is SOH in semiconductor manufacturing process?",
        "In semiconductor manufacturing, SOH(Spin On Hardmask) is a high carbon-containing polymer material.")
@@ -326,16 +326,9 @@ def test_targets_the_model_lacks(tmp_path):
 @pytest.mark.slow
 def test_ctrl_c_during_train_in_a_terminal_returns_to_the_prompt(home):
     """The real interactive REPL through a pseudo-terminal: Ctrl-C mid-training, then a question."""
-    import pty
-
     write_dataset(home, "default", PAIRS[:2])
-    main, child = pty.openpty()
-    env = dict(os.environ, TERM="xterm", COLUMNS="200", LINES="50", PROMPT_TOOLKIT_NO_CPR="1")
-    proc = subprocess.Popen([sys.executable, "-m", "lorachat", "--model", "tiny", "--home", str(home)],
-                            stdin=child, stdout=child, stderr=child, env=env, start_new_session=True)
-    os.close(child)
+    proc, main = spawn_repl(home)
     try:
-        read_until(main, b"default>", 120)
         os.write(main, b":train until=steps steps=100000\r")
         read_until(main, b"training default", 60)
         time.sleep(0.5)
