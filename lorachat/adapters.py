@@ -9,8 +9,6 @@ order, live scales, the switch) lives in `session.extensions["adapters"]`. Knows
 terminals or training loops.
 """
 import contextlib
-import hashlib
-import json
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -19,7 +17,7 @@ from pathlib import Path
 from lorachat import __version__, provenance, store
 from lorachat.errors import LorachatError, did_you_mean
 from lorachat.names import check_name
-from lorachat.provenance import META_FILE, read_meta  # noqa: F401  (read_meta is part of this API)
+from lorachat.provenance import META_FILE, base_fingerprint, read_meta  # noqa: F401  (part of this API)
 
 BASE = "base"
 
@@ -101,30 +99,6 @@ def switch(session):
         state.switch = Switch(model)
         state.switch.set_active(session.active_adapter)
     return state.switch
-
-
-def base_fingerprint(session) -> str:
-    """Cheap, stable identity of the base weights: config hash + checksums of a few tensors.
-
-    Tensors are hashed after rounding to bfloat16, so the same checkpoint loaded in float32, float16
-    or bfloat16 has the same fingerprint. Computed once per session, before the first wrap."""
-    cached = session.extensions.get("fingerprint")
-    if cached:
-        return cached
-    import torch
-
-    base = session.loaded.model
-    config = base.config.to_dict()
-    for volatile in ("_name_or_path", "torch_dtype", "dtype", "transformers_version", "_attn_implementation_autoset"):
-        config.pop(volatile, None)
-    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
-    params = [(n, p) for n, p in base.named_parameters() if "lora_" not in n and p.device.type != "meta"]
-    for name, param in params[:2] + params[-2:]:
-        flat = param.detach().reshape(-1)[:4096].to("cpu", torch.bfloat16).view(torch.int16)
-        digest.update(name.replace("base_layer.", "").encode())
-        digest.update(flat.numpy().tobytes())
-    session.extensions["fingerprint"] = "sha256:" + digest.hexdigest()[:32]
-    return session.extensions["fingerprint"]
 
 
 def add_new(session, name: str, lora_config):

@@ -3,9 +3,11 @@
 Everything here is checked before the model is touched, so a refusal leaves the model as it was:
 adapter_config.json (present, JSON, LoRA), the weights file (safetensors header readable; a pickle
 `.bin` only with --allow-pickle, because unpickling runs code), lorachat.json's base fingerprint
-against the loaded model (--force overrides only this), and every weight's module and shape against
-the loaded model. Knows nothing about PEFT objects or the REPL.
+against the loaded model's (`base_fingerprint`, computed once per session; --force overrides only
+this), and every weight's module and shape against the loaded model. Knows nothing about PEFT
+objects or the REPL.
 """
+import hashlib
 import json
 from pathlib import Path
 
@@ -72,6 +74,30 @@ def _pickle_shapes(name: str, file: Path) -> dict[str, tuple]:
     if not isinstance(state, dict):
         raise LorachatError(f"adapter '{name}': {PICKLE} does not hold a state dict")
     return {key: tuple(value.shape) for key, value in state.items() if hasattr(value, "shape")}
+
+
+def base_fingerprint(session) -> str:
+    """Cheap, stable identity of the base weights: config hash + checksums of a few tensors.
+
+    Tensors are hashed after rounding to bfloat16, so the same checkpoint loaded in float32, float16
+    or bfloat16 has the same fingerprint. Computed once per session, before the first wrap."""
+    cached = session.extensions.get("fingerprint")
+    if cached:
+        return cached
+    import torch
+
+    base = session.loaded.model
+    config = base.config.to_dict()
+    for volatile in ("_name_or_path", "torch_dtype", "dtype", "transformers_version", "_attn_implementation_autoset"):
+        config.pop(volatile, None)
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
+    params = [(n, p) for n, p in base.named_parameters() if "lora_" not in n and p.device.type != "meta"]
+    for name, param in params[:2] + params[-2:]:
+        flat = param.detach().reshape(-1)[:4096].to("cpu", torch.bfloat16).view(torch.int16)
+        digest.update(name.replace("base_layer.", "").encode())
+        digest.update(flat.numpy().tobytes())
+    session.extensions["fingerprint"] = "sha256:" + digest.hexdigest()[:32]
+    return session.extensions["fingerprint"]
 
 
 def check_base(session, name: str, meta: dict | None, config: dict, fingerprint: str) -> list[str]:
