@@ -1,10 +1,11 @@
-"""Every PEFT call lives here (and in shelf.py / switch.py): create, load, activate, scale, unload,
-save, delete and rename adapters around the one base model.
+"""Every PEFT call lives here (and in shelf.py / switch.py / loading.py): create, load, activate,
+scale, unload, save, delete and rename adapters around the one base model.
 
 The base model is wrapped in a PeftModel the first time an adapter is created or loaded; from
 then on `session.model` is that wrapper and adapters come and go inside it without touching or
 copying the base weights. Switching is switch.Switch's job (flags, plus an exact lazy merge for
-decoding); files are checked by provenance.py before anything is loaded. Per-session state (LRU
+decoding); files are checked by provenance.py before anything is loaded, and read into the model
+by loading.py (PEFT's own load, or a fast path with the same result). Per-session state (LRU
 order, live scales, the switch) lives in `session.extensions["adapters"]`. Knows nothing about
 terminals or training loops.
 """
@@ -14,7 +15,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lorachat import __version__, provenance, store
+from lorachat import __version__, loading, provenance, store
 from lorachat.errors import LorachatError, did_you_mean
 from lorachat.names import check_name
 from lorachat.provenance import META_FILE, base_fingerprint, read_meta  # noqa: F401  (part of this API)
@@ -168,59 +169,38 @@ def load(session, name: str, keep=()) -> list[str]:
 
 
 def _load_checked(session, name: str, path: Path) -> None:
-    from peft import PeftConfig, PeftModel
     from safetensors import SafetensorError
 
     model, current = peft_model(session), switch(session)
     if current is not None:
         current.set_active(None)
-    wrapped_here = False
     try:
         with _quiet():
             if model is None:
-                config = PeftConfig.from_pretrained(str(path))
-                config.inference_mode = True
-                wrapped_here = True
-                model = PeftModel(session.model, config, adapter_name=name)
-            model.load_adapter(str(path), adapter_name=name, is_trainable=False)
+                session.model = loading.wrap(session.model, name, path)  # a failed wrap undoes itself
+            else:
+                loading.load_adapter(model, name, path)
     except (ValueError, RuntimeError, OSError, KeyError, TypeError, SafetensorError) as exc:
-        _undo_load(session, name, model, wrapped_here)
+        _undo_load(session, name, model)
         raise LorachatError(f"cannot load adapter '{name}': {provenance.brief(exc)}") from None
     except BaseException:
-        _undo_load(session, name, model, wrapped_here)
+        _undo_load(session, name, model)
         raise
-    if session.model is not model:
-        session.model = model
-        model.eval()
     current = switch(session)
     current.refresh()
     current.eval_adapter(name)  # not model.eval(): that walks every loaded adapter's modules
     current.set_active(session.active_adapter)
 
 
-def _undo_load(session, name, model, wrapped_here) -> None:
-    """A load that failed half-way: put the model back exactly as it was."""
-    if wrapped_here:
-        base = model.unload() if model is not None else _strip_lora(session.loaded.model)
-        session.model = base
-        session.model.eval()
+def _undo_load(session, name, model) -> None:
+    """A load into `model` that failed half-way: put it back exactly as it was."""
+    if model is None:
         return
-    if model is not None and name in model.peft_config:
+    if name in model.peft_config:
         with _quiet():
             model.delete_adapter(name)
     switch(session).refresh()
     switch(session).set_active(session.active_adapter)
-
-
-def _strip_lora(base):
-    """Replace any LoRA layer left in `base` by its own base layer (a wrap that failed midway)."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    for qualified, module in list(base.named_modules()):
-        if isinstance(module, BaseTunerLayer) and qualified:
-            parent_name, _, child = qualified.rpartition(".")
-            setattr(base.get_submodule(parent_name) if parent_name else base, child, module.get_base_layer())
-    return base
 
 
 def make_room(session, keep=(), extra: int = 1) -> None:
