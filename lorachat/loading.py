@@ -213,8 +213,8 @@ def _alone(layer):
     hidden = {}
     for attr in layer.adapter_layer_names + layer.other_param_names:
         container = getattr(layer, attr, None)
-        if type(container) in (torch.nn.ModuleDict, torch.nn.ParameterDict):
-            hidden[attr] = container
+        if type(container) in (torch.nn.ModuleDict, torch.nn.ParameterDict) and len(container):
+            hidden[attr] = container  # (an empty one costs nothing to scan: left in place)
             setattr(layer, attr, type(container)())
     try:
         yield
