@@ -156,7 +156,7 @@ def test_lorachat_json_records_what_was_trained(trained):
     meta = json.loads((trained["home"] / "adapters" / "default" / "lorachat.json").read_text())
     assert meta["dataset"] == "default" and meta["examples"] == 10
     assert meta["records_sha256"] == train.records_sha256(examples_of(PAIRS))
-    assert meta["train"] == dataclasses.asdict(train.DEFAULTS)
+    assert meta["train"] == dataclasses.asdict(dataclasses.replace(train.DEFAULTS, lr=train.SMALL_LR))  # lr=none resolved
     assert meta["recall"] == 10 and meta["total"] == 10 and meta["steps"] >= 1 and meta["cancelled"] is False
     assert meta["base_model"] == "tiny" and meta["base_fingerprint"].startswith("sha256:")
     assert meta["seconds"] > 0 and meta["loss"] >= 0 and meta["created"] and meta["lorachat_version"]
@@ -308,6 +308,59 @@ def test_out_of_memory_is_one_line_naming_what_to_lower():
 
     with pytest.raises(LorachatError, match=r"out of GPU memory .*lower batch .*checkpointing=on"):
         train.run(Exhausted(), build_tokenizer(), examples_of(PAIRS[:2]), train.DEFAULTS)
+
+
+def test_lr_none_is_chosen_by_model_size_and_an_explicit_lr_is_kept(make_session):
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tiny = make_session().model
+    assert train.resolved(tiny, train.DEFAULTS).lr == train.SMALL_LR
+    with torch.device("meta"):  # a model's size without its memory
+        large = GPT2LMHeadModel(GPT2Config(n_embd=768, n_layer=12, n_head=12))
+    assert sum(p.numel() for p in large.parameters()) > train.SMALL_MODEL
+    assert train.resolved(large, train.DEFAULTS).lr == train.LARGE_LR
+    assert train.resolved(large, dataclasses.replace(train.DEFAULTS, lr=3e-4)).lr == 3e-4
+
+
+def test_clip_bounds_the_gradient_norm_the_optimizer_sees(make_session):
+    import torch
+    from peft import get_peft_model
+
+    session = make_session()
+    model = get_peft_model(session.model, train.lora_config(session.model, train.DEFAULTS))
+    params = train.trainable(model)
+    encoded = train.encode(session.tokenizer, examples_of(PAIRS[:3]), 512)
+    group = [[(i, item) for i, item in enumerate(encoded)]]
+
+    class Recording(torch.optim.SGD):
+        def step(self, closure=None):
+            self.norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None])))
+            return super().step(closure)
+
+    norms = {}
+    for clip in (0.0, 1e-3):
+        optimizer = Recording(params, lr=0.0)
+        train._step(model, session.tokenizer, group, optimizer, None, dict(step=0, tokens=0, seen={}), clip)
+        norms[clip] = optimizer.norm
+    assert norms[0.0] > 1e-2 and norms[1e-3] == pytest.approx(1e-3, rel=1e-4)
+
+
+def test_linear_schedule_decays_to_zero_over_the_planned_steps():
+    import torch
+
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=0.01)
+    lrs = []
+    for schedule in ("linear", "constant"):
+        config = dataclasses.replace(train.DEFAULTS, lr=0.01, schedule=schedule)
+        optimizer.param_groups[0]["lr"] = 0.01
+        scheduler = train._schedule(optimizer, config, 4)
+        lrs.append([])
+        for _ in range(4):
+            lrs[-1].append(round(optimizer.param_groups[0]["lr"], 6))
+            optimizer.step()
+            scheduler.step()
+    assert lrs == [[0.01, 0.0075, 0.005, 0.0025], [0.01] * 4]
 
 
 def test_targets_the_model_lacks(tmp_path):

@@ -35,6 +35,7 @@ def train_(session, args):
     Ctrl-C stops at the next step: the adapter is discarded (keep=partial saves it), the session goes on.
     """
     name, config = _parse(session, args)
+    config = train.resolved(session.model, config)
     examples = _examples(session)
     lora_config = train.lora_config(session.model, config)
     train.encode(session.tokenizer, examples, train.max_tokens(session.model, config))  # refuse before creating
