@@ -21,7 +21,7 @@ def figures(base, tokenizer, examples, steps: int, device: str, home, log=lambda
     """The train_* figures (and the trained session is dropped: decode and switch make their own)."""
     from lorachat import batches, datasets, train
 
-    config = dataclasses.replace(train.DEFAULTS, steps=steps, until="steps")
+    config = train.resolved(base, dataclasses.replace(train.DEFAULTS, steps=steps, until="steps"))
     recipe = seed.Recipe(r=config.r, alpha=config.alpha, dropout=config.dropout, targets=config.targets.split(","),
                          lr=config.lr, steps=steps, batch=seed.NOTEBOOK_BATCH, grad_accum=seed.NOTEBOOK_GRAD_ACCUM,
                          seed=config.seed)
@@ -57,9 +57,43 @@ def figures(base, tokenizer, examples, steps: int, device: str, home, log=lambda
                # non-pad tokens trained on per second: the comparison that does not depend on batch sizes
                train_tokens_per_s=round(tokens / lorachat_s, 1), train_seed_tokens_per_s=round(seed_tokens / seed_s, 1))
     out["train_token_speedup"] = round(out["train_tokens_per_s"] / out["train_seed_tokens_per_s"], 2)
+    del session
+    free(device)
+    log(f"lorachat: {lorachat_s:.1f} s, loss {lorachat_loss:.4f}; lorachat until the seed's loss")
+    out.update(to_loss(copy.deepcopy(base), tokenizer, examples, config, seed_loss, seed_s, cap=4 * steps,
+                       every=max(1, steps // 10)))
     if device == "cuda":
         out.update(_mfu(shapes.parameters(base), tokens / lorachat_s))
     return out
+
+
+def to_loss(model, tokenizer, examples, config, target: float, seed_s: float, cap: int, every: int = 10) -> dict:
+    """Seconds of lorachat training (train.run, its defaults) until its answer loss is at most `target`,
+    checked every `every` steps with the clock stopped; None if `cap` steps do not get there."""
+    from peft import get_peft_model
+
+    from lorachat import batches, train
+
+    config = dataclasses.replace(config, steps=cap, until="steps")
+    model = train.seeded_add(config.seed, lambda: get_peft_model(model, train.lora_config(model, config)))
+    paused, state = 0.0, dict(loss=None, step=0)
+
+    def on_step(step, total, loss, known):
+        nonlocal paused
+        if step % every == 0:
+            start = time.perf_counter()
+            state.update(loss=batches.answer_loss(model, tokenizer, examples), step=step)
+            model.train()
+            paused += time.perf_counter() - start
+
+    begun = time.perf_counter()
+    train.run(model, tokenizer, examples, config, on_step=on_step,
+              should_stop=lambda: state["loss"] is not None and state["loss"] <= target)
+    seconds = time.perf_counter() - begun - paused
+    reached = state["loss"] is not None and state["loss"] <= target
+    return dict(train_to_seed_loss_steps=state["step"] if reached else None,
+                train_to_seed_loss_s=round(seconds, 3) if reached else None,
+                train_equal_loss_speedup=round(seed_s / seconds, 2) if reached else None)
 
 
 def _mfu(parameters: int, rate: float) -> dict:
