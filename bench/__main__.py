@@ -21,7 +21,7 @@ class Mode:
     name: str
     steps: int            # optimizer steps, the same for the seed recipe and lorachat
     decode_tokens: int
-    repeats: int          # decode runs per side; startup runs
+    decode_rounds: int    # decode runs per side (one base and one adapter run a round)
     switches: int         # back-and-forth :use pairs per switch figure
     loaded: int           # adapters in memory for use_switch_ms_p50_50
     recall_steps: int | None = None  # cap (smoke only)
@@ -29,10 +29,10 @@ class Mode:
 
 
 MODES = {
-    "full": Mode("full", steps=100, decode_tokens=64, repeats=5, switches=25, loaded=50),
-    "quick": Mode("quick", steps=3, decode_tokens=32, repeats=3, switches=10, loaded=50),
+    "full": Mode("full", steps=100, decode_tokens=64, decode_rounds=12, switches=25, loaded=50),
+    "quick": Mode("quick", steps=3, decode_tokens=32, decode_rounds=4, switches=10, loaded=50),
     # the smoke test: every code path, nothing worth reading
-    "smoke": Mode("smoke", steps=1, decode_tokens=4, repeats=1, switches=2, loaded=4, recall_steps=1, shape="tiny"),
+    "smoke": Mode("smoke", steps=1, decode_tokens=4, decode_rounds=1, switches=2, loaded=4, recall_steps=1, shape="tiny"),
 }
 SHAPE = {"cpu": "opt-125m", "cuda": "opt-2.7b"}
 
@@ -128,7 +128,7 @@ def _suites(mode: Mode, device: str, home: Path, only, start: float):
     suites = {
         "startup": lambda: startup.figures(device, home / "startup", 1 if mode.name != "full" else 3),
         "train": train,
-        "decode": lambda: decode.figures(session(), "bench", mode.decode_tokens, mode.repeats),
+        "decode": lambda: decode.figures(session(), "bench", mode.decode_tokens, mode.decode_rounds),
         "switch": lambda: switching.figures(session(), "bench", mode.loaded, mode.switches),
         "recall": lambda: recall.figures(device, home / "recall", mode.recall_steps),
     }

@@ -1,8 +1,10 @@
 """decode_*: greedy decoding of a fixed number of tokens, base alone vs the active adapter.
 
 Switching goes through `:use` (whatever lorachat does on activation, merging included, is part of
-what a user gets). Runs alternate base/adapter so contention from other processes hits both alike;
-the fastest run of each counts (the least disturbed one). Knows nothing about training.
+what a user gets). Runs alternate base/adapter, which goes first swapping every round, so contention
+from other processes and warm-up hit both alike; the fastest run of each counts (the least disturbed
+one). Batch-1 decoding is memory-bound and its speed wanders by ±5-10 % from run to run on a shared
+host, so the full run takes 12 rounds. Knows nothing about training.
 """
 import time
 
@@ -10,7 +12,7 @@ from bench import shapes
 from bench.workspace import command
 
 
-def figures(session, adapter: str, tokens: int, repeats: int) -> dict:
+def figures(session, adapter: str, tokens: int, rounds: int) -> dict:
     import torch
 
     from lorachat.prompts import prompt_ids
@@ -18,8 +20,8 @@ def figures(session, adapter: str, tokens: int, repeats: int) -> dict:
     question = shapes.examples()[0].input
     ids = torch.tensor([prompt_ids(session.tokenizer, shapes.INSTRUCTION, question)], device=session.loaded.device)
     best = {"base": float("inf"), adapter: float("inf")}
-    for _ in range(repeats):
-        for name in best:
+    for round_ in range(rounds):
+        for name in list(best)[::1 if round_ % 2 == 0 else -1]:
             command(session, f":use {name}")
             best[name] = min(best[name], _generate(session.model, ids, tokens))
     base, tuned = tokens / best["base"], tokens / best[adapter]
