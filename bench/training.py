@@ -34,7 +34,8 @@ def figures(base, tokenizer, examples, steps: int, device: str, home, log=lambda
     free(device)
 
     log(f"seed recipe: {seed_s:.1f} s, loss {seed_loss:.4f}; lorachat: {steps} steps")
-    session = make_session(base, tokenizer, "bench-base", device, home)
+    # the session wraps its model in place (PEFT injects LoRA layers): base itself stays untrained for to_loss
+    session = make_session(copy.deepcopy(base), tokenizer, "bench-base", device, home)
     datasets.append_examples(session.home, "bench", examples)
     session.dataset = "bench"
     start = time.perf_counter()
@@ -60,7 +61,7 @@ def figures(base, tokenizer, examples, steps: int, device: str, home, log=lambda
     del session
     free(device)
     log(f"lorachat: {lorachat_s:.1f} s, loss {lorachat_loss:.4f}; lorachat until the seed's loss")
-    out.update(to_loss(copy.deepcopy(base), tokenizer, examples, config, seed_loss, seed_s, cap=4 * steps,
+    out.update(to_loss(base, tokenizer, examples, config, seed_loss, seed_s, cap=4 * steps,
                        every=max(1, steps // 10)))
     if device == "cuda":
         out.update(_mfu(shapes.parameters(base), tokens / lorachat_s))
@@ -74,6 +75,8 @@ def to_loss(model, tokenizer, examples, config, target: float, seed_s: float, ca
 
     from lorachat import batches, train
 
+    if any("lora_" in name for name, _ in model.named_parameters()):
+        raise RuntimeError("to_loss needs the untrained base: this model already holds LoRA layers")
     config = dataclasses.replace(config, steps=cap, until="steps")
     model = train.seeded_add(config.seed, lambda: get_peft_model(model, train.lora_config(model, config)))
     paused, state = 0.0, dict(loss=None, step=0)
