@@ -73,12 +73,12 @@ def to_loss(model, tokenizer, examples, config, target: float, seed_s: float, ca
     checked every `every` steps with the clock stopped; None if `cap` steps do not get there."""
     from peft import get_peft_model
 
-    from lorachat import batches, train
+    from lorachat import batches, shape, train
 
     if any("lora_" in name for name, _ in model.named_parameters()):
         raise RuntimeError("to_loss needs the untrained base: this model already holds LoRA layers")
     config = dataclasses.replace(config, steps=cap, until="steps")
-    model = train.seeded_add(config.seed, lambda: get_peft_model(model, train.lora_config(model, config)))
+    model = shape.seeded_add(config.seed, lambda: get_peft_model(model, shape.lora_config(model, config)))
     paused, state = 0.0, dict(loss=None, step=0)
 
     def on_step(step, total, loss, known):

@@ -263,38 +263,6 @@ def _apply_scale(session, name: str, factor: float) -> None:
     switch(session).invalidate()
 
 
-def delete(session, name: str) -> None:
-    """Unload adapter `name` and remove its directory (hidden first: a crash leaves nothing half-deleted in view)."""
-    path = adapter_path(session, name)
-    if not path.is_dir() and name not in loaded_names(session):
-        raise LorachatError(f"no adapter named '{name}'{did_you_mean(name, known_names(session))}")
-    remove(session, name)
-    shelf(session).scales.pop(name, None)
-    if path.is_dir():
-        store.hide_and_remove(path, f"adapter '{name}'")
-
-
-def rename(session, old: str, new: str) -> None:
-    """Rename a saved adapter on disk (and in memory: it is reloaded under the new name)."""
-    source, target = adapter_path(session, old), adapter_path(session, check_loadable_name(new))
-    if not source.is_dir():
-        raise LorachatError(f"no saved adapter named '{old}'{did_you_mean(old, saved_names(session))}")
-    if target.exists() or new in loaded_names(session):
-        raise LorachatError(f"an adapter named '{new}' already exists")
-    was_loaded, was_active = old in loaded_names(session), session.active_adapter == old
-    remove(session, old)
-    store.move(source, target, f"adapter '{old}'")
-    meta = read_meta(target)
-    if meta is not None:
-        store.write_json_atomic(target / META_FILE, dict(meta, name=new))
-    if old in shelf(session).scales:
-        shelf(session).scales[new] = shelf(session).scales.pop(old)
-    if was_loaded:
-        load(session, new)
-    if was_active:
-        activate(session, new)
-
-
 def save(session, name: str, meta: dict) -> Path:
     """Write adapter `name` as PEFT's save_pretrained does, plus lorachat.json, atomically:
     into a hidden temporary directory, then renamed into place."""

@@ -1,5 +1,6 @@
 """What is done with several adapters at once: merge (PEFT add_weighted_adapter), export as a
-standalone model, answer one prompt with base and adapters side by side, evaluate, list.
+standalone model, answer one prompt with base and adapters side by side, evaluate, list; delete and
+rename saved adapters.
 
 Builds on adapters.py (loading, saving, switching); knows nothing about terminals — commands
 format what these functions return.
@@ -12,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from lorachat import adapters, prompts, provenance
+from lorachat import adapters, prompts, provenance, store
 from lorachat.adapters import BASE
-from lorachat.errors import LorachatError
+from lorachat.errors import LorachatError, did_you_mean
 from lorachat.names import check_name
 
 METHODS = ("cat", "linear", "svd", "ties", "dare_linear", "dare_ties", "magnitude_prune")
@@ -215,3 +216,35 @@ def evaluate(session, names: list[str], examples) -> tuple[list[str], list[tuple
     finally:
         adapters.activate(session, previous if previous in adapters.loaded_names(session) else None)
     return notes, rows
+
+
+def delete(session, name: str) -> None:
+    """Unload adapter `name` and remove its directory (hidden first: a crash leaves nothing half-deleted in view)."""
+    path = adapters.adapter_path(session, name)
+    if not path.is_dir() and name not in adapters.loaded_names(session):
+        raise LorachatError(f"no adapter named '{name}'{did_you_mean(name, adapters.known_names(session))}")
+    adapters.remove(session, name)
+    adapters.shelf(session).scales.pop(name, None)
+    if path.is_dir():
+        store.hide_and_remove(path, f"adapter '{name}'")
+
+
+def rename(session, old: str, new: str) -> None:
+    """Rename a saved adapter on disk (and in memory: it is reloaded under the new name)."""
+    source, target = adapters.adapter_path(session, old), adapters.adapter_path(session, adapters.check_loadable_name(new))
+    if not source.is_dir():
+        raise LorachatError(f"no saved adapter named '{old}'{did_you_mean(old, adapters.saved_names(session))}")
+    if target.exists() or new in adapters.loaded_names(session):
+        raise LorachatError(f"an adapter named '{new}' already exists")
+    was_loaded, was_active = old in adapters.loaded_names(session), session.active_adapter == old
+    adapters.remove(session, old)
+    store.move(source, target, f"adapter '{old}'")
+    meta = provenance.read_meta(target)
+    if meta is not None:
+        store.write_json_atomic(target / provenance.META_FILE, dict(meta, name=new))
+    if old in adapters.shelf(session).scales:
+        adapters.shelf(session).scales[new] = adapters.shelf(session).scales.pop(old)
+    if was_loaded:
+        adapters.load(session, new)
+    if was_active:
+        adapters.activate(session, new)

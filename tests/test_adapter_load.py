@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from lorachat import adapters, loading, train
+from lorachat import adapters, loading, shape, train
 
 IDS = torch.tensor([[2, 50, 60, 70, 80, 90]])
 
@@ -27,7 +27,7 @@ def saved(session, name: str, config, seed: int):
 
 def lorachat_config(session, **changes):
     """The LoraConfig `:train` builds (lorachat's defaults: r=16, q/k/v, dropout)."""
-    return train.lora_config(session.model, dataclasses.replace(train.DEFAULTS, **changes))
+    return shape.lora_config(session.model, dataclasses.replace(train.DEFAULTS, **changes))
 
 
 def plain_config(**kw):

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from lorachat import batches, train
+from lorachat import batches, shape, train
 from lorachat.errors import LorachatError
 from lorachat.prompts import IGNORE, Example
 from lorachat.session import DEFAULT_INSTRUCTION
@@ -328,7 +328,7 @@ def test_clip_bounds_the_gradient_norm_the_optimizer_sees(make_session):
     from peft import get_peft_model
 
     session = make_session()
-    model = get_peft_model(session.model, train.lora_config(session.model, train.DEFAULTS))
+    model = get_peft_model(session.model, shape.lora_config(session.model, train.DEFAULTS))
     params = train.trainable(model)
     encoded = train.encode(session.tokenizer, examples_of(PAIRS[:3]), 512)
     group = [[(i, item) for i, item in enumerate(encoded)]]
@@ -369,11 +369,11 @@ def test_targets_the_model_lacks(tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     model = GPT2LMHeadModel(GPT2Config(n_embd=64, n_layer=1, n_head=2, vocab_size=100))
-    config = train.lora_config(model, train.DEFAULTS)
+    config = shape.lora_config(model, train.DEFAULTS)
     assert config.target_modules is None or set(config.target_modules) == {"c_attn"}
     with pytest.raises(LorachatError, match=r"no linear layers named q_proj \(it has: c_attn, c_fc, c_proj; or use targets=all-linear\)"):
-        train.lora_config(model, dataclasses.replace(train.DEFAULTS, targets="q_proj,c_attn"))
-    assert train.lora_config(model, dataclasses.replace(train.DEFAULTS, targets="all-linear")).target_modules == "all-linear"
+        shape.lora_config(model, dataclasses.replace(train.DEFAULTS, targets="q_proj,c_attn"))
+    assert shape.lora_config(model, dataclasses.replace(train.DEFAULTS, targets="all-linear")).target_modules == "all-linear"
 
 
 @pytest.mark.slow

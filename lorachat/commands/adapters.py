@@ -238,7 +238,7 @@ def delete(session, args):
         if session.read_text(f"delete adapter '{name}' and its files? [y/N] ").strip().lower() not in ("y", "yes"):
             session.ui.line("not deleted")
             return
-    adapters.delete(session, name)
+    shelf.delete(session, name)
     session.ui.line(f"deleted adapter '{name}'")
 
 
@@ -251,7 +251,7 @@ def rename(session, args):
     old, new = _exactly("rename", args, 2, ":rename OLD NEW")
     check_name(old, "adapter")
     check_name(new, "adapter")
-    adapters.rename(session, old, new)
+    shelf.rename(session, old, new)
     session.ui.line(f"renamed '{old}' to '{new}'")
 
 

@@ -10,7 +10,7 @@ import math
 import signal
 import threading
 
-from lorachat import adapters, options, train
+from lorachat import adapters, options, shape, train
 from lorachat.commands import command
 from lorachat.errors import LorachatError
 from lorachat.names import check_name
@@ -37,12 +37,12 @@ def train_(session, args):
     name, config = _parse(session, args)
     config = train.resolved(session.model, config)
     examples = _examples(session)
-    lora_config = train.lora_config(session.model, config)
+    lora_config = shape.lora_config(session.model, config)
     train.encode(session.tokenizer, examples, train.max_tokens(session.model, config))  # refuse before creating
     previous = session.active_adapter
     adapters.make_room(session, keep={previous})
     with _deferred_interrupt() as interrupted:
-        train.seeded_add(config.seed, lambda: adapters.add_new(session, name, lora_config))
+        shape.seeded_add(config.seed, lambda: adapters.add_new(session, name, lora_config))
         try:
             result = _run(session, name, examples, config, interrupted)
             if result.cancelled and config.keep != "partial":
@@ -61,7 +61,7 @@ def _parse(session, args) -> tuple[str, train.TrainConfig]:
     if len(positional) > 1:
         raise LorachatError(f":train takes at most one NAME (got {positional[1][:40]!r}); usage: :train [NAME] [key=value ...]")
     config = options.apply_kv(train.DEFAULTS, pairs)
-    train.check_targets_text(config.targets)
+    shape.check_targets_text(config.targets)
     if positional:
         name = _check_adapter_name(positional[0])
         if name in adapters.known_names(session) or adapters.adapter_path(session, name).exists():

@@ -1,0 +1,61 @@
+"""The adapter's shape: which modules a LoRA adapter targets and the PEFT LoraConfig for `:train`
+keys, and its seeded creation. Knows nothing about the training loop, files or sessions.
+"""
+from lorachat.errors import LorachatError
+
+DEFAULT_TARGETS = "q_proj,k_proj,v_proj"
+
+
+def check_targets_text(text: str) -> list[str] | str:
+    """`all-linear`, or a comma list of module names; one line when it is neither."""
+    if text == "all-linear":
+        return text
+    names = [n.strip() for n in text.split(",")]
+    if not all(names) or not all(n.replace("_", "").replace(".", "").isalnum() for n in names):
+        raise LorachatError(f"targets={text[:60]!r}: give a comma list of module names (q_proj,v_proj) or all-linear")
+    return names
+
+
+def linear_names(model) -> list[str]:
+    """Distinct last names of the model's linear layers (through any LoRA wrapping)."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    names = set()
+    for qualified, module in model.named_modules():
+        parts = qualified.split(".")
+        if any(p.startswith("lora_") for p in parts) or not isinstance(module, (torch.nn.Linear, Conv1D)):
+            continue
+        parts = parts[:-1] if parts[-1] == "base_layer" else parts
+        names.add(parts[-1])
+    return sorted(names)
+
+
+def lora_config(model, config):
+    """PEFT's LoraConfig for `config` on `model`. Default targets the model lacks: PEFT's own
+    choice for its architecture; named targets it lacks: one line listing its linear layers."""
+    from peft import LoraConfig
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as KNOWN
+
+    targets = check_targets_text(config.targets)
+    if targets != "all-linear":
+        have = linear_names(model)
+        missing = [t for t in targets if t.rsplit(".", 1)[-1] not in have]
+        model_type = getattr(model.config, "model_type", "")
+        if missing and config.targets == DEFAULT_TARGETS and model_type in KNOWN:
+            targets = None  # PEFT picks the attention projections of this architecture
+        elif missing:
+            raise LorachatError(f"targets: this model has no linear layers named {', '.join(missing)} "
+                                f"(it has: {', '.join(n for n in have if n != 'lm_head')}; or use targets=all-linear)")
+    return LoraConfig(r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout, target_modules=targets,
+                      bias="none", task_type="CAUSAL_LM")
+
+
+def seeded_add(seed: int, add):
+    """Run `add()` (which creates the adapter and so draws its random init) under `seed`,
+    leaving the global random state as it was."""
+    import torch
+
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
+        torch.manual_seed(seed)
+        return add()
