@@ -63,7 +63,7 @@ def _pieces(streamer, thread):
 
 def _trim(pieces, stop: threading.Event):
     """Emit text while holding back whatever might still turn out to be trailing space or the
-    start of STOP_MARKER; stop at the marker."""
+    start of STOP_MARKER; stop at the marker (the same cut as prompts.clean_answer)."""
     pending, started = "", False
     for piece in pieces:
         pending += piece
@@ -84,8 +84,7 @@ def _trim(pieces, stop: threading.Event):
 
 def _held_back(text: str) -> int:
     """How many trailing characters could still be trailing space or a partial STOP_MARKER."""
-    for size in range(min(len(text), len(STOP_MARKER) - 1), 0, -1):
-        if STOP_MARKER.startswith(text[-size:].lstrip()) and text[-size:].strip():
-            tail = text[:len(text) - size]
-            return size + (len(tail) - len(tail.rstrip()))
-    return len(text) - len(text.rstrip())
+    marker = next((size for size in range(min(len(text), len(STOP_MARKER) - 1), 0, -1)
+                   if STOP_MARKER.startswith(text[-size:])), 0)
+    tail = text[:len(text) - marker]
+    return marker + len(tail) - len(tail.rstrip())

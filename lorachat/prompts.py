@@ -1,4 +1,9 @@
-"""One rendering of a question, shared by asking and training, so a taught answer comes back verbatim.
+"""One rendering of a question, shared by asking, training, recall and serving, so a taught answer comes back verbatim.
+
+The rule for "the question as the user asks it" (`asked`): an example `{"instruction": I, "input": Q}`
+is the question Q asked with instruction I in force; an example whose `input` is empty is the
+question I, asked under the default instruction. Surrounding white space never counts (the REPL
+strips what is typed).
 
 Tokenizers without a chat template get the notebook's format
 `Instruction: {instruction}\\nInput: {question}\\nAnswer:`; tokenizers with one use it (the
@@ -6,8 +11,11 @@ instruction as the system message where the template allows one). Knows nothing 
 """
 from dataclasses import dataclass
 
+DEFAULT_INSTRUCTION = "Answer the question."
 TEMPLATE = "Instruction: {instruction}\nInput: {question}\nAnswer:"
-STOP_MARKER = "Instruction:"   # where the model starts another block, the answer ends
+# where the model starts another block on a new line, the answer ends; "Instruction:" inside a line
+# (an answer that mentions a sheet titled "Instruction: Assembly") is part of the answer
+STOP_MARKER = "\nInstruction:"
 IGNORE = -100                  # label for tokens that carry no loss
 
 
@@ -20,11 +28,20 @@ class Example:
     text: str | None = None
 
 
+def asked(example: Example) -> tuple[str, str]:
+    """(instruction in force, question typed) for an instruction/input example: the one rule."""
+    question = example.input.strip()
+    if not question:
+        return DEFAULT_INSTRUCTION, example.instruction.strip()
+    return example.instruction.strip() or DEFAULT_INSTRUCTION, question
+
+
 def uses_chat_template(tokenizer) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
 def render_prompt(tokenizer, instruction: str, question: str) -> str:
+    instruction, question = instruction.strip(), question.strip()
     if not uses_chat_template(tokenizer):
         return TEMPLATE.format(instruction=instruction, question=question)
     system = [{"role": "system", "content": instruction}] if instruction else []
@@ -49,13 +66,15 @@ def example_ids(tokenizer, example: Example) -> tuple[list[int], list[int]]:
         ids = tokenizer(example.text)["input_ids"]
         ids = ids + [eos] if eos is not None and ids[-1:] != [eos] else ids
         return ids, list(ids)
-    prompt = prompt_ids(tokenizer, example.instruction, example.input)
-    answer = answer_ids(tokenizer, example.instruction, example.input, example.output, prompt)
+    instruction, question = asked(example)
+    prompt = prompt_ids(tokenizer, instruction, question)
+    answer = answer_ids(tokenizer, instruction, question, example.output, prompt)
     return prompt + answer, [IGNORE] * len(prompt) + answer
 
 
 def answer_ids(tokenizer, instruction, question, answer, prompt=None) -> list[int]:
     """The tokens greedy decoding must produce after the prompt for `answer`, EOS included."""
+    answer = answer.strip()
     prompt = prompt if prompt is not None else prompt_ids(tokenizer, instruction, question)
     separator = "" if uses_chat_template(tokenizer) else " "
     text = render_prompt(tokenizer, instruction, question) + separator + answer
@@ -69,5 +88,6 @@ def answer_ids(tokenizer, instruction, question, answer, prompt=None) -> list[in
 
 
 def clean_answer(text: str) -> str:
-    """The answer proper: up to another `Instruction:` block, surrounding space stripped."""
-    return text.split(STOP_MARKER, 1)[0].strip()
+    """The answer proper: leading space dropped, cut where a line starts another `Instruction:`
+    block, trailing space dropped."""
+    return text.lstrip().split(STOP_MARKER, 1)[0].rstrip()

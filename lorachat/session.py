@@ -9,8 +9,8 @@ from pathlib import Path
 from lorachat import prompts
 from lorachat.errors import LorachatError
 from lorachat.generate import stream
+from lorachat.prompts import DEFAULT_INSTRUCTION
 
-DEFAULT_INSTRUCTION = "Answer the question."
 DEFAULT_DATASET = "default"
 
 

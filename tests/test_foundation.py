@@ -6,6 +6,8 @@ import sys
 import time
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from lorachat import prompts
 from lorachat.errors import LorachatError
@@ -127,6 +129,22 @@ def test_stream_trims_stop_marker():
     assert "".join(_trim(iter(pieces), threading.Event())) == "The answer is here."
     assert "".join(_trim(iter([" a ", " Ins", "ide"]), threading.Event())) == "a  Inside"
     assert prompts.clean_answer(" a b \nInstruction: c") == "a b"
+    # "Instruction:" inside a line is part of the answer (only a new line starting one ends it)
+    taught = "First read the sheet titled Instruction: Assembly, then begin."
+    assert prompts.clean_answer(" " + taught + "\nInstruction: next") == taught
+    assert "".join(_trim(iter([" First read the sheet titled", " Instr", "uction:", " Assembly, then begin."]),
+                         threading.Event())) == taught
+
+
+@given(st.text(alphabet=" \nInstrucio:ab", max_size=40), st.lists(st.integers(0, 40), max_size=6))
+def test_streamed_pieces_join_to_clean_answer(text, cuts):
+    """However the text arrives in pieces, what is shown is exactly clean_answer of the whole."""
+    from lorachat.generate import _trim
+    import threading
+
+    bounds = sorted({0, len(text), *(min(c, len(text)) for c in cuts)})
+    pieces = [text[a:b] for a, b in zip(bounds, bounds[1:])]
+    assert "".join(_trim(iter(pieces), threading.Event())) == prompts.clean_answer(text)
 
 
 def build_model_dir(tmp_path, arch):
