@@ -4,6 +4,7 @@ Lines come from an iterable (scripts, stdin, tests) or from prompt_toolkit on a 
 the one error boundary: LorachatError becomes `error: ...`; anything else is a bug and propagates
 with its traceback.
 """
+import traceback
 from pathlib import Path
 
 from lorachat.commands import COMMANDS, QuitSession, run_command
@@ -90,11 +91,22 @@ class Repl:
             if not line.strip():
                 continue
             try:
-                self.handle(line.strip())
-            except KeyboardInterrupt:
-                self.session.ui.note("(stopped)")
+                self.respond(line.strip())
             except QuitSession:
                 return 0
+
+    def respond(self, line: str) -> None:
+        """One typed line on a terminal: Ctrl-C stops it; a bug shows its traceback, and the session
+        (model, adapters, scales, settings) goes on instead of ending with it."""
+        try:
+            self.handle(line)
+        except KeyboardInterrupt:
+            self.session.ui.note("(stopped)")
+        except (QuitSession, SystemExit):
+            raise
+        except Exception:
+            traceback.print_exc()
+            self.session.ui.error("that was a bug in lorachat (traceback above); the session goes on")
 
     @staticmethod
     def _read_block(prompt, label: str) -> str:

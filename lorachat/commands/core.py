@@ -21,7 +21,10 @@ def help_(session, args):
         session.ui.table(["command", "what it does"], [[e.usage, e.summary] for e in seen])
         session.ui.line("A line not starting with ':' is a question. \"\"\" on a line of its own starts and ends a multi-line input.")
         return
-    entry = find(args.lstrip(":").split()[0])
+    words = [word for word in (w.lstrip(":") for w in args.split()) if word]
+    if len(words) != 1:
+        raise LorachatError(f":help takes one command name, like :help train (got {args[:40]!r})")
+    entry = find(words[0])
     session.ui.line(entry.usage)
     doc = (entry.fn.__doc__ or "").strip().splitlines()
     for text in doc:
