@@ -148,6 +148,7 @@ def use(session, name: str) -> list[str]:
     check_name(name, "adapter")
     notes = [] if name in loaded_names(session) else load(session, name)
     activate(session, name)
+    make_room(session, keep={name}, extra=0)  # the one active before may now be one too many
     return notes
 
 

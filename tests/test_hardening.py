@@ -40,3 +40,27 @@ def test_a_bug_on_a_terminal_shows_its_traceback_and_the_session_goes_on(make_se
     out = session.out.getvalue()
     assert "error: that was a bug in lorachat (traceback above); the session goes on" in out
     assert re.search(r"^max_new_tokens +7 ", out, re.M)
+
+
+# 13 ----------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def shelved(make_session):
+    """A session with saved adapters a, b, c (none loaded), made as tests/test_adapters.py makes them."""
+    from test_adapters import shelve
+
+    session = make_session()
+    shelve(session, ["a", "b", "c"])
+    return session
+
+
+def test_max_loaded_1_keeps_one_adapter_loaded(shelved, transcript):
+    from lorachat import adapters
+
+    session = shelved
+    transcript(session, [":use a", ":use b", ":set max_loaded=1"])
+    assert adapters.loaded_names(session) == ["b"]
+    transcript(session, [":set max_loaded=3", ":use a", ":use c", ":set max_loaded=1"])
+    assert adapters.loaded_names(session) == ["c"] and session.active_adapter == "c"
+    transcript(session, [":use a"])
+    assert adapters.loaded_names(session) == ["a"]

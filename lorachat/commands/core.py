@@ -86,6 +86,10 @@ def set_(session, args):
         _show_settings(session)
         return
     session.settings = options.apply_kv(session.settings, pairs)
+    if "max_loaded" in pairs:
+        from lorachat import adapters
+
+        adapters.make_room(session, keep={session.active_adapter}, extra=0)
     session.ui.line("set " + ", ".join(f"{k}={options.describe_value(getattr(session.settings, k))}" for k in pairs))
 
 
