@@ -64,3 +64,42 @@ def test_max_loaded_1_keeps_one_adapter_loaded(shelved, transcript):
     assert adapters.loaded_names(session) == ["c"] and session.active_adapter == "c"
     transcript(session, [":use a"])
     assert adapters.loaded_names(session) == ["a"]
+
+
+# 14 ----------------------------------------------------------------------------------------------
+
+def test_scale_of_an_unknown_adapter_and_quit_with_words_are_errors(shelved, transcript):
+    session = shelved
+    code, out = transcript(session, [":scale nosuch", ":scale nosuch 0.5", ":scale aa", ":quit now", ":scale a"], keep_going=True)
+    assert code == 1
+    assert out.splitlines()[1] == "error: no adapter named 'nosuch' (have: a, b, c)"
+    assert out.splitlines()[3].startswith("error: no adapter named 'nosuch'")
+    assert out.splitlines()[5] == "error: no adapter named 'aa' (did you mean a?) (have: a, b, c)"
+    assert out.splitlines()[7] == "error: :quit takes no arguments (got 'now')"
+    assert out.endswith("> :scale a\na: scale 1\n")  # the session did not end at ':quit now'
+
+
+def test_add_splits_at_the_first_spaced_arrow_and_says_what_it_stored(make_session, transcript, home):
+    from lorachat import datasets
+
+    session = make_session()
+    code, out = transcript(session, [":add What is 2=>3? => Nothing => at all.", ":add a=>b", ":help add"], keep_going=True)
+    assert code == 1
+    assert "added to default (1 example): What is 2=>3? => Nothing => at all.\n" in out
+    assert "error: write :add QUESTION => ANSWER (with a space on each side of '=>')" in out
+    assert "stores the question 'What is 2=>3?'" in out
+    [stored] = datasets.load_dataset(home, "default").examples
+    assert (stored.input, stored.output) == ("What is 2=>3?", "Nothing => at all.")
+
+
+def test_add_of_an_example_longer_than_the_model_warns_and_keeps_it(make_session, transcript, home):
+    from lorachat import datasets
+
+    session = make_session()
+    long_answer = " ".join(f"word{n}" for n in range(400))
+    code, out = transcript(session, [":add short => fine", f":add long => {long_answer}"])
+    assert code == 0
+    warning = out.splitlines()[-1]
+    assert warning.startswith("warning: this example is ") and "more than the model's 512 positions" in warning
+    assert warning.endswith(":drop 2") and out.count("warning") == 1
+    assert datasets.load_dataset(home, "default").examples[-1].output == long_answer

@@ -9,7 +9,7 @@ from typing import Optional
 from lorachat import adapters, options, shelf
 from lorachat.adapters import BASE
 from lorachat.commands import command, no_args
-from lorachat.errors import LorachatError
+from lorachat.errors import LorachatError, did_you_mean
 from lorachat.names import check_name
 from lorachat.provenance import CONFIG_FILE, read_meta
 
@@ -207,6 +207,9 @@ def scale(session, args):
     if not 1 <= len(words) <= 2:
         raise LorachatError(":scale: usage: :scale NAME [FACTOR]")
     name = check_name(words[0], "adapter")
+    if name not in adapters.known_names(session):
+        have = adapters.known_names(session)
+        raise LorachatError(f"no adapter named '{name}'{did_you_mean(name, have)} (have: {', '.join(have) or 'none yet'})")
     if len(words) == 1:
         session.ui.line(f"{name}: scale {adapters.shelf(session).scales.get(name, 1.0):g}")
         return

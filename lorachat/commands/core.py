@@ -36,6 +36,7 @@ def help_(session, args):
 @command("quit", usage=":quit", aliases=("exit",))
 def quit_(session, args):
     """Leave the session (Ctrl-D too)."""
+    no_args("quit", args)
     raise QuitSession()
 
 

@@ -5,15 +5,17 @@ recorded in this session are remembered in `session.extensions["recorded"]` as (
 so :undo removes exactly those. Knows nothing about training or adapters.
 """
 import os
+import re
 
 from lorachat import datasets, options
 from lorachat.commands import command, no_args
 from lorachat.errors import LorachatError
 from lorachat.importers import FORMATS, ImportOptions, import_examples
 from lorachat.names import check_name
-from lorachat.prompts import Example
+from lorachat.prompts import Example, example_ids
 
 ARROW = "=>"
+SEPARATOR = re.compile(r"(?:^|\s)=>(?:\s|$)")   # :add's: the first '=>' between white space
 SHOWN = 10      # :examples with no argument shows the last this many
 CLIP = 200      # characters of a field shown per example in plain lines
 
@@ -72,13 +74,18 @@ def datasets_(session, args):
 def add(session, args):
     """Record an example: `:add QUESTION => ANSWER`, or `:add` alone to be asked for both (multi-line with \"\"\").
 
-    The example is stored with the current :instruction, in the current :dataset, and is on disk
-    before `added` is printed.
+    The separator is the first '=>' with white space on both sides, so
+    `:add What is 2=>3? => Nothing.` stores the question 'What is 2=>3?' (for a question that
+    itself holds ' => ', type :add alone). The example is stored with the current :instruction,
+    in the current :dataset, and is on disk before `added` is printed with the question and the
+    start of the answer as stored.
     """
     if args:
-        question, arrow, answer = args.partition(ARROW)
-        if not arrow:
-            raise LorachatError(f"write :add QUESTION {ARROW} ANSWER (no '{ARROW}' found)")
+        split = SEPARATOR.search(args)
+        if not split:
+            spaced = f"with a space on each side of '{ARROW}'" if ARROW in args else f"no '{ARROW}' found"
+            raise LorachatError(f"write :add QUESTION {ARROW} ANSWER ({spaced})")
+        question, answer = args[:split.start()], args[split.end():]
     else:
         question, answer = _ask_both(session)
     question, answer = question.strip(), answer.strip()
@@ -128,6 +135,15 @@ def _record(session, question: str, answer: str) -> None:
     count = datasets.append_example(session.home, session.dataset, example)
     session.extensions.setdefault("recorded", []).append((session.dataset, example))
     session.ui.line(f"added to {session.dataset} ({_count(count)}): {_clip(question, 60)} {ARROW} {_clip(answer, 60)}")
+    _warn_if_too_long(session, example, count)
+
+
+def _warn_if_too_long(session, example: Example, number: int) -> None:
+    """Kept as typed (nothing the user recorded is lost), but training could not use it as is."""
+    tokens, limit = len(example_ids(session.tokenizer, example)[0]), session.context_length()
+    if tokens > limit:
+        session.ui.note(f"warning: this example is {tokens} tokens with its prompt, more than the model's {limit} "
+                        f"positions: it is kept, but :train refuses it as is; shorten it, or :drop {number}")
 
 
 @command("examples", usage=":examples [N|all]")
