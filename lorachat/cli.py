@@ -34,7 +34,8 @@ def script_lines(args) -> list[str] | None:
     lines = []
     if args.script is not None:
         try:
-            lines += args.script.read_text(encoding="utf-8", errors="replace").splitlines()
+            # utf-8-sig: a byte-order mark (as Windows editors write) is not part of the first line
+            lines += args.script.read_text(encoding="utf-8-sig", errors="replace").splitlines()
         except OSError as exc:
             raise LorachatError(f"cannot read script {args.script}: {exc.strerror}") from None
     lines += args.lines
@@ -42,7 +43,7 @@ def script_lines(args) -> list[str] | None:
         return lines
     if sys.stdin.isatty() and sys.stdout.isatty():
         return None
-    stdin = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="replace") if hasattr(sys.stdin, "buffer") else sys.stdin
+    stdin = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8-sig", errors="replace") if hasattr(sys.stdin, "buffer") else sys.stdin
     return stdin  # read lazily, line by line
 
 

@@ -16,8 +16,10 @@ BLOCK = '"""'
 def logical_lines(lines, skip_comments: bool = True):
     """Join `\"\"\"` blocks into one line; skip blank lines (and `#` lines in scripts)."""
     lines = iter(lines)
-    for raw in lines:
+    for number, raw in enumerate(lines):
         line = raw.rstrip("\r\n")
+        if number == 0:
+            line = line.removeprefix("\ufeff")  # a byte-order mark however the lines were read
         if line.strip() == BLOCK:
             block = []
             for inner in lines:

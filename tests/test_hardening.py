@@ -103,3 +103,23 @@ def test_add_of_an_example_longer_than_the_model_warns_and_keeps_it(make_session
     assert warning.startswith("warning: this example is ") and "more than the model's 512 positions" in warning
     assert warning.endswith(":drop 2") and out.count("warning") == 1
     assert datasets.load_dataset(home, "default").examples[-1].output == long_answer
+
+
+# 11 ----------------------------------------------------------------------------------------------
+
+def test_a_script_file_with_a_byte_order_mark_and_crlf_runs_its_commands(home, tmp_path, capsys):
+    from lorachat import cli, datasets
+
+    script = tmp_path / "windows.txt"
+    script.write_bytes("\ufeff:add What is SOH? => A hardmask.\r\n:examples\r\n\"\"\"\r\n:add x\r\n\"\"\"\r\n".encode("utf-8"))
+    assert cli.main(["--model", "tiny", "--home", str(home), "--script", str(script), "--keep-going"]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("> :add What is SOH? => A hardmask.\nadded to default (1 example)")
+    assert "\r" not in out and "\ufeff" not in out and "error: write :add QUESTION => ANSWER" in out
+    assert [e.output for e in datasets.load_dataset(home, "default").examples] == ["A hardmask."]
+
+
+def test_lines_from_anywhere_lose_a_leading_byte_order_mark(make_session, transcript):
+    session = make_session()
+    code, out = transcript(session, ["\ufeff:set seed=3\r\n", ":instruction\r\n"])
+    assert code == 0 and out == "> :set seed=3\nset seed=3\n> :instruction\ninstruction: Answer the question.\n"
