@@ -41,7 +41,7 @@ def script_lines(args) -> list[str] | None:
     lines += args.lines
     if lines or args.script is not None:
         return lines
-    if sys.stdin.isatty() and sys.stdout.isatty():
+    if sys.stdin.isatty():  # a person typing, whatever stdout is (`lorachat | tee log`)
         return None
     stdin = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8-sig", errors="replace") if hasattr(sys.stdin, "buffer") else sys.stdin
     return stdin  # read lazily, line by line
@@ -58,7 +58,7 @@ def main(argv=None) -> int:
     except LorachatError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    ui = PlainUI(sys.stdout) if lines is not None else RichUI()
+    ui = RichUI() if lines is None and sys.stdout.isatty() else PlainUI(sys.stdout)  # no ANSI into a pipe or file
     try:
         session = start_session(args, home, ui)
     except LorachatError as exc:

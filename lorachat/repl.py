@@ -4,6 +4,7 @@ Lines come from an iterable (scripts, stdin, tests) or from prompt_toolkit on a 
 the one error boundary: LorachatError becomes `error: ...`; anything else is a bug and propagates
 with its traceback.
 """
+import sys
 import traceback
 from pathlib import Path
 
@@ -76,13 +77,12 @@ class Repl:
         return 1 if self.failed else 0
 
     def run_terminal(self, history: Path) -> int:
-        """Interactive: prompt_toolkit with history, completion, \"\"\" blocks and Ctrl-C/Ctrl-D."""
-        from prompt_toolkit import PromptSession
-        from prompt_toolkit.history import FileHistory
-
-        history.parent.mkdir(parents=True, exist_ok=True)
-        prompt = PromptSession(history=FileHistory(str(history)), completer=make_completer(self.session))
+        """Interactive (standard input is a terminal): prompt_toolkit with history, completion,
+        \"\"\" blocks and Ctrl-C/Ctrl-D. Each line is echoed through the UI, which shows it only
+        where the terminal does not already (`lorachat | tee log`: the log reads as a transcript)."""
+        prompt = _prompter(history, self.session)
         self.session.read_text = lambda label: self._read_block(prompt, label)
+        _note_history_problem(prompt, self.session.ui)
         while True:
             try:
                 line = self._read_block(prompt, f"{self.session.prompt_label()}> ")
@@ -90,8 +90,11 @@ class Repl:
                 continue
             except EOFError:
                 return 0
+            finally:
+                _note_history_problem(prompt, self.session.ui)
             if not line.strip():
                 continue
+            self.session.ui.echo(line.strip())
             try:
                 self.respond(line.strip())
             except QuitSession:
@@ -119,6 +122,70 @@ class Repl:
         while (inner := prompt.prompt("... ")).strip() != BLOCK:
             block.append(inner)
         return "\n".join(block)
+
+
+def _prompter(history: Path, session):
+    """Something with `.prompt(label) -> line`: prompt_toolkit drawing on whichever of stdout and
+    stderr is a terminal (stdout may be a pipe: `lorachat | tee log`), else plain lines from stdin."""
+    if not (sys.stdout.isatty() or sys.stderr.isatty()):
+        return PlainPrompt()
+    from prompt_toolkit import PromptSession
+    from prompt_toolkit.history import FileHistory
+    from prompt_toolkit.output import create_output
+
+    return PromptSession(history=_history(history), completer=make_completer(session),
+                         output=create_output(always_prefer_tty=True))
+
+
+def _history(path: Path):
+    """The input history in `path`; in memory only (said once) when that file cannot be written,
+    now or later: a read-only cache folder is no reason for a traceback at every line."""
+    from prompt_toolkit.history import FileHistory
+
+    class KeptHistory(FileHistory):
+        problem, told = None, False
+
+        def load_history_strings(self):
+            try:
+                yield from super().load_history_strings()
+            except OSError as exc:
+                self.problem = self.problem or exc
+
+        def store_string(self, string: str) -> None:
+            if self.problem is None:
+                try:
+                    super().store_string(string)
+                except OSError as exc:
+                    self.problem = exc
+
+    kept = KeptHistory(str(path))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "ab"):
+            pass
+    except OSError as exc:
+        kept.problem = exc
+    return kept
+
+
+def _note_history_problem(prompt, ui) -> None:
+    history = getattr(prompt, "history", None)
+    if getattr(history, "problem", None) is not None and not history.told:
+        history.told = True
+        why = history.problem.strerror or history.problem
+        ui.note(f"note: input history is kept in memory only for this session: cannot write {history.filename} ({why})")
+
+
+class PlainPrompt:
+    """A terminal on stdin but on neither output: the label goes to stderr, no line editing."""
+
+    def prompt(self, label: str) -> str:
+        sys.stderr.write(label)
+        sys.stderr.flush()
+        line = sys.stdin.readline()
+        if not line:
+            raise EOFError
+        return line.rstrip("\r\n")
 
 
 def make_completer(session):

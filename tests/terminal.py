@@ -20,8 +20,9 @@ def read_until(fd, marker: bytes, timeout: float) -> bytes:
     return seen
 
 
-def spawn_repl(home):
+def spawn_repl(home, stdout=None, **env):
     """`lorachat --model tiny` on a pseudo-terminal, as a person would run it, at its first prompt.
+    `stdout` (e.g. subprocess.PIPE) replaces the terminal as standard output; `env` adds variables.
 
     Returns (process, fd of the terminal's other end); the caller kills the process and closes fd."""
     import pty
@@ -29,9 +30,10 @@ def spawn_repl(home):
     import sys
 
     main, child = pty.openpty()
-    env = dict(os.environ, TERM="xterm", COLUMNS="200", LINES="50", PROMPT_TOOLKIT_NO_CPR="1")
+    env = dict(os.environ, TERM="xterm", COLUMNS="200", LINES="50", PROMPT_TOOLKIT_NO_CPR="1", **env)
     proc = subprocess.Popen([sys.executable, "-m", "lorachat", "--model", "tiny", "--home", str(home)],
-                            stdin=child, stdout=child, stderr=child, env=env, start_new_session=True)
+                            stdin=child, stdout=child if stdout is None else stdout, stderr=child, env=env,
+                            start_new_session=True)
     os.close(child)
     try:
         read_until(main, b"default>", 120)

@@ -123,3 +123,36 @@ def test_lines_from_anywhere_lose_a_leading_byte_order_mark(make_session, transc
     session = make_session()
     code, out = transcript(session, ["\ufeff:set seed=3\r\n", ":instruction\r\n"])
     assert code == 0 and out == "> :set seed=3\nset seed=3\n> :instruction\ninstruction: Answer the question.\n"
+
+
+# 7, 12 ------------------------------------------------------------------------------------------
+
+def test_piped_output_and_an_unwritable_history_keep_an_interactive_session_plain(home, tmp_path, tiny_cache):
+    """`lorachat --model tiny | tee log` with a history file that cannot be written: the mode follows
+    stdin (a terminal), the output stays plain, and history falls back to memory with one note."""
+    import os
+    import subprocess
+
+    from terminal import read_until, spawn_repl
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "tiny-v1").symlink_to(tiny_cache / "tiny-v1")
+    (cache / "history").mkdir()  # unwritable as a file, even for root
+    proc, main = spawn_repl(home, stdout=subprocess.PIPE, LORACHAT_CACHE=str(cache))  # prompt drawn on stderr
+    try:
+        terminal = b""
+        for line in (b":nosuch\r", b":set seed=4\r"):
+            os.write(main, line)
+            terminal += read_until(main, b"default>", 30)  # a failing line does not end the session
+        os.write(main, b"\x04")
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(main)
+    assert proc.returncode == 0
+    assert b"Traceback" not in terminal and b"Press ENTER" not in terminal
+    assert b"\x1b" not in out
+    assert out.count(b"input history is kept in memory only for this session: cannot write") == 1
+    assert b"> :nosuch\nerror: unknown command ':nosuch'" in out and b"> :set seed=4\nset seed=4\n" in out
