@@ -8,7 +8,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from lorachat.commands import COMMANDS, QuitSession, run_command
+from lorachat.commands import COMMANDS, QuitSession, run_command, split_command
 from lorachat.errors import LorachatError
 
 BLOCK = '"""'
@@ -65,7 +65,7 @@ class Repl:
         try:
             for line in logical_lines(lines):
                 ui.echo(line if len(line) <= 200 else line[:200] + "...")
-                if not self.handle(line):
+                if not self._scripted(line):
                     self.failed += 1
                     if not self.keep_going:
                         return 1
@@ -75,6 +75,16 @@ class Repl:
             ui.error(str(exc))
             self.failed += 1
         return 1 if self.failed else 0
+
+    def _scripted(self, line: str) -> bool:
+        """One script line; Ctrl-C stops it as it stops :train in a script: the line fails with one
+        line and the script goes on with --keep-going."""
+        try:
+            return self.handle(line)
+        except KeyboardInterrupt:
+            what = f":{split_command(line)[0][:40]}" if line.startswith(":") else "the answer"
+            self.session.ui.error(f"{what} stopped by Ctrl-C")
+            return False
 
     def run_terminal(self, history: Path) -> int:
         """Interactive (standard input is a terminal): prompt_toolkit with history, completion,

@@ -46,12 +46,14 @@ class PlainUI:
     def stream(self, pieces) -> str:
         """Write pieces as they arrive; return the whole text. Ends the line."""
         text = []
-        for piece in pieces:
-            text.append(piece)
-            self.out.write(piece)
+        try:
+            for piece in pieces:
+                text.append(piece)
+                self.out.write(piece)
+                self.out.flush()
+        finally:  # stopped midway (Ctrl-C): what follows starts on a line of its own
+            self.out.write("\n")
             self.out.flush()
-        self.out.write("\n")
-        self.out.flush()
         return "".join(text)
 
     @contextlib.contextmanager

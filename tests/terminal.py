@@ -4,9 +4,14 @@ import select
 import time
 
 
+_unread: dict[int, bytes] = {}  # bytes read past a marker, handed to the next read of that fd
+
+
 def read_until(fd, marker: bytes, timeout: float) -> bytes:
-    """Bytes read from `fd` until `marker` shows up; AssertionError (with the tail) on timeout."""
-    seen, deadline = b"", time.monotonic() + timeout
+    """Bytes from `fd` up to and including `marker` (what came after it is kept for the next read, so
+    a prompt printed in the same chunk as the output before it is not lost); AssertionError (with
+    the tail) on timeout."""
+    seen, deadline = _unread.pop(fd, b""), time.monotonic() + timeout
     while marker not in seen:
         left = deadline - time.monotonic()
         if left <= 0:
@@ -17,7 +22,19 @@ def read_until(fd, marker: bytes, timeout: float) -> bytes:
                 seen += os.read(fd, 4096)
             except OSError:
                 break
-    return seen
+    end = seen.find(marker) + len(marker) if marker in seen else len(seen)
+    if seen[end:]:
+        _unread[fd] = seen[end:]
+    return seen[:end]
+
+
+def read_some(fd, timeout: float) -> bytes:
+    """Whatever is there: bytes left over from the last read, else the next bytes to arrive."""
+    if _unread.get(fd):
+        return _unread.pop(fd)
+    ready, _, _ = select.select([fd], [], [], timeout)
+    assert ready, f"nothing on the terminal for {timeout} s"
+    return os.read(fd, 4096)
 
 
 def spawn_repl(home, stdout=None, **env):
@@ -30,6 +47,7 @@ def spawn_repl(home, stdout=None, **env):
     import sys
 
     main, child = pty.openpty()
+    _unread.pop(main, None)  # left by an earlier terminal that had this fd number
     env = dict(os.environ, TERM="xterm", COLUMNS="200", LINES="50", PROMPT_TOOLKIT_NO_CPR="1", **env)
     proc = subprocess.Popen([sys.executable, "-m", "lorachat", "--model", "tiny", "--home", str(home)],
                             stdin=child, stdout=child if stdout is None else stdout, stderr=child, env=env,

@@ -156,3 +156,40 @@ def test_piped_output_and_an_unwritable_history_keep_an_interactive_session_plai
     assert b"\x1b" not in out
     assert out.count(b"input history is kept in memory only for this session: cannot write") == 1
     assert b"> :nosuch\nerror: unknown command ':nosuch'" in out and b"> :set seed=4\nset seed=4\n" in out
+
+
+# 8 -----------------------------------------------------------------------------------------------
+
+LONG = [":set max_new_tokens=8192 repetition_penalty=1.3", "Tell me a very long story about wafers."]  # runs to the model's 512 positions
+
+
+def test_ctrl_c_during_an_answer_in_a_script_fails_that_line_and_the_script_goes_on(make_session, transcript):
+    import os
+    import signal
+    import threading
+    import time
+
+    session = make_session()
+    marker = f"> {LONG[1]}\n"
+
+    def interrupt_once_streaming():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            out = session.out.getvalue()
+            if marker in out and out.split(marker, 1)[1].strip():  # the answer is visibly under way
+                os.kill(os.getpid(), signal.SIGINT)
+                return
+            time.sleep(0.001)
+
+    watcher = threading.Thread(target=interrupt_once_streaming)
+    watcher.start()
+    try:
+        code, out = transcript(session, [*LONG, ":set seed=5"], keep_going=True)
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C escaped the script")
+    finally:
+        watcher.join()
+    assert code == 1
+    answer, rest = out.split(marker, 1)[1].split("\n", 1)
+    assert answer and rest == "error: the answer stopped by Ctrl-C\n> :set seed=5\nset seed=5\n"
+    assert session.last_answer_complete is False

@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
@@ -14,7 +13,7 @@ from lorachat.errors import LorachatError
 from lorachat.names import check_name
 from lorachat.repl import logical_lines
 from lorachat.session import Settings
-from terminal import read_until, spawn_repl
+from terminal import read_some, read_until, spawn_repl
 
 any_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=200)
 
@@ -92,6 +91,14 @@ def test_binary_junk_on_stdin(home):
     assert proc.stdout.count(b"error: ") == proc.stdout.count(b"\nerror: ")  # each at a line start
 
 
+def wait_for_the_answer_to_stream(fd) -> None:
+    """Until the first piece of the answer is on the terminal (so Ctrl-C lands while it runs, however
+    fast or slow the machine): it follows prompt_toolkit letting go of the terminal."""
+    read_until(fd, b"\x1b[?2004l", 30)  # bracketed paste off: the prompt has returned the typed line
+    while not read_some(fd, 30).strip():
+        pass
+
+
 def test_ctrl_c_stops_an_answer_and_the_session_goes_on(home, tmp_path):
     """Drive the real interactive REPL through a pseudo-terminal: Ctrl-C mid-answer."""
     proc, main = spawn_repl(home)
@@ -99,8 +106,8 @@ def test_ctrl_c_stops_an_answer_and_the_session_goes_on(home, tmp_path):
         os.write(main, b":set max_new_tokens=8192 repetition_penalty=1.3\r")
         read_until(main, b"repetition_penalty=1.3\r\n", 30)
         read_until(main, b"default>", 30)
-        os.write(main, b"Tell me a very long story about wafers.\r")
-        time.sleep(1.0)
+        os.write(main, b"Tell me a very long story about wafers.\r")  # greedy, it runs to the model's 512 positions
+        wait_for_the_answer_to_stream(main)
         os.killpg(proc.pid, signal.SIGINT)
         read_until(main, b"(stopped)", 30)
         read_until(main, b"default>", 30)
