@@ -10,6 +10,7 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -221,7 +222,7 @@ def _append_bytes(path: Path, data: bytes) -> None:
         if not created:
             _check_regular(path)
         # a new file is never created through a planted (dangling) symlink
-        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | (os.O_NOFOLLOW if created else 0), 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | (os.O_NOFOLLOW if created else 0), 0o666)  # as open() does, under the umask
     except OSError as exc:
         raise LorachatError(f"cannot write {path}: {exc.strerror}") from None
     try:
@@ -260,6 +261,7 @@ def _replace_file(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        shutil.copymode(path, temp)  # the file keeps its mode, as when rewritten in place
         os.replace(temp, path)
     except OSError as exc:
         with contextlib.suppress(OSError):

@@ -132,6 +132,7 @@ def export(session, name: str, directory: Path) -> tuple[list[str], Path]:
             state = merged_state_dict(session, name)
             session.loaded.model.save_pretrained(str(work), state_dict=state, safe_serialization=True)
         session.tokenizer.save_pretrained(str(work))
+        store.as_created(work)
         if target.exists():
             target.rmdir()
         os.rename(work, target)

@@ -29,6 +29,7 @@ def write_atomically(target: Path, fill, what: str) -> Path:
         raise LorachatError(f"could not save {what}: {exc.strerror or exc}") from None
     try:
         written = fill(work)
+        as_created(written)
         fsync_dir(written)
         os.rename(written, target)
         fsync_dir(target.parent)
@@ -78,6 +79,31 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def umask() -> int:
+    """The process's umask, read without changing it where /proc tells it."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def as_created(root: Path) -> None:
+    """Give a tree this process just wrote the modes a plain mkdir and open give under the umask:
+    tempfile.mkdtemp makes its folder 0700 and safetensors writes 0600 files, which a server running
+    under another account (vLLM, a shared team folder) could not read."""
+    mask = umask()
+    for folder, _, files in os.walk(root):
+        os.chmod(folder, 0o777 & ~mask)
+        for name in files:
+            os.chmod(os.path.join(folder, name), 0o666 & ~mask)
+
+
 def write_json(path: Path, data: dict) -> None:
     with open(path, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=2, sort_keys=True, default=str)
@@ -90,6 +116,8 @@ def write_json_atomic(path: Path, data: dict) -> None:
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         write_json(temporary, data)
+        if path.exists():
+            shutil.copymode(path, temporary)  # as rewriting the file in place would keep it
         os.replace(temporary, path)
     except OSError as exc:
         temporary.unlink(missing_ok=True)

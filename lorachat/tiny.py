@@ -9,6 +9,8 @@ import tempfile
 from importlib import resources
 from pathlib import Path
 
+from lorachat import store
+
 # Bump when anything below changes what gets built: old cache entries are then simply not used.
 TINY_VERSION = 1
 # hidden 512 x 2 layers: measured to learn answers verbatim with LoRA r=4 on q/k/v (hidden 128 never does)
@@ -37,6 +39,7 @@ def ensure_tiny() -> Path:
     work = Path(tempfile.mkdtemp(prefix=".tiny-", dir=target.parent))
     try:
         build_tiny(work)
+        store.as_created(work)  # readable by others as a plain mkdir would be (a shared cache)
         try:
             os.rename(work, target)
         except OSError:  # another process built it first

@@ -193,3 +193,29 @@ def test_ctrl_c_during_an_answer_in_a_script_fails_that_line_and_the_script_goes
     answer, rest = out.split(marker, 1)[1].split("\n", 1)
     assert answer and rest == "error: the answer stopped by Ctrl-C\n> :set seed=5\nset seed=5\n"
     assert session.last_answer_complete is False
+
+
+# 6 -----------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def umask_002():
+    import os
+
+    old = os.umask(0o002)
+    yield
+    os.umask(old)
+
+
+def test_what_lorachat_creates_gets_the_modes_of_a_plain_mkdir_and_open(shelved, transcript, home, tmp_path, umask_002):
+    import os
+    import stat
+
+    session = shelved   # adapters a, b, c saved under umask 022
+    transcript(session, [":use a", ":merge a b as ab", f":export ab {tmp_path / 'out' / 'model'}",
+                         ":add q => a", ":add r => b", ":drop 1"])
+    made = [home / "adapters" / "ab", tmp_path / "out", tmp_path / "out" / "model", home / "datasets"]
+    made += [p for folder in made[:3:2] for p in folder.iterdir()] + [home / "datasets" / "default.jsonl"]
+    modes = {str(p.relative_to(tmp_path)): oct(stat.S_IMODE(os.stat(p).st_mode)) for p in made}
+    want = {name: "0o775" if os.path.isdir(tmp_path / name) else "0o664" for name in modes}
+    assert modes == want and "home/adapters/ab/adapter_model.safetensors" in modes
+    assert "out/model/model.safetensors" in modes
