@@ -10,6 +10,7 @@ order, live scales, the switch) lives in `session.extensions["adapters"]`. Knows
 terminals or training loops.
 """
 import contextlib
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -278,6 +279,8 @@ def save(session, name: str, meta: dict) -> Path:
         with switch(session).unmerged():
             model.save_pretrained(str(work), selected_adapters=[name], safe_serialization=True)
         written = work / name if (work / name).is_dir() else work  # PEFT nests non-"default" names
+        if written != work and (work / "README.md").is_file():  # ...but writes its model card outside
+            os.replace(work / "README.md", written / "README.md")
         store.write_json(written / META_FILE, record)
         return written
 

@@ -122,6 +122,9 @@ def export(session, name: str, directory: Path) -> tuple[list[str], Path]:
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise LorachatError(f"{target} already exists and is not an empty directory")
     notes = load_all(session, [name])
+    scale = adapters.shelf(session).scales.get(name, 1.0)
+    if scale != 1.0:
+        notes.append(f"'{name}' is merged in at its live scale {scale:g}, not as trained (:scale {name} 1 first for that)")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))

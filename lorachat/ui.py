@@ -32,7 +32,10 @@ class PlainUI:
         """Repeat an input line so a transcript reads in order."""
         self.line(f"> {line}")
 
-    def table(self, columns: list[str], rows: list[list], title: str | None = None) -> None:
+    def table(self, columns: list[str], rows: list[list], title: str | None = None,
+              whole: tuple = (), optional: tuple = ()) -> None:
+        """`whole`: columns never cut; `optional`: columns a narrow terminal may leave out, first
+        named first (plain text has no width, so it shows them all)."""
         header = [[str(c) for c in columns]] if any(columns) else []
         cells = header + [[str(c) for c in row] for row in rows]
         if not cells:
@@ -94,12 +97,18 @@ class RichUI(PlainUI):
     def echo(self, line: str) -> None:
         pass  # the terminal already shows what was typed
 
-    def table(self, columns, rows, title=None) -> None:
-        from rich.table import Table
+    def table(self, columns, rows, title=None, whole=(), optional=()) -> None:
+        from rich.table import Column, Table
 
-        table = Table(*columns, title=title, title_justify="left", show_header=any(columns))
+        rows = [[str(c) for c in row] for row in rows]
+        shown = _fitting(columns, rows, self.console.width, optional)
+        hidden = [c for i, c in enumerate(columns) if i not in shown]
+        heads = [Column(columns[i], no_wrap=True, min_width=_width(columns, rows, i)) if columns[i] in whole
+                 else columns[i] for i in shown]
+        table = Table(*heads, title=title, title_justify="left", show_header=any(columns), caption_justify="left",
+                      caption=f"(not shown at this width: {', '.join(hidden)})" if hidden else None)
         for row in rows:
-            table.add_row(*(_escape(str(c)) for c in row))
+            table.add_row(*(_escape(row[i]) for i in shown))
         self.console.print(table)
 
     def stream(self, pieces) -> str:
@@ -126,6 +135,21 @@ class RichUI(PlainUI):
                 bar.update(task, completed=step, extra=extra)
 
             yield update
+
+
+def _width(columns, rows, index: int) -> int:
+    return max([len(columns[index]), *(len(row[index]) for row in rows)])
+
+
+def _fitting(columns, rows, width: int, optional) -> list[int]:
+    """Indices of the columns to show: all of them, less optional ones (in order) while the table
+    would be wider than `width` (each column takes its widest cell plus 3 for padding and rule)."""
+    shown = list(range(len(columns)))
+    for name in optional:
+        if 1 + sum(_width(columns, rows, i) + 3 for i in shown) <= width:
+            break
+        shown = [i for i in shown if columns[i] != name]
+    return shown
 
 
 def _escape(text: str) -> str:

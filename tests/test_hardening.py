@@ -219,3 +219,40 @@ def test_what_lorachat_creates_gets_the_modes_of_a_plain_mkdir_and_open(shelved,
     want = {name: "0o775" if os.path.isdir(tmp_path / name) else "0o664" for name in modes}
     assert modes == want and "home/adapters/ab/adapter_model.safetensors" in modes
     assert "out/model/model.safetensors" in modes
+
+
+# 15 ----------------------------------------------------------------------------------------------
+
+def test_adapters_at_80_columns_shows_whole_names_and_short_targets(make_session, transcript):
+    import io
+
+    from peft import LoraConfig
+    from rich.console import Console
+
+    from lorachat import adapters
+    from lorachat.ui import RichUI
+
+    session = make_session()
+    long_name = "an_adapter_with_a_rather_long_name_x"
+    made = {"m_cat": ["q_proj", "v_proj"], "m_cat_w": "all-linear", long_name: ["q_proj"]}
+    for name, targets in made.items():
+        adapters.add_new(session, name, LoraConfig(r=4, target_modules=targets))
+        adapters.save(session, name, {"train": {"targets": targets if isinstance(targets, str) else ",".join(targets)}})
+    plain = transcript(session, [":adapters"])[1]
+    assert "all-linear" in plain and "q_proj,v_proj" in plain and "model.decoder" not in plain
+    console = Console(file=io.StringIO(), width=80)
+    session.ui = RichUI(console)
+    transcript(session, [":adapters"])
+    out = console.file.getvalue()
+    names = [line.split("│")[2].strip() for line in out.splitlines() if line.startswith("│")]
+    assert names == sorted(made) and all(len(line) <= 80 for line in out.splitlines())
+    assert "(not shown at this width: alpha, base model, dataset, created, loss, size)" in out
+
+
+def test_export_says_a_live_scale_was_merged_in_and_named_adapters_have_peft_readme(shelved, transcript, home, tmp_path):
+    session = shelved
+    assert (home / "adapters" / "a" / "README.md").is_file()  # PEFT's model card, nested names too
+    code, out = transcript(session, [":scale a 0.5", f":export a {tmp_path / 'half'}", ":scale a 1", f":export a {tmp_path / 'full'}"])
+    assert code == 0
+    assert out.count("merged in at its live scale") == 1
+    assert "> :export a " + str(tmp_path / "half") + "\n'a' is merged in at its live scale 0.5, not as trained (:scale a 1 first for that)\n" in out

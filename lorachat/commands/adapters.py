@@ -46,7 +46,8 @@ def adapters_(session, args):
         session.ui.line("no adapters yet (:train makes one; :use NAME loads one from adapters/)")
         return
     columns = ["", "name", "r", "alpha", "targets", "base model", "dataset", "created", "loss", "recall", "size", "loaded"]
-    session.ui.table(columns, [_row(session, n) for n in names])
+    session.ui.table(columns, [_row(session, n) for n in names], whole=("name",),
+                     optional=("created", "alpha", "size", "base model", "loss", "dataset"))
 
 
 def _row(session, name: str) -> list:
@@ -62,8 +63,7 @@ def _row(session, name: str) -> list:
     if model is not None and name in model.peft_config:
         live = model.peft_config[name]
         config = {"r": live.r, "lora_alpha": live.lora_alpha, "target_modules": live.target_modules}
-    targets = config.get("target_modules") or ""
-    targets = ",".join(sorted(targets)) if isinstance(targets, (list, set, tuple)) else str(targets)
+    targets = _targets(config.get("target_modules") or "", meta)
     examples = meta.get("examples")
     dataset = meta.get("dataset") or ("merge" if meta.get("merged_from") else "")
     if isinstance(examples, int):
@@ -75,6 +75,15 @@ def _row(session, name: str) -> list:
             str(meta.get("created", ""))[:16].replace("T", " "), _number(meta.get("loss", meta.get("final_loss"))),
             f"{recall}/{total}" if isinstance(recall, int) and isinstance(total, int) else "",
             _size(path), "yes" if name in adapters.loaded_names(session) else ""]
+
+
+def _targets(targets, meta: dict) -> str:
+    """As given to :train (`all-linear`), else the module names without their paths."""
+    if isinstance(meta.get("train"), dict) and meta["train"].get("targets") == "all-linear":
+        return "all-linear"
+    if isinstance(targets, (list, set, tuple)):
+        return ",".join(sorted({str(t).rsplit(".", 1)[-1] for t in targets}))
+    return str(targets)
 
 
 def _number(value) -> str:
