@@ -223,29 +223,36 @@ def evaluate(session, names: list[str], examples) -> tuple[list[str], list[tuple
 
 
 def delete(session, name: str) -> None:
-    """Unload adapter `name` and remove its directory (hidden first: a crash leaves nothing half-deleted in view)."""
+    """Unload adapter `name` and remove its directory (hidden first: a crash leaves nothing half-deleted
+    in view). The disk goes first: when it refuses, memory is left exactly as it was."""
     path = adapters.adapter_path(session, name)
     if not path.is_dir() and name not in adapters.loaded_names(session):
         raise LorachatError(f"no adapter named '{name}'{did_you_mean(name, adapters.known_names(session))}")
+    doomed = store.hide(path, f"adapter '{name}'") if path.is_dir() else None
     adapters.remove(session, name)
     adapters.shelf(session).scales.pop(name, None)
-    if path.is_dir():
-        store.hide_and_remove(path, f"adapter '{name}'")
+    if doomed is not None:
+        shutil.rmtree(doomed, ignore_errors=True)
 
 
 def rename(session, old: str, new: str) -> None:
-    """Rename a saved adapter on disk (and in memory: it is reloaded under the new name)."""
+    """Rename a saved adapter on disk (and in memory: it is reloaded under the new name). The disk
+    goes first, undone when its second step fails, so a refusal leaves the session as it was."""
     source, target = adapters.adapter_path(session, old), adapters.adapter_path(session, adapters.check_loadable_name(new))
     if not source.is_dir():
         raise LorachatError(f"no saved adapter named '{old}'{did_you_mean(old, adapters.saved_names(session))}")
     if target.exists() or new in adapters.loaded_names(session):
         raise LorachatError(f"an adapter named '{new}' already exists")
-    was_loaded, was_active = old in adapters.loaded_names(session), session.active_adapter == old
-    adapters.remove(session, old)
     store.move(source, target, f"adapter '{old}'")
     meta = provenance.read_meta(target)
-    if meta is not None:
-        store.write_json_atomic(target / provenance.META_FILE, dict(meta, name=new))
+    try:
+        if meta is not None:
+            store.write_json_atomic(target / provenance.META_FILE, dict(meta, name=new))
+    except LorachatError:
+        store.move(target, source, f"adapter '{new}' back to '{old}'")
+        raise
+    was_loaded, was_active = old in adapters.loaded_names(session), session.active_adapter == old
+    adapters.remove(session, old)
     if old in adapters.shelf(session).scales:
         adapters.shelf(session).scales[new] = adapters.shelf(session).scales.pop(old)
     if was_loaded:

@@ -40,13 +40,15 @@ def write_atomically(target: Path, fill, what: str) -> Path:
     return target
 
 
-def hide_and_remove(path: Path, what: str) -> None:
+def hide(path: Path, what: str) -> Path:
+    """Rename `path` to a hidden name (the first step of a delete, which either happens or changes
+    nothing); remove the returned path with `shutil.rmtree` to finish."""
     doomed = path.with_name(f".{path.name}.deleted-{os.getpid()}-{time.monotonic_ns()}")
     try:
         os.rename(path, doomed)
     except OSError as exc:
         raise LorachatError(f"could not delete {what}: {exc.strerror or exc}") from None
-    shutil.rmtree(doomed, ignore_errors=True)
+    return doomed
 
 
 def move(source: Path, target: Path, what: str) -> None:

@@ -56,3 +56,15 @@ def transcript():
         return code, session.out.getvalue()[start:]
 
     return run
+
+
+@pytest.fixture
+def small_file_limit():
+    """set(n): writes past n bytes fail with EFBIG, as on a full disk (restored afterwards)."""
+    import resource
+    import signal
+
+    old_limit, old_handler = resource.getrlimit(resource.RLIMIT_FSIZE), signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    yield lambda n: resource.setrlimit(resource.RLIMIT_FSIZE, (n, old_limit[1]))
+    resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
+    signal.signal(signal.SIGXFSZ, old_handler)

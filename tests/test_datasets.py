@@ -182,15 +182,6 @@ def test_leftover_temp_files_are_ignored_and_cleaned(make_session, transcript, h
     assert datasets.load_dataset(home, "d").examples == [SOH]
 
 
-@pytest.fixture
-def small_file_limit():
-    """set(n): writes past n bytes fail with EFBIG, as on a full disk (restored afterwards)."""
-    old_limit, old_handler = resource.getrlimit(resource.RLIMIT_FSIZE), signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    yield lambda n: resource.setrlimit(resource.RLIMIT_FSIZE, (n, old_limit[1]))
-    resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
-    signal.signal(signal.SIGXFSZ, old_handler)
-
-
 def test_a_failed_write_is_one_line_and_leaves_no_half_line(make_session, transcript, home, small_file_limit):
     datasets.append_example(home, "full", SOH)
     path = home / "datasets" / "full.jsonl"

@@ -256,3 +256,49 @@ def test_export_says_a_live_scale_was_merged_in_and_named_adapters_have_peft_rea
     assert code == 0
     assert out.count("merged in at its live scale") == 1
     assert "> :export a " + str(tmp_path / "half") + "\n'a' is merged in at its live scale 0.5, not as trained (:scale a 1 first for that)\n" in out
+
+
+# 2 -----------------------------------------------------------------------------------------------
+
+def state(session):
+    from lorachat import adapters
+    from test_adapters import logits
+
+    return session.active_adapter, adapters.loaded_names(session), dict(adapters.shelf(session).scales), logits(session)
+
+
+def same(one, other) -> bool:
+    import torch
+
+    return one[:3] == other[:3] and torch.equal(one[3], other[3])
+
+
+def test_a_refused_rename_or_delete_leaves_the_session_as_it_was(shelved, transcript, home, monkeypatch):
+    import os
+
+    session = shelved
+    transcript(session, [":use a", ":scale a 0.5"])
+    before, files = state(session), sorted(p.name for p in (home / "adapters").iterdir())
+
+    def refuse(source, target):
+        raise PermissionError(13, "Permission denied")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "rename", refuse)   # as in a read-only workspace (root ignores chmod)
+        code, out = transcript(session, [":rename a a2", ":delete a yes"], keep_going=True)
+    assert code == 1 and out.count("Permission denied") == 2
+    assert same(state(session), before) and sorted(p.name for p in (home / "adapters").iterdir()) == files
+
+
+def test_a_rename_whose_metadata_cannot_be_written_is_undone(shelved, transcript, home, small_file_limit):
+    import resource
+
+    session = shelved
+    transcript(session, [":use a"])
+    before = state(session)
+    small_file_limit(100)  # lorachat.json cannot be rewritten under the new name
+    code, out = transcript(session, [":rename a a2"])
+    small_file_limit(resource.RLIM_INFINITY)
+    assert code == 1 and "error: could not update" in out
+    assert same(state(session), before) and (home / "adapters" / "a" / "lorachat.json").is_file()
+    assert not (home / "adapters" / "a2").exists()
