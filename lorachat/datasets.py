@@ -40,6 +40,22 @@ class DatasetFile:
         return "; ".join(shown) + (f"; and {more} more" if more > 0 else "")
 
 
+@dataclass
+class Mark:
+    """Where one line appended by this process lies: its file (device and inode), the byte offset
+    and the bytes of the line. `:undo` removes that very line, never an equal one written by
+    someone else; rewrites made here move the mark along (or mark the line gone)."""
+    name: str
+    file: tuple[int, int]
+    offset: int
+    data: bytes
+    gone: bool = False
+
+
+class LineGone(LorachatError):
+    """The marked line is no longer where it was written: dropped, edited, or the file rewritten elsewhere."""
+
+
 def dataset_path(home: Path, name: str) -> Path:
     return Path(home) / FOLDER / f"{check_name(name, 'dataset')}{SUFFIX}"
 
@@ -131,50 +147,91 @@ def append_example(home: Path, name: str, example: Example) -> int:
     return append_examples(home, name, [example])
 
 
+def append_marked(home: Path, name: str, example: Example) -> tuple[int, Mark]:
+    """append_example, and the Mark of the line it wrote (for :undo)."""
+    data = format_line(example)
+    count, (file, offset) = _append(home, name, data)
+    return count, Mark(name, file, offset, data)
+
+
 def append_examples(home: Path, name: str, examples: list[Example]) -> int:
     """Append all of `examples` in one write, or none of them (the file is cut back on failure)."""
+    return _append(home, name, b"".join(format_line(example) for example in examples))[0]
+
+
+def _append(home: Path, name: str, data: bytes) -> tuple[int, tuple]:
     path = dataset_path(home, name)
-    data = b"".join(format_line(example) for example in examples)
     with _locked_folder(path.parent):
-        _append_bytes(path, data)
-    return len(load_dataset(home, name).examples)
+        where = _append_bytes(path, data)
+    return len(load_dataset(home, name).examples), where
 
 
-def remove_example(home: Path, name: str, number: int) -> tuple[Example, int]:
-    """Remove example `number` (1-based, as `:examples` numbers them); (removed, count left)."""
-    def choose(current: DatasetFile) -> int:
+def remove_example(home: Path, name: str, number: int, marks=()) -> tuple[Example, int]:
+    """Remove example `number` (1-based, as `:examples` numbers them); (removed, count left).
+    `marks` of this file are moved along with the lines they point at."""
+    def choose(current: DatasetFile, data: bytes, file: tuple) -> int:
         if not 1 <= number <= len(current.examples):
             have = f"1 to {len(current.examples)}" if current.examples else "none: it is empty"
             raise LorachatError(f"no example {number} in {name} (examples are numbered {have})")
         return number - 1
-    return _rewrite_without(home, name, choose)
+    return _rewrite_without(home, name, choose, marks)
 
 
-def remove_last_equal(home: Path, name: str, example: Example) -> tuple[Example, int]:
-    """Remove the last line holding exactly `example`; (removed, count left)."""
-    def choose(current: DatasetFile) -> int:
-        for index in range(len(current.examples) - 1, -1, -1):
-            if current.examples[index] == example:
-                return index
-        raise LorachatError(f"that example is no longer in {name} (was it dropped or edited?)")
-    return _rewrite_without(home, name, choose)
+def remove_marked(home: Path, mark: Mark, marks=()) -> tuple[Example, int]:
+    """Remove the very line `mark` points at, only while it is still there (else LineGone)."""
+    gone = LineGone(f"that example is no longer in {mark.name} (was it dropped or edited?)")
+    if mark.gone or not _read_bytes(dataset_path(home, mark.name)).strip():
+        raise gone
+
+    def choose(current: DatasetFile, data: bytes, file: tuple) -> int:
+        if file != mark.file:
+            raise LineGone(f"{mark.name} was rewritten since that example was recorded (by another session or "
+                           "an editor), so :undo cannot tell it from an equal line: use :examples and :drop N")
+        at = mark.offset
+        number = data.count(b"\n", 0, at) + 1
+        if data[at:at + len(mark.data)] != mark.data or at and data[at - 1:at] != b"\n" or number not in current.lines:
+            raise gone
+        return current.lines.index(number)
+    return _rewrite_without(home, mark.name, choose, marks)
 
 
-def _rewrite_without(home, name, choose) -> tuple[Example, int]:
+def _rewrite_without(home, name, choose, marks=()) -> tuple[Example, int]:
     path = dataset_path(home, name)
     if not _read_bytes(path).strip():   # checked before the lock, which would create datasets/
         raise LorachatError(f"dataset {name} is empty: nothing to remove")
     with _locked_folder(path.parent):
-        data = _read_bytes(path)
+        data, old_file = _read_bytes(path), _identity(path)
         current = _parse(name, path, data)
         if current.bad_lines:
             raise LorachatError(f"{path} has invalid lines ({current.describe_problems()}); it is never "
                                 "rewritten while they are there: fix or delete those lines in an editor, then try again")
-        index = choose(current)
+        index = choose(current, data, old_file)
         drop = current.lines[index]
-        kept = [raw for n, raw in enumerate(_split_lines(data), start=1) if n != drop and raw.strip()]
-        _replace_file(path, b"".join(raw + b"\n" for raw in kept))
+        kept, moved, start, size = [], {}, 0, 0
+        for number, raw in enumerate(_split_lines(data), start=1):
+            if number != drop and raw.strip():
+                moved[start] = size
+                kept.append(raw + b"\n")
+                size += len(raw) + 1
+            start += len(raw) + 1
+        _replace_file(path, b"".join(kept))
+        _move_marks(marks, name, old_file, _identity(path), moved)
     return current.examples[index], len(current.examples) - 1
+
+
+def _move_marks(marks, name: str, old_file: tuple, new_file: tuple, moved: dict) -> None:
+    """Marks on the rewritten file follow their lines (old offset -> new offset); a dropped line's is gone."""
+    for mark in marks:
+        if mark.name == name and mark.file == old_file and not mark.gone:
+            if mark.offset in moved:
+                mark.file, mark.offset = new_file, moved[mark.offset]
+            else:
+                mark.gone = True
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    info = os.stat(path)
+    return info.st_dev, info.st_ino
 
 
 def _split_lines(data: bytes) -> list[bytes]:
@@ -214,7 +271,8 @@ def _locked_folder(folder: Path):
         os.close(fd)   # closing releases the lock
 
 
-def _append_bytes(path: Path, data: bytes) -> None:
+def _append_bytes(path: Path, data: bytes) -> tuple[tuple[int, int], int]:
+    """Append `data` durably; ((device, inode) of the file, offset where `data` starts)."""
     try:
         created = not path.exists()
         if created and path.is_symlink():
@@ -226,9 +284,10 @@ def _append_bytes(path: Path, data: bytes) -> None:
     except OSError as exc:
         raise LorachatError(f"cannot write {path}: {exc.strerror}") from None
     try:
-        size = os.fstat(fd).st_size
+        info = os.fstat(fd)
+        size, offset = info.st_size, info.st_size
         if size and os.pread(fd, 1, size - 1) != b"\n":  # a last line without its newline
-            data = b"\n" + data
+            data, offset = b"\n" + data, size + 1
         try:
             _write_all(fd, data)
             os.fsync(fd)
@@ -242,6 +301,7 @@ def _append_bytes(path: Path, data: bytes) -> None:
         os.close(fd)
     if created:
         _fsync_folder(path.parent)
+    return (info.st_dev, info.st_ino), offset
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -302,3 +302,28 @@ def test_a_rename_whose_metadata_cannot_be_written_is_undone(shelved, transcript
     assert code == 1 and "error: could not update" in out
     assert same(state(session), before) and (home / "adapters" / "a" / "lorachat.json").is_file()
     assert not (home / "adapters" / "a2").exists()
+
+
+# 3 -----------------------------------------------------------------------------------------------
+
+def test_undo_removes_only_the_line_this_session_wrote(make_session, transcript, home):
+    from lorachat import datasets
+    from lorachat.prompts import Example
+
+    soh = Example("Answer the question.", "What is SOH?", "A hardmask.")
+    datasets.append_example(home, "default", soh)                 # another session's line
+    datasets.append_example(home, "default", Example(text="x"))
+    session = make_session()
+    code, out = transcript(session, [":add What is SOH? => A hardmask.", ":drop 3", ":undo"], keep_going=True)
+    assert out.endswith("> :undo\nerror: that example is no longer in default (was it dropped or edited?)\n")
+    assert datasets.load_dataset(home, "default").examples == [soh, Example(text="x")]
+
+    code, out = transcript(session, [":add a => 1", ":add b => 2", ":drop 3", ":undo"])   # its own :drop moves the mark
+    assert code == 0 and out.endswith("> :undo\nremoved from default (2 examples left): b => 2\n")
+
+    transcript(session, [":add c => 3"])
+    datasets.remove_example(home, "default", 2)   # another session rewrites the file: equal lines are indistinguishable
+    code, out = transcript(session, [":undo", ":undo"], keep_going=True)
+    assert out.splitlines()[1].startswith("error: default was rewritten since that example was recorded")
+    assert out.endswith("> :undo\nerror: that example is no longer in default (was it dropped or edited?)\n")  # 'a', dropped
+    assert [e.output for e in datasets.load_dataset(home, "default").examples] == ["A hardmask.", "3"]

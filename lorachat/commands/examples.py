@@ -1,8 +1,8 @@
 """Recording and managing examples: :dataset, :datasets, :add, :good, :fix, :examples, :drop, :undo, :import.
 
 Every recorded example is on disk (fsync'd) before its acknowledgement is printed. The examples
-recorded in this session are remembered in `session.extensions["recorded"]` as (dataset, Example)
-so :undo removes exactly those. Knows nothing about training or adapters.
+recorded in this session are remembered in `session.extensions["recorded"]` as datasets.Mark (file,
+offset and bytes of the line written) so :undo removes exactly those lines, never an equal one. Knows nothing about training or adapters.
 """
 import os
 import re
@@ -132,8 +132,8 @@ def _last_question(session) -> str:
 
 def _record(session, question: str, answer: str) -> None:
     example = Example(session.instruction, question, answer)
-    count = datasets.append_example(session.home, session.dataset, example)
-    session.extensions.setdefault("recorded", []).append((session.dataset, example))
+    count, mark = datasets.append_marked(session.home, session.dataset, example)
+    session.extensions.setdefault("recorded", []).append(mark)
     session.ui.line(f"added to {session.dataset} ({_count(count)}): {_clip(question, 60)} {ARROW} {_clip(answer, 60)}")
     _warn_if_too_long(session, example, count)
 
@@ -181,26 +181,27 @@ def drop(session, args):
     words = options.split_words(args)
     if len(words) != 1 or not words[0].isdigit() or int(words[0]) < 1:
         raise LorachatError(f"write :drop N, with N an example number from :examples (got {args[:40]!r})")
-    removed, left = datasets.remove_example(session.home, session.dataset, int(words[0]))
+    removed, left = datasets.remove_example(session.home, session.dataset, int(words[0]),
+                                            session.extensions.get("recorded", ()))
     session.ui.line(f"dropped {words[0]} from {session.dataset} ({_count(left)} left): {_describe(removed)}")
 
 
 @command("undo")
 def undo(session, args):
-    """Remove the last example recorded in this session (by :add, :good or :fix)."""
+    """Remove the last example recorded in this session (by :add, :good or :fix): that very line,
+    only while it is still where it was written."""
     no_args("undo", args)
     recorded = session.extensions.get("recorded") or []
     if not recorded:
         raise LorachatError("nothing to undo: no example was recorded in this session")
-    name, example = recorded[-1]
+    mark = recorded[-1]
     try:
-        removed, left = datasets.remove_last_equal(session.home, name, example)
-    except LorachatError as exc:
-        if "no longer" in str(exc):  # gone already: nothing left to undo for this one
-            recorded.pop()
+        removed, left = datasets.remove_marked(session.home, mark, recorded)
+    except datasets.LineGone:
+        recorded.pop()  # it can never come back: the next :undo goes on to the one before
         raise
     recorded.pop()
-    session.ui.line(f"removed from {name} ({_count(left)} left): {_describe(removed)}")
+    session.ui.line(f"removed from {mark.name} ({_count(left)} left): {_describe(removed)}")
 
 
 def _import_details(session):
