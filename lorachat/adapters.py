@@ -42,6 +42,7 @@ class Shelf:
     """What this session knows about adapters beyond PEFT's own state."""
     lru: list = field(default_factory=list)      # loaded names, least recently used first
     scales: dict = field(default_factory=dict)   # name -> live strength (1.0 as trained)
+    unsaved: dict = field(default_factory=dict)  # name -> lorachat.json fields of an adapter the disk refused
     switch: object = None                        # switch.Switch for the current PeftModel
 
 
@@ -265,13 +266,24 @@ def _apply_scale(session, name: str, factor: float) -> None:
     switch(session).invalidate()
 
 
-def save(session, name: str, meta: dict) -> Path:
+def check_writable(session) -> None:
+    """Raise before training when adapters/ cannot be written (an adapter that cannot be saved is lost)."""
+    store.check_writable(adapters_dir(session), "adapters")
+
+
+def keep_unsaved(session, name: str, meta: dict) -> None:
+    """Adapter `name` stays in memory (never unloaded by max_loaded) until `:save` writes it."""
+    shelf(session).unsaved[name] = meta
+
+
+def save(session, name: str, meta: dict, target: Path | None = None) -> Path:
     """Write adapter `name` as PEFT's save_pretrained does, plus lorachat.json, atomically:
-    into a hidden temporary directory, then renamed into place."""
+    into a hidden temporary directory, then renamed into place (adapters/NAME, or `target`)."""
     model = peft_model(session)
-    target = adapter_path(session, name)
+    inside = target is None
+    target = adapter_path(session, name) if inside else Path(target).expanduser()
     if target.exists():
-        raise LorachatError(f"an adapter named '{name}' already exists at {target}")
+        raise LorachatError(f"an adapter named '{name}' already exists at {target}" if inside else f"{target} already exists")
     record = dict(meta, name=name, base_model=session.loaded.name, base_fingerprint=base_fingerprint(session),
                   created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), lorachat_version=__version__)
 
@@ -284,4 +296,7 @@ def save(session, name: str, meta: dict) -> Path:
         store.write_json(written / META_FILE, record)
         return written
 
-    return store.write_atomically(target, fill, f"adapter '{name}'")
+    path = store.write_atomically(target, fill, f"adapter '{name}'", sweep=inside)
+    if inside:
+        shelf(session).unsaved.pop(name, None)
+    return path

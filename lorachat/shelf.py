@@ -231,6 +231,7 @@ def delete(session, name: str) -> None:
     doomed = store.hide(path, f"adapter '{name}'") if path.is_dir() else None
     adapters.remove(session, name)
     adapters.shelf(session).scales.pop(name, None)
+    adapters.shelf(session).unsaved.pop(name, None)
     if doomed is not None:
         shutil.rmtree(doomed, ignore_errors=True)
 

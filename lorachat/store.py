@@ -18,12 +18,30 @@ from lorachat.errors import LorachatError
 _LEFTOVER = re.compile(r"^\..+\.(?:tmp|deleted)-(\d+)-")
 
 
-def write_atomically(target: Path, fill, what: str) -> Path:
+def check_writable(folder: Path, what: str) -> None:
+    """Raise now, not after minutes of work, when `what` could not be written into `folder`: a hidden
+    folder with a file in it is made there and removed (as write_atomically will do)."""
+    if folder.exists() and not folder.is_dir():
+        raise LorachatError(f"cannot save {what}: {folder} is not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = Path(tempfile.mkdtemp(prefix=f".probe.tmp-{os.getpid()}-", dir=folder))
+        try:
+            (probe / "probe").write_bytes(b"")
+        finally:
+            shutil.rmtree(probe, ignore_errors=True)
+    except OSError as exc:
+        raise LorachatError(f"cannot save {what} in {folder}: {exc.strerror or exc}") from None
+
+
+def write_atomically(target: Path, fill, what: str, sweep: bool = True) -> Path:
     """`fill(work_dir)` writes the content (returning the directory that holds it, `work_dir` or
-    one inside it); that directory is fsynced and renamed to `target`."""
+    one inside it); that directory is fsynced and renamed to `target`. `sweep`: remove dead writers'
+    hidden leftovers beside it (in lorachat's own folders only)."""
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        sweep_leftovers(target.parent)
+        if sweep:
+            sweep_leftovers(target.parent)
         work = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
     except OSError as exc:
         raise LorachatError(f"could not save {what}: {exc.strerror or exc}") from None

@@ -327,3 +327,41 @@ def test_undo_removes_only_the_line_this_session_wrote(make_session, transcript,
     assert out.splitlines()[1].startswith("error: default was rewritten since that example was recorded")
     assert out.endswith("> :undo\nerror: that example is no longer in default (was it dropped or edited?)\n")  # 'a', dropped
     assert [e.output for e in datasets.load_dataset(home, "default").examples] == ["A hardmask.", "3"]
+
+
+# 4 -----------------------------------------------------------------------------------------------
+
+def test_train_refuses_before_training_when_adapters_cannot_be_written(make_session, transcript, home):
+    (home / "adapters").write_text("a file where the folder should be\n")  # unwritable, even for root
+    session = make_session()
+    session.ui.progress_every = 0  # a line for every step trained
+    code, out = transcript(session, [":add q => a", ":train"])
+    assert code == 1 and out.endswith(f"> :train\nerror: cannot save adapters: {home / 'adapters'} is not a folder\n")
+    assert session.active_adapter is None and "training" not in out
+
+
+def test_an_adapter_the_disk_refuses_at_the_end_stays_usable_and_can_be_saved_later(make_session, transcript, home, tmp_path, small_file_limit):
+    import resource
+
+    from lorachat import adapters
+
+    session = make_session()
+    transcript(session, [":add What is SOH? => A hardmask."])
+    small_file_limit(5000)  # the probe and adapter_config.json fit, the weights do not: a disk filling up
+    code, out = transcript(session, [":train steps=2 until=steps", ":adapters", f":save default {tmp_path / 'x'}"], keep_going=True)
+    small_file_limit(resource.RLIM_INFINITY)
+    lines = out.splitlines()
+    assert code == 1 and lines[1].startswith("trained default: 2 steps")
+    assert lines[2] == ("error: could not save adapter 'default': File too large; 'default' is kept in memory, unsaved "
+                        "(and is lost when the session ends): :save default once adapters/ can be written, or :save default DIR")
+    assert session.active_adapter == "default" and lines[5].startswith("*  default ") and lines[5].endswith(" unsaved")
+    assert not (home / "adapters" / "default").exists() and not (tmp_path / "x").exists()
+    answer = transcript(session, ["What is SOH?"])[1]
+    code, out = transcript(session, [f":save default {tmp_path / 'copy'}", ":save default", ":save default", ":adapters"], keep_going=True)
+    assert f"saved adapter 'default' to {tmp_path / 'copy'}; it is still unsaved in the workspace" in out
+    assert f"> :save default\nsaved adapter 'default' to {home / 'adapters' / 'default'}\n" in out
+    assert "error: adapter 'default' is saved already" in out and out.splitlines()[-1].endswith(" yes")
+    transcript(session, [":use base"])
+    adapters.remove(session, "default")
+    assert transcript(session, [":use default", "What is SOH?"])[1].endswith(answer.split("\n", 1)[1])
+    assert (tmp_path / "copy" / "adapter_model.safetensors").is_file()

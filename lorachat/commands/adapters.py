@@ -1,4 +1,4 @@
-"""Adapter commands: :adapters, :use, :merge, :compare, :eval, :scale, :delete, :rename, :export."""
+"""Adapter commands: :adapters, :use, :merge, :compare, :eval, :scale, :delete, :rename, :save, :export."""
 import json
 import math
 import re
@@ -52,7 +52,8 @@ def adapters_(session, args):
 
 def _row(session, name: str) -> list:
     path = adapters.adapters_dir(session) / name
-    meta = read_meta(path) or {}
+    unsaved = adapters.shelf(session).unsaved
+    meta = read_meta(path) or unsaved.get(name) or {}
     try:
         config = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -74,7 +75,7 @@ def _row(session, name: str) -> list:
             targets, meta.get("base_model", "unknown") if meta else "unknown (no lorachat.json)", dataset,
             str(meta.get("created", ""))[:16].replace("T", " "), _number(meta.get("loss", meta.get("final_loss"))),
             f"{recall}/{total}" if isinstance(recall, int) and isinstance(total, int) else "",
-            _size(path), "yes" if name in adapters.loaded_names(session) else ""]
+            _size(path), "unsaved" if name in unsaved else "yes" if name in adapters.loaded_names(session) else ""]
 
 
 def _targets(targets, meta: dict) -> str:
@@ -265,6 +266,27 @@ def rename(session, args):
     check_name(new, "adapter")
     shelf.rename(session, old, new)
     session.ui.line(f"renamed '{old}' to '{new}'")
+
+
+@command("save", usage=":save NAME [DIR]", complete=lambda s: sorted(adapters.shelf(s).unsaved))
+def save(session, args):
+    """Save an adapter that exists only in memory (marked unsaved in :adapters: the disk refused it
+    when :train ended): into adapters/NAME, or into a new folder DIR anywhere else.
+
+    :save films                 once adapters/ can be written again
+    :save films /mnt/usb/films  a copy elsewhere; it stays unsaved in the workspace
+    """
+    words = options.split_words(args)
+    if not 1 <= len(words) <= 2:
+        raise LorachatError(":save: usage: :save NAME [DIR]")
+    name, unsaved = check_name(words[0], "adapter"), adapters.shelf(session).unsaved
+    if name not in unsaved:
+        if name in adapters.saved_names(session):
+            raise LorachatError(f"adapter '{name}' is saved already, in {adapters.adapter_path(session, name)}")
+        raise LorachatError(f"no unsaved adapter named '{name}' (unsaved: {', '.join(sorted(unsaved)) or 'none'})")
+    path = adapters.save(session, name, unsaved[name], None if len(words) == 1 else Path(words[1]))
+    elsewhere = "" if name not in unsaved else f"; it is still unsaved in the workspace (copy that folder to adapters/{name})"
+    session.ui.line(f"saved adapter '{name}' to {path}{elsewhere}")
 
 
 @command("export", usage=":export NAME DIR", complete=_names)

@@ -35,11 +35,12 @@ def train_(session, args):
     Ctrl-C stops at the next step: the adapter is discarded (keep=partial saves it), the session goes on.
     """
     name, config = _parse(session, args)
+    adapters.check_writable(session)  # an adapter that could not be saved would be lost: say so before training
     config = train.resolved(session.model, config)
     examples = _examples(session)
     lora_config = shape.lora_config(session.model, config)
     train.encode(session.tokenizer, examples, train.max_tokens(session.model, config))  # refuse before creating
-    previous = session.active_adapter
+    previous, unsaved = session.active_adapter, None
     adapters.make_room(session, keep={previous})
     with _deferred_interrupt() as interrupted:
         shape.seeded_add(config.seed, lambda: adapters.add_new(session, name, lora_config))
@@ -48,12 +49,15 @@ def train_(session, args):
             if result.cancelled and config.keep != "partial":
                 _discard(session, name, previous)
             else:
-                adapters.save(session, name, _meta(session, examples, config, result))
+                unsaved = _save_or_keep(session, name, _meta(session, examples, config, result))
                 adapters.activate(session, name)
+                adapters.make_room(session, keep={name}, extra=0)
         except BaseException:
             _discard(session, name, previous)
             raise
     _report(session, name, result, config)
+    if unsaved is not None:
+        raise unsaved
 
 
 def _parse(session, args) -> tuple[str, train.TrainConfig]:
@@ -107,6 +111,18 @@ def _run(session, name, examples, config, interrupted):
 
         return train.run(session.model, session.tokenizer, examples, config, on_step=on_step,
                          should_stop=interrupted.is_set)
+
+
+def _save_or_keep(session, name, meta) -> LorachatError | None:
+    """Save the trained adapter; when the disk refuses even so, keep it in memory, usable and marked
+    unsaved, and return the line that says how to save it."""
+    try:
+        adapters.save(session, name, meta)
+        return None
+    except LorachatError as exc:
+        adapters.keep_unsaved(session, name, meta)
+        return LorachatError(f"{exc}; '{name}' is kept in memory, unsaved (and is lost when the session ends): "
+                             f":save {name} once adapters/ can be written, or :save {name} DIR")
 
 
 def _discard(session, name, previous) -> None:
