@@ -64,6 +64,8 @@ def test_max_loaded_1_keeps_one_adapter_loaded(shelved, transcript):
     assert adapters.loaded_names(session) == ["c"] and session.active_adapter == "c"
     transcript(session, [":use a"])
     assert adapters.loaded_names(session) == ["a"]
+    transcript(session, [":add q => a", ":train t steps=1 until=steps"])
+    assert adapters.loaded_names(session) == ["t"] and session.active_adapter == "t"
 
 
 # 14 ----------------------------------------------------------------------------------------------
