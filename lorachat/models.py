@@ -117,6 +117,8 @@ def _load_weights(name, source, kwargs, device, torch_dtype):
     from transformers import AutoModelForCausalLM
 
     placement = {"device_map": "auto"} if device == "cuda" else {}
+    if kwargs.get("local_files_only"):  # transformers 5 does not pass it on to its adapter_config.json probe,
+        placement["adapter_kwargs"] = {"local_files_only": True}  # which retried the hub for ~23 s
     try:
         return AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, use_safetensors=None,
                                                     **placement, **kwargs)
