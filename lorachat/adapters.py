@@ -19,7 +19,8 @@ from pathlib import Path
 from lorachat import __version__, loading, provenance, store
 from lorachat.errors import LorachatError, did_you_mean
 from lorachat.names import check_name
-from lorachat.provenance import META_FILE, base_fingerprint, read_meta  # noqa: F401  (part of this API)
+from lorachat import fingerprint
+from lorachat.provenance import META_FILE, read_meta  # noqa: F401  (part of this API)
 
 BASE = "base"
 
@@ -56,6 +57,16 @@ def adapters_dir(session) -> Path:
 
 def adapter_path(session, name: str) -> Path:
     return adapters_dir(session) / check_name(name, "adapter")
+
+
+def base_fingerprint(session) -> str:
+    """The base checkpoint's identity (fingerprint.py), from the weights it holds itself if it must."""
+    return fingerprint.base_fingerprint(session, lambda: _unmerged(session))
+
+
+def _unmerged(session):
+    current = switch(session)
+    return current.unmerged() if current is not None else contextlib.nullcontext()
 
 
 def check_loadable_name(name: str) -> str:
@@ -162,7 +173,8 @@ def load(session, name: str, keep=()) -> list[str]:
         raise LorachatError(f"no adapter named '{name}'{did_you_mean(name, saved_names(session))}"
                             f" (have: {', '.join(saved_names(session)) or 'none yet'})")
     check_loadable_name(name)
-    notes = provenance.inspect(session, name, path, base_fingerprint(session))
+    notes = provenance.inspect(session, name, path, base_fingerprint(session),
+                               legacy=lambda: fingerprint.loaded_fingerprint(session, lambda: _unmerged(session)))
     make_room(session, keep={name, session.active_adapter, *keep})
     _load_checked(session, name, path)
     _touch(session, name)
@@ -285,6 +297,7 @@ def save(session, name: str, meta: dict, target: Path | None = None) -> Path:
     if target.exists():
         raise LorachatError(f"an adapter named '{name}' already exists at {target}" if inside else f"{target} already exists")
     record = dict(meta, name=name, base_model=session.loaded.name, base_fingerprint=base_fingerprint(session),
+                  base=fingerprint.base_details(session),
                   created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), lorachat_version=__version__)
 
     def fill(work: Path) -> Path:

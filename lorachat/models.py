@@ -22,6 +22,7 @@ class LoadedModel:
     path: str          # where the files are on disk
     device: str        # "cpu" or "cuda"
     dtype: object      # torch dtype of the base weights
+    folder: str | None = None  # the folder holding its weight files (a hub model's cached snapshot), if known
 
 
 def choose_device(device: str) -> str:
@@ -63,7 +64,7 @@ def load_model(name: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "au
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    return LoadedModel(model, tokenizer, name, _local_path(source, model), device, torch_dtype)
+    return LoadedModel(model, tokenizer, name, _local_path(source, model), device, torch_dtype, _folder(source))
 
 
 def _resolve(name: str) -> str:
@@ -124,6 +125,17 @@ def _load_weights(name, source, kwargs, device, torch_dtype):
                                                     **placement, **kwargs)
     except (OSError, ValueError, KeyError) as exc:
         raise _explain(name, exc, kwargs.get("local_files_only", False)) from None
+
+
+def _folder(source: str) -> str | None:
+    """Where the weight files are: the directory itself, or the hub cache's snapshot of the revision
+    just loaded (found by huggingface_hub, which owns the cache's layout)."""
+    if Path(source).is_dir():
+        return str(Path(source).resolve())
+    from huggingface_hub import try_to_load_from_cache
+
+    config = try_to_load_from_cache(source, "config.json")
+    return str(Path(config).parent) if isinstance(config, str) else None
 
 
 def _local_path(source: str, model) -> str:

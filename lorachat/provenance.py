@@ -3,15 +3,14 @@
 Everything here is checked before the model is touched, so a refusal leaves the model as it was:
 adapter_config.json (present, JSON, LoRA), the weights file (safetensors header readable; a pickle
 `.bin` only with --allow-pickle, because unpickling runs code), lorachat.json's base fingerprint
-against the loaded model's (`base_fingerprint`, computed once per session; --force overrides only
-this), and every weight's module and shape against the loaded model. Knows nothing about PEFT
-objects or the REPL.
+against the loaded model's (fingerprint.py; --force overrides only this), and every weight's module
+and shape against the loaded model. Knows nothing about PEFT objects or the REPL.
 """
-import hashlib
 import json
 from pathlib import Path
 
 from lorachat.errors import LorachatError
+from lorachat.fingerprint import base_details, base_fingerprint, differences  # noqa: F401  (base_fingerprint: part of this API)
 
 META_FILE = "lorachat.json"
 CONFIG_FILE = "adapter_config.json"
@@ -76,43 +75,32 @@ def _pickle_shapes(name: str, file: Path) -> dict[str, tuple]:
     return {key: tuple(value.shape) for key, value in state.items() if hasattr(value, "shape")}
 
 
-def base_fingerprint(session) -> str:
-    """Cheap, stable identity of the base weights: config hash + checksums of a few tensors.
-
-    Tensors are hashed after rounding to bfloat16, so the same checkpoint loaded in float32, float16
-    or bfloat16 has the same fingerprint. Computed once per session, before the first wrap."""
-    cached = session.extensions.get("fingerprint")
-    if cached:
-        return cached
-    import torch
-
-    base = session.loaded.model
-    config = base.config.to_dict()
-    for volatile in ("_name_or_path", "torch_dtype", "dtype", "transformers_version", "_attn_implementation_autoset"):
-        config.pop(volatile, None)
-    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
-    params = [(n, p) for n, p in base.named_parameters() if "lora_" not in n and p.device.type != "meta"]
-    for name, param in params[:2] + params[-2:]:
-        flat = param.detach().reshape(-1)[:4096].to("cpu", torch.bfloat16).view(torch.int16)
-        digest.update(name.replace("base_layer.", "").encode())
-        digest.update(flat.numpy().tobytes())
-    session.extensions["fingerprint"] = "sha256:" + digest.hexdigest()[:32]
-    return session.extensions["fingerprint"]
-
-
-def check_base(session, name: str, meta: dict | None, config: dict, fingerprint: str) -> list[str]:
-    """Notes to show; raises when lorachat.json names another base (unless --force)."""
-    here = session.loaded.name
+def check_base(session, name: str, meta: dict | None, config: dict, fingerprint: str, legacy=None) -> list[str]:
+    """Notes to show; raises when lorachat.json names another base (unless --force). `legacy()`: the
+    fingerprint older lorachats recorded, asked for only when the stored one does not match."""
     if meta is None or not meta.get("base_fingerprint"):
         made_for = config.get("base_model_name_or_path") or "an unknown base model"
         return [f"adapter '{name}' has no {META_FILE}: its provenance is unknown (its config names {made_for!r})"]
-    if meta["base_fingerprint"] == fingerprint:
+    stored = meta["base_fingerprint"]
+    if stored == fingerprint or legacy is not None and stored == legacy():
         return []
-    theirs = f"'{meta.get('base_model', '?')}' ({meta['base_fingerprint']})"
+    why = mismatch(session, name, meta, fingerprint)
     if not session.force:
-        raise LorachatError(f"adapter '{name}' was made for base model {theirs}, but the loaded model is "
-                            f"'{here}' ({fingerprint}); --force loads it anyway")
-    return [f"adapter '{name}' was made for base model {theirs}, not the loaded '{here}' ({fingerprint}): loading it anyway (--force)"]
+        raise LorachatError(f"{why}; --force loads it anyway")
+    return [f"{why}: loading it anyway (--force)"]
+
+
+def mismatch(session, name: str, meta: dict, fingerprint: str) -> str:
+    """One line saying what differs between the base an adapter was made for and the loaded one."""
+    theirs, here = f"'{meta.get('base_model', '?')}' ({meta['base_fingerprint']})", session.loaded.name
+    if not isinstance(meta.get("base"), dict):  # saved by a lorachat whose fingerprint changed with the dtype
+        dtype = str(session.loaded.dtype).replace("torch.", "")
+        return (f"adapter '{name}' was made for base model {theirs} by lorachat {meta.get('lorachat_version', '?')}, "
+                f"whose fingerprint also depends on the dtype, and the loaded '{here}' in {dtype} ({fingerprint}) "
+                "does not match it; load the base in the --dtype it was trained in")
+    found = differences(meta["base"], base_details(session))
+    what = "; ".join(found[:3]) if found else "the same configuration, other weights"
+    return f"adapter '{name}' was made for base model {theirs}, not the loaded '{here}' ({fingerprint}): {what}"
 
 
 def check_modules(session, name: str, shapes: dict[str, tuple], meta: dict | None, config: dict) -> None:
@@ -157,12 +145,12 @@ def _expected(layer, part: str, shape: tuple):
     return None
 
 
-def inspect(session, name: str, path: Path, fingerprint: str) -> list[str]:
+def inspect(session, name: str, path: Path, fingerprint: str, legacy=None) -> list[str]:
     """All checks, in the order a user would want to hear about them; returns notes to show."""
     config = read_config(name, path)
     shapes = weight_shapes(name, path, session.allow_pickle)
     meta = read_meta(path)
-    notes = check_base(session, name, meta, config, fingerprint)
+    notes = check_base(session, name, meta, config, fingerprint, legacy)
     check_modules(session, name, shapes, meta, config)
     return notes
 

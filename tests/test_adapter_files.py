@@ -56,7 +56,7 @@ def test_broken_adapters_are_refused_and_change_nothing(shelved, transcript, wra
     assert "adapter_model.safetensors is corrupt or truncated" in errors[0]
     assert "has no adapter_config.json" in errors[1]
     assert "adapter_config.json is unreadable or not JSON" in errors[2]
-    assert "was made for base model 'facebook/opt-125m' (sha256:0123), but the loaded model is 'tiny' (sha256:" in errors[3]
+    assert "was made for base model 'facebook/opt-125m' (sha256:0123), not the loaded 'tiny' (sha256:" in errors[3]
     assert errors[4].startswith("error: cannot load adapter 'wrongrank': ") and "size mismatch" in errors[4]
     assert "targets 4 module(s) the loaded model 'tiny' lacks, e.g. model.layers.0.self_attn.q_proj" in errors[5]
     assert "no adapter named 'nothere'" in errors[6]
