@@ -35,11 +35,11 @@ def train_(session, args):
     Ctrl-C stops at the next step: the adapter is discarded (keep=partial saves it), the session goes on.
     """
     name, config = _parse(session, args)
-    adapters.check_writable(session)  # an adapter that could not be saved would be lost: say so before training
     config = train.resolved(session.model, config)
     examples = _examples(session)
     lora_config = shape.lora_config(session.model, config)
     train.encode(session.tokenizer, examples, train.max_tokens(session.model, config))  # refuse before creating
+    adapters.check_writable(session)  # an adapter that could not be saved would be lost: say so before training
     previous, unsaved = session.active_adapter, None
     adapters.make_room(session, keep={previous})
     with _deferred_interrupt() as interrupted:
