@@ -1,27 +1,23 @@
 """Examples on disk: `datasets/NAME.jsonl` in the workspace, one JSON object per line.
 
 A line is `{"instruction", "input", "output"}` (the Alpaca convention) or `{"text"}` (trained on
-as is). Appends are durable before they return (write, fsync, and fsync of the folder when the
-file is new); rewrites go through a hidden temporary file renamed over the old one, and a file
-with invalid lines is never rewritten. Knows nothing about sessions, models or other formats
-(importers.py maps those to Examples).
+as is). Appends are durable before they return and rewrites go through a hidden temporary file
+renamed over the old one (durable.py does both); a file with invalid lines is never rewritten.
+Knows nothing about sessions, models or other formats (importers.py maps those to Examples).
 """
 import contextlib
-import fcntl
 import json
 import os
-import shutil
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lorachat import durable
 from lorachat.errors import LorachatError
 from lorachat.names import check_name
 from lorachat.prompts import Example
 
 FOLDER = "datasets"
 SUFFIX = ".jsonl"
-TEMP_MARK = ".tmp-"   # hidden leftovers of an interrupted rewrite: `.NAME.jsonl.tmp-PID`
 
 
 @dataclass
@@ -101,7 +97,7 @@ def format_line(example: Example) -> bytes:
 def load_dataset(home: Path, name: str) -> DatasetFile:
     """Read NAME's examples; a missing file is an empty dataset, invalid lines are listed, not fatal."""
     path = dataset_path(home, name)
-    return _parse(name, path, _read_bytes(path))
+    return _parse(name, path, durable.read_bytes(path))
 
 
 def _parse(name: str, path: Path, data: bytes) -> DatasetFile:
@@ -161,8 +157,8 @@ def append_examples(home: Path, name: str, examples: list[Example]) -> int:
 
 def _append(home: Path, name: str, data: bytes) -> tuple[int, tuple]:
     path = dataset_path(home, name)
-    with _locked_folder(path.parent):
-        where = _append_bytes(path, data)
+    with durable.locked_folder(path.parent):
+        where = durable.append_bytes(path, data)
     return len(load_dataset(home, name).examples), where
 
 
@@ -180,7 +176,7 @@ def remove_example(home: Path, name: str, number: int, marks=()) -> tuple[Exampl
 def remove_marked(home: Path, mark: Mark, marks=()) -> tuple[Example, int]:
     """Remove the very line `mark` points at, only while it is still there (else LineGone)."""
     gone = LineGone(f"that example is no longer in {mark.name} (was it dropped or edited?)")
-    if mark.gone or not _read_bytes(dataset_path(home, mark.name)).strip():
+    if mark.gone or not durable.read_bytes(dataset_path(home, mark.name)).strip():
         raise gone
 
     def choose(current: DatasetFile, data: bytes, file: tuple) -> int:
@@ -197,10 +193,10 @@ def remove_marked(home: Path, mark: Mark, marks=()) -> tuple[Example, int]:
 
 def _rewrite_without(home, name, choose, marks=()) -> tuple[Example, int]:
     path = dataset_path(home, name)
-    if not _read_bytes(path).strip():   # checked before the lock, which would create datasets/
+    if not durable.read_bytes(path).strip():   # checked before the lock, which would create datasets/
         raise LorachatError(f"dataset {name} is empty: nothing to remove")
-    with _locked_folder(path.parent):
-        data, old_file = _read_bytes(path), _identity(path)
+    with durable.locked_folder(path.parent):
+        data, old_file = durable.read_bytes(path), _identity(path)
         current = _parse(name, path, data)
         if current.bad_lines:
             raise LorachatError(f"{path} has invalid lines ({current.describe_problems()}); it is never "
@@ -214,7 +210,7 @@ def _rewrite_without(home, name, choose, marks=()) -> tuple[Example, int]:
                 kept.append(raw + b"\n")
                 size += len(raw) + 1
             start += len(raw) + 1
-        _replace_file(path, b"".join(kept))
+        durable.replace_file(path, b"".join(kept))
         _move_marks(marks, name, old_file, _identity(path), moved)
     return current.examples[index], len(current.examples) - 1
 
@@ -237,104 +233,3 @@ def _identity(path: Path) -> tuple[int, int]:
 def _split_lines(data: bytes) -> list[bytes]:
     lines = data.split(b"\n")
     return lines[:-1] if lines and lines[-1] == b"" else lines
-
-
-def _read_bytes(path: Path) -> bytes:
-    try:
-        _check_regular(path)
-        return path.read_bytes()
-    except FileNotFoundError:
-        return b""
-    except OSError as exc:
-        raise LorachatError(f"cannot read {path}: {exc.strerror}") from None
-
-
-def _check_regular(path: Path) -> None:
-    """A folder, device or pipe in place of a dataset is refused (reading one could block or never end)."""
-    if not stat.S_ISREG(path.stat().st_mode):
-        raise LorachatError(f"{path} is not a regular file; move it out of the way")
-
-
-@contextlib.contextmanager
-def _locked_folder(folder: Path):
-    """Create the folder if needed and hold an exclusive lock on it, so two sessions writing the
-    same workspace never lose each other's lines between a read and a rewrite."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError as exc:
-        raise LorachatError(f"cannot write to {folder}: {exc.strerror}") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)   # closing releases the lock
-
-
-def _append_bytes(path: Path, data: bytes) -> tuple[tuple[int, int], int]:
-    """Append `data` durably; ((device, inode) of the file, offset where `data` starts)."""
-    try:
-        created = not path.exists()
-        if created and path.is_symlink():
-            raise LorachatError(f"{path} is a symbolic link to a missing file; remove it or create that file")
-        if not created:
-            _check_regular(path)
-        # a new file is never created through a planted (dangling) symlink
-        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | (os.O_NOFOLLOW if created else 0), 0o666)  # as open() does, under the umask
-    except OSError as exc:
-        raise LorachatError(f"cannot write {path}: {exc.strerror}") from None
-    try:
-        info = os.fstat(fd)
-        size, offset = info.st_size, info.st_size
-        if size and os.pread(fd, 1, size - 1) != b"\n":  # a last line without its newline
-            data, offset = b"\n" + data, size + 1
-        try:
-            _write_all(fd, data)
-            os.fsync(fd)
-        except BaseException as exc:  # a full disk, or Ctrl-C between two writes: not acknowledged, so not kept
-            with contextlib.suppress(OSError):   # never leave half an example behind
-                os.ftruncate(fd, size)
-            if isinstance(exc, OSError):
-                raise LorachatError(f"cannot write {path}: {exc.strerror}; nothing was added") from None
-            raise
-    finally:
-        os.close(fd)
-    if created:
-        _fsync_folder(path.parent)
-    return (info.st_dev, info.st_ino), offset
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
-def _replace_file(path: Path, data: bytes) -> None:
-    """Write `data` to a hidden temporary file, fsync it, rename it over `path`, fsync the folder."""
-    for stale in path.parent.glob(f".{path.name}{TEMP_MARK}*"):  # we hold the lock: nobody writes these now
-        with contextlib.suppress(OSError):
-            stale.unlink()
-    temp = path.parent / f".{path.name}{TEMP_MARK}{os.getpid()}"
-    try:
-        with open(temp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        shutil.copymode(path, temp)  # the file keeps its mode, as when rewritten in place
-        os.replace(temp, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            temp.unlink()
-        raise LorachatError(f"cannot rewrite {path}: {exc.strerror}; the file is unchanged") from None
-    _fsync_folder(path.parent)
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make a new or renamed entry durable; some filesystems refuse fsync on folders, which is no loss."""
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
