@@ -16,10 +16,9 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lorachat import __version__, loading, provenance, store
+from lorachat import __version__, fingerprint, loading, provenance, store
 from lorachat.errors import LorachatError, did_you_mean
 from lorachat.names import check_name
-from lorachat import fingerprint
 from lorachat.provenance import META_FILE, read_meta  # noqa: F401  (part of this API)
 
 BASE = "base"
@@ -285,7 +284,7 @@ def check_writable(session) -> None:
 
 def keep_unsaved(session, name: str, meta: dict) -> None:
     """Adapter `name` stays in memory (never unloaded by max_loaded) until `:save` writes it."""
-    shelf(session).unsaved[name] = meta
+    shelf(session).unsaved[name] = dict(meta, base_model=session.loaded.name)
 
 
 def save(session, name: str, meta: dict, target: Path | None = None) -> Path:
