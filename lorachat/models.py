@@ -24,6 +24,15 @@ class LoadedModel:
     dtype: object      # torch dtype of the base weights
 
 
+def positions(model) -> int | None:
+    """The most tokens the model attends to (prompt and answer), where its config says."""
+    config = model.config
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        if isinstance(getattr(config, key, None), int):
+            return getattr(config, key)
+    return None
+
+
 def choose_device(device: str) -> str:
     import torch
 

@@ -11,7 +11,7 @@ from lorachat.commands import command, no_args
 from lorachat.errors import LorachatError
 from lorachat.importers import FORMATS, ImportOptions, import_examples
 from lorachat.names import check_name
-from lorachat.prompts import Example
+from lorachat.prompts import Example, example_ids, shared_instruction
 
 ARROW = "=>"
 SHOWN = 10      # :examples with no argument shows the last this many
@@ -48,6 +48,17 @@ def dataset(session, args):
     new = "" if os.path.lexists(current.path) else " (new: the file is written with the first example)"
     session.ui.line(f"dataset {current.name}: {_count(len(current.examples))} in {current.path}{new}")
     _bad_note(session, current)
+    if words:
+        _take_instruction(session, current)
+
+
+def _take_instruction(session, current: datasets.DatasetFile) -> None:
+    """A dataset whose questions are all asked under one instruction puts it in force, so that
+    what is asked is what was taught (README "The prompt")."""
+    shared = shared_instruction(current.examples)
+    if shared is not None and shared != session.instruction:
+        session.instruction = shared
+        session.ui.line(f"instruction set: {shared} (every example in {current.name} is asked under it)")
 
 
 @command("datasets")
@@ -212,6 +223,18 @@ def import_(session, args):
     datasets.append_examples(session.home, session.dataset, result.examples)
     session.ui.line(f"imported {_count(len(result.examples))} (format {result.format}) into {session.dataset}; "
                     f"{result.describe_skipped()}")
+    _warn_long(session, result.examples)
+    _take_instruction(session, datasets.load_dataset(session.home, session.dataset))
+
+
+def _warn_long(session, examples) -> None:
+    """Examples the loaded model cannot train on (too many tokens for its positions) are kept,
+    and :train will leave them out: say so now."""
+    limit = session.context_length()
+    long = sum(1 for e in examples if len(example_ids(session.tokenizer, e)[0]) > limit)
+    if long:
+        session.ui.note(f"warning: {long} of these examples are longer than the model's {limit} positions; "
+                        ":train leaves them out")
 
 
 def _describe(example: Example) -> str:
