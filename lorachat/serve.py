@@ -1,0 +1,321 @@
+"""`lorachat serve`: every saved adapter made for one base model, handed to vLLM's OpenAI-compatible server.
+
+Knows vLLM's rules, checked against its source (vllm/lora/peft_helper.py, vllm/config/lora.py,
+vllm/entrypoints/openai/cli_args.py and serving models, vllm/model_executor/models/opt.py and
+llama.py): which adapters it refuses, its allowed --max-lora-rank values, the modules its LoRA support
+maps for an architecture, its command line. vLLM loads every --lora-modules adapter when it starts and
+does not start when one fails, so anything it would refuse is refused here first, one line each.
+Reads files only (adapter directories; the base model's tokenizer and config, never its weights).
+Knows nothing about the REPL: cli.py parses the arguments, prints, and starts vLLM.
+"""
+import json
+import re
+import shlex
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lorachat import chat_template, provenance, store
+from lorachat.errors import LorachatError
+from lorachat.models import DEFAULT_MODEL
+from lorachat.prompts import DEFAULT_INSTRUCTION, STOP_MARKER, uses_chat_template
+
+MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vllm/config/lora.py MaxLoRARanks
+MAX_LORAS = 4       # default GPU slots: each is allocated at --max-lora-rank for every LoRA layer
+# the module names vLLM's LoRA support maps, per architecture: its linear layers with packed
+# qkv_proj / gate_up_proj unpacked, and its embedding_modules. Other architectures: vLLM checks.
+LORA_MODULES = {
+    "OPTForCausalLM": {"q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2", "project_in", "project_out"},
+    "LlamaForCausalLM": {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+                         "embed_tokens", "lm_head"},
+}
+# adapter_config.json features vLLM refuses (PEFTHelper._validate_features), and why
+FEATURES = (
+    ("use_dora", "DoRA (use_dora): vLLM does not support DoRA"),
+    ("modules_to_save", "modules_to_save: vLLM serves LoRA matrices only, not fully trained modules"),
+    ("lora_bias", "lora_bias: vLLM does not support LoRA biases"),
+    ("alora_invocation_tokens", "Activated LoRA (alora_invocation_tokens): vLLM does not support it"),
+    ("layer_replication", "layer_replication: vLLM does not support it"),
+    ("use_bdlora", "block-diagonal LoRA (use_bdlora): vLLM does not support it"),
+    ("use_qalora", "QALoRA (use_qalora): vLLM does not support it"),
+)
+PLAIN_INITS = ("gaussian", "eva", "orthogonal", "mica", "lora_ga")  # inits that leave the base weights alone
+WEIGHT_ENDS = (".lora_A.weight", ".lora_B.weight", ".lora_embedding_A", ".lora_embedding_B")
+INSTALL = ("vLLM is not installed here (no `vllm` command on PATH): on a machine with a CUDA GPU, "
+           "`pip install vllm` (in its own virtualenv: it brings its own CUDA build of torch), then run this "
+           "again; `lorachat serve --dry-run` prints the command without it")
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """`lorachat serve` arguments (cli.py reads its defaults from here)."""
+    model: str = DEFAULT_MODEL
+    home: Path = Path(".")
+    max_loras: int | None = None      # None: every adapter, at most MAX_LORAS
+    max_cpu_loras: int | None = None  # None: every adapter (kept in CPU memory, never reread from disk)
+    trust_remote_code: bool = False
+    vllm_args: tuple = ()
+
+
+@dataclass(frozen=True)
+class Served:
+    name: str
+    path: Path
+    rank: int
+    instruction: str | None   # the instruction its examples are asked under; None: several
+    max_tokens: int
+    origin: str = ""          # how its rank came about (a cat merge's sources)
+
+
+@dataclass
+class Plan:
+    options: ServeOptions
+    base: str                      # what vLLM loads: the hub id or the model directory
+    architecture: str
+    served: list = field(default_factory=list)
+    left_out: list = field(default_factory=list)   # lines: made for another base
+    refused: list = field(default_factory=list)    # lines: what vLLM would reject, and why
+    notes: list = field(default_factory=list)
+    template: str | None = None    # lorachat's chat template; None: the model's own is used
+    takes_system: bool = True      # whether the chat template accepts a system message
+
+
+def find_vllm(which=shutil.which) -> str:
+    """The `vllm` executable, or one line saying how to install it."""
+    found = which("vllm")
+    if not found:
+        raise LorachatError(INSTALL)
+    return found
+
+
+def plan(options: ServeOptions, files=None) -> Plan:
+    """What to serve: read the base's tokenizer and config and every adapter directory.
+    `files` = (tokenizer, config, source) as models.load_files returns them."""
+    from lorachat.models import load_files
+
+    tokenizer, config, source = files or load_files(options.model, options.trust_remote_code)
+    architecture = (getattr(config, "architectures", None) or ["?"])[0]
+    result = Plan(options, str(Path(source).resolve()) if Path(source).is_dir() else source, architecture)
+    for name, path in adapter_dirs(options.home):
+        survey(result, name, path)
+    _template(result, tokenizer)
+    if architecture not in LORA_MODULES:
+        result.notes.append(f"vLLM's LoRA support for {architecture} is not known to lorachat: vLLM checks the "
+                            f"adapters' target modules when it starts (and does not start if one does not fit)")
+    if architecture == "OPTForCausalLM":
+        result.notes.append("OPT needs vLLM 0.11 or newer (LoRA for OPT came with vLLM PR 25717, September 2025; "
+                            "older releases stop with 'OPTForCausalLM does not support LoRA yet')")
+    return result
+
+
+def adapter_dirs(home: Path) -> list[tuple[str, Path]]:
+    """Saved adapters, as the REPL lists them (hidden directories are writes in progress)."""
+    try:
+        entries = sorted((home / "adapters").iterdir())
+    except OSError:
+        return []
+    return [(p.name, p) for p in entries if p.is_dir() and not p.name.startswith(".")]
+
+
+def survey(result: Plan, name: str, path: Path) -> None:
+    """Serve adapter `name`, or say in one line why it is left out (another base) or refused."""
+    meta = provenance.read_meta(path) or {}
+    try:
+        config = provenance.read_config(name, path)
+    except LorachatError as exc:
+        result.refused.append(f"refused '{name}': {exc}")
+        return
+    theirs = meta.get("base_model") or config.get("base_model_name_or_path")
+    if identity(theirs) != identity(result.options.model):
+        result.left_out.append(f"left out '{name}': made for base model {theirs!r}, not {result.options.model!r}"
+                               if theirs else f"left out '{name}': it names no base model")
+        return
+    try:
+        result.served.append(check(name, path, config, meta, result.architecture))
+    except LorachatError as exc:
+        result.refused.append(f"refused '{name}': {exc}")
+
+
+def identity(model: str | None) -> str | None:
+    """How a base model is compared: `tiny` and directories by their resolved path, hub ids as written."""
+    if not model:
+        return None
+    if model == "tiny":
+        from lorachat.tiny import tiny_dir
+
+        return str(tiny_dir().resolve())
+    path = Path(model).expanduser()
+    return str(path.resolve()) if path.is_dir() else model
+
+
+def check(name: str, path: Path, config: dict, meta: dict, architecture: str) -> Served:
+    """The adapter as vLLM would take it; raises with the reason where vLLM would refuse it."""
+    for key, reason in FEATURES:
+        if config.get(key):
+            raise LorachatError(reason)
+    if config.get("bias", "none") != "none":
+        raise LorachatError(f"bias={config['bias']!r}: vLLM does not support adapter biases")
+    init = config.get("init_lora_weights", True)
+    if isinstance(init, str) and init.lower() not in PLAIN_INITS:
+        raise LorachatError(f"init_lora_weights={init!r} changes the base weights when PEFT loads the adapter; "
+                            f"vLLM serves the base as it is")
+    shapes = weights(name, path)
+    odd = sorted(k for k in shapes if not k.endswith(WEIGHT_ENDS))
+    if odd:
+        raise LorachatError(f"holds weights vLLM cannot read as LoRA matrices, e.g. {odd[0]}")
+    rank = adapter_rank(config, shapes)
+    if rank > MAX_LORA_RANKS[-1]:
+        raise LorachatError(f"r={rank} is above vLLM's largest --max-lora-rank ({MAX_LORA_RANKS[-1]})")
+    check_modules(shapes, architecture)
+    return Served(name, path.resolve(), rank, meta.get("instruction", DEFAULT_INSTRUCTION),
+                  meta.get("max_answer_tokens") or default_max_tokens(), _origin(meta))
+
+
+def weights(name: str, path: Path) -> dict[str, tuple]:
+    """{tensor name: shape} from adapter_model.safetensors' header (a pickle is never opened here)."""
+    if not (path / provenance.SAFETENSORS).is_file() and (path / provenance.PICKLE).is_file():
+        raise LorachatError(f"saved only as a pickle ({provenance.PICKLE}), which lorachat does not open to check: "
+                            f"re-save it as safetensors")
+    return provenance.weight_shapes(name, path, allow_pickle=False)
+
+
+def adapter_rank(config: dict, shapes: dict[str, tuple]) -> int:
+    """The largest rank vLLM must hold: r, any rank_pattern entry, and the ranks the weights really have
+    (a `:merge method=cat` adapter's r is the sum of its sources')."""
+    r = config.get("r")
+    if not isinstance(r, int) or isinstance(r, bool) or r < 1:
+        raise LorachatError(f"r={r!r}: vLLM needs a positive whole rank")
+    stored = [shape[0] for key, shape in shapes.items() if "lora_A" in key or "lora_embedding_A" in key]
+    return max([r, *(config.get("rank_pattern") or {}).values(), *stored])
+
+
+def check_modules(shapes: dict[str, tuple], architecture: str) -> None:
+    known = LORA_MODULES.get(architecture)
+    if known is None:
+        return
+    targets = {key.removeprefix(provenance.PEFT_PREFIX).rsplit(".lora_", 1)[0].rsplit(".", 1)[-1] for key in shapes}
+    unmapped = sorted(targets - known)
+    if unmapped:
+        raise LorachatError(f"targets {', '.join(unmapped)}, which vLLM's LoRA support for {architecture} does not "
+                            f"map (it maps {', '.join(sorted(known))})")
+
+
+def _origin(meta: dict) -> str:
+    ranks = meta.get("ranks")
+    if meta.get("merged_from") and isinstance(ranks, dict):
+        parts = " + ".join(f"{source} r={rank}" for source, rank in ranks.items())
+        return f"{meta.get('method', '?')} merge of {parts}"
+    return ""
+
+
+def default_max_tokens() -> int:
+    """The REPL's answer length, for adapters whose lorachat.json does not record their longest answer."""
+    from lorachat.session import Settings
+
+    return Settings().max_new_tokens
+
+
+def _template(result: Plan, tokenizer) -> None:
+    if not uses_chat_template(tokenizer):
+        result.template = chat_template.build(tokenizer)
+        chat_template.check(tokenizer, result.template)
+        return
+    system = [{"role": "system", "content": DEFAULT_INSTRUCTION}, {"role": "user", "content": "?"}]
+    try:  # the same try as prompts.render_prompt: a template without a system role gets it folded in
+        tokenizer.apply_chat_template(system, tokenize=False, add_generation_prompt=True)
+    except Exception:
+        result.takes_system = False
+
+
+def max_lora_rank(ranks) -> int:
+    """vLLM's smallest allowed --max-lora-rank that holds every rank."""
+    largest = max(ranks)
+    return next(value for value in MAX_LORA_RANKS if value >= largest)
+
+
+def slots(result: Plan) -> tuple[int, int]:
+    """(--max-loras, --max-cpu-loras): the options, or every adapter (GPU slots at most MAX_LORAS)."""
+    count = len(result.served)
+    gpu = result.options.max_loras or min(count, MAX_LORAS)
+    cpu = result.options.max_cpu_loras or max(count, gpu)
+    if cpu < gpu:
+        raise LorachatError(f"--max-cpu-loras ({cpu}) must be at least --max-loras ({gpu}): vLLM refuses less")
+    return gpu, cpu
+
+
+def template_path(options: ServeOptions) -> Path:
+    """Where the chat template for this base is written: the workspace's serve/ folder."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", options.model).strip("-.") or "model"
+    return (options.home / "serve" / f"{slug}.jinja").resolve()
+
+
+def command(result: Plan) -> list[str]:
+    """The `vllm serve` argv for the served adapters."""
+    if not result.served:
+        raise LorachatError(f"nothing to serve: no adapter in {result.options.home / 'adapters'} is made for "
+                            f"{result.options.model!r} and accepted by vLLM")
+    gpu, cpu = slots(result)
+    argv = ["vllm", "serve", result.base, "--enable-lora", "--lora-modules",
+            *(lora_module(a.name, a.path, result.base) for a in result.served),
+            "--max-lora-rank", str(max_lora_rank(a.rank for a in result.served)),
+            "--max-loras", str(gpu), "--max-cpu-loras", str(cpu)]
+    if result.template is not None:
+        argv += ["--chat-template", str(template_path(result.options))]
+    if result.options.trust_remote_code:
+        argv.append("--trust-remote-code")
+    return argv + list(result.options.vllm_args)
+
+
+def lora_module(name: str, path: Path, base: str) -> str:
+    """vLLM's `name=path`, or its JSON form where the path holds '=' or ',' (which `name=path` cannot)."""
+    if "=" in str(path) or "," in str(path):
+        return json.dumps({"name": name, "path": str(path), "base_model_name": base})
+    return f"{name}={path}"
+
+
+def write_template(result: Plan) -> Path | None:
+    if result.template is None:
+        return None
+    path = template_path(result.options)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LorachatError(f"could not write the chat template into {path.parent}: {exc.strerror or exc}") from None
+    store.write_text_atomic(path, result.template + "\n")
+    return path
+
+
+def request(result: Plan, adapter: Served) -> dict:
+    """What a client sends to /v1/chat/completions to get the REPL's answer from `adapter`."""
+    instruction = adapter.instruction if adapter.instruction is not None else "INSTRUCTION"
+    if result.takes_system:
+        messages = [{"role": "system", "content": instruction}, {"role": "user", "content": "QUESTION"}]
+    else:
+        messages = [{"role": "user", "content": f"{instruction}\n\nQUESTION"}]
+    return {"model": adapter.name, "messages": messages, "stop": [STOP_MARKER], "max_tokens": adapter.max_tokens,
+            "temperature": 0}
+
+
+def report(result: Plan) -> list[str]:
+    """Lines for the user: what is served, left out, refused, and what each client must send."""
+    own = "lorachat's prompt as its chat template" if result.template is not None else "its own chat template"
+    lines = [f"base model {result.options.model} ({result.architecture}), served with {own}"]
+    for a in result.served:
+        lines.append(f"serve '{a.name}': r={a.rank}" + (f" ({a.origin})" if a.origin else ""))
+    lines += result.left_out + result.refused + [f"note: {n}" for n in result.notes]
+    if not result.served:
+        return lines
+    lines.append("to get the REPL's answer, a client POSTs to /v1/chat/completions (QUESTION: the question; "
+                 "the answer: the returned text stripped of surrounding white space):")
+    for a in result.served:
+        mixed = "  # INSTRUCTION: the one the question was taught under" if a.instruction is None else ""
+        lines.append(f"  {json.dumps(request(result, a), ensure_ascii=False)}{mixed}")
+    if result.template is None:
+        lines.append("  (the model's own template does not strip: send instruction and question without "
+                     "surrounding white space)")
+    return lines
+
+
+def shown(argv: list[str]) -> str:
+    """The command as one copy-pasteable shell line."""
+    return shlex.join(argv)
