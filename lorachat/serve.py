@@ -1,10 +1,9 @@
 """`lorachat serve`: every saved adapter made for one base model, handed to vLLM's OpenAI-compatible server.
 
-Knows vLLM's rules, checked against its source (vllm/lora/peft_helper.py, vllm/config/lora.py,
-vllm/entrypoints/openai/cli_args.py and serving models, vllm/model_executor/models/opt.py and
-llama.py): which adapters it refuses, its allowed --max-lora-rank values, the modules its LoRA support
-maps for an architecture, its command line. vLLM loads every --lora-modules adapter when it starts and
-does not start when one fails, so anything it would refuse is refused here first, one line each.
+Knows vLLM's rules (preflight.py: which adapters it refuses; here: its command line, checked against
+vllm/entrypoints/openai/cli_args.py and its serving models). vLLM loads every --lora-modules adapter
+when it starts and does not start when one fails, so anything it would refuse is refused here first,
+one line each.
 Reads files only (adapter directories; the base model's tokenizer and config, never its weights).
 Knows nothing about the REPL: cli.py parses the arguments, prints, and starts vLLM.
 """
@@ -18,29 +17,10 @@ from pathlib import Path
 from lorachat import chat_template, provenance, store
 from lorachat.errors import LorachatError
 from lorachat.models import DEFAULT_MODEL
+from lorachat.preflight import LORA_MODULES, Served, check, max_lora_rank
 from lorachat.prompts import DEFAULT_INSTRUCTION, STOP_MARKER, uses_chat_template
 
-MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vllm/config/lora.py MaxLoRARanks
 MAX_LORAS = 4       # default GPU slots: each is allocated at --max-lora-rank for every LoRA layer
-# the module names vLLM's LoRA support maps, per architecture: its linear layers with packed
-# qkv_proj / gate_up_proj unpacked, and its embedding_modules. Other architectures: vLLM checks.
-LORA_MODULES = {
-    "OPTForCausalLM": {"q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2", "project_in", "project_out"},
-    "LlamaForCausalLM": {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
-                         "embed_tokens", "lm_head"},
-}
-# adapter_config.json features vLLM refuses (PEFTHelper._validate_features), and why
-FEATURES = (
-    ("use_dora", "DoRA (use_dora): vLLM does not support DoRA"),
-    ("modules_to_save", "modules_to_save: vLLM serves LoRA matrices only, not fully trained modules"),
-    ("lora_bias", "lora_bias: vLLM does not support LoRA biases"),
-    ("alora_invocation_tokens", "Activated LoRA (alora_invocation_tokens): vLLM does not support it"),
-    ("layer_replication", "layer_replication: vLLM does not support it"),
-    ("use_bdlora", "block-diagonal LoRA (use_bdlora): vLLM does not support it"),
-    ("use_qalora", "QALoRA (use_qalora): vLLM does not support it"),
-)
-PLAIN_INITS = ("gaussian", "eva", "orthogonal", "mica", "lora_ga")  # inits that leave the base weights alone
-WEIGHT_ENDS = (".lora_A.weight", ".lora_B.weight", ".lora_embedding_A", ".lora_embedding_B")
 INSTALL = ("vLLM is not installed here (no `vllm` command on PATH): on a machine with a CUDA GPU, "
            "`pip install vllm` (in its own virtualenv: it brings its own CUDA build of torch), then run this "
            "again; `lorachat serve --dry-run` prints the command without it")
@@ -55,16 +35,6 @@ class ServeOptions:
     max_cpu_loras: int | None = None  # None: every adapter (kept in CPU memory, never reread from disk)
     trust_remote_code: bool = False
     vllm_args: tuple = ()
-
-
-@dataclass(frozen=True)
-class Served:
-    name: str
-    path: Path
-    rank: int
-    instruction: str | None   # the instruction its examples are asked under; None: several
-    max_tokens: int
-    origin: str = ""          # how its rank came about (a cat merge's sources)
 
 
 @dataclass
@@ -118,22 +88,27 @@ def adapter_dirs(home: Path) -> list[tuple[str, Path]]:
 
 
 def survey(result: Plan, name: str, path: Path) -> None:
-    """Serve adapter `name`, or say in one line why it is left out (another base) or refused."""
+    """Serve adapter `name`, or say in one line why it is left out (another base) or refused.
+    Its base: lorachat.json's base_model, else adapter_config.json's base_model_name_or_path."""
     meta = provenance.read_meta(path) or {}
+    if _foreign(result, name, meta.get("base_model")):
+        return
     try:
         config = provenance.read_config(name, path)
-    except LorachatError as exc:
-        result.refused.append(f"refused '{name}': {exc}")
-        return
-    theirs = meta.get("base_model") or config.get("base_model_name_or_path")
-    if identity(theirs) != identity(result.options.model):
-        result.left_out.append(f"left out '{name}': made for base model {theirs!r}, not {result.options.model!r}"
-                               if theirs else f"left out '{name}': it names no base model")
-        return
-    try:
+        if meta.get("base_model") is None and _foreign(result, name, config.get("base_model_name_or_path") or "?"):
+            return
         result.served.append(check(name, path, config, meta, result.architecture))
     except LorachatError as exc:
         result.refused.append(f"refused '{name}': {exc}")
+
+
+def _foreign(result: Plan, name: str, theirs: str | None) -> bool:
+    """Whether base model `theirs` is not the one served (None: not known yet); says so when not."""
+    if theirs is None or identity(theirs) == identity(result.options.model):
+        return False
+    shown = "a base model it does not name" if theirs == "?" else f"base model {theirs!r}"
+    result.left_out.append(f"left out '{name}': made for {shown}, not {result.options.model!r}")
+    return True
 
 
 def identity(model: str | None) -> str | None:
@@ -148,73 +123,6 @@ def identity(model: str | None) -> str | None:
     return str(path.resolve()) if path.is_dir() else model
 
 
-def check(name: str, path: Path, config: dict, meta: dict, architecture: str) -> Served:
-    """The adapter as vLLM would take it; raises with the reason where vLLM would refuse it."""
-    for key, reason in FEATURES:
-        if config.get(key):
-            raise LorachatError(reason)
-    if config.get("bias", "none") != "none":
-        raise LorachatError(f"bias={config['bias']!r}: vLLM does not support adapter biases")
-    init = config.get("init_lora_weights", True)
-    if isinstance(init, str) and init.lower() not in PLAIN_INITS:
-        raise LorachatError(f"init_lora_weights={init!r} changes the base weights when PEFT loads the adapter; "
-                            f"vLLM serves the base as it is")
-    shapes = weights(name, path)
-    odd = sorted(k for k in shapes if not k.endswith(WEIGHT_ENDS))
-    if odd:
-        raise LorachatError(f"holds weights vLLM cannot read as LoRA matrices, e.g. {odd[0]}")
-    rank = adapter_rank(config, shapes)
-    if rank > MAX_LORA_RANKS[-1]:
-        raise LorachatError(f"r={rank} is above vLLM's largest --max-lora-rank ({MAX_LORA_RANKS[-1]})")
-    check_modules(shapes, architecture)
-    return Served(name, path.resolve(), rank, meta.get("instruction", DEFAULT_INSTRUCTION),
-                  meta.get("max_answer_tokens") or default_max_tokens(), _origin(meta))
-
-
-def weights(name: str, path: Path) -> dict[str, tuple]:
-    """{tensor name: shape} from adapter_model.safetensors' header (a pickle is never opened here)."""
-    if not (path / provenance.SAFETENSORS).is_file() and (path / provenance.PICKLE).is_file():
-        raise LorachatError(f"saved only as a pickle ({provenance.PICKLE}), which lorachat does not open to check: "
-                            f"re-save it as safetensors")
-    return provenance.weight_shapes(name, path, allow_pickle=False)
-
-
-def adapter_rank(config: dict, shapes: dict[str, tuple]) -> int:
-    """The largest rank vLLM must hold: r, any rank_pattern entry, and the ranks the weights really have
-    (a `:merge method=cat` adapter's r is the sum of its sources')."""
-    r = config.get("r")
-    if not isinstance(r, int) or isinstance(r, bool) or r < 1:
-        raise LorachatError(f"r={r!r}: vLLM needs a positive whole rank")
-    stored = [shape[0] for key, shape in shapes.items() if "lora_A" in key or "lora_embedding_A" in key]
-    return max([r, *(config.get("rank_pattern") or {}).values(), *stored])
-
-
-def check_modules(shapes: dict[str, tuple], architecture: str) -> None:
-    known = LORA_MODULES.get(architecture)
-    if known is None:
-        return
-    targets = {key.removeprefix(provenance.PEFT_PREFIX).rsplit(".lora_", 1)[0].rsplit(".", 1)[-1] for key in shapes}
-    unmapped = sorted(targets - known)
-    if unmapped:
-        raise LorachatError(f"targets {', '.join(unmapped)}, which vLLM's LoRA support for {architecture} does not "
-                            f"map (it maps {', '.join(sorted(known))})")
-
-
-def _origin(meta: dict) -> str:
-    ranks = meta.get("ranks")
-    if meta.get("merged_from") and isinstance(ranks, dict):
-        parts = " + ".join(f"{source} r={rank}" for source, rank in ranks.items())
-        return f"{meta.get('method', '?')} merge of {parts}"
-    return ""
-
-
-def default_max_tokens() -> int:
-    """The REPL's answer length, for adapters whose lorachat.json does not record their longest answer."""
-    from lorachat.session import Settings
-
-    return Settings().max_new_tokens
-
-
 def _template(result: Plan, tokenizer) -> None:
     if not uses_chat_template(tokenizer):
         result.template = chat_template.build(tokenizer)
@@ -225,12 +133,6 @@ def _template(result: Plan, tokenizer) -> None:
         tokenizer.apply_chat_template(system, tokenize=False, add_generation_prompt=True)
     except Exception:
         result.takes_system = False
-
-
-def max_lora_rank(ranks) -> int:
-    """vLLM's smallest allowed --max-lora-rank that holds every rank."""
-    largest = max(ranks)
-    return next(value for value in MAX_LORA_RANKS if value >= largest)
 
 
 def slots(result: Plan) -> tuple[int, int]:
@@ -286,14 +188,18 @@ def write_template(result: Plan) -> Path | None:
 
 
 def request(result: Plan, adapter: Served) -> dict:
-    """What a client sends to /v1/chat/completions to get the REPL's answer from `adapter`."""
-    instruction = adapter.instruction if adapter.instruction is not None else "INSTRUCTION"
-    if result.takes_system:
-        messages = [{"role": "system", "content": instruction}, {"role": "user", "content": "QUESTION"}]
-    else:
-        messages = [{"role": "user", "content": f"{instruction}\n\nQUESTION"}]
-    return {"model": adapter.name, "messages": messages, "stop": [STOP_MARKER], "max_tokens": adapter.max_tokens,
-            "temperature": 0}
+    """What a client sends to /v1/chat/completions to get the REPL's answer from `adapter`: the
+    messages prompts.render_prompt would render (placeholders QUESTION and, where the adapter's
+    examples were asked under several instructions, INSTRUCTION), lorachat's stop rule and length."""
+    instruction = "INSTRUCTION" if adapter.instruction is None else adapter.instruction
+    system = [{"role": "system", "content": instruction}]
+    user = [{"role": "user", "content": "QUESTION"}]
+    if result.template is None and not instruction:  # render_prompt sends no system turn then
+        system = []
+    elif result.template is None and not result.takes_system:  # render_prompt folds it into the question
+        system, user = [], [{"role": "user", "content": f"{instruction}\n\nQUESTION"}]
+    return {"model": adapter.name, "messages": system + user, "stop": [STOP_MARKER],
+            "max_tokens": adapter.max_tokens, "temperature": 0}
 
 
 def report(result: Plan) -> list[str]:
