@@ -160,7 +160,10 @@ def command(result: Plan) -> list[str]:
     argv = ["vllm", "serve", result.base, "--enable-lora", "--lora-modules",
             *(lora_module(a.name, a.path, result.base) for a in result.served),
             "--max-lora-rank", str(max_lora_rank(a.rank for a in result.served)),
-            "--max-loras", str(gpu), "--max-cpu-loras", str(cpu)]
+            "--max-loras", str(gpu), "--max-cpu-loras", str(cpu),
+            # the REPL passes every generation setting itself; vLLM would otherwise apply the model's
+            # generation_config.json (a repetition_penalty there, say) to every request
+            "--generation-config", "vllm"]
     if result.template is not None:
         argv += ["--chat-template", str(template_path(result.options))]
     if result.options.trust_remote_code:
@@ -169,8 +172,8 @@ def command(result: Plan) -> list[str]:
 
 
 def lora_module(name: str, path: Path, base: str) -> str:
-    """vLLM's `name=path`, or its JSON form where the path holds '=' or ',' (which `name=path` cannot)."""
-    if "=" in str(path) or "," in str(path):
+    """vLLM's `name=path`, or its JSON form where either holds '=' or ',' (which `name=path` cannot)."""
+    if any(c in f"{name}{path}" for c in "=,"):
         return json.dumps({"name": name, "path": str(path), "base_model_name": base})
     return f"{name}={path}"
 
@@ -214,8 +217,9 @@ def report(result: Plan) -> list[str]:
     lines.append("to get the REPL's answer, a client POSTs to /v1/chat/completions (QUESTION: the question; "
                  "the answer: the returned text stripped of surrounding white space):")
     for a in result.served:
-        mixed = "  # INSTRUCTION: the one the question was taught under" if a.instruction is None else ""
-        lines.append(f"  {json.dumps(request(result, a), ensure_ascii=False)}{mixed}")
+        lines.append(f"  {json.dumps(request(result, a), ensure_ascii=False)}")
+        if a.instruction is None:
+            lines.append(f"    ('{a.name}' was taught under several instructions: INSTRUCTION is the question's own)")
     if result.template is None:
         lines.append("  (the model's own template does not strip: send instruction and question without "
                      "surrounding white space)")

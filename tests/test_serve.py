@@ -102,7 +102,7 @@ def test_dry_run_serves_the_two_lorachat_adapters_and_says_why_not_the_others(wo
     assert shlex.split(lines[-1]) == [
         "vllm", "serve", str(ensure_tiny().resolve()), "--enable-lora",
         "--lora-modules", f"films={adapter / 'films'}", f"music={adapter / 'music'}",
-        "--max-lora-rank", "16", "--max-loras", "2", "--max-cpu-loras", "2",
+        "--max-lora-rank", "16", "--max-loras", "2", "--max-cpu-loras", "2", "--generation-config", "vllm",
         "--chat-template", str(template), "--port", "8001"]
     assert "serve 'films': r=16" in lines and "serve 'music': r=8" in lines
     assert f"left out 'llama-notes': made for base model {str(workspace.parent / 'llama')!r}, not 'tiny'" in lines
@@ -188,7 +188,13 @@ def test_the_command_line_is_one_copy_pasteable_line():
     assert shlex.split(serve.shown(argv)) == argv and "\n" not in serve.shown(argv)
     assert argv[:6] == ["vllm", "serve", "/base dir", "--enable-lora", "--lora-modules", "a=/w/it's here/a"]
     assert json.loads(argv[6]) == {"name": "b", "path": "/w/x=1,2/b", "base_model_name": "/base dir"}  # vLLM's JSON form
-    assert argv[7:] == ["--max-lora-rank", "64", "--max-loras", "2", "--max-cpu-loras", "2", "--api-key", "a b"]
+    assert argv[7:] == ["--max-lora-rank", "64", "--max-loras", "2", "--max-cpu-loras", "2",
+                        "--generation-config", "vllm", "--api-key", "a b"]
+    plan.served[1] = Served("b", Path("/w/b"), 4, None, 64)  # taught under several instructions
+    lines = serve.report(plan)
+    at = next(i for i, line in enumerate(lines) if '"model": "b"' in line)
+    assert json.loads(lines[at])["messages"][0] == {"role": "system", "content": "INSTRUCTION"}
+    assert "INSTRUCTION is the question's own" in lines[at + 1]
     plan.served = []
     with pytest.raises(LorachatError, match="nothing to serve"):
         serve.command(plan)
