@@ -75,6 +75,25 @@ def load_model(name: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "au
     return LoadedModel(model, tokenizer, name, _local_path(source, model), device, torch_dtype)
 
 
+def load_files(name: str = DEFAULT_MODEL, trust_remote_code: bool = False):
+    """(tokenizer, config, local source) of a model without its weights: what serving it needs,
+    in about a second; the same resolution and errors as `load_model`."""
+    from transformers import AutoConfig
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    source = _resolve(name)
+    kwargs = dict(trust_remote_code=trust_remote_code)
+    if not Path(source).is_dir():
+        kwargs["local_files_only"] = not _hub_reachable(name)
+    tokenizer = _load_tokenizer(name, source, kwargs)
+    try:
+        config = AutoConfig.from_pretrained(source, **kwargs)
+    except (OSError, ValueError, KeyError) as exc:
+        raise _explain(name, exc, kwargs.get("local_files_only", False)) from None
+    return tokenizer, config, source
+
+
 def _resolve(name: str) -> str:
     if name == "tiny":
         from lorachat.tiny import ensure_tiny
