@@ -95,6 +95,6 @@ def answer_ids(tokenizer, instruction, question, answer, prompt=None) -> list[in
 
 
 def clean_answer(text: str) -> str:
-    """The answer proper: leading space dropped, cut where a line starts another `Instruction:`
-    block, trailing space dropped."""
-    return text.lstrip().split(STOP_MARKER, 1)[0].rstrip()
+    """The answer proper: cut where a new line starts another `Instruction:` block, surrounding
+    space stripped (what a server's stop string "\nInstruction:" and a strip give too)."""
+    return text.split(STOP_MARKER, 1)[0].strip()
