@@ -8,7 +8,7 @@ lr schedule and one loss per step.
 """
 import copy
 
-RISE = 2.0        # diverged: the smoothed loss is this many times its best ...
+RISE = 1.5        # diverged: the smoothed loss is this many times its best ...
 MARGIN = 0.25     # ... and at least this much above it (tiny losses wobble)
 MAX_DROPS = 4     # after this many halvings the guard stops acting
 
