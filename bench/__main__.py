@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # the long one last: a run cut short still leaves the other figures in the JSON (written after each suite)
-SUITES = ("startup", "recall", "decode", "switch", "train")
+SUITES = ("startup", "recall", "dataset", "decode", "switch", "train")
 
 
 @dataclass(frozen=True)
@@ -24,15 +24,18 @@ class Mode:
     decode_rounds: int    # decode runs per side (one base and one adapter run a round)
     switches: int         # back-and-forth :use pairs per switch figure
     loaded: int           # adapters in memory for use_switch_ms_p50_50
+    dataset_steps: int = 40          # :train steps on the generated 1,000-row dataset
+    dataset_rows: int = 1000
     recall_steps: int | None = None  # cap (smoke only)
     shape: str | None = None         # model shape override (smoke only)
 
 
 MODES = {
     "full": Mode("full", steps=100, decode_tokens=64, decode_rounds=12, switches=25, loaded=50),
-    "quick": Mode("quick", steps=3, decode_tokens=32, decode_rounds=4, switches=10, loaded=50),
+    "quick": Mode("quick", steps=3, decode_tokens=32, decode_rounds=4, switches=10, loaded=50, dataset_steps=10),
     # the smoke test: every code path, nothing worth reading
-    "smoke": Mode("smoke", steps=1, decode_tokens=4, decode_rounds=1, switches=2, loaded=4, recall_steps=1, shape="tiny"),
+    "smoke": Mode("smoke", steps=1, decode_tokens=4, decode_rounds=1, switches=2, loaded=4, dataset_steps=1, dataset_rows=40,
+                   recall_steps=1, shape="tiny"),
 }
 SHAPE = {"cpu": "opt-125m", "cuda": "opt-2.7b"}
 
@@ -104,7 +107,7 @@ def _suites(mode: Mode, device: str, home: Path, only, start: float):
     """(name, zero-argument measure) in run order; decode and switch share one session."""
     import torch
 
-    from bench import decode, recall, shapes, startup, switching, training
+    from bench import dataset, decode, recall, shapes, startup, switching, training
     from bench.workspace import trained_session
 
     shape = mode.shape or SHAPE[device]
@@ -131,6 +134,7 @@ def _suites(mode: Mode, device: str, home: Path, only, start: float):
         "decode": lambda: decode.figures(session(), "bench", mode.decode_tokens, mode.decode_rounds),
         "switch": lambda: switching.figures(session(), "bench", mode.loaded, mode.switches),
         "recall": lambda: recall.figures(device, home / "recall", mode.recall_steps),
+        "dataset": lambda: dataset.figures(device, mode.dataset_steps, mode.dataset_rows),
     }
     return [(name, suites[name]) for name in SUITES if name in only]
 

@@ -12,6 +12,8 @@ TARGETS = [
     ("use_switch_ms_p50", "<= 10", lambda f: f["use_switch_ms_p50"] <= 10),
     ("use_switch_ms_p50_50", "<= 2 x use_switch_ms_p50", lambda f: f["use_switch_ms_p50_50"] <= 2 * f["use_switch_ms_p50"]),
     ("adapter_load_ms", "<= 100", lambda f: f["adapter_load_ms"] <= 100),
+    ("dataset_check_overhead", "<= 0.10 (until=recall vs until=steps, tokens/s)", lambda f: f["dataset_check_overhead"] <= 0.10),
+    ("dataset_eval_ratio", "<= 1.25 (:eval vs a plain forward)", lambda f: f["dataset_eval_ratio"] <= 1.25),
     ("rss_per_adapter_mb", "<= 2 x adapter_file_mb", lambda f: f["rss_per_adapter_mb"] <= 2 * f["adapter_file_mb"]),
 ]
 

@@ -45,7 +45,7 @@ def figures(base, tokenizer, examples, steps: int, device: str, home, log=lambda
     if done is None or int(done.group(1)) != steps:
         raise RuntimeError(f":train did not run {steps} steps: {printed[-300:]!r}")
     lorachat_loss = batches.answer_loss(session.model, tokenizer, examples)
-    lengths = [len(ids) for ids, _ in batches.encode(tokenizer, examples, 1 << 20)]
+    lengths = [len(ids) for ids, _ in batches.encode(tokenizer, examples, 1 << 20).items]
     tokens = steps * min(config.batch * config.grad_accum, len(examples)) * sum(lengths) / len(lengths)
     out = dict(train_steps=steps, train_lorachat_batch=f"{config.batch}x{config.grad_accum}",
                train_seed_batch=f"{recipe.batch}x{recipe.grad_accum}", train_lr=config.lr, train_r=config.r,

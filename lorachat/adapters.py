@@ -69,10 +69,16 @@ def _unmerged(session):
 
 
 def check_loadable_name(name: str) -> str:
-    """A name PEFT can hold in memory: PEFT keys adapters inside module paths, where '.' separates parts."""
+    """A name PEFT can hold in memory: PEFT keys adapters inside module paths, where '.' separates
+    parts, and as keys of torch ModuleDicts, whose own attributes ('items', 'keys', 'train' ...)
+    cannot be keys."""
+    import torch
+
     check_name(name, "adapter")
     if "." in name:
         raise LorachatError(f"adapter name '{name}' cannot contain '.' (PEFT keys adapters by module path; use '-' or '_')")
+    if hasattr(torch.nn.ModuleDict(), name):
+        raise LorachatError(f"adapter name '{name}' is taken by PyTorch (a ModuleDict attribute); choose another, e.g. '{name}-1'")
     return name
 
 

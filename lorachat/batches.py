@@ -4,20 +4,42 @@ Shared by training (train.py) and measuring (:eval, the benchmarks). Knows nothi
 optimizers, adapters or files: it runs forward passes on whatever model it is given.
 """
 import contextlib
+from dataclasses import dataclass
 
-from lorachat.errors import LorachatError
 from lorachat.prompts import IGNORE, example_ids
 
 # --- batches -----------------------------------------------------------------------------------
 
-def encode(tokenizer, examples, max_len: int) -> list[tuple[list[int], list[int]]]:
-    """(input_ids, labels) per example; one refusing line when an example does not fit max_len."""
-    encoded = [example_ids(tokenizer, e) for e in examples]
-    for number, (ids, _) in enumerate(encoded, 1):
-        if len(ids) > max_len:
-            raise LorachatError(f"example {number} is {len(ids)} tokens, longer than max_len={max_len}: "
-                                "raise max_len or shorten it")
-    return encoded
+@dataclass
+class Encoded:
+    """The examples that fit, encoded once: `items[k]` is (input_ids, labels) of `examples[k]`."""
+    examples: list
+    items: list
+    skipped: int = 0      # examples longer than the limit, left out
+    limit: int = 0        # the most tokens an example may have
+
+
+def encode(tokenizer, examples, limit: int) -> Encoded:
+    """(input_ids, labels) per example; examples longer than `limit` tokens are left out (counted)."""
+    kept, items = [], []
+    for example in examples:
+        item = example_ids(tokenizer, example)
+        if len(item[0]) <= limit:
+            kept.append(example)
+            items.append(item)
+    return Encoded(kept, items, len(examples) - len(kept), limit)
+
+
+def sorted_batches(indices, length, max_rows: int = 16, max_tokens: int = 8192) -> list[list]:
+    """`indices` in batches of similar length (sorted by `length(i)`): padding stays low, and a
+    batch holds at most `max_rows` rows and `max_tokens` tokens with its padding."""
+    batches, current = [], []
+    for index in sorted(indices, key=length):
+        if current and (len(current) >= max_rows or (len(current) + 1) * length(index) > max_tokens):
+            batches.append(current)
+            current = []
+        current.append(index)
+    return batches + [current] if current else batches
 
 
 def collate(items, pad_id: int, device):
@@ -48,8 +70,8 @@ def model_device(model):
     return next(p for p in model.parameters()).device
 
 
-def answer_logits(model, input_ids, labels, mask):
-    """The logits at answer positions only: (logits, targets, row of each), in fp32.
+def answer_logits(model, input_ids, labels, mask, positions: bool = False):
+    """The logits at answer positions only: (logits, targets, row of each[, position of each]), in fp32.
 
     Logits at position t predict label t+1. Where the model takes `logits_to_keep` (transformers'
     own knob), the vocabulary projection runs only at positions where some row has an answer
@@ -62,7 +84,10 @@ def answer_logits(model, input_ids, labels, mask):
         logits = model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits[:, keep]
     targets = labels[:, keep + 1]
     where = targets != IGNORE
-    return logits[where].float(), targets[where], where.nonzero()[:, 0]
+    found = where.nonzero()
+    if positions:
+        return logits[where].float(), targets[where], found[:, 0], keep[found[:, 1]]
+    return logits[where].float(), targets[where], found[:, 0]
 
 
 def takes_logits_to_keep(model) -> bool:
@@ -74,17 +99,19 @@ def takes_logits_to_keep(model) -> bool:
 
 # --- measuring ---------------------------------------------------------------------------------
 
-def eval_batches(model, tokenizer, examples, batch: int = 16):
+def eval_batches(model, tokenizer, items, indices=None):
+    """For each length-sorted batch of `items` ((input_ids, labels) pairs), in eval mode without
+    gradients: (indices in the batch, input_ids, logits, targets, rows, positions) at answer positions."""
     import torch
 
-    encoded = [example_ids(tokenizer, e) for e in examples]
+    indices = range(len(items)) if indices is None else indices
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad(), autocast(model):
-            for items in chunks(encoded, batch):
-                input_ids, labels, mask = collate(items, padding_id(tokenizer), model_device(model))
-                yield (*answer_logits(model, input_ids, labels, mask), len(items))
+            for group in sorted_batches(indices, lambda i: len(items[i][0])):
+                input_ids, labels, mask = collate([items[i] for i in group], padding_id(tokenizer), model_device(model))
+                yield (group, input_ids, *answer_logits(model, input_ids, labels, mask, positions=True))
     finally:
         model.train(was_training)
 
@@ -97,18 +124,13 @@ def known(logits, targets, rows, count: int):
     return torch.zeros(count, dtype=torch.int32, device=wrong.device).index_add_(0, rows, wrong) == 0
 
 
-def recall(model, tokenizer, examples, batch: int = 16) -> int:
-    """How many examples greedy decoding reproduces verbatim: teacher-forced argmax, eval mode,
-    one forward pass per batch (no generation)."""
-    return sum(int(known(*parts).sum()) for parts in eval_batches(model, tokenizer, examples, batch))
-
-
-def answer_loss(model, tokenizer, examples, batch: int = 16) -> float:
+def answer_loss(model, tokenizer, examples) -> float:
     """Mean cross-entropy over all answer tokens (prompt tokens excluded), eval mode."""
     import torch.nn.functional as F
 
+    items = [example_ids(tokenizer, e) for e in examples]
     total, count = 0.0, 0
-    for logits, targets, _, _ in eval_batches(model, tokenizer, examples, batch):
+    for _, _, logits, targets, _, _ in eval_batches(model, tokenizer, items):
         total += float(F.cross_entropy(logits, targets, reduction="sum"))
         count += len(targets)
     return total / max(count, 1)

@@ -1,4 +1,4 @@
-"""argv -> Session -> run. The only module that reads sys.argv or exits."""
+"""argv -> Session -> run (the REPL), or argv -> a subcommand (`lorachat serve`). The only module that reads sys.argv or exits."""
 import argparse
 import io
 import os
@@ -26,6 +26,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="use adapters whose base-model fingerprint differs")
     p.add_argument("--allow-pickle", action="store_true", help="load adapters saved as pickle .bin (runs code from the file)")
     p.add_argument("--version", action="version", version=f"lorachat {__version__}")
+    p.epilog = "subcommands: " + ", ".join(f"lorachat {name} ..." for name in SUBCOMMANDS) + " (each with --help)"
     return p
 
 
@@ -48,6 +49,15 @@ def script_lines(args) -> list[str] | None:
 
 
 def main(argv=None) -> int:
+    """`lorachat SUBCOMMAND ...` runs that subcommand; anything else is the REPL's command line."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in SUBCOMMANDS:
+        return SUBCOMMANDS[argv[0]](argv[1:])
+    return chat(argv)
+
+
+def chat(argv) -> int:
+    """Plain `lorachat`: the REPL."""
     args = parser().parse_args(argv)
     _quiet_libraries()
     home = args.home or Path(os.environ.get("LORACHAT_HOME") or ".")
@@ -96,3 +106,65 @@ def start_session(args, home: Path, ui):
     if args.adapter:
         run_command(session, f":use {args.adapter}")
     return session
+
+
+# --- lorachat serve ----------------------------------------------------------------------------
+
+def serve_parser() -> argparse.ArgumentParser:
+    from lorachat.serve import MAX_LORAS, ServeOptions
+
+    defaults = ServeOptions()
+    p = argparse.ArgumentParser(prog="lorachat serve", usage="lorachat serve [options] [-- VLLM_ARGS ...]",
+                                description="Start vLLM's OpenAI-compatible server with every saved adapter made for "
+                                            "the base model (multi-LoRA); anything after -- goes to vLLM as it is.")
+    p.add_argument("--model", default=defaults.model, help=f"the base model, as for the REPL; default {defaults.model}")
+    p.add_argument("--home", type=Path, default=None, help="workspace holding adapters/ (env LORACHAT_HOME, default: current directory)")
+    p.add_argument("--dry-run", action="store_true", help="print the command and write the chat template, start nothing")
+    p.add_argument("--max-loras", type=_positive, default=defaults.max_loras,
+                   help=f"adapters in one batch on the GPU (default: every adapter, at most {MAX_LORAS})")
+    p.add_argument("--max-cpu-loras", type=_positive, default=defaults.max_cpu_loras,
+                   help="adapters kept in CPU memory (default: every adapter)")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow the model's own Python code (here and in vLLM)")
+    return p
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, not {text!r}")
+    return value
+
+
+def serve(argv) -> int:
+    """`lorachat serve`: check every adapter, print the vLLM command, then become that command."""
+    from lorachat import serve as serving
+
+    own, passthrough = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    args = serve_parser().parse_args(own)
+    _quiet_libraries()
+    home = args.home or Path(os.environ.get("LORACHAT_HOME") or ".")
+    options = serving.ServeOptions(model=args.model, home=home, max_loras=args.max_loras,
+                                   max_cpu_loras=args.max_cpu_loras, trust_remote_code=args.trust_remote_code,
+                                   vllm_args=tuple(passthrough))
+    try:
+        executable = None if args.dry_run else serving.find_vllm()
+        plan = serving.plan(options)
+        for line in serving.report(plan):
+            print(line)
+        argv = serving.command(plan)
+        written = serving.write_template(plan)
+    except LorachatError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if written:
+        print(f"chat template: {written}")
+    print(serving.shown(argv), flush=True)
+    if args.dry_run:
+        return 0
+    os.execv(executable, argv)
+
+
+SUBCOMMANDS = {"serve": serve}

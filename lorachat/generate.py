@@ -63,23 +63,27 @@ def _pieces(streamer, thread):
 
 def _trim(pieces, stop: threading.Event):
     """Emit text while holding back whatever might still turn out to be trailing space or the
-    start of STOP_MARKER; stop at the marker (the same cut as prompts.clean_answer)."""
-    pending, started = "", False
+    start of STOP_MARKER; stop at the marker. The pieces join to exactly prompts.clean_answer of
+    the whole text (which is also what a server's stop string and a strip give)."""
+    pending, shown = "", False
     for piece in pieces:
         pending += piece
-        if not started:
-            pending = pending.lstrip()
-            started = bool(pending)
         if STOP_MARKER in pending:
-            yield pending.split(STOP_MARKER, 1)[0].rstrip()
+            head = pending.split(STOP_MARKER, 1)[0].rstrip()
+            head = head if shown else head.lstrip()
+            if head:
+                yield head
             stop.set()
             return
         keep = _held_back(pending)
-        if len(pending) > keep:
-            yield pending[:len(pending) - keep]
-            pending = pending[len(pending) - keep:]
-    if pending.strip():
-        yield pending.rstrip()
+        out, pending = pending[:len(pending) - keep], pending[len(pending) - keep:]
+        out = out if shown else out.lstrip()
+        if out:
+            shown = True
+            yield out
+    tail = pending.rstrip() if shown else pending.strip()
+    if tail:
+        yield tail
 
 
 def _held_back(text: str) -> int:

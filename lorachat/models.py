@@ -25,6 +25,15 @@ class LoadedModel:
     folder: str | None = None  # the folder holding its weight files (a hub model's cached snapshot), if known
 
 
+def positions(model) -> int | None:
+    """The most tokens the model attends to (prompt and answer), where its config says."""
+    config = model.config
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        if isinstance(getattr(config, key, None), int):
+            return getattr(config, key)
+    return None
+
+
 def choose_device(device: str) -> str:
     import torch
 
@@ -65,6 +74,25 @@ def load_model(name: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "au
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return LoadedModel(model, tokenizer, name, _local_path(source, model), device, torch_dtype, _folder(source))
+
+
+def load_files(name: str = DEFAULT_MODEL, trust_remote_code: bool = False):
+    """(tokenizer, config, local source) of a model without its weights: what serving it needs,
+    in about a second; the same resolution and errors as `load_model`."""
+    from transformers import AutoConfig
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    source = _resolve(name)
+    kwargs = dict(trust_remote_code=trust_remote_code)
+    if not Path(source).is_dir():
+        kwargs["local_files_only"] = not _hub_reachable(name)
+    tokenizer = _load_tokenizer(name, source, kwargs)
+    try:
+        config = AutoConfig.from_pretrained(source, **kwargs)
+    except (OSError, ValueError, KeyError) as exc:
+        raise _explain(name, exc, kwargs.get("local_files_only", False)) from None
+    return tokenizer, config, source
 
 
 def _resolve(name: str) -> str:

@@ -36,6 +36,13 @@ def asked(example: Example) -> tuple[str, str]:
     return example.instruction.strip() or DEFAULT_INSTRUCTION, question
 
 
+def shared_instruction(examples) -> str | None:
+    """The instruction every question among `examples` is asked under, or None when they differ
+    (or there are no questions): what a dataset puts in force when it is selected."""
+    found = {asked(e)[0] for e in examples if e.text is None}
+    return found.pop() if len(found) == 1 else None
+
+
 def uses_chat_template(tokenizer) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
@@ -88,6 +95,6 @@ def answer_ids(tokenizer, instruction, question, answer, prompt=None) -> list[in
 
 
 def clean_answer(text: str) -> str:
-    """The answer proper: leading space dropped, cut where a line starts another `Instruction:`
-    block, trailing space dropped."""
-    return text.lstrip().split(STOP_MARKER, 1)[0].rstrip()
+    """The answer proper: cut where a new line starts another `Instruction:` block, surrounding
+    space stripped (what a server's stop string "\nInstruction:" and a strip give too)."""
+    return text.split(STOP_MARKER, 1)[0].strip()

@@ -73,11 +73,16 @@ class Session:
 
     def context_length(self) -> int:
         """Most tokens (prompt and answer) the model can attend to."""
-        config = self.loaded.model.config
-        for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-            if isinstance(getattr(config, key, None), int):
-                return getattr(config, key)
-        return min(self.tokenizer.model_max_length, 1 << 20)
+        from lorachat.models import positions
+
+        return positions(self.loaded.model) or min(self.tokenizer.model_max_length, 1 << 20)
+
+    def asking(self):
+        """What asking does with a question now: what recall checks answers against."""
+        from lorachat.recall import Asking
+
+        return Asking(self.instruction, self.settings.max_new_tokens, self.settings.repetition_penalty,
+                      self.context_length())
 
     def prompt_label(self) -> str:
         return f"{self.active_adapter or 'base'} · {self.dataset}"

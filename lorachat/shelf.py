@@ -204,19 +204,18 @@ def decode_answer(tokenizer, ids: list[int]) -> str:
     return prompts.clean_answer(tokenizer.decode(ids, skip_special_tokens=True))
 
 
-def evaluate(session, names: list[str], examples) -> tuple[list[str], list[tuple[str, float, int]]]:
-    """(name, mean answer-token loss, exact recall k) for each of `names`; the active adapter is
-    restored afterwards."""
-    try:
-        from lorachat.batches import answer_loss, recall
-    except ImportError:
-        raise LorachatError(":eval needs lorachat.train, which this installation lacks") from None
+def evaluate(session, names: list[str], encoded, on_batch=None) -> tuple[list[str], list[tuple[str, float, int]]]:
+    """(name, mean answer-token loss, recall k as asked) for each of `names` on `encoded`
+    (batches.encode's result); the active adapter is restored afterwards."""
+    from lorachat.recall import Recall
+
     notes = load_all(session, names)
+    checker = Recall(session.tokenizer, encoded.examples, encoded.items, session.asking())
     previous, rows = session.active_adapter, []
     try:
         for n in names:
             adapters.activate(session, None if n == BASE else n)
-            rows.append((n, answer_loss(session.model, session.tokenizer, examples), recall(session.model, session.tokenizer, examples)))
+            rows.append((n, *checker.evaluate(session.model, on_batch)))
     finally:
         adapters.activate(session, previous if previous in adapters.loaded_names(session) else None)
     return notes, rows

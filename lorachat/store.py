@@ -144,6 +144,20 @@ def write_json_atomic(path: Path, data: dict) -> None:
         raise LorachatError(f"could not update {path}: {exc.strerror or exc}") from None
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` to a hidden temporary file beside `path`, then rename it over `path`."""
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(temporary, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        raise LorachatError(f"could not write {path}: {exc.strerror or exc}") from None
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:

@@ -5,6 +5,7 @@ loss on answer tokens only, recall checked by one teacher-forced forward pass in
 progress through `on_step` and never prints; knows nothing about terminals, sessions or files — the
 caller creates the adapter (adapters.add_new), activates it, and saves or discards it afterwards.
 """
+import dataclasses
 import hashlib
 import json
 import math
@@ -13,9 +14,12 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Optional
 
-from lorachat.batches import answer_logits, autocast, chunks, collate, encode, known, model_device, padding_id, recall
+from lorachat.batches import Encoded, answer_logits, autocast, chunks, collate, encode, known, model_device, padding_id
 from lorachat.errors import LorachatError
+from lorachat.guard import Guard
+from lorachat.models import positions
 from lorachat.prompts import IGNORE
+from lorachat.recall import Asking, Recall
 from lorachat.shape import DEFAULT_TARGETS
 
 # lr=none picks by model size (README "Training"): 5e-3 teaches the tiny model fastest (7e-3 diverges);
@@ -37,8 +41,9 @@ class TrainConfig:
     grad_accum: int = field(default=1, metadata={"help": "forward passes per optimizer step", "min": 1, "max": 1024})
     clip: float = field(default=1.0, metadata={"help": "clip the gradient norm to this (0: no clipping)", "min": 0, "max": 1e6})
     schedule: str = field(default="constant", metadata={"help": "lr over the planned steps: constant, or linear decay to 0", "choices": ("constant", "linear")})
-    max_len: int = field(default=512, metadata={"help": "longest example in tokens (longer ones are refused)", "min": 8, "max": 131072})
+    max_len: int = field(default=512, metadata={"help": "longest example in tokens (longer ones are left out, and counted)", "min": 8, "max": 131072})
     seed: int = field(default=0, metadata={"help": "seed for the adapter's init, shuffling and dropout", "min": 0, "max": 2**32 - 1})
+    guard: bool = field(default=True, metadata={"help": "when the loss climbs back up, return to the best weights and halve the lr"})
     checkpointing: bool = field(default=False, metadata={"help": "gradient checkpointing: less memory, ~30% slower"})
     until: str = field(default="recall", metadata={"help": "recall: stop when every answer comes back verbatim; steps: run them all", "choices": ("recall", "steps")})
     keep: str = field(default="final", metadata={"help": "on Ctrl-C: final discards the adapter, partial saves it", "choices": ("final", "partial")})
@@ -51,12 +56,21 @@ DEFAULTS = TrainConfig()
 class TrainResult:
     steps: int            # optimizer steps taken
     loss: float           # mean answer-token loss of the last step (nan before any)
-    recall: int           # k: examples reproduced verbatim at the end
-    total: int            # n: examples trained on
+    recall: int           # k: questions that come back verbatim when asked (recall.Recall)
+    total: int            # n: questions trained on (raw-text examples are trained, not asked)
     seconds: float
     cancelled: bool = False
     tokens: int = 0       # non-pad tokens processed by training forward passes
     epochs: float = 0.0
+    skipped: int = 0      # examples longer than `limit` tokens, left out
+    limit: int = 0
+    known: int = 0        # examples (text included) known as trained: what until=recall waits for
+    examples: int = 0     # examples trained on (text included)
+    check_seconds: float = 0.0   # of `seconds`, spent on recall checks
+    reasons: list = field(default_factory=list)  # why some questions cannot come back whole when asked
+    max_answer_tokens: int | None = None         # the longest taught answer, EOS not counted
+    notes: list = field(default_factory=list)    # what the divergence guard did
+    lr: float = 0.0                              # the lr at the end (lower when the guard halved it)
 
 
 def resolved(model, config: TrainConfig) -> TrainConfig:
@@ -76,8 +90,8 @@ def planned_steps(count: int, config: TrainConfig) -> int:
 
 def max_tokens(model, config: TrainConfig) -> int:
     """max_len, capped by the positions the model has."""
-    positions = getattr(model.config, "max_position_embeddings", None)
-    return min(config.max_len, positions) if positions else config.max_len
+    most = positions(model)
+    return min(config.max_len, most) if most else config.max_len
 
 
 def records_sha256(examples) -> str:
@@ -106,87 +120,168 @@ def trainable(model) -> list:
     return params
 
 
-def run(model, tokenizer, examples, config: TrainConfig, on_step=None, should_stop=None) -> TrainResult:
-    """Train the model's trainable (LoRA) parameters on `examples`; the base stays frozen.
+def run(model, tokenizer, data, config: TrainConfig, on_step=None, should_stop=None, asking=None) -> TrainResult:
+    """Train the model's trainable (LoRA) parameters on `data` (examples, or batches.encode's
+    result); the base stays frozen. Examples longer than max_len (or the model's positions) are
+    left out and counted. Recall is reported as asking under `asking` would return it.
 
     Stops at `config.steps` or `config.epochs`, when every answer is known (`until=recall`), or at
     the next step boundary once `should_stop()` is true or Ctrl-C arrives (cancelled=True)."""
     import torch
 
-    if not examples:
-        raise LorachatError("no examples to train on")
     config = resolved(model, config)
+    encoded = data if isinstance(data, Encoded) else encode(tokenizer, data, max_tokens(model, config))
+    if not encoded.items:
+        raise LorachatError(no_examples(encoded, model))
     params = trainable(model)
     if not params:
         raise LorachatError("the model has no trainable (adapter) parameters")
-    encoded = encode(tokenizer, examples, max_tokens(model, config))
+    asking = asking or Asking(context=positions(model) or 1 << 20)
+    checker = Recall(tokenizer, encoded.examples, encoded.items, asking)
     device = model_device(model)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(config.seed)
-        return _loop(model, tokenizer, examples, encoded, config, params, on_step, should_stop)
+        result = _Loop(model, tokenizer, encoded, checker, config, params, on_step, should_stop).run()
+    return dataclasses.replace(result, skipped=encoded.skipped, limit=encoded.limit)
 
 
-def _loop(model, tokenizer, examples, encoded, config, params, on_step, should_stop):
-    import torch
-
-    # constant lr by default: with until=recall the last step is not known; linear decay (as HF
-    # Trainer) is schedule=linear. Clipping at 1.0 (HF's default) keeps a too-high lr from diverging.
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
-    scaler = _scaler(model)
-    order = random.Random(config.seed)
-    per_epoch = math.ceil(len(encoded) / (config.batch * config.grad_accum))
-    total = planned_steps(len(encoded), config)
-    schedule = _schedule(optimizer, config, total)
-    state = dict(step=0, loss=float("nan"), known=None, tokens=0, cancelled=False, seen={})
-    start = time.perf_counter()
-    if config.checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.train()
-    try:
-        while state["step"] < total:
-            batches = _epoch(encoded, order, config)
-            for group in batches:
-                if should_stop is not None and should_stop():
-                    state["cancelled"] = True
-                    break
-                _step(model, tokenizer, group, optimizer, scaler, state, config.clip)
-                schedule.step()
-                state["known"] = _check(model, tokenizer, examples, config, state, total)
-                if on_step is not None:
-                    on_step(state["step"], total, state["loss"], state["known"])
-                if state["step"] >= total or state["known"] == len(examples) and config.until == "recall":
-                    break
-            if state["cancelled"] or state["known"] == len(examples) and config.until == "recall":
-                break
-    except KeyboardInterrupt:
-        state["cancelled"] = True
-    except torch.OutOfMemoryError:
-        optimizer.zero_grad(set_to_none=True)
-        torch.cuda.empty_cache()
-        raise LorachatError(f"out of GPU memory while training (batch={config.batch}, max_len={config.max_len}, "
-                            f"r={config.r}): lower batch (raise grad_accum to keep the same step), max_len or r, "
-                            "or use checkpointing=on") from None
-    finally:
-        optimizer.zero_grad(set_to_none=True)
-        if config.checkpointing:
-            model.gradient_checkpointing_disable()
-        model.eval()
-    known = state["known"] if state["known"] is not None and not state["cancelled"] else recall(model, tokenizer, examples)
-    return TrainResult(steps=state["step"], loss=state["loss"], recall=known, total=len(examples),
-                       seconds=time.perf_counter() - start, cancelled=state["cancelled"], tokens=state["tokens"],
-                       epochs=state["step"] / per_epoch)
+def no_examples(encoded, model) -> str:
+    if not encoded.skipped:
+        return "no examples to train on"
+    return f"all {encoded.skipped} examples are longer than {describe_limit(encoded.limit, model)}: nothing to train on"
 
 
-def _epoch(encoded, order: random.Random, config):
+def describe_limit(limit: int, model) -> str:
+    """'the model's 512 positions' or 'max_len=256 (max_len=N takes more, up to the model's P positions)'."""
+    most = positions(model)
+    if most is not None and limit >= most:
+        return f"the model's {most} positions"
+    return f"max_len={limit} (raise max_len to include them" + (f", up to the model's {most} positions)" if most else ")")
+
+
+class _Loop:
+    """One training run's state: the optimizer, where it is, what the training passes showed."""
+
+    def __init__(self, model, tokenizer, encoded, checker, config, params, on_step, should_stop):
+        import torch
+
+        self.model, self.tokenizer, self.items, self.checker = model, tokenizer, encoded.items, checker
+        self.config, self.params, self.on_step, self.should_stop = config, params, on_step, should_stop
+        # constant lr by default: with until=recall the last step is not known; linear decay (as HF
+        # Trainer) is schedule=linear. Clipping at 1.0 (HF's default) keeps a too-high lr from diverging.
+        self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+        self.scaler = _scaler(model)
+        self.order = random.Random(config.seed)
+        self.per_epoch = math.ceil(len(self.items) / (config.batch * config.grad_accum))
+        self.total = planned_steps(len(self.items), config)
+        self.schedule = _schedule(self.optimizer, config, self.total)
+        self.step, self.loss, self.tokens, self.cancelled = 0, float("nan"), 0, False
+        self.seen = {}              # example index -> known in its latest training pass (a free hint)
+        self.complete = False       # the last check found every example known
+        self.check_seconds, self.last_check, self.since_check = 0.0, 0.0, 0.0
+        self.guard = Guard(params, self.optimizer, self.schedule, window=max(2 * self.per_epoch, GUARD_WINDOW))
+
+    def run(self) -> TrainResult:
+        import torch
+
+        start = time.perf_counter()
+        if self.config.checkpointing:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.model.train()
+        try:
+            while self.step < self.total and not self._done():
+                for group in _epoch(self.items, self.order, self.config):
+                    if self.should_stop is not None and self.should_stop():
+                        self.cancelled = True
+                    if self._done():
+                        break
+                    self._step(group)
+                    if self.step >= self.total:
+                        break
+        except KeyboardInterrupt:
+            self.cancelled = True
+        except torch.OutOfMemoryError:
+            self.optimizer.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache()
+            raise LorachatError(_out_of_memory(self.config)) from None
+        finally:
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.config.checkpointing:
+                self.model.gradient_checkpointing_disable()
+            self.model.eval()
+        notes = self.guard.describe()
+        if self.config.guard and not self.cancelled and self.guard.finish():
+            self.complete = False
+            notes.append(f"the run ended with the loss climbing: kept step {self.guard.best_step}'s weights")
+        return dataclasses.replace(self._result(start), notes=notes, lr=self.optimizer.param_groups[0]["lr"])
+
+    def _done(self) -> bool:
+        return self.cancelled or self.complete and self.config.until == "recall"
+
+    def _step(self, group) -> None:
+        began = time.perf_counter()
+        self.loss = _step(self.model, self.tokenizer, group, self.optimizer, self.scaler, self, self.config.clip)
+        self.schedule.step()
+        self.step += 1
+        if self.config.guard:
+            self.guard.after_step(self.step, self.loss)
+        self.since_check += time.perf_counter() - began
+        self._check()
+        if self.on_step is not None:
+            self.on_step(self.step, self.total, self.loss, sum(self.seen.values()))
+
+    def _check(self) -> None:
+        """Between steps, with until=recall: whether every example is known now. Run when the
+        training passes themselves got every example right (their argmax is the hint, exact with
+        dropout 0 but one update behind), and every CHECK_EVERY steps in case dropout hides it,
+        then only while checks stay under a tenth of the training time. A failing check stops
+        at its first unknown example, the likely ones checked first."""
+        if self.config.until != "recall" or self.step >= self.total:
+            return  # the last step's check is the final one, in _result
+        hinted = len(self.seen) == len(self.items) and all(self.seen.values())
+        due = self.step % CHECK_EVERY == 0 and self.since_check >= CHECK_SHARE * self.last_check
+        if not (hinted or due):
+            return
+        began = time.perf_counter()
+        self.complete = self.checker.all_known(self.model, [i for i, ok in self.seen.items() if not ok])
+        self.last_check = time.perf_counter() - began
+        self.check_seconds += self.last_check
+        self.since_check = 0.0
+
+    def _result(self, start: float) -> TrainResult:
+        """The final check, full and exact (skipped for a cancelled run that is discarded)."""
+        began = time.perf_counter()
+        if self.cancelled and self.config.keep != "partial":
+            trained, recalled = [False] * len(self.items), 0
+        else:
+            complete = self.complete and self.step < self.total or None
+            trained, recalled = self.checker.count(self.model, [self.seen.get(i, False) for i in range(len(self.items))],
+                                                   trained=[True] * len(self.items) if complete else None)
+        self.check_seconds += time.perf_counter() - began
+        return TrainResult(steps=self.step, loss=self.loss, recall=recalled, total=len(self.checker.questions),
+                           seconds=time.perf_counter() - start, cancelled=self.cancelled, tokens=self.tokens,
+                           epochs=self.step / self.per_epoch, known=sum(trained), examples=len(self.items),
+                           check_seconds=self.check_seconds, reasons=self.checker.reasons(),
+                           max_answer_tokens=self.checker.longest_answer())
+
+
+def _out_of_memory(config) -> str:
+    return (f"out of GPU memory while training (batch={config.batch}, max_len={config.max_len}, r={config.r}): "
+            "lower batch (raise grad_accum to keep the same step), max_len or r, or use checkpointing=on")
+
+
+def _epoch(items, order: random.Random, config):
     """One shuffled pass, as optimizer steps: each a list of batches (grad_accum of them) of
     (index, (input_ids, labels))."""
-    indices = list(range(len(encoded)))
+    indices = list(range(len(items)))
     order.shuffle(indices)
-    batches = chunks([(i, encoded[i]) for i in indices], config.batch)
+    batches = chunks([(i, items[i]) for i in indices], config.batch)
     return chunks(batches, config.grad_accum)
 
 
-def _step(model, tokenizer, group, optimizer, scaler, state, clip: float):
+def _step(model, tokenizer, group, optimizer, scaler, run, clip: float) -> float:
+    """One optimizer step over `group` (grad_accum batches); the step's mean answer-token loss.
+    Records in `run.seen` which examples this pass already got right, and counts `run.tokens`."""
     import torch
     import torch.nn.functional as F
 
@@ -201,10 +296,9 @@ def _step(model, tokenizer, group, optimizer, scaler, state, clip: float):
         loss = F.cross_entropy(shifted, targets, reduction="sum") / answer_tokens
         scaler.scale(loss).backward() if scaler else loss.backward()
         loss_sum += loss.item()
-        state["tokens"] += int(mask.sum())
-        # free hint for the recall check: which examples this (train-mode) pass already gets right
+        run.tokens += int(mask.sum())
         for (index, _), ok in zip(batch, known(shifted.detach(), targets, rows, len(batch)).tolist()):
-            state["seen"][index] = ok
+            run.seen[index] = ok
     if clip:
         if scaler:
             scaler.unscale_(optimizer)
@@ -216,24 +310,12 @@ def _step(model, tokenizer, group, optimizer, scaler, state, clip: float):
     else:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    state["step"] += 1
-    state["loss"] = loss_sum
+    return loss_sum
 
 
-def _check(model, tokenizer, examples, config, state, total):
-    """Recall after this step, when it is worth a forward pass: once the training passes got
-    every example right (a free hint, but in train mode with dropout, before the update), every
-    CHECK_EVERY steps in case dropout hides it, and at the last step. None when not checked."""
-    last = state["step"] >= total
-    if config.until != "recall" and not last:
-        return None
-    hinted = len(state["seen"]) == len(examples) and all(state["seen"].values())
-    if hinted or last or state["step"] % CHECK_EVERY == 0:
-        return recall(model, tokenizer, examples)
-    return None
-
-
-CHECK_EVERY = 10
+CHECK_EVERY = 10      # steps between checks when the training passes give no hint
+GUARD_WINDOW = 10     # steps the divergence guard smooths the loss over (at least two epochs)
+CHECK_SHARE = 9.0     # ... and only after this many times the last check's cost in training
 
 
 def _schedule(optimizer, config, total: int):

@@ -177,14 +177,19 @@ def compare(session, args):
 class EvalOptions:
     """`:eval` keys."""
     dataset: Optional[str] = field(default=None, metadata={"help": "dataset to evaluate on (default: the current one)"})
+    limit: int = field(default=0, metadata={"help": "only the first N examples, for a quick look (0: all)", "min": 0, "max": 10**9})
 
 
-@command("eval", usage=":eval [NAME ...] [dataset=NAME]", complete=_names_and_base)
+def _eval_details(session):
+    session.ui.table(["key", "default", "meaning"], [list(r) for r in options.describe(EvalOptions())])
+
+
+@command("eval", usage=":eval [NAME ...] [dataset=NAME] [limit=N]", details=_eval_details, complete=_names_and_base)
 def eval_(session, args):
-    """Mean answer-token loss and exact recall k/n on a dataset, for the base and each adapter.
+    """Mean answer-token loss and recall k/n (as asked now) on a dataset, for the base and each adapter.
 
     :eval                      base and every loaded adapter, on the current dataset
-    :eval films dataset=films
+    :eval films dataset=films limit=100
     """
     positional, pairs = options.split_kv(options.split_words(args))
     opts = options.apply_kv(EvalOptions(), pairs)
@@ -193,18 +198,36 @@ def eval_(session, args):
     names = [BASE] + [n for n in names if n != BASE]
     if len(set(names)) != len(names):
         raise LorachatError(":eval: each adapter may be named once")
+    encoded = _eval_examples(session, dataset, opts.limit)
+    total = len(encoded.items)
+    with session.ui.progress(f"evaluating on {dataset}", total * len(names)) as update:
+        done = [0]
+
+        def on_batch(rows):
+            done[0] += rows
+            update(done[0])
+
+        notes, rows = shelf.evaluate(session, names, encoded, on_batch)
+    _notes(session, notes)
+    questions = sum(1 for e in encoded.examples if e.text is None)
+    shown = f"{total} examples" + (f", {encoded.skipped} longer than the model's {encoded.limit} positions left out" if encoded.skipped else "")
+    session.ui.table(["adapter", "loss", "recall"], [[n, f"{loss:.4f}", f"{k}/{questions}"] for n, loss, k in rows],
+                     title=f"dataset '{dataset}' ({shown})")
+
+
+def _eval_examples(session, dataset: str, limit: int):
+    from lorachat.batches import encode
     from lorachat.datasets import load_dataset
 
     data = load_dataset(session.home, dataset)
     if data.bad_lines:
         session.ui.note(f"dataset '{dataset}': skipping {len(data.bad_lines)} invalid line(s): {data.describe_problems()}")
-    if not data.examples:
-        raise LorachatError(f"dataset '{dataset}' has no examples to evaluate on")
-    notes, rows = shelf.evaluate(session, names, data.examples)
-    _notes(session, notes)
-    total = len(data.examples)
-    session.ui.table(["adapter", "loss", "recall"], [[n, f"{loss:.4f}", f"{k}/{total}"] for n, loss, k in rows],
-                     title=f"dataset '{dataset}' ({total} examples)")
+    examples = data.examples[:limit] if limit else data.examples
+    encoded = encode(session.tokenizer, examples, session.context_length())
+    if not encoded.items:
+        raise LorachatError(f"dataset '{dataset}' has no examples to evaluate on" +
+                            (f" ({encoded.skipped} longer than the model's {encoded.limit} positions)" if encoded.skipped else ""))
+    return encoded
 
 
 @command("scale", usage=":scale NAME [FACTOR]", complete=_names)

@@ -12,7 +12,7 @@ from lorachat.commands import command, no_args
 from lorachat.errors import LorachatError
 from lorachat.importers import FORMATS, ImportOptions, import_examples
 from lorachat.names import check_name
-from lorachat.prompts import Example, example_ids
+from lorachat.prompts import Example, example_ids, shared_instruction
 
 ARROW = "=>"
 SEPARATOR = re.compile(r"(?:^|\s)=>(?:\s|$)")   # :add's: the first '=>' between white space
@@ -50,6 +50,17 @@ def dataset(session, args):
     new = "" if os.path.lexists(current.path) else " (new: the file is written with the first example)"
     session.ui.line(f"dataset {current.name}: {_count(len(current.examples))} in {current.path}{new}")
     _bad_note(session, current)
+    if words:
+        _take_instruction(session, current)
+
+
+def _take_instruction(session, current: datasets.DatasetFile) -> None:
+    """A dataset whose questions are all asked under one instruction puts it in force, so that
+    what is asked is what was taught (README "The prompt")."""
+    shared = shared_instruction(current.examples)
+    if shared is not None and shared != session.instruction:
+        session.instruction = shared
+        session.ui.line(f"instruction set: {shared} (every example in {current.name} is asked under it)")
 
 
 @command("datasets")
@@ -143,7 +154,7 @@ def _warn_if_too_long(session, example: Example, number: int) -> None:
     tokens, limit = len(example_ids(session.tokenizer, example)[0]), session.context_length()
     if tokens > limit:
         session.ui.note(f"warning: this example is {tokens} tokens with its prompt, more than the model's {limit} "
-                        f"positions: it is kept, but :train refuses it as is; shorten it, or :drop {number}")
+                        f"positions: it is kept, but :train leaves it out; shorten it, or :drop {number}")
 
 
 @command("examples", usage=":examples [N|all]")
@@ -229,6 +240,18 @@ def import_(session, args):
     datasets.append_examples(session.home, session.dataset, result.examples)
     session.ui.line(f"imported {_count(len(result.examples))} (format {result.format}) into {session.dataset}; "
                     f"{result.describe_skipped()}")
+    _warn_long(session, result.examples)
+    _take_instruction(session, datasets.load_dataset(session.home, session.dataset))
+
+
+def _warn_long(session, examples) -> None:
+    """Examples the loaded model cannot train on (too many tokens for its positions) are kept,
+    and :train will leave them out: say so now."""
+    limit = session.context_length()
+    long = sum(1 for e in examples if len(example_ids(session.tokenizer, e)[0]) > limit)
+    if long:
+        session.ui.note(f"warning: {long} of these examples are longer than the model's {limit} positions; "
+                        ":train leaves them out")
 
 
 def _describe(example: Example) -> str:

@@ -10,10 +10,9 @@ import math
 import signal
 import threading
 
-from lorachat import adapters, options, shape, train
+from lorachat import adapters, batches, options, prompts, shape, train
 from lorachat.commands import command
 from lorachat.errors import LorachatError
-from lorachat.names import check_name
 
 
 def _details(session):
@@ -38,18 +37,20 @@ def train_(session, args):
     config = train.resolved(session.model, config)
     examples = _examples(session)
     lora_config = shape.lora_config(session.model, config)
-    train.encode(session.tokenizer, examples, train.max_tokens(session.model, config))  # refuse before creating
+    encoded = batches.encode(session.tokenizer, examples, train.max_tokens(session.model, config))
+    if not encoded.items:  # refuse before creating anything
+        raise LorachatError(train.no_examples(encoded, session.model))
     adapters.check_writable(session)  # an adapter that could not be saved would be lost: say so before training
     previous, unsaved = session.active_adapter, None
     adapters.make_room(session, keep={previous})
     with _deferred_interrupt() as interrupted:
         shape.seeded_add(config.seed, lambda: adapters.add_new(session, name, lora_config))
         try:
-            result = _run(session, name, examples, config, interrupted)
+            result = _run(session, name, encoded, config, interrupted)
             if result.cancelled and config.keep != "partial":
                 _discard(session, name, previous)
             else:
-                unsaved = _save_or_keep(session, name, _meta(session, examples, config, result))
+                unsaved = _save_or_keep(session, name, _meta(session, encoded, config, result))
                 adapters.activate(session, name)
                 adapters.make_room(session, keep={name}, extra=0)
         except BaseException:
@@ -67,18 +68,11 @@ def _parse(session, args) -> tuple[str, train.TrainConfig]:
     config = options.apply_kv(train.DEFAULTS, pairs)
     shape.check_targets_text(config.targets)
     if positional:
-        name = _check_adapter_name(positional[0])
+        name = adapters.check_loadable_name(positional[0])
         if name in adapters.known_names(session) or adapters.adapter_path(session, name).exists():
             raise LorachatError(f"an adapter named '{name}' already exists (choose another name, or :delete {name})")
         return name, config
     return _free_name(session, session.dataset), config
-
-
-def _check_adapter_name(name: str) -> str:
-    check_name(name, "adapter")
-    if "." in name:  # PEFT keys adapters by module path, where '.' separates parts
-        raise LorachatError(f"adapter name '{name}' cannot contain '.' (use '-' or '_')")
-    return name
 
 
 def _free_name(session, stem: str) -> str:
@@ -88,7 +82,10 @@ def _free_name(session, stem: str) -> str:
     for number in range(1, 10_000):
         candidate = stem if number == 1 else f"{stem}-{number}"
         if candidate.lower() not in taken and not adapters.adapter_path(session, candidate).exists():
-            return _check_adapter_name(candidate)
+            try:
+                return adapters.check_loadable_name(candidate)
+            except LorachatError:
+                continue   # a name PEFT cannot hold ('items'): the next one
     raise LorachatError(f"no free adapter name after '{stem}': give one, :train NAME")
 
 
@@ -103,14 +100,16 @@ def _examples(session):
     return dataset.examples
 
 
-def _run(session, name, examples, config, interrupted):
-    total = train.planned_steps(len(examples), config)
-    with session.ui.progress(f"training {name}", total) as update:
+def _run(session, name, encoded, config, interrupted):
+    total = train.planned_steps(len(encoded.items), config)
+    # until=recall may stop long before the planned steps: the bar says so, its time left is the most
+    label = f"training {name}" + (" (stops once every answer is known)" if config.until == "recall" else "")
+    with session.ui.progress(label, total) as update:
         def on_step(step, steps, loss, known):
-            update(step, loss=f"{loss:.2f}", recall=None if known is None else f"{known}/{len(examples)}")
+            update(step, loss=f"{loss:.2f}", recall=f"~{known}/{len(encoded.items)}")
 
-        return train.run(session.model, session.tokenizer, examples, config, on_step=on_step,
-                         should_stop=interrupted.is_set)
+        return train.run(session.model, session.tokenizer, encoded, config, on_step=on_step,
+                         should_stop=interrupted.is_set, asking=session.asking())
 
 
 def _save_or_keep(session, name, meta) -> LorachatError | None:
@@ -134,9 +133,11 @@ def _discard(session, name, previous) -> None:
         adapters.activate(session, None)
 
 
-def _meta(session, examples, config, result) -> dict:
-    return dict(dataset=session.dataset, examples=len(examples), records_sha256=train.records_sha256(examples),
-                train=dataclasses.asdict(config), steps=result.steps,
+def _meta(session, encoded, config, result) -> dict:
+    examples = encoded.examples
+    return dict(dataset=session.dataset, examples=len(examples), skipped=result.skipped,
+                records_sha256=train.records_sha256(examples), instruction=prompts.shared_instruction(examples),
+                max_answer_tokens=result.max_answer_tokens, train=dataclasses.asdict(config), steps=result.steps,
                 loss=result.loss if math.isfinite(result.loss) else None, recall=result.recall,
                 total=result.total, seconds=round(result.seconds, 3), cancelled=result.cancelled)
 
@@ -144,14 +145,24 @@ def _meta(session, examples, config, result) -> dict:
 def _report(session, name, result, config) -> None:
     summary = (f"{result.steps} steps, loss {result.loss:.2f}, recall {result.recall}/{result.total}, "
                f"{result.seconds:.1f} s")
+    skipped = (f" ({result.skipped} example{'s' if result.skipped != 1 else ''} longer than "
+               f"{train.describe_limit(result.limit, session.model)} skipped)") if result.skipped else ""
     if not result.cancelled:
-        session.ui.line(f"trained {name}: {summary} — now active")
+        session.ui.line(f"trained {name}: {summary} — now active{skipped}")
     elif config.keep == "partial":
-        session.ui.line(f"stopped {name} (Ctrl-C), kept as it was: {summary} — now active")
+        session.ui.line(f"stopped {name} (Ctrl-C), kept as it was: {summary} — now active{skipped}")
     elif session.ui.interactive:
         session.ui.note(f"stopped training {name} after {result.steps} steps (Ctrl-C): discarded (keep=partial keeps it)")
+        return
     else:  # a script should not carry on as if the adapter existed
         raise LorachatError(f"training {name} stopped by Ctrl-C after {result.steps} steps: discarded")
+    for note in result.notes:
+        session.ui.note(note)
+    for reason in result.reasons:
+        session.ui.note(f"not recalled as asked: {reason}")
+    if result.known < result.examples and not result.cancelled and config.until == "recall":
+        session.ui.note(f"not every answer was learned ({result.known}/{result.examples} after {result.steps} steps): "
+                        f"train longer (steps=), with a lower lr (lr={result.lr / 2:g}) or a larger r (r={config.r * 2})")
 
 
 @contextlib.contextmanager
