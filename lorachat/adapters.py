@@ -269,9 +269,10 @@ def _apply_scale(session, name: str, factor: float) -> None:
     switch(session).invalidate()
 
 
-def save(session, name: str, meta: dict) -> Path:
+def save(session, name: str, meta: dict, state=None) -> Path:
     """Write adapter `name` as PEFT's save_pretrained does, plus lorachat.json, atomically:
-    into a hidden temporary directory, then renamed into place."""
+    into a hidden temporary directory, then renamed into place. `state`: the full state dict
+    gathered from an FSDP-sharded model (None: the model's own weights)."""
     model = peft_model(session)
     target = adapter_path(session, name)
     if target.exists():
@@ -281,7 +282,8 @@ def save(session, name: str, meta: dict) -> Path:
 
     def fill(work: Path) -> Path:
         with switch(session).unmerged():
-            model.save_pretrained(str(work), selected_adapters=[name], safe_serialization=True)
+            model.save_pretrained(str(work), selected_adapters=[name], safe_serialization=True,
+                                  **({"state_dict": state} if state is not None else {}))
         written = work / name if (work / name).is_dir() else work  # PEFT nests non-"default" names
         store.write_json(written / META_FILE, record)
         return written

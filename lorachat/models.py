@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from lorachat.distributed import launched, local_rank
 from lorachat.errors import LorachatError
 
 DEFAULT_MODEL = "facebook/opt-2.7b"
@@ -145,6 +146,8 @@ def _load_weights(name, source, kwargs, device, torch_dtype):
     from transformers import AutoModelForCausalLM
 
     placement = {"device_map": "auto"} if device == "cuda" else {}
+    if device == "cuda" and launched():  # one rank of a distributed run: its own GPU, whole
+        placement = {"device_map": {"": local_rank()}}
     try:
         return AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, use_safetensors=None,
                                                     **placement, **kwargs)

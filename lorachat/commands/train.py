@@ -10,7 +10,7 @@ import math
 import signal
 import threading
 
-from lorachat import adapters, batches, options, prompts, shape, train
+from lorachat import adapters, batches, distributed, options, prompts, shape, train
 from lorachat.commands import command
 from lorachat.errors import LorachatError
 
@@ -42,14 +42,16 @@ def train_(session, args):
         raise LorachatError(train.no_examples(encoded, session.model))
     previous = session.active_adapter
     adapters.make_room(session, keep={previous})
-    with _deferred_interrupt() as interrupted:
+    with _deferred_interrupt(session.stop_signals) as interrupted:
         shape.seeded_add(config.seed, lambda: adapters.add_new(session, name, lora_config))
         try:
             result = _run(session, name, encoded, config, interrupted)
             if result.cancelled and config.keep != "partial":
                 _discard(session, name, previous)
             else:
-                adapters.save(session, name, _meta(session, encoded, config, result))
+                if distributed.is_main():  # the other ranks of `lorachat train` hold the same weights
+                    adapters.save(session, name, _meta(session, encoded, config, result), state=result.state)
+                distributed.barrier()
                 adapters.activate(session, name)
         except BaseException:
             _discard(session, name, previous)
@@ -123,7 +125,8 @@ def _meta(session, encoded, config, result) -> dict:
                 records_sha256=train.records_sha256(examples), instruction=prompts.shared_instruction(examples),
                 max_answer_tokens=result.max_answer_tokens, train=dataclasses.asdict(config), steps=result.steps,
                 loss=result.loss if math.isfinite(result.loss) else None, recall=result.recall,
-                total=result.total, seconds=round(result.seconds, 3), cancelled=result.cancelled)
+                total=result.total, seconds=round(result.seconds, 3), cancelled=result.cancelled,
+                world_size=result.world, global_batch=config.batch * config.grad_accum * result.world)
 
 
 def _report(session, name, result, config) -> None:
@@ -139,7 +142,7 @@ def _report(session, name, result, config) -> None:
         session.ui.note(f"stopped training {name} after {result.steps} steps (Ctrl-C): discarded (keep=partial keeps it)")
         return
     else:  # a script should not carry on as if the adapter existed
-        raise LorachatError(f"training {name} stopped by Ctrl-C after {result.steps} steps: discarded")
+        raise LorachatError(f"training {name} stopped (Ctrl-C or SIGTERM) after {result.steps} steps: discarded")
     for note in result.notes:
         session.ui.note(note)
     for reason in result.reasons:
@@ -150,10 +153,11 @@ def _report(session, name, result, config) -> None:
 
 
 @contextlib.contextmanager
-def _deferred_interrupt():
-    """The first Ctrl-C sets the event (training stops at the next step boundary, saving is not
-    cut short); a second one raises KeyboardInterrupt at once. Outside the main thread signals
-    cannot be caught: KeyboardInterrupt then stops training inside train.run."""
+def _deferred_interrupt(signals=(signal.SIGINT,)):
+    """The first Ctrl-C (or another of `signals`: SIGTERM under `lorachat train`) sets the event
+    (training stops at the next step boundary, on every rank, and saving is not cut short); a
+    second one raises KeyboardInterrupt at once. Outside the main thread signals cannot be caught:
+    KeyboardInterrupt then stops training inside train.run."""
     event = threading.Event()
     if threading.current_thread() is not threading.main_thread():
         yield event
@@ -164,8 +168,9 @@ def _deferred_interrupt():
             raise KeyboardInterrupt
         event.set()
 
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = {number: signal.signal(number, handler) for number in signals}
     try:
         yield event
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for number, earlier in previous.items():
+            signal.signal(number, earlier)
