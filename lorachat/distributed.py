@@ -7,6 +7,13 @@ needs. Knows nothing about recall, adapters or files.
 import contextlib
 import os
 
+from lorachat.errors import LorachatError
+
+
+def sharded() -> bool:
+    """Whether the launcher asked for FSDP (`accelerate launch` with an FSDP config)."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true")
+
 
 def launched() -> bool:
     """Whether this process is one rank of a launcher's group (torchrun, accelerate launch)."""
@@ -43,7 +50,10 @@ class Ranks:
             AcceleratorState._reset_state(reset_partial_state=True)
             GradientState._reset_state()
         precision = None if os.environ.get("ACCELERATE_MIXED_PRECISION") else _precision(model)
-        self.accelerator = Accelerator(cpu=cpu, mixed_precision=precision, device_placement=False)
+        try:
+            self.accelerator = Accelerator(cpu=cpu, mixed_precision=precision, device_placement=False)
+        except RuntimeError as exc:  # e.g. an FSDP config on a machine without GPUs
+            raise LorachatError(f"accelerate cannot start this run: {' '.join(str(exc).split())[:300]}") from None
         self.world = self.accelerator.num_processes
         self.rank = self.accelerator.process_index
         self.fsdp = self.accelerator.distributed_type == DistributedType.FSDP
@@ -51,6 +61,10 @@ class Ranks:
         self.wrapped = model
 
     def prepare(self, model, optimizer, loader):
+        if self.fsdp:  # PEFT's own policy: each LoRA layer and each transformer block its own FSDP unit
+            from peft.utils.other import fsdp_auto_wrap_policy
+
+            self.accelerator.state.fsdp_plugin.auto_wrap_policy = fsdp_auto_wrap_policy(model)
         self.wrapped, optimizer, loader = self.accelerator.prepare(model, optimizer, loader)
         return self.wrapped, optimizer, loader
 

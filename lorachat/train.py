@@ -112,7 +112,9 @@ class _Loop:
         self.seen = {}              # example index -> known in its latest training pass (a free hint)
         self.complete = False       # the last check found every example known
         self.check_seconds, self.last_check, self.since_check = 0.0, 0.0, 0.0
-        self.guard = Guard(params, self.optimizer, self.schedule, window=max(2 * self.per_epoch, GUARD_WINDOW))
+        # the parameters as the optimizer holds them after prepare (FSDP shards them: each rank its own share)
+        held = [p for group in self.optimizer.param_groups for p in group["params"]]
+        self.guard = Guard(held, self.optimizer, self.schedule, window=max(2 * self.per_epoch, GUARD_WINDOW))
 
     def run(self) -> TrainResult:
         import torch

@@ -45,7 +45,9 @@ def train_(session, args):
     with _deferred_interrupt(session.stop_signals) as interrupted:
         shape.seeded_add(config.seed, lambda: adapters.add_new(session, name, lora_config))
         try:
-            result = _run(session, name, encoded, config, interrupted)
+            # FSDP shards the weights the decoding merge reads: checks then run through PEFT's own layers
+            with adapters.switch(session).unmerged() if distributed.sharded() else contextlib.nullcontext():
+                result = _run(session, name, encoded, config, interrupted)
             if result.cancelled and config.keep != "partial":
                 _discard(session, name, previous)
             else:
@@ -124,7 +126,7 @@ def _meta(session, encoded, config, result) -> dict:
     return dict(dataset=session.dataset, examples=len(examples), skipped=result.skipped,
                 records_sha256=train.records_sha256(examples), instruction=prompts.shared_instruction(examples),
                 max_answer_tokens=result.max_answer_tokens, train=dataclasses.asdict(config), steps=result.steps,
-                loss=result.loss if math.isfinite(result.loss) else None, recall=result.recall,
+                loss=result.loss if math.isfinite(result.loss) else None, recall=result.recall, tokens=result.tokens,
                 total=result.total, seconds=round(result.seconds, 3), cancelled=result.cancelled,
                 world_size=result.world, global_batch=config.batch * config.grad_accum * result.world)
 
