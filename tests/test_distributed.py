@@ -1,6 +1,7 @@
 """`lorachat train` on 2 CPU ranks (torchrun, gloo): the same training as one rank at twice the
 batch, one save, an adapter the REPL uses; a stop or a dead rank ends every rank, nothing half-written."""
 import json
+import re
 import os
 import signal
 import subprocess
@@ -114,3 +115,24 @@ def test_a_stopped_or_dead_rank_ends_every_rank_and_nothing_is_half_written(film
     if how == signal.SIGTERM:
         assert "error: training never stopped (Ctrl-C or SIGTERM) after" in out, out
     assert not (films / "adapters").exists() or [p.name for p in (films / "adapters").iterdir() if not p.name.startswith(".")] == []
+
+
+def test_lorachat_train_exit_codes_and_one_line_errors(films, capsys):
+    from lorachat import cli
+
+    with pytest.raises(SystemExit) as usage:
+        cli.main(["train", "--model", "tiny", "--home", str(films)])      # no --dataset
+    assert usage.value.code == 2
+    with pytest.raises(SystemExit) as usage:
+        cli.main(["train", "--model", "tiny", "--home", str(films), "--dataset", "films", "steps"])   # not key=value
+    assert usage.value.code == 2
+    capsys.readouterr()
+    for words, message in ((["steps=abc"], "error: steps='abc': expected a whole number"),
+                           (["--dataset", "nothing"], "error: dataset 'nothing' has no examples yet")):
+        dataset = [] if "--dataset" in words else ["--dataset", "films"]
+        assert cli.main(["train", "--model", "tiny", "--home", str(films), *dataset, *words]) == 1
+        out = capsys.readouterr().out
+        assert message in out and "Traceback" not in out, out
+    assert cli.main(["train", "--model", "tiny", "--home", str(films), "--dataset", "films", "--name", "quick",
+                     "until=steps", "steps=1"]) == 0
+    assert re.search(r"^trained quick: 1 steps, loss \S+, recall \d+/8, \S+ s — now active$", capsys.readouterr().out, re.M)
