@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # the long one last: a run cut short still leaves the other figures in the JSON (written after each suite)
-SUITES = ("startup", "recall", "dataset", "decode", "switch", "train")
+SUITES = ("startup", "recall", "dataset", "ddp", "decode", "switch", "train")
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ def _suites(mode: Mode, device: str, home: Path, only, start: float):
     """(name, zero-argument measure) in run order; decode and switch share one session."""
     import torch
 
-    from bench import dataset, decode, recall, shapes, startup, switching, training
+    from bench import dataset, ddp, decode, recall, shapes, startup, switching, training
     from bench.workspace import trained_session
 
     shape = mode.shape or SHAPE[device]
@@ -135,6 +135,7 @@ def _suites(mode: Mode, device: str, home: Path, only, start: float):
         "switch": lambda: switching.figures(session(), "bench", mode.loaded, mode.switches),
         "recall": lambda: recall.figures(device, home / "recall", mode.recall_steps),
         "dataset": lambda: dataset.figures(device, mode.dataset_steps, mode.dataset_rows),
+        "ddp": lambda: ddp.figures(device, home / "ddp", mode.name),
     }
     return [(name, suites[name]) for name in SUITES if name in only]
 

@@ -293,9 +293,10 @@ def keep_unsaved(session, name: str, meta: dict) -> None:
     shelf(session).unsaved[name] = dict(meta, base_model=session.loaded.name)
 
 
-def save(session, name: str, meta: dict, target: Path | None = None) -> Path:
+def save(session, name: str, meta: dict, state=None, target: Path | None = None) -> Path:
     """Write adapter `name` as PEFT's save_pretrained does, plus lorachat.json, atomically:
-    into a hidden temporary directory, then renamed into place (adapters/NAME, or `target`)."""
+    into a hidden temporary directory, then renamed into place (adapters/NAME, or `target`).
+    `state`: the full state dict gathered from an FSDP-sharded model (None: the model's own weights)."""
     model = peft_model(session)
     inside = target is None
     target = adapter_path(session, name) if inside else Path(target).expanduser()
@@ -307,7 +308,8 @@ def save(session, name: str, meta: dict, target: Path | None = None) -> Path:
 
     def fill(work: Path) -> Path:
         with switch(session).unmerged():
-            model.save_pretrained(str(work), selected_adapters=[name], safe_serialization=True)
+            model.save_pretrained(str(work), selected_adapters=[name], safe_serialization=True,
+                                  **({"state_dict": state} if state is not None else {}))
         written = work / name if (work / name).is_dir() else work  # PEFT nests non-"default" names
         if written != work and (work / "README.md").is_file():  # ...but writes its model card outside
             os.replace(work / "README.md", written / "README.md")

@@ -93,6 +93,7 @@ def answer_logits(model, input_ids, labels, mask, positions: bool = False):
 def takes_logits_to_keep(model) -> bool:
     import inspect
 
+    model = getattr(model, "module", model)   # through a DDP wrapper
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return "logits_to_keep" in inspect.signature(base.forward).parameters
 

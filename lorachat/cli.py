@@ -1,4 +1,4 @@
-"""argv -> Session -> run (the REPL), or argv -> a subcommand (`lorachat serve`). The only module that reads sys.argv or exits."""
+"""argv -> Session -> run (the REPL), or argv -> a subcommand (`lorachat train`, `lorachat serve`). The only module that reads sys.argv or exits."""
 import argparse
 import io
 import os
@@ -167,4 +167,53 @@ def serve(argv) -> int:
     os.execv(executable, argv)
 
 
-SUBCOMMANDS = {"serve": serve}
+# --- lorachat train ----------------------------------------------------------------------------
+
+def train_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lorachat train", usage="lorachat train --dataset NAME [options] [key=value ...]",
+                                description="Train a LoRA adapter on datasets/NAME.jsonl without the REPL: the same "
+                                            "trainer and keys as :train (see :help train), in one process or in N "
+                                            "under `torchrun` / `accelerate launch` (batch is per process).")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"hub id, local model directory, or 'tiny'; default {DEFAULT_MODEL}")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when present (each rank its own GPU)")
+    p.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], default="auto")
+    p.add_argument("--home", type=Path, default=None, help="workspace holding adapters/ and datasets/ (env LORACHAT_HOME, default: current directory)")
+    p.add_argument("--dataset", required=True, help="train on datasets/NAME.jsonl")
+    p.add_argument("--name", help="the adapter's name (default: the dataset's, then NAME-2 ...)")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow a model's own Python code to run")
+    p.add_argument("keys", nargs="*", metavar="key=value", help=":train's keys, e.g. r=8 steps=200 until=steps")
+    return p
+
+
+def train(argv) -> int:
+    """`lorachat train`: the REPL's `:train` on a dataset, in this process (and its launcher's other
+    ranks); only the main process prints and writes. 0 trained, 1 a line said why not, 2 usage."""
+    import signal
+
+    from lorachat import distributed
+    from lorachat.commands import run_command
+    from lorachat.models import load_model
+    from lorachat.session import Session
+    from lorachat.ui import PlainUI, QuietUI, RichUI
+
+    parser = train_parser()
+    args = parser.parse_args(argv)
+    if bad := [k for k in args.keys if "=" not in k]:
+        parser.error(f"expected key=value, not {bad[0]!r}")
+    _quiet_libraries()
+    home = args.home or Path(os.environ.get("LORACHAT_HOME") or ".")
+    main_rank = distributed.is_main()
+    ui = (RichUI() if sys.stdout.isatty() else PlainUI(sys.stdout)) if main_rank else QuietUI(sys.stderr)
+    try:
+        loaded = load_model(args.model, args.device, args.dtype, args.trust_remote_code)
+        session = Session(loaded, home, ui)
+        session.stop_signals = (signal.SIGINT, signal.SIGTERM)
+        run_command(session, f":dataset {args.dataset}")
+        run_command(session, " ".join([":train", *([args.name] if args.name else []), *args.keys]))
+    except LorachatError as exc:
+        ui.error(str(exc))
+        return 1
+    return 0
+
+
+SUBCOMMANDS = {"serve": serve, "train": train}

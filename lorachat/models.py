@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from lorachat.distributed import launched, local_rank
 from lorachat.errors import LorachatError
 
 DEFAULT_MODEL = "facebook/opt-2.7b"
@@ -146,6 +147,8 @@ def _load_weights(name, source, kwargs, device, torch_dtype):
     from transformers import AutoModelForCausalLM
 
     placement = {"device_map": "auto"} if device == "cuda" else {}
+    if device == "cuda" and launched():  # one rank of a distributed run: its own GPU, whole
+        placement = {"device_map": {"": local_rank()}}
     if kwargs.get("local_files_only"):  # transformers 5 does not pass it on to its adapter_config.json probe,
         placement["adapter_kwargs"] = {"local_files_only": True}  # which retried the hub for ~23 s
     try:

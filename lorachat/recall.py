@@ -65,12 +65,12 @@ class Recall:
         return item, None
 
     # --- the checks -----------------------------------------------------------------------------
-    def all_known(self, model, likely_unknown=()) -> bool:
-        """Whether every example is known as trained; stops at the first one that is not."""
-        first = list(dict.fromkeys([*self.suspects, *likely_unknown]))
-        rest = sorted(set(range(len(self.items))) - set(first))
-        for indices in (first, rest):
-            for group in sorted_batches(indices, lambda i: len(self.items[i][0])):
+    def all_known(self, model, likely_unknown=(), indices=None) -> bool:
+        """Whether every example (of `indices`) is known as trained; stops at the first that is not."""
+        indices = set(range(len(self.items)) if indices is None else indices)
+        first = [i for i in dict.fromkeys([*self.suspects, *likely_unknown]) if i in indices]
+        for group_of in (first, sorted(indices - set(first))):
+            for group in sorted_batches(group_of, lambda i: len(self.items[i][0])):
                 bad = [i for i, ok in zip(group, self._known(model, [self.items[i] for i in group])) if not ok]
                 if bad:
                     self.suspects = bad
@@ -78,18 +78,26 @@ class Recall:
         self.suspects = []
         return True
 
-    def count(self, model, likely_known=None, trained=None) -> tuple[list[bool], int]:
-        """The final check: (known as trained, per example) and how many questions come back
-        verbatim when asked (known as asked, and nothing in `why`). `trained` skips the check as
-        trained when an exact check just gave it."""
-        trained = trained or self.known_all(model, self.items, likely_known)
-        extra = [i for i in self.questions if self.asked[i] is not self.items[i] and self.why[i] is None]
+    def count(self, model, indices=None, likely_known=None, trained_known=False) -> tuple[dict, int, list]:
+        """The final check over `indices` (all by default): ({index: known as trained}, how many of
+        its questions come back verbatim when asked, the questions known as trained but not under
+        the session's instruction). `trained_known`: an exact check just found every one known."""
+        indices = list(range(len(self.items)) if indices is None else indices)
+        if trained_known:
+            trained = dict.fromkeys(indices, True)
+        else:
+            hints = [(likely_known or {}).get(i, False) for i in indices]
+            trained = dict(zip(indices, self.known_all(model, [self.items[i] for i in indices], hints)))
+        questions = [i for i in indices if i in self.why and self.why[i] is None]
+        extra = [i for i in questions if self.asked[i] is not self.items[i]]
         as_asked = dict(zip(extra, self.known_all(model, [self.asked[i] for i in extra])))
-        recalled = sum(1 for i in self.questions if self.why[i] is None and as_asked.get(i, trained[i]))
-        for i in self.questions:  # an example trained under another instruction and not recalled as asked
-            if self.why[i] is None and not as_asked.get(i, trained[i]) and i in as_asked and trained[i]:
-                self.why[i] = INSTRUCTION
-        return trained, recalled
+        recalled = sum(1 for i in questions if as_asked.get(i, trained[i]))
+        return trained, recalled, [i for i in extra if trained[i] and not as_asked[i]]
+
+    def mark_other_instruction(self, indices) -> None:
+        """Questions known as trained that asking under the session's instruction does not return."""
+        for i in indices:
+            self.why[i] = INSTRUCTION
 
     def known_all(self, model, items, likely_known=None) -> list[bool]:
         """Known or not for every item, exactly. Items not marked likely known are first checked

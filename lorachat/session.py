@@ -3,6 +3,7 @@
 It knows nothing about terminals: output goes through `self.ui`, input for interactive prompts
 through `self.read_text` (None in scripts).
 """
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,6 +52,7 @@ class Session:
         self.allow_pickle = allow_pickle
         self.active_adapter: str | None = None   # None: the base model answers
         self.extensions: dict = {}               # per-feature state owned by command modules
+        self.stop_signals = (signal.SIGINT,)     # what stops :train at the next step (lorachat train adds SIGTERM)
 
     def ask(self, question: str):
         """Stream the answer's pieces; the turn is remembered (for :good / :fix) when it ends."""

@@ -74,6 +74,24 @@ class PlainUI:
         yield update
 
 
+class QuietUI(PlainUI):
+    """Says nothing but errors (to `err`): the other ranks of a distributed run, whose main rank speaks."""
+
+    def __init__(self, err):
+        import io
+
+        super().__init__(io.StringIO())
+        self.err = err
+
+    def line(self, text: str = "") -> None:
+        self.out.seek(0)
+        self.out.truncate()
+
+    def error(self, message: str) -> None:
+        self.err.write(f"error: {message}\n")
+        self.err.flush()
+
+
 class RichUI(PlainUI):
     """A terminal: rich tables, live progress bars, streamed answers."""
 

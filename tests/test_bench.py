@@ -19,7 +19,7 @@ def test_bench_smoke_writes_the_figures_and_targets(tmp_path, monkeypatch, capsy
     monkeypatch.syspath_prepend(str(ROOT))  # bench/ is a folder of the repository, not an installed package
     from bench.__main__ import main
 
-    assert main(["--smoke", "--only", "decode,switch,train", "--json", str(tmp_path / "bench.json")]) == 0
+    assert main(["--smoke", "--only", "dataset,decode,switch,train", "--json", str(tmp_path / "bench.json")]) == 0
     results = json.loads((tmp_path / "bench.json").read_text())
     assert results["missing"] == {}
     for key in FIGURES:
@@ -32,3 +32,5 @@ def test_bench_smoke_writes_the_figures_and_targets(tmp_path, monkeypatch, capsy
     assert [row["figure"] for row in results["targets"]][:2] == ["train_speedup", "train_lorachat_loss"]
     assert {"date", "cpu", "nproc", "torch", "transformers", "peft", "command"} <= set(results["machine"])
     assert "| `decode_ratio` |" in capsys.readouterr().out
+    assert results["dataset_rows"] == 40 and results["dataset_trained"] + results["dataset_skipped"] == 40
+    assert results["dataset_skipped"] > 0 and results["dataset_eval_ratio"] > 0   # the long tail reaches past 512 tokens

@@ -8,11 +8,10 @@ import signal
 import subprocess
 import sys
 import time
-import types
 
 import pytest
 
-from lorachat import batches, shape, train
+from lorachat import batches, distributed, shape, train
 from lorachat.errors import LorachatError
 from lorachat.prompts import IGNORE, Example
 from lorachat.session import DEFAULT_INSTRUCTION
@@ -235,7 +234,7 @@ def test_ctrl_c_in_a_script_fails_the_line_and_keep_partial_saves(make_session, 
     session.ui = InterruptingUI(session.out, at=1)
     code, out = transcript(session, [":train until=steps steps=50"])
     assert code == 1
-    assert out.endswith("error: training default stopped by Ctrl-C after 1 steps: discarded\n")
+    assert out.endswith("error: training default stopped (Ctrl-C or SIGTERM) after 1 steps: discarded\n")
     assert session.active_adapter is None and not (home / "adapters").exists() or not list((home / "adapters").iterdir())
     code, out = transcript(session, [":train keep=partial until=steps steps=50"])
     assert code == 0
@@ -342,7 +341,8 @@ def test_clip_bounds_the_gradient_norm_the_optimizer_sees(make_session):
     norms = {}
     for clip in (0.0, 1e-3):
         optimizer = Recording(params, lr=0.0)
-        train._step(model, session.tokenizer, group, optimizer, None, types.SimpleNamespace(tokens=0, seen={}), clip)
+        tokens = train._answer_tokens(group)
+        train._step(model, session.tokenizer, group, optimizer, distributed.Ranks(model, cpu=True), clip, tokens)
         norms[clip] = optimizer.norm
     assert norms[0.0] > 1e-2 and norms[1e-3] == pytest.approx(1e-3, rel=1e-4)
 

@@ -307,7 +307,7 @@ def save(session, args):
         if name in adapters.saved_names(session):
             raise LorachatError(f"adapter '{name}' is saved already, in {adapters.adapter_path(session, name)}")
         raise LorachatError(f"no unsaved adapter named '{name}' (unsaved: {', '.join(sorted(unsaved)) or 'none'})")
-    path = adapters.save(session, name, unsaved[name], None if len(words) == 1 else Path(words[1]))
+    path = adapters.save(session, name, unsaved[name], target=None if len(words) == 1 else Path(words[1]))
     elsewhere = "" if name not in unsaved else f"; it is still unsaved in the workspace (copy that folder to adapters/{name})"
     session.ui.line(f"saved adapter '{name}' to {path}{elsewhere}")
 

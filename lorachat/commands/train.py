@@ -10,7 +10,7 @@ import math
 import signal
 import threading
 
-from lorachat import adapters, batches, options, prompts, shape, train
+from lorachat import adapters, batches, distributed, options, prompts, shape, train
 from lorachat.commands import command
 from lorachat.errors import LorachatError
 
@@ -43,14 +43,18 @@ def train_(session, args):
     adapters.check_writable(session)  # an adapter that could not be saved would be lost: say so before training
     previous, unsaved = session.active_adapter, None
     adapters.make_room(session, keep={previous})
-    with _deferred_interrupt() as interrupted:
+    with _deferred_interrupt(session.stop_signals) as interrupted:
         shape.seeded_add(config.seed, lambda: adapters.add_new(session, name, lora_config))
         try:
-            result = _run(session, name, encoded, config, interrupted)
+            # FSDP shards the weights the decoding merge reads: checks then run through PEFT's own layers
+            with adapters.switch(session).unmerged() if distributed.sharded() else contextlib.nullcontext():
+                result = _run(session, name, encoded, config, interrupted)
             if result.cancelled and config.keep != "partial":
                 _discard(session, name, previous)
             else:
-                unsaved = _save_or_keep(session, name, _meta(session, encoded, config, result))
+                if distributed.is_main():  # the other ranks of `lorachat train` hold the same weights
+                    unsaved = _save_or_keep(session, name, _meta(session, encoded, config, result), result.state)
+                distributed.barrier()
                 adapters.activate(session, name)
                 adapters.make_room(session, keep={name}, extra=0)
         except BaseException:
@@ -112,11 +116,11 @@ def _run(session, name, encoded, config, interrupted):
                          should_stop=interrupted.is_set, asking=session.asking())
 
 
-def _save_or_keep(session, name, meta) -> LorachatError | None:
+def _save_or_keep(session, name, meta, state=None) -> LorachatError | None:
     """Save the trained adapter; when the disk refuses even so, keep it in memory, usable and marked
     unsaved, and return the line that says how to save it."""
     try:
-        adapters.save(session, name, meta)
+        adapters.save(session, name, meta, state=state)
         return None
     except LorachatError as exc:
         adapters.keep_unsaved(session, name, meta)
@@ -138,8 +142,9 @@ def _meta(session, encoded, config, result) -> dict:
     return dict(dataset=session.dataset, examples=len(examples), skipped=result.skipped,
                 records_sha256=train.records_sha256(examples), instruction=prompts.shared_instruction(examples),
                 max_answer_tokens=result.max_answer_tokens, train=dataclasses.asdict(config), steps=result.steps,
-                loss=result.loss if math.isfinite(result.loss) else None, recall=result.recall,
-                total=result.total, seconds=round(result.seconds, 3), cancelled=result.cancelled)
+                loss=result.loss if math.isfinite(result.loss) else None, recall=result.recall, tokens=result.tokens,
+                total=result.total, seconds=round(result.seconds, 3), cancelled=result.cancelled,
+                world_size=result.world, global_batch=config.batch * config.grad_accum * result.world)
 
 
 def _report(session, name, result, config) -> None:
@@ -155,7 +160,7 @@ def _report(session, name, result, config) -> None:
         session.ui.note(f"stopped training {name} after {result.steps} steps (Ctrl-C): discarded (keep=partial keeps it)")
         return
     else:  # a script should not carry on as if the adapter existed
-        raise LorachatError(f"training {name} stopped by Ctrl-C after {result.steps} steps: discarded")
+        raise LorachatError(f"training {name} stopped (Ctrl-C or SIGTERM) after {result.steps} steps: discarded")
     for note in result.notes:
         session.ui.note(note)
     for reason in result.reasons:
@@ -166,10 +171,11 @@ def _report(session, name, result, config) -> None:
 
 
 @contextlib.contextmanager
-def _deferred_interrupt():
-    """The first Ctrl-C sets the event (training stops at the next step boundary, saving is not
-    cut short); a second one raises KeyboardInterrupt at once. Outside the main thread signals
-    cannot be caught: KeyboardInterrupt then stops training inside train.run."""
+def _deferred_interrupt(signals=(signal.SIGINT,)):
+    """The first Ctrl-C (or another of `signals`: SIGTERM under `lorachat train`) sets the event
+    (training stops at the next step boundary, on every rank, and saving is not cut short); a
+    second one raises KeyboardInterrupt at once. Outside the main thread signals cannot be caught:
+    KeyboardInterrupt then stops training inside train.run."""
     event = threading.Event()
     if threading.current_thread() is not threading.main_thread():
         yield event
@@ -180,8 +186,9 @@ def _deferred_interrupt():
             raise KeyboardInterrupt
         event.set()
 
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = {number: signal.signal(number, handler) for number in signals}
     try:
         yield event
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for number, earlier in previous.items():
+            signal.signal(number, earlier)
