@@ -77,7 +77,9 @@ def test_sharegpt_conversations(make_session, transcript, home, tmp_path):
         {"conversations": [{"from": "human", "value": "h"}, {"from": "tool", "value": "t"}]}])
     session = make_session()
     code, out = transcript(session, [f":import {source}"])
-    assert code == 0 and out.endswith("imported 1 example (format sharegpt) into default; skipped 1 (1 with a 'tool' turn)\n")
+    assert code == 0 and out.endswith("imported 1 example (format sharegpt) into default; skipped 1 (1 with a 'tool' turn)\n"
+                                      "instruction set: sys (every example in default is asked under it)\n")
+    assert session.instruction == "sys"   # what was imported is asked as it was taught
     assert imported(home) == [Example("sys", "h1", "g1")]
 
 
