@@ -188,8 +188,6 @@ def train_parser() -> argparse.ArgumentParser:
 def train(argv) -> int:
     """`lorachat train`: the REPL's `:train` on a dataset, in this process (and its launcher's other
     ranks); only the main process prints and writes. 0 trained, 1 a line said why not, 2 usage."""
-    import signal
-
     from lorachat import distributed
     from lorachat.commands import run_command
     from lorachat.models import load_model
@@ -207,7 +205,7 @@ def train(argv) -> int:
     try:
         loaded = load_model(args.model, args.device, args.dtype, args.trust_remote_code)
         session = Session(loaded, home, ui)
-        session.stop_signals = (signal.SIGINT, signal.SIGTERM)
+        session.headless = True
         run_command(session, f":dataset {args.dataset}")
         run_command(session, " ".join([":train", *([args.name] if args.name else []), *args.keys]))
     except LorachatError as exc:

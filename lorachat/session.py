@@ -3,7 +3,6 @@
 It knows nothing about terminals: output goes through `self.ui`, input for interactive prompts
 through `self.read_text` (None in scripts).
 """
-import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,7 +51,7 @@ class Session:
         self.allow_pickle = allow_pickle
         self.active_adapter: str | None = None   # None: the base model answers
         self.extensions: dict = {}               # per-feature state owned by command modules
-        self.stop_signals = (signal.SIGINT,)     # what stops :train at the next step (lorachat train adds SIGTERM)
+        self.headless = False                    # `lorachat train`: no later commands, SIGTERM stops training too
 
     def ask(self, question: str):
         """Stream the answer's pieces; the turn is remembered (for :good / :fix) when it ends."""

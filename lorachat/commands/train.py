@@ -43,7 +43,7 @@ def train_(session, args):
     adapters.check_writable(session)  # an adapter that could not be saved would be lost: say so before training
     previous, unsaved = session.active_adapter, None
     adapters.make_room(session, keep={previous})
-    with _deferred_interrupt(session.stop_signals) as interrupted:
+    with _deferred_interrupt((signal.SIGINT, signal.SIGTERM) if session.headless else (signal.SIGINT,)) as interrupted:
         shape.seeded_add(config.seed, lambda: adapters.add_new(session, name, lora_config))
         try:
             # FSDP shards the weights the decoding merge reads: checks then run through PEFT's own layers
@@ -124,6 +124,8 @@ def _save_or_keep(session, name, meta, state=None) -> LorachatError | None:
         return None
     except LorachatError as exc:
         adapters.keep_unsaved(session, name, meta)
+        if session.headless:  # `lorachat train` ends with this line: there is no later to save in
+            return LorachatError(f"{exc}; the trained adapter is lost with this process: make adapters/ writable and train again")
         return LorachatError(f"{exc}; '{name}' is kept in memory, unsaved (and is lost when the session ends): "
                              f":save {name} once adapters/ can be written, or :save {name} DIR")
 
