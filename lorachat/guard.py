@@ -47,9 +47,12 @@ class Guard:
         return False
 
     def _restore(self) -> None:
+        import torch
+
         weights, state = self.saved
-        for param, value in zip(self.params, weights):
-            param.data.copy_(value)
+        with torch.no_grad():  # an in-place copy that bumps the version counter (not .data's): the
+            for param, value in zip(self.params, weights):  # decoding merge (switch.py) sees the change
+                param.copy_(value)
         self.optimizer.load_state_dict(copy.deepcopy(state))
 
     def describe(self) -> list[str]:

@@ -420,3 +420,38 @@ def test_kill_9_during_train_leaves_no_visible_adapter(home, tmp_path):
     session = new_session(home)
     code, out = run_lines(session, [":train until=steps steps=1"])
     assert code == 0 and FINAL.fullmatch(out.splitlines()[-1]).group(1) == "default"
+
+
+def test_guard_goes_back_to_the_best_weights_and_halves_the_lr():
+    """A loss that climbs well above its best (a too-high lr diverging): the weights and the
+    optimizer state of the best step come back, in place (the decoding merge sees the change),
+    and the lr is halved, for the schedule too."""
+    import torch
+
+    from lorachat.guard import Guard
+
+    weight = torch.nn.Parameter(torch.zeros(2))
+    optimizer = torch.optim.AdamW([weight], lr=0.1)
+    schedule = train._schedule(optimizer, dataclasses.replace(train.DEFAULTS, lr=0.1), 100)
+    guard = Guard([weight], optimizer, schedule, window=1)   # window 1: the loss itself, unsmoothed
+    for step, loss in enumerate([2.0, 1.0, 0.5, 0.6, 0.7], 1):   # 0.7: up, but not 1.5x and 0.25 above 0.5
+        with torch.no_grad():
+            weight.add_(1.0)
+        guard.after_step(step, loss)
+    assert weight.tolist() == [5.0, 5.0] and not guard.drops
+    version = weight._version
+    with torch.no_grad():
+        weight.add_(1.0)
+    guard.after_step(6, 0.9)
+    assert weight.tolist() == [3.0, 3.0] and weight._version > version + 1
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.05) and schedule.base_lrs == [pytest.approx(0.05)]
+    assert guard.describe() == ["the loss climbed to 0.90 by step 6 (best 0.50 at step 3): "
+                                "went back to step 3's weights and halved the lr to 0.05"]
+
+
+def test_a_run_that_ends_short_of_recall_says_what_to_try(make_session, transcript, home):
+    write_dataset(home, "default", PAIRS[:2])
+    code, out = transcript(make_session(), [":train steps=2"])
+    assert code == 0, out
+    assert re.search(r"^not every answer was learned \(\d/2 after 2 steps\): train longer \(steps=\), with a lower lr "
+                     r"\(lr=0\.0025\) or a larger r \(r=32\)$", out, re.M), out
