@@ -92,7 +92,7 @@ def merge(session, sources: list[str], name: str, options: MergeOptions) -> tupl
     adapters.switch(session).refresh()
     scales = {s: adapters.shelf(session).scales[s] for s in sources if adapters.shelf(session).scales.get(s, 1.0) != 1.0}
     meta = dict(merged_from=sources, method=options.method, weights=weights, density=options.density,
-                ranks=ranks, **({"scales": scales} if scales else {}))
+                ranks=ranks, **({"scales": scales} if scales else {}), **_asking_of(session, sources))
     try:
         path = adapters.save(session, name, meta)
     except LorachatError:
@@ -101,6 +101,17 @@ def merge(session, sources: list[str], name: str, options: MergeOptions) -> tupl
     adapters.activate(session, name)
     adapters.make_room(session, keep={name}, extra=0)
     return notes, path
+
+
+def _asking_of(session, sources) -> dict:
+    """What asking a merge needs, from its sources' lorachat.json: their instruction when they
+    share one (None otherwise), and the longest answer any of them was taught (what `lorachat
+    serve` tells clients)."""
+    metas = [provenance.read_meta(adapters.adapter_path(session, s)) or {} for s in sources]
+    instructions = {m.get("instruction") for m in metas}
+    longest = [m["max_answer_tokens"] for m in metas if isinstance(m.get("max_answer_tokens"), int)]
+    return dict(instruction=instructions.pop() if len(instructions) == 1 else None,
+                max_answer_tokens=max(longest, default=None))
 
 
 def load_all(session, names) -> list[str]:

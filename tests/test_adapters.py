@@ -110,6 +110,9 @@ def test_cat_merge_equals_the_sum_of_both_deltas(shelved, transcript, tmp_path):
     from transformers import AutoModelForCausalLM
 
     session = shelved
+    for name, longest in (("a", 5), ("b", 7)):   # what :train records for asking and serving
+        meta_file = session.home / "adapters" / name / "lorachat.json"
+        meta_file.write_text(json.dumps(dict(json.loads(meta_file.read_text()), instruction="Be brief.", max_answer_tokens=longest)))
     code, out = transcript(session, [":merge a b as ab weights=1,0.5"])
     assert code == 0 and out.endswith("now active\n") and session.active_adapter == "ab"
     merged = logits(session)
@@ -128,6 +131,7 @@ def test_cat_merge_equals_the_sum_of_both_deltas(shelved, transcript, tmp_path):
     assert torch.allclose(merged, expected, atol=1e-4)
     meta = json.loads((home / "ab" / "lorachat.json").read_text())
     assert (meta["merged_from"], meta["method"], meta["weights"], meta["density"]) == (["a", "b"], "cat", [1.0, 0.5], None)
+    assert (meta["instruction"], meta["max_answer_tokens"]) == ("Be brief.", 7)
 
 
 def test_merge_methods_check_their_needs_up_front(shelved, transcript):
