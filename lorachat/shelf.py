@@ -200,19 +200,26 @@ def decode_answer(tokenizer, ids: list[int]) -> str:
     return prompts.clean_answer(tokenizer.decode(ids, skip_special_tokens=True))
 
 
-def evaluate(session, names: list[str], examples) -> tuple[list[str], list[tuple[str, float, int]]]:
-    """(name, mean answer-token loss, exact recall k) for each of `names`; the active adapter is
-    restored afterwards."""
+def evaluate(session, names: list[str], examples, probes=(), options=None) -> tuple[list[str], list[tuple]]:
+    """(name, mean answer-token loss, exact recall k, locality.Locality or None) for each of `names`;
+    the locality is measured on `probes`, (instruction, question) pairs, against the base's greedy
+    answers (computed once per session). The active adapter is restored afterwards."""
     try:
         from lorachat.batches import answer_loss, recall
     except ImportError:
         raise LorachatError(":eval needs lorachat.train, which this installation lacks") from None
+    from lorachat import locality
+
+    options = options or locality.DEFAULTS
     notes = load_all(session, names)
+    ref = locality.session_reference(session, list(probes), options) if probes else None
     previous, rows = session.active_adapter, []
     try:
         for n in names:
             adapters.activate(session, None if n == BASE else n)
-            rows.append((n, answer_loss(session.model, session.tokenizer, examples), recall(session.model, session.tokenizer, examples)))
+            kept = locality.score(session.model, session.tokenizer, ref, options) if ref else None
+            rows.append((n, answer_loss(session.model, session.tokenizer, examples),
+                         recall(session.model, session.tokenizer, examples), kept))
     finally:
         adapters.activate(session, previous if previous in adapters.loaded_names(session) else None)
     return notes, rows

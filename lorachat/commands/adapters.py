@@ -1,4 +1,5 @@
 """Adapter commands: :adapters, :use, :merge, :compare, :eval, :scale, :delete, :rename, :export."""
+import dataclasses
 import json
 import math
 import re
@@ -6,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from lorachat import adapters, options, shelf
+from lorachat import adapters, locality, options, shelf
 from lorachat.adapters import BASE
 from lorachat.commands import command, no_args
 from lorachat.errors import LorachatError
@@ -167,14 +168,25 @@ def compare(session, args):
 class EvalOptions:
     """`:eval` keys."""
     dataset: Optional[str] = field(default=None, metadata={"help": "dataset to evaluate on (default: the current one)"})
+    probes: Optional[str] = field(default=None, metadata={"help": "a dataset whose questions are added to the built-in probes"})
+    builtin: Optional[int] = field(default=None, metadata={"help": "how many of the built-in probe questions (none: all; 0: only probes=NAME's)", "min": 0, "max": 100_000})
+    probe_tokens: int = field(default=locality.DEFAULTS.max_new_tokens, metadata={"help": "tokens of each base answer compared", "min": 1, "max": 512})
 
 
-@command("eval", usage=":eval [NAME ...] [dataset=NAME]", complete=_names_and_base)
+def _eval_details(session):
+    session.ui.table(["key", "default", "meaning"], [list(r) for r in options.describe(EvalOptions())])
+
+
+@command("eval", usage=":eval [NAME ...] [dataset=NAME] [probes=NAME] [builtin=N] [probe_tokens=16]",
+         details=_eval_details, complete=_names_and_base)
 def eval_(session, args):
-    """Mean answer-token loss and exact recall k/n on a dataset, for the base and each adapter.
+    """For the base and each adapter: mean answer-token loss and exact recall k/n on a dataset, and
+    how much of the base's behaviour it keeps on probe questions it was not taught.
 
     :eval                      base and every loaded adapter, on the current dataset
-    :eval films dataset=films
+    :eval films dataset=films probes=kitchen
+    kept: share of probes answered exactly as the base answers them (greedy, first probe_tokens tokens);
+    agree: share of the base's answer tokens the adapter predicts (teacher-forced, EasyEdit's metric).
     """
     positional, pairs = options.split_kv(options.split_words(args))
     opts = options.apply_kv(EvalOptions(), pairs)
@@ -183,18 +195,36 @@ def eval_(session, args):
     names = [BASE] + [n for n in names if n != BASE]
     if len(set(names)) != len(names):
         raise LorachatError(":eval: each adapter may be named once")
-    from lorachat.datasets import load_dataset
-
-    data = load_dataset(session.home, dataset)
-    if data.bad_lines:
-        session.ui.note(f"dataset '{dataset}': skipping {len(data.bad_lines)} invalid line(s): {data.describe_problems()}")
+    data = _dataset(session, dataset)
     if not data.examples:
         raise LorachatError(f"dataset '{dataset}' has no examples to evaluate on")
-    notes, rows = shelf.evaluate(session, names, data.examples)
+    extra = locality.questions_of(_dataset(session, check_name(opts.probes, "dataset")).examples) if opts.probes else []
+    if opts.probes and not extra:
+        raise LorachatError(f"dataset '{opts.probes}' has no questions to probe with")
+    builtin = locality.builtin(locality.PROBES)[:opts.builtin]
+    probes = locality.probe_questions(session, extra, builtin)
+    settings = dataclasses.replace(locality.DEFAULTS, max_new_tokens=opts.probe_tokens)
+    notes, rows = shelf.evaluate(session, names, data.examples, probes, settings)
     _notes(session, notes)
     total = len(data.examples)
-    session.ui.table(["adapter", "loss", "recall"], [[n, f"{loss:.4f}", f"{k}/{total}"] for n, loss, k in rows],
-                     title=f"dataset '{dataset}' ({total} examples)")
+    table = [[n, f"{loss:.4f}", f"{k}/{total}", _share(kept and kept.kept), _share(kept and kept.agreement)]
+             for n, loss, k, kept in rows]
+    shown = f"{len(builtin)} built-in" + (f" + {len(extra)} from '{opts.probes}'" if extra else "")
+    session.ui.table(["adapter", "loss", "recall", "kept", "agree"], table,
+                     title=f"dataset '{dataset}' ({total} examples); probes: {shown}, {opts.probe_tokens} tokens")
+
+
+def _dataset(session, name):
+    from lorachat.datasets import load_dataset
+
+    data = load_dataset(session.home, name)
+    if data.bad_lines:
+        session.ui.note(f"dataset '{name}': skipping {len(data.bad_lines)} invalid line(s): {data.describe_problems()}")
+    return data
+
+
+def _share(value) -> str:
+    return "" if value is None or value == "" else f"{100 * value:.1f}%"
 
 
 @command("scale", usage=":scale NAME [FACTOR]", complete=_names)
