@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # the long one last: a run cut short still leaves the other figures in the JSON (written after each suite)
-SUITES = ("startup", "recall", "decode", "switch", "train")
+SUITES = ("startup", "recall", "decode", "switch", "locality", "train")
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,7 @@ def _suites(mode: Mode, device: str, home: Path, only, start: float):
     """(name, zero-argument measure) in run order; decode and switch share one session."""
     import torch
 
-    from bench import decode, recall, shapes, startup, switching, training
+    from bench import decode, locality, recall, shapes, startup, switching, training
     from bench.workspace import trained_session
 
     shape = mode.shape or SHAPE[device]
@@ -131,6 +131,8 @@ def _suites(mode: Mode, device: str, home: Path, only, start: float):
         "decode": lambda: decode.figures(session(), "bench", mode.decode_tokens, mode.decode_rounds),
         "switch": lambda: switching.figures(session(), "bench", mode.loaded, mode.switches),
         "recall": lambda: recall.figures(device, home / "recall", mode.recall_steps),
+        "locality": lambda: locality.figures(mode.steps, None if mode.name == "full" else 32, device,
+                                              log=lambda text: _log(start, text)),
     }
     return [(name, suites[name]) for name in SUITES if name in only]
 

@@ -13,6 +13,9 @@ TARGETS = [
     ("use_switch_ms_p50_50", "<= 2 x use_switch_ms_p50", lambda f: f["use_switch_ms_p50_50"] <= 2 * f["use_switch_ms_p50"]),
     ("adapter_load_ms", "<= 100", lambda f: f["adapter_load_ms"] <= 100),
     ("rss_per_adapter_mb", "<= 2 x adapter_file_mb", lambda f: f["rss_per_adapter_mb"] <= 2 * f["adapter_file_mb"]),
+    ("locality_recall", "10/10 (tiny, defaults)", lambda f: f["locality_recall"] == "10/10"),
+    ("locality_kept", ">= 0.9 of probes as the base", lambda f: f["locality_kept"] >= 0.9),
+    ("locality_time_ratio", "<= 1.5 x plain", lambda f: f["locality_time_ratio"] <= 1.5),
 ]
 
 

@@ -63,18 +63,18 @@ def test_eval_shows_kept_and_agree_untrained_keeps_all_trained_keeps_less(make_s
     adapters.add_new(session, "fresh", adapters_config())  # B = 0: exactly the base
     adapters.save(session, "fresh", {"dataset": "default"})
     code, out = transcript(session, [":train taught steps=20 until=steps lr=1e-2",
-                                     ":eval fresh taught builtin=16 probes=kitchen"])
+                                     ":eval fresh taught builtin=8 probes=kitchen"])
     assert code == 0, out
-    table = out.splitlines()[out.splitlines().index("dataset 'default' (2 examples); probes: 16 built-in + 2 from 'kitchen', 16 tokens"):]
+    table = out.splitlines()[out.splitlines().index("dataset 'default' (2 examples); probes: 8 built-in + 2 from 'kitchen', 16 tokens"):]
     assert table[1].split() == ["adapter", "loss", "recall", "kept", "agree"]
     rows = {r.split()[0]: r.split() for r in table[2:5]}
     assert rows["base"][3:] == ["100.0%", "100.0%"] and rows["fresh"][3:] == ["100.0%", "100.0%"]
     assert float(rows["taught"][3].rstrip("%")) < 100 and float(rows["taught"][4].rstrip("%")) < 100
     cache = session.extensions["locality"]
     assert len(cache) == 1
-    transcript(session, [":eval base builtin=16 probes=kitchen"])
+    transcript(session, [":eval base builtin=8 probes=kitchen"])
     assert len(cache) == 1  # the base's answers are computed once per session
-    transcript(session, [":instruction Answer briefly.", ":eval base builtin=16 probes=kitchen"])
+    transcript(session, [":instruction Answer briefly.", ":eval base builtin=8 probes=kitchen"])
     assert len(cache) == 2  # another instruction asks other questions
 
 
