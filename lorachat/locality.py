@@ -20,6 +20,7 @@ and `measure`, which switch adapters through adapters.activate and cache in `ses
 from dataclasses import dataclass, field
 from importlib import resources
 
+from lorachat.errors import LorachatError
 from lorachat.prompts import IGNORE, asked, prompt_ids
 
 PROBES, ANCHORS = "probes", "anchors"
@@ -76,6 +77,11 @@ def questions_of(examples) -> list[tuple[str, str]]:
 def reference(model, tokenizer, questions, options: LocalityOptions = DEFAULTS) -> Reference:
     """The greedy answers `model` gives (as it is now) to `questions`, (instruction, question) pairs."""
     prompts = [prompt_ids(tokenizer, instruction, question) for instruction, question in questions]
+    room = getattr(model.config, "max_position_embeddings", None)
+    for number, ids in enumerate(prompts, 1):
+        if room is not None and len(ids) + options.max_new_tokens > room:
+            raise LorachatError(f"probe question {number} ({questions[number - 1][1][:40]!r}...) is {len(ids)} tokens: "
+                                f"with {options.max_new_tokens} answer tokens it is longer than the model reads ({room})")
     return Reference(tuple(map(tuple, prompts)), tuple(map(tuple, greedy(model, tokenizer, prompts, options))))
 
 
