@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # the long one last: a run cut short still leaves the other figures in the JSON (written after each suite)
-SUITES = ("startup", "recall", "dataset", "ddp", "decode", "switch", "train")
+SUITES = ("startup", "recall", "dataset", "ddp", "decode", "switch", "locality", "train")
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ def _suites(mode: Mode, device: str, home: Path, only, start: float):
     """(name, zero-argument measure) in run order; decode and switch share one session."""
     import torch
 
-    from bench import dataset, ddp, decode, recall, shapes, startup, switching, training
+    from bench import dataset, ddp, decode, locality, recall, shapes, startup, switching, training
     from bench.workspace import trained_session
 
     shape = mode.shape or SHAPE[device]
@@ -136,6 +136,8 @@ def _suites(mode: Mode, device: str, home: Path, only, start: float):
         "recall": lambda: recall.figures(device, home / "recall", mode.recall_steps),
         "dataset": lambda: dataset.figures(device, mode.dataset_steps, mode.dataset_rows),
         "ddp": lambda: ddp.figures(device, home / "ddp", mode.name),
+        "locality": lambda: locality.figures(mode.steps, None if mode.name == "full" else 32, device,
+                                              log=lambda text: _log(start, text)),
     }
     return [(name, suites[name]) for name in SUITES if name in only]
 

@@ -15,6 +15,9 @@ TARGETS = [
     ("dataset_check_overhead", "<= 0.10 (until=recall vs until=steps, tokens/s)", lambda f: f["dataset_check_overhead"] <= 0.10),
     ("dataset_eval_ratio", "<= 1.25 (:eval vs a plain forward)", lambda f: f["dataset_eval_ratio"] <= 1.25),
     ("rss_per_adapter_mb", "<= 2 x adapter_file_mb", lambda f: f["rss_per_adapter_mb"] <= 2 * f["adapter_file_mb"]),
+    ("locality_recall", "10/10 (tiny, defaults)", lambda f: f["locality_recall"] == "10/10"),
+    ("locality_kept", ">= 0.9 of probes as the base", lambda f: f["locality_kept"] >= 0.9),
+    ("locality_time_ratio", "<= 1.5 x plain", lambda f: f["locality_time_ratio"] <= 1.5),
 ]
 
 

@@ -140,7 +140,6 @@ def _prompter(history: Path, session):
     if not (sys.stdout.isatty() or sys.stderr.isatty()):
         return PlainPrompt()
     from prompt_toolkit import PromptSession
-    from prompt_toolkit.history import FileHistory
     from prompt_toolkit.output import create_output
 
     return PromptSession(history=_history(history), completer=make_completer(session),
@@ -150,7 +149,6 @@ def _prompter(history: Path, session):
 def _history(path: Path):
     """The input history in `path`; in memory only (said once) when that file cannot be written,
     now or later: a read-only cache folder is no reason for a traceback at every line."""
-    from prompt_toolkit.history import FileHistory
 
     class KeptHistory(FileHistory):
         problem, told = None, False

@@ -215,18 +215,24 @@ def decode_answer(tokenizer, ids: list[int]) -> str:
     return prompts.clean_answer(tokenizer.decode(ids, skip_special_tokens=True))
 
 
-def evaluate(session, names: list[str], encoded, on_batch=None) -> tuple[list[str], list[tuple[str, float, int]]]:
-    """(name, mean answer-token loss, recall k as asked) for each of `names` on `encoded`
-    (batches.encode's result); the active adapter is restored afterwards."""
+def evaluate(session, names: list[str], encoded, on_batch=None, probes=(), options=None) -> tuple[list[str], list[tuple]]:
+    """(name, mean answer-token loss, recall k as asked, locality.Locality or None) for each of
+    `names` on `encoded` (batches.encode's result); the locality is measured on `probes`,
+    (instruction, question) pairs, against the base's greedy answers (computed once per session).
+    The active adapter is restored afterwards."""
+    from lorachat import locality
     from lorachat.recall import Recall
 
+    options = options or locality.DEFAULTS
     notes = load_all(session, names)
     checker = Recall(session.tokenizer, encoded.examples, encoded.items, session.asking())
+    ref = locality.session_reference(session, list(probes), options) if probes else None
     previous, rows = session.active_adapter, []
     try:
         for n in names:
             adapters.activate(session, None if n == BASE else n)
-            rows.append((n, *checker.evaluate(session.model, on_batch)))
+            kept = locality.score(session.model, session.tokenizer, ref, options) if ref else None
+            rows.append((n, *checker.evaluate(session.model, on_batch), kept))
     finally:
         adapters.activate(session, previous if previous in adapters.loaded_names(session) else None)
     return notes, rows

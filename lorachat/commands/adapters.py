@@ -1,10 +1,7 @@
-"""Adapter commands: :adapters, :use, :merge, :compare, :eval, :scale, :delete, :rename, :save, :export."""
+"""Adapter commands: :adapters, :use, :merge, :scale, :delete, :rename, :save, :export (:compare and :eval: measure.py)."""
 import json
 import math
-import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 from lorachat import adapters, options, shelf
 from lorachat.adapters import BASE
@@ -137,97 +134,6 @@ def merge(session, args):
     notes, path = shelf.merge(session, sources, rest[0], opts)
     _notes(session, notes)
     session.ui.line(f"merged {' + '.join(sources)} ({opts.method}) into '{rest[0]}', saved to {path}; now active")
-
-
-_SEPARATOR = re.compile(r"(?:^|\s)--(?:\s|$)")
-
-
-@command("compare", usage=":compare [NAME ...] [-- QUESTION]", complete=_names_and_base)
-def compare(session, args):
-    """Answer one question with the base and each adapter, greedy, side by side.
-
-    :compare                       the last question; base and every loaded adapter
-    :compare films music -- Who directed Alien?
-    """
-    split = _SEPARATOR.search(args)
-    head, question = (args[:split.start()], args[split.end():].strip()) if split else (args, None)
-    if split and not question:
-        raise LorachatError(":compare: nothing after '--'; give the question to ask")
-    question = question or session.last_question
-    if not question:
-        raise LorachatError(":compare: no question yet; ask one first or give it after '--'")
-    names = [BASE if w.lower() == BASE else w for w in options.split_words(head)]
-    if not names:
-        names = [BASE] + adapters.loaded_names(session)
-    elif BASE not in names:
-        names = [BASE] + names
-    if len(set(names)) != len(names):
-        raise LorachatError(":compare: each adapter may be named once")
-    notes, answers = shelf.compare(session, names, question)
-    _notes(session, notes)
-    if session.ui.interactive:
-        session.ui.table(["adapter", "answer"], [[n, a] for n, a in answers], title=question)
-        return
-    for name, answer in answers:
-        session.ui.line(f"[{name}]")
-        session.ui.line(answer)
-
-
-@dataclass
-class EvalOptions:
-    """`:eval` keys."""
-    dataset: Optional[str] = field(default=None, metadata={"help": "dataset to evaluate on (default: the current one)"})
-    limit: int = field(default=0, metadata={"help": "only the first N examples, for a quick look (0: all)", "min": 0, "max": 10**9})
-
-
-def _eval_details(session):
-    session.ui.table(["key", "default", "meaning"], [list(r) for r in options.describe(EvalOptions())])
-
-
-@command("eval", usage=":eval [NAME ...] [dataset=NAME] [limit=N]", details=_eval_details, complete=_names_and_base)
-def eval_(session, args):
-    """Mean answer-token loss and recall k/n (as asked now) on a dataset, for the base and each adapter.
-
-    :eval                      base and every loaded adapter, on the current dataset
-    :eval films dataset=films limit=100
-    """
-    positional, pairs = options.split_kv(options.split_words(args))
-    opts = options.apply_kv(EvalOptions(), pairs)
-    dataset = check_name(opts.dataset or session.dataset, "dataset")
-    names = [BASE if w.lower() == BASE else w for w in positional] or adapters.loaded_names(session)
-    names = [BASE] + [n for n in names if n != BASE]
-    if len(set(names)) != len(names):
-        raise LorachatError(":eval: each adapter may be named once")
-    encoded = _eval_examples(session, dataset, opts.limit)
-    total = len(encoded.items)
-    with session.ui.progress(f"evaluating on {dataset}", total * len(names)) as update:
-        done = [0]
-
-        def on_batch(rows):
-            done[0] += rows
-            update(done[0])
-
-        notes, rows = shelf.evaluate(session, names, encoded, on_batch)
-    _notes(session, notes)
-    questions = sum(1 for e in encoded.examples if e.text is None)
-    shown = f"{total} examples" + (f", {encoded.skipped} longer than the model's {encoded.limit} positions left out" if encoded.skipped else "")
-    session.ui.table(["adapter", "loss", "recall"], [[n, f"{loss:.4f}", f"{k}/{questions}"] for n, loss, k in rows],
-                     title=f"dataset '{dataset}' ({shown})")
-
-
-def _eval_examples(session, dataset: str, limit: int):
-    from lorachat.batches import encode
-    from lorachat.datasets import load_dataset
-
-    data = load_dataset(session.home, dataset)
-    if data.bad_lines:
-        session.ui.note(f"dataset '{dataset}': skipping {len(data.bad_lines)} invalid line(s): {data.describe_problems()}")
-    examples = data.examples[:limit] if limit else data.examples
-    encoded = encode(session.tokenizer, examples, session.context_length())
-    if not encoded.items:
-        raise LorachatError(f"dataset '{dataset}' has no examples to evaluate on" +
-                            (f" ({encoded.skipped} longer than the model's {encoded.limit} positions)" if encoded.skipped else ""))
-    return encoded
 
 
 @command("scale", usage=":scale NAME [FACTOR]", complete=_names)

@@ -1,0 +1,130 @@
+"""Measuring adapters side by side: :compare (one question, every answer) and :eval (a dataset's
+loss and recall as asked, and what each adapter keeps of the base's answers to probe questions).
+The maths is shelf.py's, recall.py's and locality.py's; this module parses and shows."""
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Optional
+
+from lorachat import adapters, locality, options, shelf
+from lorachat.adapters import BASE
+from lorachat.commands import command
+from lorachat.commands.adapters import _names_and_base, _notes
+from lorachat.errors import LorachatError
+from lorachat.names import check_name
+
+_SEPARATOR = re.compile(r"(?:^|\s)--(?:\s|$)")
+
+
+@command("compare", usage=":compare [NAME ...] [-- QUESTION]", complete=_names_and_base)
+def compare(session, args):
+    """Answer one question with the base and each adapter, greedy, side by side.
+
+    :compare                       the last question; base and every loaded adapter
+    :compare films music -- Who directed Alien?
+    """
+    split = _SEPARATOR.search(args)
+    head, question = (args[:split.start()], args[split.end():].strip()) if split else (args, None)
+    if split and not question:
+        raise LorachatError(":compare: nothing after '--'; give the question to ask")
+    question = question or session.last_question
+    if not question:
+        raise LorachatError(":compare: no question yet; ask one first or give it after '--'")
+    names = [BASE if w.lower() == BASE else w for w in options.split_words(head)]
+    if not names:
+        names = [BASE] + adapters.loaded_names(session)
+    elif BASE not in names:
+        names = [BASE] + names
+    if len(set(names)) != len(names):
+        raise LorachatError(":compare: each adapter may be named once")
+    notes, answers = shelf.compare(session, names, question)
+    _notes(session, notes)
+    if session.ui.interactive:
+        session.ui.table(["adapter", "answer"], [[n, a] for n, a in answers], title=question)
+        return
+    for name, answer in answers:
+        session.ui.line(f"[{name}]")
+        session.ui.line(answer)
+
+
+@dataclass
+class EvalOptions:
+    """`:eval` keys."""
+    dataset: Optional[str] = field(default=None, metadata={"help": "dataset to evaluate on (default: the current one)"})
+    limit: int = field(default=0, metadata={"help": "only the first N examples, for a quick look (0: all)", "min": 0, "max": 10**9})
+    probes: Optional[str] = field(default=None, metadata={"help": "a dataset whose questions are added to the built-in probes"})
+    builtin: Optional[int] = field(default=None, metadata={"help": "how many of the built-in probe questions (none: all; 0: only probes=NAME's)", "min": 0, "max": 100_000})
+    probe_tokens: int = field(default=locality.DEFAULTS.max_new_tokens, metadata={"help": "tokens of each base answer compared", "min": 1, "max": 512})
+
+
+def _eval_details(session):
+    session.ui.table(["key", "default", "meaning"], [list(r) for r in options.describe(EvalOptions())])
+
+
+@command("eval", usage=":eval [NAME ...] [dataset=NAME] [limit=N] [probes=NAME] [builtin=N] [probe_tokens=16]",
+         details=_eval_details, complete=_names_and_base)
+def eval_(session, args):
+    """For the base and each adapter: mean answer-token loss and recall k/n (as asked now) on a dataset,
+    and how much of the base's behaviour it keeps on probe questions it was not taught.
+
+    :eval                      base and every loaded adapter, on the current dataset
+    :eval films dataset=films probes=kitchen limit=100
+    kept: share of probes answered exactly as the base answers them (greedy, first probe_tokens tokens);
+    agree: share of the base's answer tokens the adapter predicts (teacher-forced, EasyEdit's metric).
+    """
+    positional, pairs = options.split_kv(options.split_words(args))
+    opts = options.apply_kv(EvalOptions(), pairs)
+    dataset = check_name(opts.dataset or session.dataset, "dataset")
+    names = [BASE if w.lower() == BASE else w for w in positional] or adapters.loaded_names(session)
+    names = [BASE] + [n for n in names if n != BASE]
+    if len(set(names)) != len(names):
+        raise LorachatError(":eval: each adapter may be named once")
+    encoded = _eval_examples(session, dataset, opts.limit)
+    extra = locality.questions_of(_dataset(session, check_name(opts.probes, "dataset")).examples) if opts.probes else []
+    if opts.probes and not extra:
+        raise LorachatError(f"dataset '{opts.probes}' has no questions to probe with")
+    builtin = locality.builtin(locality.PROBES)[:opts.builtin]
+    probes = locality.probe_questions(session, extra, builtin)
+    settings = dataclasses.replace(locality.DEFAULTS, max_new_tokens=opts.probe_tokens)
+    total = len(encoded.items)
+    with session.ui.progress(f"evaluating on {dataset}", total * len(names)) as update:
+        done = [0]
+
+        def on_batch(rows):
+            done[0] += rows
+            update(done[0])
+
+        notes, rows = shelf.evaluate(session, names, encoded, on_batch, probes, settings)
+    _notes(session, notes)
+    questions = sum(1 for e in encoded.examples if e.text is None)
+    table = [[n, f"{loss:.4f}", f"{k}/{questions}", _share(kept and kept.kept), _share(kept and kept.agreement)]
+             for n, loss, k, kept in rows]
+    shown = f"{total} examples" + (f", {encoded.skipped} longer than the model's {encoded.limit} positions left out" if encoded.skipped else "")
+    probed = f"{len(builtin)} built-in" + (f" + {len(extra)} from '{opts.probes}'" if extra else "")
+    session.ui.table(["adapter", "loss", "recall", "kept", "agree"], table,
+                     title=f"dataset '{dataset}' ({shown}); probes: {probed}, {opts.probe_tokens} tokens")
+
+
+def _eval_examples(session, dataset: str, limit: int):
+    from lorachat.batches import encode
+
+    data = _dataset(session, dataset)
+    examples = data.examples[:limit] if limit else data.examples
+    encoded = encode(session.tokenizer, examples, session.context_length())
+    if not encoded.items:
+        raise LorachatError(f"dataset '{dataset}' has no examples to evaluate on" +
+                            (f" ({encoded.skipped} longer than the model's {encoded.limit} positions)" if encoded.skipped else ""))
+    return encoded
+
+
+def _dataset(session, name):
+    from lorachat.datasets import load_dataset
+
+    data = load_dataset(session.home, name)
+    if data.bad_lines:
+        session.ui.note(f"dataset '{name}': skipping {len(data.bad_lines)} invalid line(s): {data.describe_problems()}")
+    return data
+
+
+def _share(value) -> str:
+    return "" if value is None or value == "" else f"{100 * value:.1f}%"

@@ -1,0 +1,176 @@
+"""Locality: how much of the base model's behaviour an adapter keeps on questions it was not taught.
+
+The base's greedy answers (adapters off) to a list of questions are generated once, in
+length-sorted, left-padded batches, and kept as token ids (a `Reference`). A model with an adapter
+on is then scored by one teacher-forced forward pass per batch over prompt + base answer:
+
+- **exact** (`kept`): the share of questions whose whole base answer (its first `max_new_tokens`
+  tokens, up to and including EOS when that came first) is the argmax at every position. Greedy
+  decoding is a chain of argmaxes, so these are exactly the questions greedy decoding answers as the
+  base did, token for token, without generating anything;
+- **token agreement** (`agree`): the share of base answer tokens that are the argmax given the base's
+  own prefix (EasyEdit's locality metric).
+
+Answers are plain greedy (no repetition penalty, whatever `:set` says), so the figures do not move
+with the session's sampling settings. The probe questions (`probes.txt`) are for measuring only; the
+anchor questions (`anchors.txt`, a disjoint list) are for training-time protection. Knows nothing
+about terminals, files other than those two lists, or training; sessions only in `session_reference`
+and `measure`, which switch adapters through adapters.activate and cache in `session.extensions`.
+"""
+from dataclasses import dataclass, field
+from importlib import resources
+
+from lorachat.errors import LorachatError
+from lorachat.prompts import IGNORE, asked, prompt_ids
+
+PROBES, ANCHORS = "probes", "anchors"
+
+
+@dataclass(frozen=True)
+class LocalityOptions:
+    """How base answers are made and scored (the issue's `max_new_tokens`: 16)."""
+    max_new_tokens: int = field(default=16, metadata={"help": "tokens of each base answer compared", "min": 1, "max": 512})
+    batch: int = field(default=32, metadata={"help": "questions per forward pass", "min": 1, "max": 4096})
+
+
+DEFAULTS = LocalityOptions()
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The base's greedy answers: prompt and answer token ids per question (answers end in EOS when
+    the base stopped before max_new_tokens)."""
+    prompts: tuple
+    answers: tuple
+
+
+@dataclass(frozen=True)
+class Locality:
+    exact: int        # questions answered exactly as the base did
+    questions: int
+    agree: int        # answer tokens that are the argmax
+    tokens: int
+
+    @property
+    def kept(self) -> float:
+        return self.exact / max(self.questions, 1)
+
+    @property
+    def agreement(self) -> float:
+        return self.agree / max(self.tokens, 1)
+
+
+def builtin(name: str) -> list[str]:
+    """The questions of a built-in list (`probes` or `anchors`), one a line, blank lines skipped."""
+    text = resources.files("lorachat").joinpath(f"data/{name}.txt").read_text(encoding="utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def questions_of(examples) -> list[tuple[str, str]]:
+    """(instruction, question) as the user asks each instruction/input example; raw text examples
+    have no question and are left out."""
+    return [asked(e) for e in examples if e.text is None]
+
+
+# --- model level: the caller decides which adapter (if any) is on -----------------------------
+
+def reference(model, tokenizer, questions, options: LocalityOptions = DEFAULTS) -> Reference:
+    """The greedy answers `model` gives (as it is now) to `questions`, (instruction, question) pairs."""
+    prompts = [prompt_ids(tokenizer, instruction, question) for instruction, question in questions]
+    room = getattr(model.config, "max_position_embeddings", None)
+    for number, ids in enumerate(prompts, 1):
+        if room is not None and len(ids) + options.max_new_tokens > room:
+            raise LorachatError(f"probe question {number} ({questions[number - 1][1][:40]!r}...) is {len(ids)} tokens: "
+                                f"with {options.max_new_tokens} answer tokens it is longer than the model reads ({room})")
+    return Reference(tuple(map(tuple, prompts)), tuple(map(tuple, greedy(model, tokenizer, prompts, options))))
+
+
+def greedy(model, tokenizer, prompts: list[list[int]], options: LocalityOptions = DEFAULTS) -> list[list[int]]:
+    """Greedy answer ids per prompt, at most max_new_tokens, cut after the first EOS; generated in
+    batches of similar length, left-padded, so padding costs little and positions stay right."""
+    import torch
+
+    from lorachat.batches import model_device, padding_id
+
+    pad, eos = padding_id(tokenizer), tokenizer.eos_token_id
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    answers = [None] * len(prompts)
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(order), options.batch):
+            rows = order[start:start + options.batch]
+            width = max(len(prompts[i]) for i in rows)
+            ids = torch.tensor([[pad] * (width - len(prompts[i])) + list(prompts[i]) for i in rows])
+            mask = torch.tensor([[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in rows])
+            device = model_device(model)
+            with torch.inference_mode():
+                out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
+                                     max_new_tokens=options.max_new_tokens, min_new_tokens=0, repetition_penalty=1.0,
+                                     pad_token_id=pad, eos_token_id=eos)
+            for i, row in zip(rows, out[:, width:].tolist()):
+                answers[i] = row[:row.index(eos) + 1] if eos is not None and eos in row else row
+    finally:
+        model.train(was_training)
+    return answers
+
+
+def score(model, tokenizer, ref: Reference, options: LocalityOptions = DEFAULTS) -> Locality:
+    """Exact and token agreement of `model` (as it is now) with the reference answers: one
+    teacher-forced forward pass per batch, eval mode, no generation."""
+    import torch
+
+    from lorachat.batches import answer_logits, autocast, collate, known, model_device, padding_id
+
+    items = [(list(p) + list(a), [IGNORE] * len(p) + list(a)) for p, a in zip(ref.prompts, ref.answers)]
+    items.sort(key=lambda item: len(item[0]))
+    exact = agree = 0
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), autocast(model):
+            for start in range(0, len(items), options.batch):
+                batch = items[start:start + options.batch]
+                input_ids, labels, mask = collate(batch, padding_id(tokenizer), model_device(model))
+                logits, targets, rows = answer_logits(model, input_ids, labels, mask)
+                exact += int(known(logits, targets, rows, len(batch)).sum())
+                agree += int((logits.argmax(-1) == targets).sum())
+    finally:
+        model.train(was_training)
+    return Locality(exact=exact, questions=len(items), agree=agree, tokens=sum(len(a) for a in ref.answers))
+
+
+# --- session level -----------------------------------------------------------------------------
+
+CACHE_SIZE = 4  # references kept per session: the probes, the anchors, a dataset or two
+
+
+def session_reference(session, questions, options: LocalityOptions = DEFAULTS) -> Reference:
+    """The base's answers to `questions`, computed once per session with every adapter off (the
+    active one is restored) and cached in session.extensions; a changed instruction or
+    max_new_tokens makes other questions, so another entry."""
+    from lorachat import adapters
+
+    cache = session.extensions.setdefault("locality", {})
+    key = (tuple(questions), options.max_new_tokens)
+    if key in cache:
+        cache[key] = cache.pop(key)  # most recently used last
+        return cache[key]
+    previous = session.active_adapter
+    adapters.activate(session, None)
+    try:
+        ref = reference(session.model, session.tokenizer, questions, options)
+    finally:
+        adapters.activate(session, previous)
+    cache[key] = ref
+    while len(cache) > CACHE_SIZE:
+        cache.pop(next(iter(cache)))
+    return ref
+
+
+def probe_questions(session, extra=(), questions=None) -> list[tuple[str, str]]:
+    """The built-in probes (or `questions`) under the session's instruction, then `extra`
+    (instruction, question) pairs, duplicates dropped."""
+    questions = builtin(PROBES) if questions is None else questions
+    pairs = [(session.instruction, q) for q in questions] + list(extra)
+    return list(dict.fromkeys((i.strip(), q.strip()) for i, q in pairs))

@@ -1,0 +1,165 @@
+"""Locality: the two built-in question lists, kept/agree as :eval measures them, and cross-talk
+between two near-identical taught questions."""
+import json
+import re
+
+import pytest
+
+from lorachat import adapters, locality
+from lorachat.prompts import DEFAULT_INSTRUCTION
+
+SOH = ("What is SOH in semiconductor manufacturing process?",
+       "In semiconductor manufacturing, SOH(Spin On Hardmask) is a high carbon-containing polymer material.")
+SION = ("What is SION in semiconductor manufacturing process?",
+        "In semiconductor manufacturing, SiON refers to silicon oxynitride.")
+
+
+def normal(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip().casefold()
+
+
+def write_dataset(home, name, pairs):
+    folder = home / "datasets"
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f"{name}.jsonl", "w", encoding="utf-8") as f:
+        for question, answer in pairs:
+            f.write(json.dumps({"instruction": DEFAULT_INSTRUCTION, "input": question, "output": answer}) + "\n")
+
+
+def test_probes_and_anchors_are_shipped_and_disjoint():
+    probes, anchors = locality.builtin(locality.PROBES), locality.builtin(locality.ANCHORS)
+    assert len(probes) >= 250 and len(anchors) >= 250
+    for questions in (probes, anchors):
+        assert len({normal(q) for q in questions}) == len(questions)  # no duplicates either
+    assert not {normal(q) for q in probes} & {normal(q) for q in anchors}
+    taught = {normal(q) for q in (SOH[0], SION[0], "Who wrote Hamlet?", "What is the capital of France?")}
+    assert not taught & {normal(q) for q in probes + anchors}
+
+
+def test_exact_is_what_greedy_decoding_returns(make_session):
+    """kept counts, without generating, exactly the probes whose greedy answer is the base's."""
+    import torch
+    from peft import LoraConfig
+
+    session = make_session()
+    questions = [(DEFAULT_INSTRUCTION, q) for q in locality.builtin(locality.PROBES)[:24]]
+    ref = locality.session_reference(session, questions)
+    torch.manual_seed(3)
+    adapters.add_new(session, "noisy", LoraConfig(r=4, target_modules=["v_proj"], init_lora_weights=False))
+    adapters.activate(session, "noisy")
+    adapters.set_scale(session, "noisy", 0.05)  # perturbed enough to change some answers, not all
+    scored = locality.score(session.model, session.tokenizer, ref)
+    answers = locality.greedy(session.model, session.tokenizer, [list(p) for p in ref.prompts])
+    same = sum(list(a) == b for a, b in zip(ref.answers, answers))
+    assert 0 < scored.exact < len(questions) and scored.exact == same
+    assert scored.exact / 24 < scored.agreement < 1
+
+
+def test_eval_shows_kept_and_agree_untrained_keeps_all_trained_keeps_less(make_session, transcript, home):
+    write_dataset(home, "default", [SOH, SION])
+    write_dataset(home, "kitchen", [("How do I cook couscous?", "Pour boiling water over it."),
+                                    ("What is a good pasta shape for pesto?", "Trofie.")])
+    session = make_session()
+    adapters.add_new(session, "fresh", adapters_config())  # B = 0: exactly the base
+    adapters.save(session, "fresh", {"dataset": "default"})
+    code, out = transcript(session, [":train taught steps=20 until=steps lr=1e-2",
+                                     ":eval fresh taught builtin=8 probes=kitchen"])
+    assert code == 0, out
+    table = out.splitlines()[out.splitlines().index("dataset 'default' (2 examples); probes: 8 built-in + 2 from 'kitchen', 16 tokens"):]
+    assert table[1].split() == ["adapter", "loss", "recall", "kept", "agree"]
+    rows = {r.split()[0]: r.split() for r in table[2:5]}
+    assert rows["base"][3:] == ["100.0%", "100.0%"] and rows["fresh"][3:] == ["100.0%", "100.0%"]
+    assert float(rows["taught"][3].rstrip("%")) < 100 and float(rows["taught"][4].rstrip("%")) < 100
+    cache = session.extensions["locality"]
+    assert len(cache) == 1
+    transcript(session, [":eval base builtin=8 probes=kitchen"])
+    assert len(cache) == 1  # the base's answers are computed once per session
+    transcript(session, [":instruction Answer briefly.", ":eval base builtin=8 probes=kitchen"])
+    assert len(cache) == 2  # another instruction asks other questions
+
+
+def adapters_config():
+    from peft import LoraConfig
+
+    return LoraConfig(r=4, target_modules=["q_proj", "v_proj"])
+
+
+@pytest.mark.parametrize("bad", [":eval builtin=-1", ":eval probe_tokens=0", ":eval probes=nothing-here"])
+def test_eval_bad_keys_are_one_line(make_session, transcript, home, bad):
+    write_dataset(home, "default", [SOH])
+    session = make_session()
+    code, out = transcript(session, [bad])
+    assert code != 0 and out.count("error: ") == 1 and "Traceback" not in out
+
+
+def test_two_near_identical_questions_keep_their_own_answers(make_session, transcript, home):
+    """The seed's SOH/SiON mix-up: after :train, each question gets its own answer, not the other's."""
+    write_dataset(home, "default", [SOH, SION])
+    session = make_session()
+    code, out = transcript(session, [":train", SOH[0], SION[0]])
+    assert code == 0, out
+    lines = out.splitlines()
+    assert re.fullmatch(r"trained default: \d+ steps, loss \S+, recall 2/2, .* now active", lines[1]), lines
+    assert lines[2:] == [f"> {SOH[0]}", SOH[1], f"> {SION[0]}", SION[1]]
+
+
+@pytest.fixture
+def bench_on_path(monkeypatch):
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))  # bench/ is a folder, not a package
+
+
+def fresh_adapter(model, config):
+    from peft import get_peft_model
+
+    from lorachat import shape
+
+    return shape.seeded_add(config.seed, lambda: get_peft_model(model, shape.lora_config(model, config)))
+
+
+def test_the_prototype_loop_with_nothing_added_is_train_run(bench_on_path):
+    """bench/protect.py is what phase 2 folds into train.py: with no protection it must be train.run."""
+    import dataclasses
+
+    import torch
+    from bench.protect import Method, teach
+
+    from lorachat import train
+    from lorachat.models import load_model
+    from test_train import examples_of
+
+    config = dataclasses.replace(train.DEFAULTS, steps=6, until="steps")
+    weights = []
+    for run in (lambda m: train.run(m, m_tok, examples_of([SOH, SION]), config),
+                lambda m: teach(m, m_tok, examples_of([SOH, SION]), config, Method("loop"))):
+        loaded = load_model("tiny", device="cpu")
+        m_tok, model = loaded.tokenizer, fresh_adapter(loaded.model, train.resolved(loaded.model, config))
+        run(model)
+        weights.append({n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n})
+    assert weights[0].keys() == weights[1].keys() and all(torch.equal(weights[0][n], weights[1][n]) for n in weights[0])
+
+
+def test_rehearsal_keeps_more_of_the_base_and_recall_is_unchanged(bench_on_path):
+    import dataclasses
+
+    from bench.protect import Method, teach
+
+    from lorachat import train
+    from lorachat.models import load_model
+    from test_train import examples_of
+
+    examples = examples_of([SOH, SION])
+    anchors_asked = [(DEFAULT_INSTRUCTION, q) for q in locality.builtin(locality.ANCHORS)[:16]]
+    probes_asked = [(DEFAULT_INSTRUCTION, q) for q in locality.builtin(locality.PROBES)[:16]]
+    scores = {}
+    for method in (Method("loop"), Method("rehearsal", anchors=4, pool=16)):
+        loaded = load_model("tiny", device="cpu")
+        config = train.resolved(loaded.model, dataclasses.replace(train.DEFAULTS, steps=200))
+        model = fresh_adapter(loaded.model, config)
+        probes = locality.reference(model, loaded.tokenizer, probes_asked)  # B = 0: the base's answers
+        anchors = locality.reference(model, loaded.tokenizer, anchors_asked)
+        result = teach(model, loaded.tokenizer, examples, config, method, anchors)
+        scores[method.name] = (result["recall"], locality.score(model, loaded.tokenizer, probes).agreement)
+    assert scores["loop"][0] == scores["rehearsal"][0] == 2
+    assert scores["rehearsal"][1] > scores["loop"][1] + 0.2
