@@ -149,6 +149,7 @@ def _prompter(history: Path, session):
 def _history(path: Path):
     """The input history in `path`; in memory only (said once) when that file cannot be written,
     now or later: a read-only cache folder is no reason for a traceback at every line."""
+    from prompt_toolkit.history import FileHistory
 
     class KeptHistory(FileHistory):
         problem, told = None, False
