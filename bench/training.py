@@ -81,7 +81,7 @@ def to_loss(model, tokenizer, examples, config, target: float, seed_s: float, ca
     model = shape.seeded_add(config.seed, lambda: get_peft_model(model, shape.lora_config(model, config)))
     paused, state = 0.0, dict(loss=None, step=0)
 
-    def on_step(step, total, loss, known):
+    def on_step(step, total, loss, known, kept=None):
         nonlocal paused
         if step % every == 0:
             start = time.perf_counter()

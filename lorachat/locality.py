@@ -122,8 +122,7 @@ def score(model, tokenizer, ref: Reference, options: LocalityOptions = DEFAULTS)
 
     from lorachat.batches import answer_logits, autocast, collate, known, model_device, padding_id
 
-    items = [(list(p) + list(a), [IGNORE] * len(p) + list(a)) for p, a in zip(ref.prompts, ref.answers)]
-    items.sort(key=lambda item: len(item[0]))
+    items = sorted(items_of(ref), key=lambda item: len(item[0]))
     exact = agree = 0
     was_training = model.training
     model.eval()
@@ -138,6 +137,17 @@ def score(model, tokenizer, ref: Reference, options: LocalityOptions = DEFAULTS)
     finally:
         model.train(was_training)
     return Locality(exact=exact, questions=len(items), agree=agree, tokens=sum(len(a) for a in ref.answers))
+
+
+def anchor_reference(model, tokenizer, instruction: str, pool: int, options: LocalityOptions = DEFAULTS) -> Reference:
+    """The base's answers to the first `pool` built-in anchor questions under `instruction` (what
+    training rehearses; `model` as it is now: a fresh adapter is still zero, so the base answers)."""
+    return reference(model, tokenizer, [(instruction, q) for q in builtin(ANCHORS)[:pool]], options)
+
+
+def items_of(ref: Reference) -> list[tuple[list[int], list[int]]]:
+    """(input_ids, labels) per reference answer: prompt masked, the base's answer carries the loss."""
+    return [(list(p) + list(a), [IGNORE] * len(p) + list(a)) for p, a in zip(ref.prompts, ref.answers)]
 
 
 # --- session level -----------------------------------------------------------------------------

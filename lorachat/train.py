@@ -65,14 +65,21 @@ def trainable(model) -> list:
     return params
 
 
-def run(model, tokenizer, data, config: TrainConfig, on_step=None, should_stop=None, asking=None) -> TrainResult:
+def run(model, tokenizer, data, config: TrainConfig, on_step=None, should_stop=None, asking=None,
+        anchors=None) -> TrainResult:
     """Train the model's trainable (LoRA) parameters on `data` (examples, or batches.encode's
     result); the base stays frozen. Examples longer than max_len (or the model's positions) are
     left out and counted. Recall is reported as asking under `asking` would return it.
+    With `config.anchors`, the base's own answers to built-in anchor questions are rehearsed
+    (`anchors`: a locality.Reference of them; made here, before the first step, when not given).
+    `on_step(step, total, loss, known, kept)` after each step.
 
-    Stops at `config.steps` or `config.epochs`, when every answer is known (`until=recall`), or at
-    the next step boundary once `should_stop()` is true (on any rank) or Ctrl-C arrives (cancelled=True)."""
+    Stops at `config.steps` or `config.epochs`, when every answer is known (`until=recall`; and the
+    anchors kept with `keep_base`), or at the next step boundary once `should_stop()` is true (on
+    any rank) or Ctrl-C arrives (cancelled=True)."""
     import torch
+
+    from lorachat import locality
 
     config = resolved(model, config)
     encoded = data if isinstance(data, Encoded) else encode(tokenizer, data, max_tokens(model, config))
@@ -83,18 +90,22 @@ def run(model, tokenizer, data, config: TrainConfig, on_step=None, should_stop=N
         raise LorachatError("the model has no trainable (adapter) parameters")
     asking = asking or Asking(context=positions(model) or 1 << 20)
     checker = Recall(tokenizer, encoded.examples, encoded.items, asking)
+    if (config.anchors or config.keep_base) and anchors is None:  # the adapter is still zero: the base answers
+        anchors = locality.anchor_reference(model, tokenizer, asking.instruction, config.anchor_pool)
     device = model_device(model)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(config.seed)
-        result = _Loop(model, tokenizer, encoded, checker, config, params, on_step, should_stop).run()
+        result = _Loop(model, tokenizer, encoded, checker, config, params, on_step, should_stop, anchors).run()
     return dataclasses.replace(result, skipped=encoded.skipped, limit=encoded.limit)
 
 
 class _Loop:
     """One training run's state: the optimizer, where it is, what the training passes showed."""
 
-    def __init__(self, model, tokenizer, encoded, checker, config, params, on_step, should_stop):
+    def __init__(self, model, tokenizer, encoded, checker, config, params, on_step, should_stop, anchors=None):
         import torch
+
+        from lorachat import locality
 
         self.model, self.tokenizer, self.items, self.checker = model, tokenizer, encoded.items, checker
         self.config, self.params, self.on_step, self.should_stop = config, params, on_step, should_stop
@@ -115,6 +126,10 @@ class _Loop:
         # the parameters as the optimizer holds them after prepare (FSDP shards them: each rank its own share)
         held = [p for group in self.optimizer.param_groups for p in group["params"]]
         self.guard = Guard(held, self.optimizer, self.schedule, window=max(2 * self.per_epoch, GUARD_WINDOW))
+        self.anchors = anchors                                  # the base's answers (locality.Reference)
+        self.anchor_items = locality.items_of(anchors) if anchors is not None and config.anchors else []
+        self.anchor_draw, self.anchor_cycle = random.Random(config.seed + 1), []
+        self.kept = None                                        # share of the anchors kept (keep_base)
 
     def run(self) -> TrainResult:
         import torch
@@ -153,19 +168,21 @@ class _Loop:
                                    world=self.ranks.world, state=state)
 
     def _done(self) -> bool:
-        return self.cancelled or self.complete and self.config.until == "recall"
+        kept = self.config.keep_base is None or (self.kept or 0.0) >= self.config.keep_base
+        return self.cancelled or self.complete and kept and self.config.until == "recall"
 
     def _step(self, group) -> None:
         began = time.perf_counter()
         group = [[(i, self.items[i]) for i in batch] for batch in group]
-        # before the step, summed across ranks: a stop asked on any rank, and the step's answer tokens
+        extra = self._anchors() if self.anchor_items and self.step % self.config.anchor_every == 0 else []
+        # before the step, summed across ranks: a stop asked on any rank, the step's answer tokens
         stop = 1.0 if self.should_stop is not None and self.should_stop() else 0.0
-        asked, step_tokens = self.ranks.sum([stop, _answer_tokens(group)])
+        asked, step_tokens, anchor_tokens = self.ranks.sum([stop, _answer_tokens(group), _answer_tokens([extra])])
         if asked:
             self.cancelled = True
             return
         loss, tokens, hints = _step(self.wrapped, self.tokenizer, group, self.optimizer, self.ranks, self.config.clip,
-                                    step_tokens)
+                                    step_tokens, [item for _, item in extra], anchor_tokens, self.config.anchor_weight)
         self.schedule.step()
         self.step += 1
         # after it: the loss and the hints, the same on every rank
@@ -178,7 +195,18 @@ class _Loop:
         self.since_check += time.perf_counter() - began
         self._check()
         if self.on_step is not None:
-            self.on_step(self.step, self.total, self.loss, sum(self.seen.values()))
+            self.on_step(self.step, self.total, self.loss, sum(self.seen.values()), self.kept)
+
+    def _anchors(self) -> list:
+        """This rank's share of the next `config.anchors` anchors of a shuffled cycle over the pool
+        (the same draw on every rank, so N ranks rehearse what one would)."""
+        picked = []
+        while len(picked) < self.config.anchors:
+            if not self.anchor_cycle:
+                self.anchor_cycle = list(range(len(self.anchor_items)))
+                self.anchor_draw.shuffle(self.anchor_cycle)
+            picked.append(self.anchor_cycle.pop())
+        return [(j, self.anchor_items[j]) for j in self.ranks.shard(picked)]
 
     def _check(self) -> None:
         """Between steps, with until=recall: whether every example is known now. Run when the
@@ -190,13 +218,18 @@ class _Loop:
             return  # the last step's check is the final one, in _result
         hinted = len(self.seen) == len(self.items) and all(self.seen.values())
         due = self.step % CHECK_EVERY == 0 and self.since_check >= CHECK_SHARE * self.last_check
-        if not (hinted or due):
+        waiting = self.complete and self.config.keep_base is not None   # recall done, the anchors not yet
+        if not (due if waiting else hinted or due):
             return
         began = time.perf_counter()
         mine = self.ranks.shard(range(len(self.items)))
         unknown = [i for i in mine if not self.seen.get(i, False)]
         ok = self.checker.all_known(self.ranks.checking_model(), unknown, indices=mine)
         self.complete = self.ranks.max([0.0 if ok else 1.0])[0] == 0.0
+        if self.complete and self.config.keep_base is not None:
+            from lorachat import locality
+
+            self.kept = locality.score(self.ranks.checking_model(), self.tokenizer, self.anchors).kept
         self.last_check = time.perf_counter() - began
         self.check_seconds += self.last_check
         self.since_check = 0.0
@@ -258,27 +291,35 @@ def _answer_tokens(group) -> int:
     return sum(sum(1 for t in labs[1:] if t != IGNORE) for batch in group for _, (_, labs) in batch)
 
 
-def _step(model, tokenizer, group, optimizer, ranks, clip: float, step_tokens: float):
+def _step(model, tokenizer, group, optimizer, ranks, clip: float, step_tokens: float, extra=(),
+          extra_tokens: float = 0.0, extra_weight: float = 0.0):
     """One optimizer step over `group` (grad_accum batches of (index, (input_ids, labels)));
     (answer-token loss summed on this rank, its non-pad tokens, {index: KNOWN or UNKNOWN} from
     this pass's argmax). The loss is divided by `step_tokens`, the answer tokens of the whole step
     on every rank (times the ranks, which DDP averages over), so N ranks at batch b train exactly
-    as one at N*b."""
+    as one at N*b. `extra` rows (anchors with the base's answers) ride in the first pass; their
+    loss, over `extra_tokens` of the whole step, is added with `extra_weight`."""
     import torch.nn.functional as F
 
     device = model_device(model)
     loss_sum, tokens, hints = 0.0, 0, {}
     for number, batch in enumerate(group):
-        input_ids, labels, mask = collate([item for _, item in batch], padding_id(tokenizer), device)
+        riders = list(extra) if number == 0 else []
+        input_ids, labels, mask = collate([item for _, item in batch] + riders, padding_id(tokenizer), device)
         with ranks.accumulating(last=number == len(group) - 1):
             with ranks.autocast():
                 shifted, targets, rows = answer_logits(model, input_ids, labels, mask)
-            summed = F.cross_entropy(shifted, targets, reduction="sum")
-            ranks.backward(summed * (ranks.world / step_tokens))
+            mine = rows < len(batch)
+            summed = F.cross_entropy(shifted[mine], targets[mine], reduction="sum")
+            objective = summed * (ranks.world / step_tokens)
+            if riders:
+                rehearsed = F.cross_entropy(shifted[~mine], targets[~mine], reduction="sum")
+                objective = objective + extra_weight * rehearsed * (ranks.world / extra_tokens)
+            ranks.backward(objective)
         loss_sum += summed.item()
         tokens += int(mask.sum())
-        for (index, _), ok in zip(batch, known(shifted.detach(), targets, rows, len(batch)).tolist()):
-            hints[index] = KNOWN if ok else UNKNOWN
+        ok = known(shifted[mine].detach(), targets[mine], rows[mine], len(batch)).tolist()
+        hints.update((index, KNOWN if good else UNKNOWN) for (index, _), good in zip(batch, ok))
     if clip:
         ranks.clip([p for g in optimizer.param_groups for p in g["params"]], clip)
     optimizer.step()

@@ -10,7 +10,7 @@ import math
 import signal
 import threading
 
-from lorachat import adapters, batches, distributed, options, prompts, shape, train
+from lorachat import adapters, batches, distributed, locality, options, prompts, shape, train
 from lorachat.commands import command
 from lorachat.errors import LorachatError
 
@@ -41,28 +41,41 @@ def train_(session, args):
     if not encoded.items:  # refuse before creating anything
         raise LorachatError(train.no_examples(encoded, session.model))
     adapters.check_writable(session)  # an adapter that could not be saved would be lost: say so before training
-    previous, unsaved = session.active_adapter, None
+    anchors, probes = _references(session, config)
+    previous, unsaved, kept = session.active_adapter, None, None
     adapters.make_room(session, keep={previous})
     with _deferred_interrupt((signal.SIGINT, signal.SIGTERM) if session.headless else (signal.SIGINT,)) as interrupted:
         shape.seeded_add(config.seed, lambda: adapters.add_new(session, name, lora_config))
         try:
             # FSDP shards the weights the decoding merge reads: checks then run through PEFT's own layers
             with adapters.switch(session).unmerged() if distributed.sharded() else contextlib.nullcontext():
-                result = _run(session, name, encoded, config, interrupted)
+                result = _run(session, name, encoded, config, interrupted, anchors)
             if result.cancelled and config.keep != "partial":
                 _discard(session, name, previous)
             else:
-                if distributed.is_main():  # the other ranks of `lorachat train` hold the same weights
-                    unsaved = _save_or_keep(session, name, _meta(session, encoded, config, result), result.state)
-                distributed.barrier()
                 adapters.activate(session, name)
+                kept = locality.score(session.model, session.tokenizer, probes) if probes else None
+                if distributed.is_main():  # the other ranks of `lorachat train` hold the same weights
+                    unsaved = _save_or_keep(session, name, _meta(session, encoded, config, result, kept), result.state)
+                distributed.barrier()
                 adapters.make_room(session, keep={name}, extra=0)
         except BaseException:
             _discard(session, name, previous)
             raise
-    _report(session, name, result, config)
+    _report(session, name, result, config, kept)
     if unsaved is not None:
         raise unsaved
+
+
+def _references(session, config):
+    """The base's own answers (cached for the session): to the anchor questions training rehearses,
+    and to the probe questions the final line measures on (main process only)."""
+    anchors = None
+    if config.anchors or config.keep_base:
+        questions = [(session.instruction, q) for q in locality.builtin(locality.ANCHORS)[:config.anchor_pool]]
+        anchors = locality.session_reference(session, questions)
+    probes = locality.session_reference(session, locality.probe_questions(session)) if distributed.is_main() else None
+    return anchors, probes
 
 
 def _parse(session, args) -> tuple[str, train.TrainConfig]:
@@ -104,16 +117,17 @@ def _examples(session):
     return dataset.examples
 
 
-def _run(session, name, encoded, config, interrupted):
+def _run(session, name, encoded, config, interrupted, anchors):
     total = train.planned_steps(len(encoded.items), config)
     # until=recall may stop long before the planned steps: the bar says so, its time left is the most
     label = f"training {name}" + (" (stops once every answer is known)" if config.until == "recall" else "")
     with session.ui.progress(label, total) as update:
-        def on_step(step, steps, loss, known):
-            update(step, loss=f"{loss:.2f}", recall=f"~{known}/{len(encoded.items)}")
+        def on_step(step, steps, loss, known, kept):
+            update(step, loss=f"{loss:.2f}", recall=f"~{known}/{len(encoded.items)}",
+                   kept=None if kept is None else f"{kept:.0%}")
 
         return train.run(session.model, session.tokenizer, encoded, config, on_step=on_step,
-                         should_stop=interrupted.is_set, asking=session.asking())
+                         should_stop=interrupted.is_set, asking=session.asking(), anchors=anchors)
 
 
 def _save_or_keep(session, name, meta, state=None) -> LorachatError | None:
@@ -139,18 +153,21 @@ def _discard(session, name, previous) -> None:
         adapters.activate(session, None)
 
 
-def _meta(session, encoded, config, result) -> dict:
+def _meta(session, encoded, config, result, kept) -> dict:
     examples = encoded.examples
     return dict(dataset=session.dataset, examples=len(examples), skipped=result.skipped,
                 records_sha256=train.records_sha256(examples), instruction=prompts.shared_instruction(examples),
                 max_answer_tokens=result.max_answer_tokens, train=dataclasses.asdict(config), steps=result.steps,
                 loss=result.loss if math.isfinite(result.loss) else None, recall=result.recall, tokens=result.tokens,
                 total=result.total, seconds=round(result.seconds, 3), cancelled=result.cancelled,
-                world_size=result.world, global_batch=config.batch * config.grad_accum * result.world)
+                world_size=result.world, global_batch=config.batch * config.grad_accum * result.world,
+                kept=None if kept is None else round(kept.kept, 4), agree=None if kept is None else round(kept.agreement, 4),
+                probes=None if kept is None else kept.questions)
 
 
-def _report(session, name, result, config) -> None:
-    summary = (f"{result.steps} steps, loss {result.loss:.2f}, recall {result.recall}/{result.total}, "
+def _report(session, name, result, config, kept=None) -> None:
+    share = f"kept {kept.kept:.0%} of base answers, " if kept is not None else ""
+    summary = (f"{result.steps} steps, loss {result.loss:.2f}, recall {result.recall}/{result.total}, {share}"
                f"{result.seconds:.1f} s")
     skipped = (f" ({result.skipped} example{'s' if result.skipped != 1 else ''} longer than "
                f"{train.describe_limit(result.limit, session.model)} skipped)") if result.skipped else ""
