@@ -37,6 +37,10 @@ class TrainConfig:
     grad_accum: int = field(default=1, metadata={"help": "forward passes per optimizer step", "min": 1, "max": 1024})
     clip: float = field(default=1.0, metadata={"help": "clip the gradient norm to this (0: no clipping)", "min": 0, "max": 1e6})
     schedule: str = field(default="constant", metadata={"help": "lr over the planned steps: constant, or linear decay to 0", "choices": ("constant", "linear")})
+    warmup: int = field(default=0, metadata={"help": "steps of linear lr warm-up (lr/warmup, 2 lr/warmup, ... lr; 0: none)", "min": 0, "max": 1_000_000})
+    loraplus: Optional[float] = field(default=None, metadata={"help": "LoRA+: the B matrices' lr is lr times this (none: one lr; PEFT's create_loraplus_optimizer)", "min": 1, "max": 1000})
+    rslora: bool = field(default=False, metadata={"help": "rank-stabilised LoRA: scale = alpha / sqrt(r) (PEFT's use_rslora)"})
+    fused: bool = field(default=False, metadata={"help": "torch's fused AdamW kernel"})
     max_len: int = field(default=512, metadata={"help": "longest example in tokens (longer ones are refused)", "min": 8, "max": 131072})
     seed: int = field(default=0, metadata={"help": "seed for the adapter's init, shuffling and dropout", "min": 0, "max": 2**32 - 1})
     checkpointing: bool = field(default=False, metadata={"help": "gradient checkpointing: less memory, ~30% slower"})
@@ -131,7 +135,7 @@ def _loop(model, tokenizer, examples, encoded, config, params, on_step, should_s
 
     # constant lr by default: with until=recall the last step is not known; linear decay (as HF
     # Trainer) is schedule=linear. Clipping at 1.0 (HF's default) keeps a too-high lr from diverging.
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+    optimizer = _optimizer(model, params, config)
     scaler = _scaler(model)
     order = random.Random(config.seed)
     per_epoch = math.ceil(len(encoded) / (config.batch * config.grad_accum))
@@ -236,13 +240,35 @@ def _check(model, tokenizer, examples, config, state, total):
 CHECK_EVERY = 10
 
 
-def _schedule(optimizer, config, total: int):
-    """The lr schedule over the planned steps (as HF Trainer's linear: lr * (1 - step/total))."""
+def _optimizer(model, params, config):
+    """AdamW over `params` (no weight decay); with loraplus, PEFT's LoRA+ groups (B at lr * loraplus)."""
     import torch
 
-    if config.schedule == "linear":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1 - step / total))
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    extra = {"fused": True} if config.fused else {}
+    if config.loraplus:
+        from peft.optimizers import create_loraplus_optimizer
+
+        return create_loraplus_optimizer(model, torch.optim.AdamW, lr=config.lr, loraplus_lr_ratio=config.loraplus,
+                                         weight_decay=0.0, **extra)
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0, **extra)
+
+
+def _schedule(optimizer, config, total: int):
+    """The lr schedule over the planned steps: `warmup` steps rising linearly to lr (the first at
+    lr/warmup), then constant, or decaying linearly towards 0 over the steps left (as HF Trainer's
+    linear: lr * (1 - step/total) without warm-up)."""
+    import torch
+
+    warmup = config.warmup
+
+    def factor(step):
+        if step < warmup:
+            return (step + 1) / warmup
+        if config.schedule == "linear":
+            return max(0.0, 1 - (step - warmup) / max(1, total - warmup))
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def _scaler(model):
