@@ -40,7 +40,6 @@ class TrainConfig:
     warmup: int = field(default=0, metadata={"help": "steps of linear lr warm-up (lr/warmup, 2 lr/warmup, ... lr; 0: none)", "min": 0, "max": 1_000_000})
     loraplus: Optional[float] = field(default=None, metadata={"help": "LoRA+: the B matrices' lr is lr times this (none: one lr; PEFT's create_loraplus_optimizer)", "min": 1, "max": 1000})
     rslora: bool = field(default=False, metadata={"help": "rank-stabilised LoRA: scale = alpha / sqrt(r) (PEFT's use_rslora)"})
-    fused: bool = field(default=False, metadata={"help": "torch's fused AdamW kernel"})
     max_len: int = field(default=512, metadata={"help": "longest example in tokens (longer ones are refused)", "min": 8, "max": 131072})
     seed: int = field(default=0, metadata={"help": "seed for the adapter's init, shuffling and dropout", "min": 0, "max": 2**32 - 1})
     checkpointing: bool = field(default=False, metadata={"help": "gradient checkpointing: less memory, ~30% slower"})
@@ -244,13 +243,14 @@ def _optimizer(model, params, config):
     """AdamW over `params` (no weight decay); with loraplus, PEFT's LoRA+ groups (B at lr * loraplus)."""
     import torch
 
-    extra = {"fused": True} if config.fused else {}
+    # not fused=True: no faster here (the LoRA matrices are tiny), and torch's fused CPU kernel does not
+    # bump the parameters' _version, which switch.py's merged-weight cache keys on (bench/RESULTS.md)
     if config.loraplus:
         from peft.optimizers import create_loraplus_optimizer
 
         return create_loraplus_optimizer(model, torch.optim.AdamW, lr=config.lr, loraplus_lr_ratio=config.loraplus,
-                                         weight_decay=0.0, **extra)
-    return torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0, **extra)
+                                         weight_decay=0.0)
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
 
 
 def _schedule(optimizer, config, total: int):
