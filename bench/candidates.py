@@ -5,7 +5,8 @@ For each candidate (a string of `:train` keys; '' is lorachat's defaults):
   steps and seconds to 10/10;
 - on a benchmark shape (opt-125m): lorachat's loop from the same random base until the answer loss
   (bench/scoring.py) is at or below --target, checked every 10 steps with the clock stopped: steps,
-  seconds and the losses on the way.
+  seconds and the losses on the way; or with --teach, `:train` until recall there (as teach_seconds);
+  or with --step-time, seconds per step side by side.
 One JSON line per candidate, so a long list can be stopped and resumed. How bench/RESULTS.md
 "Closing the gap" was measured; not part of `python -m bench`.
 """
@@ -23,6 +24,7 @@ def main(argv=None) -> int:
     p.add_argument("--target", type=float, help="answer loss to reach (the shape runs; the seed's best)")
     p.add_argument("--cap", type=int, default=400, help="most steps on a shape")
     p.add_argument("--every", type=int, default=10)
+    p.add_argument("--teach", action="store_true", help="on a shape: `:train` until recall (as teach_seconds), not --target")
     p.add_argument("--step-time", type=int, metavar="STEPS",
                    help="instead: seconds per optimizer step over STEPS steps (after 5 unmeasured), candidates "
                         "interleaved over 2 rounds; the candidate 'seed' is the seed's recipe")
@@ -30,11 +32,16 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.step_time:
         return step_times(args.shape, args.candidates, args.step_time)
-    if args.shape != "tiny" and args.target is None:
-        p.error("--target is needed with a model shape")
+    if args.shape != "tiny" and args.target is None and not args.teach:
+        p.error("--target or --teach is needed with a model shape")
     for keys in args.candidates:
         start = time.perf_counter()
-        out = tiny(keys) if args.shape == "tiny" else shape(args.shape, keys, args.target, args.cap, args.every)
+        if args.shape == "tiny":
+            out = tiny(keys)
+        elif args.teach:
+            out = teach(args.shape, keys)
+        else:
+            out = shape(args.shape, keys, args.target, args.cap, args.every)
         print(json.dumps(dict(shape=args.shape, keys=keys, **out, wall_s=round(time.perf_counter() - start, 1))), flush=True)
     return 0
 
@@ -74,6 +81,13 @@ def shape(name: str, keys: str, target: float, cap: int, every: int) -> dict:
     reached = out["reached"].get("target")
     return dict(steps=reached[0] if reached else None, seconds=reached[1] if reached else None,
                 step_s=round(out["seconds"] / out["step"], 3), lr=out["lr"], losses=out["losses"])
+
+
+def teach(name: str, keys: str) -> dict:
+    from bench import lorachat_side, shapes
+
+    home = Path(tempfile.mkdtemp(prefix="bench-candidates-"))
+    return lorachat_side.teach(shapes.build(name, "cpu"), shapes.tokenizer(), shapes.examples(), "cpu", home, keys=keys)
 
 
 def step_times(name: str, candidates, steps: int) -> int:

@@ -50,15 +50,15 @@ def to_loss(base, tokenizer, examples, targets: dict, at: int, cap: int, every: 
                 grad_accum=config.grad_accum, tokens_per_s=round(result.tokens / state["seconds"], 1))
 
 
-def teach(model, tokenizer, examples, device: str, home, steps: int | None = None) -> dict:
-    """`:train` with lorachat's defaults in a fresh session over `model` (wrapped in place), timed
-    whole: adapter creation, training with its recall checks, saving. `steps` caps it (smoke only)."""
+def teach(model, tokenizer, examples, device: str, home, steps: int | None = None, keys: str = "") -> dict:
+    """`:train` with lorachat's defaults (or `keys`) in a fresh session over `model` (wrapped in place),
+    timed whole: adapter creation, training with its recall checks, saving. `steps` caps it (smoke only)."""
     from lorachat import datasets
 
     session = make_session(model, tokenizer, "bench-base", device, home)
     datasets.append_examples(session.home, "teach", examples)
     session.dataset = "teach"
-    line = ":train teach" + (f" steps={steps}" if steps else "")
+    line = ":train teach" + (f" steps={steps}" if steps else "") + (f" {keys}" if keys else "")
     start = time.perf_counter()
     printed = command(session, line)
     seconds = time.perf_counter() - start

@@ -41,7 +41,7 @@ def figures(base, tokenizer, examples, plan, device: str, home, log=lambda text:
         skipped.update(seed_teach_steps="no 400-step seed recall run in this mode")
 
     log("lorachat until the seed's losses")
-    targets = {"seed_lr": main["loss"], "best_lr": sweep[best]["loss"]}
+    targets = {"seed_lr": main["loss"]} | ({"best_lr": sweep[best]["loss"]} if len(sweep) > 1 else {})
     lora = lorachat_side.to_loss(base, tokenizer, examples, targets, at=plan.steps, cap=4 * plan.steps,
                                  every=max(1, plan.steps // 10))
     out.update(_lorachat_figures(lora, main, sweep[best], recipe, plan.steps))
@@ -75,8 +75,9 @@ def _seed_figures(recipe, main, sweep, best, tokenizer, examples) -> dict:
                 train_seed_s=main["seconds"], train_seed_loss=main["loss"],
                 train_seed_tokens_per_s=round(tokens / main["seconds"], 1),
                 seed_lr_sweep={f"{lr:g}": run for lr, run in sorted(sweep.items())},
-                seed_best_lr=best if len(sweep) > 1 else None, seed_best_loss=sweep[best]["loss"],
-                seed_best_s=sweep[best]["seconds"])
+                seed_best_lr=best if len(sweep) > 1 else None,
+                seed_best_loss=sweep[best]["loss"] if len(sweep) > 1 else None,
+                seed_best_s=sweep[best]["seconds"] if len(sweep) > 1 else None)
 
 
 def _seed_teach(base, tokenizer, examples, recipe, plan, device, log) -> dict:
