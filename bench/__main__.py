@@ -26,16 +26,21 @@ class Mode:
     loaded: int           # adapters in memory for use_switch_ms_p50_50
     dataset_steps: int = 40          # :train steps on the generated 1,000-row dataset
     dataset_rows: int = 1000
-    recall_steps: int | None = None  # cap (smoke only)
+    sweep: tuple = ()     # the seed recipe's lrs besides its own (the best one is the second baseline)
+    seed_cap: int = 0     # steps of the seed's run checking recall (0: skipped)
+    check_every: int = 10
+    teach: bool = False   # lorachat's :train until recall on the train suite's model
+    recall_steps: int | None = None  # cap of both :train until recall runs (smoke only)
     shape: str | None = None         # model shape override (smoke only)
 
 
 MODES = {
-    "full": Mode("full", steps=100, decode_tokens=64, decode_rounds=12, switches=25, loaded=50),
+    "full": Mode("full", steps=100, decode_tokens=64, decode_rounds=12, switches=25, loaded=50,
+                 sweep=(1e-4, 2e-4, 5e-4, 1e-3, 5e-3), seed_cap=400, teach=True),
     "quick": Mode("quick", steps=3, decode_tokens=32, decode_rounds=4, switches=10, loaded=50, dataset_steps=10),
     # the smoke test: every code path, nothing worth reading
     "smoke": Mode("smoke", steps=1, decode_tokens=4, decode_rounds=1, switches=2, loaded=4, dataset_steps=1, dataset_rows=40,
-                   recall_steps=1, shape="tiny"),
+                  sweep=(5e-3,), seed_cap=2, check_every=1, teach=True, recall_steps=1, shape="tiny"),
 }
 SHAPE = {"cpu": "opt-125m", "cuda": "opt-2.7b"}
 
@@ -73,12 +78,12 @@ def run(mode: Mode, device: str, only, json_path: Path | None = None) -> dict:
     from bench import machine, targets
 
     start = time.perf_counter()
-    figures, missing = {}, {}
+    figures, missing, skipped = {}, {}, {}
     about = machine.describe(device)
 
     def results():
         return dict(figures, mode=mode.name, total_s=round(time.perf_counter() - start, 1), missing=missing,
-                    machine=about, targets=targets.check(figures))
+                    skipped=skipped, machine=about, targets=targets.check(figures, skipped))
 
     with tempfile.TemporaryDirectory(prefix="lorachat-bench-") as home:
         for name, measure in _suites(mode, device, Path(home), only, start):
@@ -89,6 +94,9 @@ def run(mode: Mode, device: str, only, json_path: Path | None = None) -> dict:
                 missing[name] = str(exc)
                 _log(start, f"{name} missing: {exc}")
                 continue
+            if isinstance(new, tuple):  # (figures, {figure: why this mode skips it})
+                new, skips = new
+                skipped.update(skips)
             figures.update(new)
             _log(start, f"{name} done {json.dumps(new, default=str)}")
             _write(json_path, results())
@@ -118,9 +126,9 @@ def _suites(mode: Mode, device: str, home: Path, only, start: float):
         state.clear()  # the decode/switch session's model and adapters: not needed any more
         training.free(device)
         base = shapes.build(shape, device, dtype)
-        out = training.figures(base, shapes.tokenizer(), shapes.examples(), mode.steps, device, home / "train",
-                               log=lambda text: _log(start, text))
-        return dict(out, model_shape=shape, model_parameters=shapes.parameters(base))
+        out, skips = training.figures(base, shapes.tokenizer(), shapes.examples(), mode, device, home / "train",
+                                      log=lambda text: _log(start, text))
+        return dict(out, model_shape=shape, model_parameters=shapes.parameters(base)), skips
 
     def session():
         if "session" not in state:

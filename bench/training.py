@@ -1,102 +1,121 @@
-"""train_*: the notebook's recipe and lorachat's `:train` on the same model, examples, r/alpha/targets/lr.
+"""The train suite: the seed's recipe (bench/seed.py) against lorachat's `:train` on the same model and pairs.
 
-Both start from bit-identical copies of one randomly initialised base and run the same number of
-optimizer steps, each with its own batch (the notebook's 4 x 4 sequences, lorachat's defaults), so
-non-pad tokens per second are reported too; both are scored by lorachat.batches.answer_loss afterwards
-(mean answer-token cross-entropy, eval mode). Knows nothing about decoding or adapters on disk.
+Headline figures, the ones a user feels: `teach_seconds` (lorachat's `:train` with its defaults until
+every answer comes back verbatim), the seed's recall after its 100 steps and whether it ever gets
+every answer within 400 (checked every 10 steps, clock stopped), and the equal-loss speed-ups:
+lorachat's time to the seed's final answer loss, against the seed at its own lr and at the best lr
+of a small sweep. Per-step and per-token ratios are details. Both sides start from bit-identical
+copies of one base and are scored by bench/scoring.py. Knows nothing about decoding or adapters on disk.
 """
 import copy
 import dataclasses
 import gc
-import time
 
-from bench import recall, seed, shapes
-from bench.workspace import command, make_session
+from bench import lorachat_side, scoring, seed, shapes
 
 # Dense bf16 peak of the GPUs this project is lent (vendor datasheets, SXM parts), for MFU.
 BF16_PEAK = {"H200": 989e12, "H100": 989e12, "A100": 312e12}
 
 
-def figures(base, tokenizer, examples, steps: int, device: str, home, log=lambda text: None):
-    """The train_* figures (and the trained session is dropped: decode and switch make their own)."""
-    from lorachat import batches, datasets, train
+def figures(base, tokenizer, examples, plan, device: str, home, log=lambda text: None):
+    """plan (bench.__main__.Mode): steps, sweep (lrs besides the seed's), seed_cap (steps of the seed's
+    recall run; 0: skip), check_every, teach (run lorachat's :train until recall), recall_steps (its
+    cap; None: lorachat's default). ({figures}, {figure: why skipped})."""
+    recipe = dataclasses.replace(seed.SEED, steps=plan.steps)
+    out, skipped = dict(seed_recipe=recipe.summary(), train_steps=plan.steps), {}
+    log(f"seed recipe: {plan.steps} steps at lr {recipe.lr:g}")
+    main = _seed_run(base, tokenizer, examples, recipe, device, recall=True)
+    log(f"seed recipe: {main['seconds']} s, loss {main['loss']}, recall {main['recall']}")
+    sweep = {recipe.lr: main}
+    for lr in plan.sweep:
+        if lr != recipe.lr:
+            sweep[lr] = _seed_run(base, tokenizer, examples, dataclasses.replace(recipe, lr=lr), device)
+            log(f"seed recipe at lr {lr:g}: {sweep[lr]['seconds']} s, loss {sweep[lr]['loss']}")
+    best = min(sweep, key=lambda lr: sweep[lr]["loss"])
+    out.update(_seed_figures(recipe, main, sweep, best, tokenizer, examples))
+    if len(sweep) == 1:
+        skipped.update(seed_best_lr="no lr sweep in this mode", equal_loss_speedup_best_lr="no lr sweep in this mode")
+    if plan.seed_cap:
+        out.update(_seed_teach(base, tokenizer, examples, recipe, plan, device, log))
+    else:
+        skipped.update(seed_teach_steps="no 400-step seed recall run in this mode")
 
-    config = train.resolved(base, dataclasses.replace(train.DEFAULTS, steps=steps, until="steps"))
-    recipe = seed.Recipe(r=config.r, alpha=config.alpha, dropout=config.dropout, targets=config.targets.split(","),
-                         lr=config.lr, steps=steps, batch=seed.NOTEBOOK_BATCH, grad_accum=seed.NOTEBOOK_GRAD_ACCUM,
-                         seed=config.seed)
-    log(f"seed recipe: {steps} steps")
-    seed_model, seed_s = seed.train(copy.deepcopy(base), tokenizer, examples, recipe, device)
-    seed_loss = batches.answer_loss(seed_model, tokenizer, examples)
-    per_pass = [min(len(tokenizer(t)["input_ids"]), seed.MAX_LENGTH) for t in seed.texts(tokenizer, examples)]
-    seed_tokens = steps * recipe.batch * recipe.grad_accum * sum(per_pass) / len(per_pass)  # non-pad, as sampled
-    del seed_model
-    free(device)
-
-    log(f"seed recipe: {seed_s:.1f} s, loss {seed_loss:.4f}; lorachat: {steps} steps")
-    # the session wraps its model in place (PEFT injects LoRA layers): base itself stays untrained for to_loss
-    session = make_session(copy.deepcopy(base), tokenizer, "bench-base", device, home)
-    datasets.append_examples(session.home, "bench", examples)
-    session.dataset = "bench"
-    start = time.perf_counter()
-    printed = command(session, f":train bench steps={steps} until=steps")
-    lorachat_s = time.perf_counter() - start
-    done = recall.DONE.search(printed)
-    if done is None or int(done.group(1)) != steps:
-        raise RuntimeError(f":train did not run {steps} steps: {printed[-300:]!r}")
-    lorachat_loss = batches.answer_loss(session.model, tokenizer, examples)
-    lengths = [len(ids) for ids, _ in batches.encode(tokenizer, examples, 1 << 20).items]
-    tokens = steps * min(config.batch * config.grad_accum, len(examples)) * sum(lengths) / len(lengths)
-    out = dict(train_steps=steps, train_lorachat_batch=f"{config.batch}x{config.grad_accum}",
-               train_seed_batch=f"{recipe.batch}x{recipe.grad_accum}", train_lr=config.lr, train_r=config.r,
-               train_alpha=config.alpha, train_targets=config.targets,
-               train_seed_s=round(seed_s, 3), train_lorachat_s=round(lorachat_s, 3),
-               train_speedup=round(seed_s / lorachat_s, 2),
-               train_seed_loss=round(seed_loss, 4), train_lorachat_loss=round(lorachat_loss, 4),
-               train_seed_step_s=round(seed_s / steps, 4), train_lorachat_step_s=round(lorachat_s / steps, 4),
-               train_lorachat_recall=f"{done.group(2)}/{done.group(3)}",
-               # non-pad tokens trained on per second: the comparison that does not depend on batch sizes
-               train_tokens_per_s=round(tokens / lorachat_s, 1), train_seed_tokens_per_s=round(seed_tokens / seed_s, 1))
+    log("lorachat until the seed's losses")
+    targets = {"seed_lr": main["loss"]} | ({"best_lr": sweep[best]["loss"]} if len(sweep) > 1 else {})
+    lora = lorachat_side.to_loss(base, tokenizer, examples, targets, at=plan.steps, cap=4 * plan.steps,
+                                 every=max(1, plan.steps // 10))
+    out.update(_lorachat_figures(lora, main, sweep[best], recipe, plan.steps))
     out["train_token_speedup"] = round(out["train_tokens_per_s"] / out["train_seed_tokens_per_s"], 2)
-    del session
-    free(device)
-    log(f"lorachat: {lorachat_s:.1f} s, loss {lorachat_loss:.4f}; lorachat until the seed's loss")
-    out.update(to_loss(base, tokenizer, examples, config, seed_loss, seed_s, cap=4 * steps,
-                       every=max(1, steps // 10)))
+    if plan.teach:
+        log("lorachat: :train with its defaults until every answer is recalled")
+        out.update(lorachat_side.teach(copy.deepcopy(base), tokenizer, examples, device, home, plan.recall_steps))
+        if out.get("seed_teach_seconds") and out["teach_seconds"]:
+            out["teach_speedup"] = round(out["seed_teach_seconds"] / out["teach_seconds"], 2)
+    else:
+        skipped.update(teach_seconds="no lorachat :train until recall on this model in this mode")
     if device == "cuda":
-        out.update(_mfu(shapes.parameters(base), tokens / lorachat_s))
+        out.update(_mfu(shapes.parameters(base), out["train_tokens_per_s"]))
+    return out, skipped
+
+
+def _seed_run(base, tokenizer, examples, recipe, device, recall: bool = False) -> dict:
+    run = seed.train(copy.deepcopy(base), tokenizer, examples, recipe, device)
+    out = dict(seconds=round(run.seconds, 3), loss=round(scoring.answer_loss(run.model, tokenizer, examples), 4))
+    if recall:
+        out["recall"] = f"{scoring.recall(run.model, tokenizer, examples)}/{len(examples)}"
+    del run
+    free(device)
     return out
 
 
-def to_loss(model, tokenizer, examples, config, target: float, seed_s: float, cap: int, every: int = 10) -> dict:
-    """Seconds of lorachat training (train.run, its defaults) until its answer loss is at most `target`,
-    checked every `every` steps with the clock stopped; None if `cap` steps do not get there."""
-    from peft import get_peft_model
+def _seed_figures(recipe, main, sweep, best, tokenizer, examples) -> dict:
+    lengths = [min(len(tokenizer(seed.text(e))["input_ids"]), recipe.max_length) for e in examples]
+    tokens = recipe.steps * recipe.batch * recipe.grad_accum * sum(lengths) / len(lengths)  # non-pad, as sampled
+    return dict(seed_recall=main["recall"], seed_recall_after_100=main["recall"] if recipe.steps == 100 else None,
+                train_seed_s=main["seconds"], train_seed_loss=main["loss"],
+                train_seed_tokens_per_s=round(tokens / main["seconds"], 1),
+                seed_lr_sweep={f"{lr:g}": run for lr, run in sorted(sweep.items())},
+                seed_best_lr=best if len(sweep) > 1 else None,
+                seed_best_loss=sweep[best]["loss"] if len(sweep) > 1 else None,
+                seed_best_s=sweep[best]["seconds"] if len(sweep) > 1 else None)
 
-    from lorachat import batches, shape, train
 
-    if any("lora_" in name for name, _ in model.named_parameters()):
-        raise RuntimeError("to_loss needs the untrained base: this model already holds LoRA layers")
-    config = dataclasses.replace(config, steps=cap, until="steps")
-    model = shape.seeded_add(config.seed, lambda: get_peft_model(model, shape.lora_config(model, config)))
-    paused, state = 0.0, dict(loss=None, step=0)
+def _seed_teach(base, tokenizer, examples, recipe, plan, device, log) -> dict:
+    """The seed's recipe run for plan.seed_cap steps (its lr decaying over those), recall checked
+    every plan.check_every steps with the clock stopped, stopping at the first n/n."""
+    n = len(examples)
+    checks = []
 
-    def on_step(step, total, loss, known, kept=None):
-        nonlocal paused
-        if step % every == 0:
-            start = time.perf_counter()
-            state.update(loss=batches.answer_loss(model, tokenizer, examples), step=step)
-            model.train()
-            paused += time.perf_counter() - start
+    def check(model):
+        checks.append(scoring.recall(model, tokenizer, examples))
+        return checks[-1] == n
 
-    begun = time.perf_counter()
-    train.run(model, tokenizer, examples, config, on_step=on_step,
-              should_stop=lambda: state["loss"] is not None and state["loss"] <= target)
-    seconds = time.perf_counter() - begun - paused
-    reached = state["loss"] is not None and state["loss"] <= target
-    return dict(train_to_seed_loss_steps=state["step"] if reached else None,
-                train_to_seed_loss_s=round(seconds, 3) if reached else None,
-                train_equal_loss_speedup=round(seed_s / seconds, 2) if reached else None)
+    log(f"seed recipe: up to {plan.seed_cap} steps, recall every {plan.check_every}")
+    run = seed.train(copy.deepcopy(base), tokenizer, examples, dataclasses.replace(recipe, steps=plan.seed_cap),
+                     device, check=check, every=plan.check_every)
+    done = next(((step, seconds) for step, value, seconds in run.checks if value is True), None)
+    del run
+    free(device)
+    return dict(seed_teach_cap=plan.seed_cap, seed_teach_steps=done[0] if done else None,
+                seed_teach_seconds=done[1] if done else None,
+                seed_recall_checks=[[plan.check_every * (i + 1), k] for i, k in enumerate(checks)])
+
+
+def _lorachat_figures(lora, main, best, recipe, steps) -> dict:
+    out = dict(train_lorachat_batch=f"{lora['batch']}x{lora['grad_accum']}",
+               train_seed_batch=f"{recipe.batch}x{recipe.grad_accum}", train_lr=lora["lr"], train_r=lora["r"],
+               train_alpha=lora["alpha"], train_targets=lora["targets"],
+               train_lorachat_s=lora["seconds_at"], train_lorachat_loss=lora["loss_at"],
+               train_tokens_per_s=lora["tokens_per_s"])
+    out["train_speedup"] = round(main["seconds"] / lora["seconds_at"], 2) if lora["seconds_at"] else None
+    out["train_seed_step_s"] = round(main["seconds"] / steps, 4)
+    out["train_lorachat_step_s"] = round(lora["seconds_at"] / steps, 4) if lora["seconds_at"] else None
+    for name, seconds_seed in (("seed_lr", main["seconds"]), ("best_lr", best["seconds"])):
+        reached = lora["reached"].get(name)
+        out[f"train_to_{name}_loss_steps"] = reached[0] if reached else None
+        out[f"train_to_{name}_loss_s"] = reached[1] if reached else None
+        out[f"equal_loss_speedup_{name}"] = round(seconds_seed / reached[1], 2) if reached else None
+    return out
 
 
 def _mfu(parameters: int, rate: float) -> dict:

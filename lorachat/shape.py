@@ -55,7 +55,7 @@ def lora_config(model, config):
             raise LorachatError(f"targets: this model has no linear layers named {', '.join(missing)} "
                                 f"(it has: {', '.join(n for n in have if n != 'lm_head')}; or use targets=all-linear)")
     return LoraConfig(r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout, target_modules=targets,
-                      bias="none", task_type="CAUSAL_LM")
+                      use_rslora=config.rslora, bias="none", task_type="CAUSAL_LM")
 
 
 def _up_projection(have: list[str]):

@@ -112,7 +112,7 @@ class _Loop:
         self.ranks = Ranks(model, cpu=model_device(model).type == "cpu")
         # constant lr by default: with until=recall the last step is not known; linear decay (as HF
         # Trainer) is schedule=linear. Clipping at 1.0 (HF's default) keeps a too-high lr from diverging.
-        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+        optimizer = _optimizer(model, params, config)
         loader = torch.utils.data.DataLoader(range(len(self.items)), batch_size=config.batch, collate_fn=list,
                                              sampler=_Shuffled(len(self.items), config.seed))
         self.wrapped, self.optimizer, self.loader = self.ranks.prepare(model, optimizer, loader)
@@ -332,10 +332,33 @@ def _out_of_memory(config) -> str:
             "lower batch (raise grad_accum to keep the same step), max_len or r, or use checkpointing=on")
 
 
-def _schedule(optimizer, config, total: int):
-    """The lr schedule over the planned steps (as HF Trainer's linear: lr * (1 - step/total))."""
+def _optimizer(model, params, config):
+    """AdamW over `params` (no weight decay); with loraplus, PEFT's LoRA+ groups (B at lr * loraplus)."""
     import torch
 
-    if config.schedule == "linear":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1 - step / total))
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    # not fused=True: no faster here (the LoRA matrices are tiny), and torch's fused CPU kernel does not
+    # bump the parameters' _version, which switch.py's merged-weight cache keys on (bench/RESULTS.md)
+    if config.loraplus:
+        from peft.optimizers import create_loraplus_optimizer
+
+        return create_loraplus_optimizer(model, torch.optim.AdamW, lr=config.lr, loraplus_lr_ratio=config.loraplus,
+                                         weight_decay=0.0)
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+
+
+def _schedule(optimizer, config, total: int):
+    """The lr schedule over the planned steps: `warmup` steps rising linearly to lr (the first at
+    lr/warmup), then constant, or decaying linearly towards 0 over the steps left (as HF Trainer's
+    linear: lr * (1 - step/total) without warm-up)."""
+    import torch
+
+    warmup = config.warmup
+
+    def factor(step):
+        if step < warmup:
+            return (step + 1) / warmup
+        if config.schedule == "linear":
+            return max(0.0, 1 - (step - warmup) / max(1, total - warmup))
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
