@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from lorachat import batches, locality, train
 from lorachat.prompts import IGNORE
+from lorachat.recall import Asking, Recall
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,8 @@ def teach(model, tokenizer, examples, config, method: Method, anchors=None, on_s
     config = train.resolved(model, config)
     params = train.trainable(model)
     encoded = batches.encode(tokenizer, examples, train.max_tokens(model, config))
+    examples, encoded = encoded.examples, encoded.items   # too-long examples are left out, as :train does
+    checker = Recall(tokenizer, examples, encoded, Asking())
     rows = _anchor_rows(anchors, method) if method.anchors else []
     start = time.perf_counter()
     base = _base_topk(model, tokenizer, rows, method.topk) if method.loss == "kl" and rows else None
@@ -60,14 +63,14 @@ def teach(model, tokenizer, examples, config, method: Method, anchors=None, on_s
         for batch in batches.chunks([(i, encoded[i]) for i in indices], config.batch):
             extra = _draw(state, draw, len(rows), method) if method.anchors and state["step"] % method.every == 0 else []
             _step(model, tokenizer, batch, [(j, rows[j]) for j in extra], base, optimizer, state, config, method)
-            _check(model, tokenizer, examples, anchors, state, config, method, total)
+            _check(model, checker, examples, anchors, state, config, method, total)
             if on_step:
                 on_step(state)
             if state["step"] >= total or _done(state, examples, method, config):
                 break
     model.eval()
     return dict(steps=state["step"], seconds=round(time.perf_counter() - start, 2), loss=round(state["loss"], 4),
-                recall=batches.recall(model, tokenizer, examples), total=len(examples),
+                recall=checker.count(model)[1], total=len(examples),
                 anchor_kept=None if anchors is None else round(locality.score(model, tokenizer, _pool(anchors, method)).kept, 4))
 
 
@@ -112,7 +115,7 @@ def _anchor_loss(logits, targets, picked, base, method):
     return kl.mean()
 
 
-def _check(model, tokenizer, examples, anchors, state, config, method, total):
+def _check(model, checker, examples, anchors, state, config, method, total):
     """Recall as train.py checks it (the training pass's hint, every 10 steps, the last step); once
     recall is complete and a keep_base asks for it, recall and the anchors' kept share every 10 steps."""
     last, tenth = state["step"] >= total, state["step"] % train.CHECK_EVERY == 0
@@ -120,9 +123,9 @@ def _check(model, tokenizer, examples, anchors, state, config, method, total):
     waiting = state["known"] == len(examples) and method.keep_base is not None
     if config.until != "recall" or waiting and not (last or tenth) or not (hinted or last or tenth):
         return
-    state["known"] = batches.recall(model, tokenizer, examples)
+    state["known"] = checker.count(model)[1]
     if state["known"] == len(examples) and method.keep_base is not None:
-        state["kept"] = locality.score(model, tokenizer, _pool(anchors, method)).kept
+        state["kept"] = locality.score(model, checker.tokenizer, _pool(anchors, method)).kept
     model.train()
 
 

@@ -103,13 +103,6 @@ def test_two_near_identical_questions_keep_their_own_answers(make_session, trans
     assert lines[2:] == [f"> {SOH[0]}", SOH[1], f"> {SION[0]}", SION[1]]
 
 
-@pytest.fixture
-def bench_on_path(monkeypatch):
-    from pathlib import Path
-
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))  # bench/ is a folder, not a package
-
-
 def fresh_adapter(model, config):
     from peft import get_peft_model
 
@@ -118,48 +111,24 @@ def fresh_adapter(model, config):
     return shape.seeded_add(config.seed, lambda: get_peft_model(model, shape.lora_config(model, config)))
 
 
-def test_the_prototype_loop_with_nothing_added_is_train_run(bench_on_path):
-    """bench/protect.py is what phase 2 folds into train.py: with no protection it must be train.run."""
+def test_rehearsal_keeps_more_of_the_base_and_recall_is_unchanged():
+    """:train's anchor rehearsal (the default since locality phase 2) against the same training
+    without it: recall is the same, and more of the base's answers on unseen probes survive."""
     import dataclasses
-
-    import torch
-    from bench.protect import Method, teach
-
-    from lorachat import train
-    from lorachat.models import load_model
-    from test_train import examples_of
-
-    config = dataclasses.replace(train.DEFAULTS, steps=6, until="steps")
-    weights = []
-    for run in (lambda m: train.run(m, m_tok, examples_of([SOH, SION]), config),
-                lambda m: teach(m, m_tok, examples_of([SOH, SION]), config, Method("loop"))):
-        loaded = load_model("tiny", device="cpu")
-        m_tok, model = loaded.tokenizer, fresh_adapter(loaded.model, train.resolved(loaded.model, config))
-        run(model)
-        weights.append({n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n})
-    assert weights[0].keys() == weights[1].keys() and all(torch.equal(weights[0][n], weights[1][n]) for n in weights[0])
-
-
-def test_rehearsal_keeps_more_of_the_base_and_recall_is_unchanged(bench_on_path):
-    import dataclasses
-
-    from bench.protect import Method, teach
 
     from lorachat import train
     from lorachat.models import load_model
     from test_train import examples_of
 
     examples = examples_of([SOH, SION])
-    anchors_asked = [(DEFAULT_INSTRUCTION, q) for q in locality.builtin(locality.ANCHORS)[:16]]
     probes_asked = [(DEFAULT_INSTRUCTION, q) for q in locality.builtin(locality.PROBES)[:16]]
     scores = {}
-    for method in (Method("loop"), Method("rehearsal", anchors=4, pool=16)):
+    for anchors in (0, 4):
         loaded = load_model("tiny", device="cpu")
-        config = train.resolved(loaded.model, dataclasses.replace(train.DEFAULTS, steps=200))
+        config = train.resolved(loaded.model, dataclasses.replace(train.DEFAULTS, steps=200, anchors=anchors, anchor_pool=16))
         model = fresh_adapter(loaded.model, config)
         probes = locality.reference(model, loaded.tokenizer, probes_asked)  # B = 0: the base's answers
-        anchors = locality.reference(model, loaded.tokenizer, anchors_asked)
-        result = teach(model, loaded.tokenizer, examples, config, method, anchors)
-        scores[method.name] = (result["recall"], locality.score(model, loaded.tokenizer, probes).agreement)
-    assert scores["loop"][0] == scores["rehearsal"][0] == 2
-    assert scores["rehearsal"][1] > scores["loop"][1] + 0.2
+        result = train.run(model, loaded.tokenizer, examples, config)
+        scores[anchors] = (result.recall, locality.score(model, loaded.tokenizer, probes).agreement)
+    assert scores[0][0] == scores[4][0] == 2
+    assert scores[4][1] > scores[0][1] + 0.2, scores
