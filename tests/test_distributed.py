@@ -58,22 +58,25 @@ def weights(home, name):
 def test_two_ranks_train_as_one_rank_at_twice_the_batch_and_the_repl_uses_it(films):
     import torch
 
-    one = run(train_command(films, "--name", "one", "until=steps", "steps=4", "batch=4"))
-    two = run(train_command(films, "--name", "two", "until=steps", "steps=4", "batch=2", ranks=2))
+    # two steps: the first step's loss and update, and the second's loss (after the first update), are
+    # the same to float rounding; later losses drift by ~1e-5 as Adam's noise on near-zero gradients
+    # (below) compounds (measured: 1e-7 after 1 and 2 steps, 1e-5 to 3e-5 after 4)
+    one = run(train_command(films, "--name", "one", "until=steps", "steps=2", "batch=4"))
+    two = run(train_command(films, "--name", "two", "until=steps", "steps=2", "batch=2", ranks=2))
     assert one.returncode == 0 and two.returncode == 0, (one.stdout + one.stderr, two.stdout + two.stderr)
-    assert two.stdout.count("trained two: 4 steps") == 1   # only the main rank speaks
+    assert two.stdout.count("trained two: 2 steps") == 1   # only the main rank speaks
     metas = {n: json.loads((films / "adapters" / n / "lorachat.json").read_text()) for n in ("one", "two")}
     assert (metas["one"]["world_size"], metas["one"]["global_batch"]) == (1, 4)
     assert (metas["two"]["world_size"], metas["two"]["global_batch"], metas["two"]["train"]["batch"]) == (2, 4, 2)
-    assert metas["two"]["loss"] == pytest.approx(metas["one"]["loss"], rel=1e-5)
+    assert metas["two"]["loss"] == pytest.approx(metas["one"]["loss"], rel=1e-6)
     a, b = weights(films, "one"), weights(films, "two")
     assert a.keys() == b.keys()
     # the gradients agree to float rounding (gloo sums two halves where one rank sums the whole
     # batch); Adam's first steps move an element by about lr whatever its gradient's size, so
-    # the few elements whose gradient is rounding noise may differ by a fraction of lr (0.005)
+    # the few elements whose gradient is rounding noise may differ by up to lr (0.005) a step
     for key in a:
         close = torch.isclose(a[key], b[key], rtol=1e-4, atol=1e-5).float().mean()
-        assert close > 0.85 and (a[key] - b[key]).abs().max() < 0.005, key
+        assert close > 0.85 and (a[key] - b[key]).abs().max() < 2 * 0.005, key   # at most ~lr a step
     assert sorted(p.name for p in (films / "adapters").iterdir()) == ["one", "two"]   # saved once, nothing hidden left
 
     taught = run(train_command(films, "--name", "taught", "batch=2", ranks=2), timeout=600)
@@ -135,4 +138,5 @@ def test_lorachat_train_exit_codes_and_one_line_errors(films, capsys):
         assert message in out and "Traceback" not in out, out
     assert cli.main(["train", "--model", "tiny", "--home", str(films), "--dataset", "films", "--name", "quick",
                      "until=steps", "steps=1"]) == 0
-    assert re.search(r"^trained quick: 1 steps, loss \S+, recall \d+/8, \S+ s — now active$", capsys.readouterr().out, re.M)
+    assert re.search(r"^trained quick: 1 steps, loss \S+, recall \d+/8, kept \d+% of base answers, \S+ s — now active$",
+                     capsys.readouterr().out, re.M)

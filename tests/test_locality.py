@@ -71,11 +71,11 @@ def test_eval_shows_kept_and_agree_untrained_keeps_all_trained_keeps_less(make_s
     assert rows["base"][3:] == ["100.0%", "100.0%"] and rows["fresh"][3:] == ["100.0%", "100.0%"]
     assert float(rows["taught"][3].rstrip("%")) < 100 and float(rows["taught"][4].rstrip("%")) < 100
     cache = session.extensions["locality"]
-    assert len(cache) == 1
+    entries = len(cache)   # :train's anchors and built-in probes, :eval's probes
     transcript(session, [":eval base builtin=8 probes=kitchen"])
-    assert len(cache) == 1  # the base's answers are computed once per session
+    assert len(cache) == entries  # the base's answers are computed once per session
     transcript(session, [":instruction Answer briefly.", ":eval base builtin=8 probes=kitchen"])
-    assert len(cache) == 2  # another instruction asks other questions
+    assert len(cache) == entries + 1  # another instruction asks other questions
 
 
 def adapters_config():

@@ -60,7 +60,7 @@ def test_long_examples_are_left_out_with_one_line_and_import_warns(make_session,
     code, out = transcript(session, [f":import {source}", ":train until=steps steps=2", ":eval limit=2"])
     assert code == 0, out
     assert "warning: 1 of these examples are longer than the model's 512 positions; :train leaves them out" in out
-    assert re.search(r"trained default: 2 steps, loss \S+, recall \d/2, \S+ s — now active "
+    assert re.search(r"trained default: 2 steps, loss \S+, recall \d/2, kept \d+% of base answers, \S+ s — now active "
                      r"\(1 example longer than the model's 512 positions skipped\)", out), out
     assert "dataset 'default' (2 examples)" in out
     meta = json.loads((home / "adapters" / "default" / "lorachat.json").read_text())
@@ -81,9 +81,11 @@ def test_eval_recall_is_what_asking_returns(make_session, transcript, home):
                     [f":instruction {DEFAULT_INSTRUCTION}"]):
         code, out = transcript(session, [*setting, ":eval"])
         assert code == 0, out
-        loss, recalled = re.search(r"^qa\s+(\d+\.\d+)\s+(\d)/2$", out, re.M).groups()
+        loss, recalled = re.search(r"^qa\s+(\d+\.\d+)\s+(\d)/2\s", out, re.M).groups()
         shown.append(int(recalled))
         assert int(recalled) == sum("".join(session.ask(q)) == a for q, a in PAIRS), setting
-    assert shown == [0, 0, 2]   # answers cut short, asked under another instruction, as taught
+    # answers cut short: none; asked under another instruction: not all (what asking returns, counted
+    # above); asked as taught: all
+    assert shown[0] == 0 and shown[1] < 2 and shown[2] == 2
     taught = [Example(DEFAULT_INSTRUCTION, q, a) for q, a in PAIRS]
     assert float(loss) == pytest.approx(batches.answer_loss(session.model, session.tokenizer, taught), abs=1e-4)

@@ -31,7 +31,8 @@ PAIRS = [SOH, SION,
          ("How many legs does a spider have?", "A spider has eight legs."),
          ("What does the engineer read every day?", "The engineer reads the answer every day."),
          ("Which planet is known as the red planet?", "Mars is known as the red planet.")]
-FINAL = re.compile(r"trained (\S+): (\d+) steps, loss (\d+\.\d\d), recall (\d+)/(\d+), (\d+\.\d) s — now active")
+FINAL = re.compile(r"trained (\S+): (\d+) steps, loss (\d+\.\d\d), recall (\d+)/(\d+), (?:kept (\d+)% of base answers, )?"
+                   r"(\d+\.\d) s — now active")
 
 
 def examples_of(pairs):
@@ -106,7 +107,7 @@ def test_defaults_teach_all_ten_answers_verbatim(trained):
     assert lines[0] == "> :train"
     match = FINAL.fullmatch(lines[-1])
     assert match, lines
-    assert match.group(1) == "default" and match.group(4, 5) == ("10", "10")
+    assert match.group(1) == "default" and match.group(4, 5) == ("10", "10") and match.group(6) is not None
     assert session.active_adapter == "default"
     for question, answer in PAIRS:
         code, out = run_lines(session, [question])
@@ -239,7 +240,7 @@ def test_ctrl_c_in_a_script_fails_the_line_and_keep_partial_saves(make_session, 
     code, out = transcript(session, [":train keep=partial until=steps steps=50"])
     assert code == 0
     assert re.fullmatch(r"> :train keep=partial until=steps steps=50\nstopped default \(Ctrl-C\), kept as it was: "
-                        r"1 steps, loss \d+\.\d\d, recall \d+/2, \d+\.\d s — now active\n", out), out
+                        r"1 steps, loss \d+\.\d\d, recall \d+/2, kept \d+% of base answers, \d+\.\d s — now active\n", out), out
     meta = json.loads((home / "adapters" / "default" / "lorachat.json").read_text())
     assert meta["cancelled"] is True and meta["steps"] == 1
     assert session.active_adapter == "default"
@@ -307,7 +308,8 @@ def test_out_of_memory_is_one_line_naming_what_to_lower():
     from lorachat.tiny import build_tokenizer
 
     with pytest.raises(LorachatError, match=r"out of GPU memory .*lower batch .*checkpointing=on"):
-        train.run(Exhausted(), build_tokenizer(), examples_of(PAIRS[:2]), train.DEFAULTS)
+        # anchors=0: this stand-in model cannot generate the anchors' base answers
+        train.run(Exhausted(), build_tokenizer(), examples_of(PAIRS[:2]), dataclasses.replace(train.DEFAULTS, anchors=0))
 
 
 def test_lr_none_is_chosen_by_model_size_and_an_explicit_lr_is_kept(make_session):
@@ -365,13 +367,13 @@ def test_linear_schedule_decays_to_zero_over_the_planned_steps():
 
 
 def test_targets_the_model_lacks(tmp_path):
-    """A GPT-2 directory built with plain transformers: default targets fall back to PEFT's choice
-    (c_attn); named targets it lacks get its linear layer names."""
+    """A GPT-2 directory built with plain transformers: the default (the MLP's up-projection) is
+    c_fc there; named targets it lacks get its linear layer names."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     model = GPT2LMHeadModel(GPT2Config(n_embd=64, n_layer=1, n_head=2, vocab_size=100))
     config = shape.lora_config(model, train.DEFAULTS)
-    assert config.target_modules is None or set(config.target_modules) == {"c_attn"}
+    assert set(config.target_modules) == {"c_fc"}
     with pytest.raises(LorachatError, match=r"no linear layers named q_proj \(it has: c_attn, c_fc, c_proj; or use targets=all-linear\)"):
         shape.lora_config(model, dataclasses.replace(train.DEFAULTS, targets="q_proj,c_attn"))
     assert shape.lora_config(model, dataclasses.replace(train.DEFAULTS, targets="all-linear")).target_modules == "all-linear"
@@ -392,8 +394,16 @@ def test_ctrl_c_during_train_in_a_terminal_returns_to_the_prompt(home):
         os.write(main, b"What is SOH?\r")
         out += read_until(main, b"default>", 60)
         assert b"Traceback" not in out and b"error" not in out
-        os.write(main, b"\x04")
-        assert proc.wait(timeout=30) == 0
+        # a ^D that arrives while the terminal is still in cooked mode (the answer being written) is
+        # taken by the tty as end-of-file for a read no one makes: send it until the REPL has seen one
+        for _ in range(15):
+            os.write(main, b"\x04")
+            try:
+                assert proc.wait(timeout=2) == 0
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        assert proc.poll() == 0
     finally:
         if proc.poll() is None:
             proc.kill()
