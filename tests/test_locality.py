@@ -132,3 +132,20 @@ def test_rehearsal_keeps_more_of_the_base_and_recall_is_unchanged():
         scores[anchors] = (result.recall, locality.score(model, loaded.tokenizer, probes).agreement)
     assert scores[0][0] == scores[4][0] == 2
     assert scores[4][1] > scores[0][1] + 0.2, scores
+
+
+def test_the_notebooks_r4_still_teaches_the_shipped_semiconductor_pairs(make_session, transcript, home):
+    """The issue: a user's explicit r=4 (the notebook's) must still teach the sample's lessons with
+    the locality defaults on (README's sample, datasets/semiconductor.jsonl: SOH and SiON)."""
+    from pathlib import Path
+
+    folder = home / "datasets"
+    folder.mkdir(parents=True, exist_ok=True)
+    sample = Path(__file__).resolve().parents[1] / "datasets" / "semiconductor.jsonl"
+    (folder / "semiconductor.jsonl").write_bytes(sample.read_bytes())
+    rows = [json.loads(line) for line in sample.read_text().splitlines()]
+    session = make_session()
+    code, out = transcript(session, [":dataset semiconductor", ":train r=4"])
+    assert code == 0 and re.search(rf"recall {len(rows)}/{len(rows)}, kept \d+% of base answers", out), out
+    for row in rows:
+        assert "".join(session.ask(row["input"])) == row["output"]
