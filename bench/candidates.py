@@ -57,19 +57,13 @@ def changes(keys: str) -> dict:
 
 def tiny(keys: str) -> dict:
     from bench import shapes
-    from bench.recall import DONE
-    from bench.workspace import command, session_for
-    from lorachat import datasets
+    from bench.lorachat_side import timed_train
+    from bench.workspace import session_for
     from lorachat.models import load_model
 
     session = session_for(load_model("tiny", "cpu"), Path(tempfile.mkdtemp(prefix="bench-candidates-")))
-    datasets.append_examples(session.home, "ten", shapes.examples())
-    session.dataset = "ten"
-    start = time.perf_counter()
-    printed = command(session, f":train ten {keys}")
-    seconds = time.perf_counter() - start
-    done = DONE.search(printed)
-    return dict(steps=int(done.group(1)), recall=f"{done.group(2)}/{done.group(3)}", seconds=round(seconds, 2))
+    seconds, steps, known, total = timed_train(session, "ten", shapes.examples(), keys=keys)
+    return dict(steps=steps, recall=f"{known}/{total}", seconds=round(seconds, 2))
 
 
 def shape(name: str, keys: str, target: float, cap: int, every: int) -> dict:

@@ -138,7 +138,10 @@ def figures(steps: int, probe_count: int | None, device: str = "cpu", log=lambda
         out[prefix + "time_ratio"] = round(out[prefix + "s"] / out[prefix + "plain_s"], 2)
         out[prefix + "cpu_ratio"] = round(out[prefix + "cpu_s"] / out[prefix + "plain_cpu_s"], 2)
         out[prefix + "probes"] = len(questions)
-    out["locality_method"] = dataclasses.asdict(RECOMMENDED)
+    # :train's defaults (RECOMMENDED, through train.run since phase 2) and plain: the keys that differ
+    out["locality_method"] = {key: getattr(train.DEFAULTS, key) for key in ("targets", "anchors", "anchor_every",
+                                                                           "anchor_weight", "anchor_pool", "keep_base")}
+    out["locality_plain"] = PLAIN
     return out
 
 

@@ -7,11 +7,13 @@ Knows nothing about the seed's recipe.
 """
 import copy
 import dataclasses
+import re
 import time
 
 from bench import scoring
-from bench.recall import DONE
 from bench.workspace import command, make_session
+
+DONE = re.compile(r"trained \S+: (\d+) steps?, loss \S+, recall (\d+)/(\d+)")
 
 
 def to_loss(base, tokenizer, examples, targets: dict, at: int, cap: int, every: int, changes=None) -> dict:
@@ -53,18 +55,24 @@ def to_loss(base, tokenizer, examples, targets: dict, at: int, cap: int, every: 
 def teach(model, tokenizer, examples, device: str, home, steps: int | None = None, keys: str = "") -> dict:
     """`:train` with lorachat's defaults (or `keys`) in a fresh session over `model` (wrapped in place),
     timed whole: adapter creation, training with its recall checks, saving. `steps` caps it (smoke only)."""
+    seconds, steps, known, total = timed_train(make_session(model, tokenizer, "bench-base", device, home),
+                                               "teach", examples, steps, keys)
+    return dict(teach_seconds=round(seconds, 3) if known == total else None, teach_steps=steps,
+                teach_recall=f"{known}/{total}", teach_train_s=round(seconds, 3))
+
+
+def timed_train(session, name: str, examples, steps: int | None = None, keys: str = "") -> tuple:
+    """`:train NAME` on `examples` (as dataset NAME) in `session`, timed around the command itself:
+    (seconds, steps, recalled, total)."""
     from lorachat import datasets
 
-    session = make_session(model, tokenizer, "bench-base", device, home)
-    datasets.append_examples(session.home, "teach", examples)
-    session.dataset = "teach"
-    line = ":train teach" + (f" steps={steps}" if steps else "") + (f" {keys}" if keys else "")
+    datasets.append_examples(session.home, name, examples)
+    session.dataset = name
+    line = f":train {name}" + (f" steps={steps}" if steps else "") + (f" {keys}" if keys else "")
     start = time.perf_counter()
     printed = command(session, line)
     seconds = time.perf_counter() - start
     done = DONE.search(printed)
     if done is None:
         raise RuntimeError(f"{line!r} printed no 'trained ...' line: {printed[-300:]!r}")
-    known, total = int(done.group(2)), int(done.group(3))
-    return dict(teach_seconds=round(seconds, 3) if known == total else None, teach_steps=int(done.group(1)),
-                teach_recall=f"{known}/{total}", teach_train_s=round(seconds, 3))
+    return seconds, int(done.group(1)), int(done.group(2)), int(done.group(3))

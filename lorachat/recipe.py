@@ -1,5 +1,6 @@
 """What a training run is asked to do: the `:train` keys with their defaults (TrainConfig), the lr
-by model size, the planned steps, the token limit, and the record of what was trained. Knows
+by model size, the planned steps, the token limit, the optimizer and lr schedule the keys ask for,
+and the record of what was trained. Knows
 nothing about the loop (train.py), models beyond their size and positions, or files.
 """
 import hashlib
@@ -96,3 +97,35 @@ def no_examples(encoded, model) -> str:
     if not encoded.skipped:
         return "no examples to train on"
     return f"all {encoded.skipped} examples are longer than {describe_limit(encoded.limit, model)}: nothing to train on"
+
+
+def make_optimizer(model, params, config: TrainConfig):
+    """AdamW over `params` (no weight decay); with loraplus, PEFT's LoRA+ groups (B at lr * loraplus)."""
+    import torch
+
+    # not fused=True: no faster here (the LoRA matrices are tiny), and torch's fused CPU kernel does not
+    # bump the parameters' _version, which switch.py's merged-weight cache keys on (bench/RESULTS.md)
+    if config.loraplus:
+        from peft.optimizers import create_loraplus_optimizer
+
+        return create_loraplus_optimizer(model, torch.optim.AdamW, lr=config.lr, loraplus_lr_ratio=config.loraplus,
+                                         weight_decay=0.0)
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+
+
+def make_schedule(optimizer, config: TrainConfig, total: int):
+    """The lr schedule over the planned steps: `warmup` steps rising linearly to lr (the first at
+    lr/warmup), then constant, or decaying linearly towards 0 over the steps left (as HF Trainer's
+    linear: lr * (1 - step/total) without warm-up)."""
+    import torch
+
+    warmup = config.warmup
+
+    def factor(step):
+        if step < warmup:
+            return (step + 1) / warmup
+        if config.schedule == "linear":
+            return max(0.0, 1 - (step - warmup) / max(1, total - warmup))
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -23,7 +23,8 @@ from lorachat.models import positions
 from lorachat.prompts import IGNORE
 from lorachat.recall import Asking, Recall
 from lorachat.recipe import (DEFAULTS, LARGE_LR, SMALL_LR, SMALL_MODEL, TrainConfig, describe_limit,  # noqa: F401
-                             max_tokens, no_examples, planned_steps, records_sha256, resolved)
+                             make_optimizer, make_schedule, max_tokens, no_examples, planned_steps, records_sha256,
+                             resolved)
 
 CHECK_EVERY = 10      # steps between checks when the training passes give no hint
 CHECK_SHARE = 9.0     # ... and only after this many times the last check's cost in training
@@ -112,13 +113,13 @@ class _Loop:
         self.ranks = Ranks(model, cpu=model_device(model).type == "cpu")
         # constant lr by default: with until=recall the last step is not known; linear decay (as HF
         # Trainer) is schedule=linear. Clipping at 1.0 (HF's default) keeps a too-high lr from diverging.
-        optimizer = _optimizer(model, params, config)
+        optimizer = make_optimizer(model, params, config)
         loader = torch.utils.data.DataLoader(range(len(self.items)), batch_size=config.batch, collate_fn=list,
                                              sampler=_Shuffled(len(self.items), config.seed))
         self.wrapped, self.optimizer, self.loader = self.ranks.prepare(model, optimizer, loader)
         self.per_epoch = math.ceil(len(self.loader) / config.grad_accum)
         self.total = planned_steps(len(self.items), config, self.ranks.world)
-        self.schedule = _schedule(self.optimizer, config, self.total)
+        self.schedule = make_schedule(self.optimizer, config, self.total)
         self.step, self.loss, self.tokens, self.cancelled = 0, float("nan"), 0, False
         self.seen = {}              # example index -> known in its latest training pass (a free hint)
         self.complete = False       # the last check found every example known
@@ -330,35 +331,3 @@ def _step(model, tokenizer, group, optimizer, ranks, clip: float, step_tokens: f
 def _out_of_memory(config) -> str:
     return (f"out of GPU memory while training (batch={config.batch}, max_len={config.max_len}, r={config.r}): "
             "lower batch (raise grad_accum to keep the same step), max_len or r, or use checkpointing=on")
-
-
-def _optimizer(model, params, config):
-    """AdamW over `params` (no weight decay); with loraplus, PEFT's LoRA+ groups (B at lr * loraplus)."""
-    import torch
-
-    # not fused=True: no faster here (the LoRA matrices are tiny), and torch's fused CPU kernel does not
-    # bump the parameters' _version, which switch.py's merged-weight cache keys on (bench/RESULTS.md)
-    if config.loraplus:
-        from peft.optimizers import create_loraplus_optimizer
-
-        return create_loraplus_optimizer(model, torch.optim.AdamW, lr=config.lr, loraplus_lr_ratio=config.loraplus,
-                                         weight_decay=0.0)
-    return torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
-
-
-def _schedule(optimizer, config, total: int):
-    """The lr schedule over the planned steps: `warmup` steps rising linearly to lr (the first at
-    lr/warmup), then constant, or decaying linearly towards 0 over the steps left (as HF Trainer's
-    linear: lr * (1 - step/total) without warm-up)."""
-    import torch
-
-    warmup = config.warmup
-
-    def factor(step):
-        if step < warmup:
-            return (step + 1) / warmup
-        if config.schedule == "linear":
-            return max(0.0, 1 - (step - warmup) / max(1, total - warmup))
-        return 1.0
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

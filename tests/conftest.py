@@ -68,3 +68,13 @@ def small_file_limit():
     yield lambda n: resource.setrlimit(resource.RLIMIT_FSIZE, (n, old_limit[1]))
     resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
     signal.signal(signal.SIGXFSZ, old_handler)
+
+
+@pytest.fixture
+def shelved(make_session):
+    """A session with saved adapters a, b, c (none loaded), made by tests/test_adapters.py's shelve."""
+    from test_adapters import shelve
+
+    session = make_session()
+    shelve(session, ["a", "b", "c"])
+    return session

@@ -3,7 +3,6 @@ import hashlib
 import json
 import shutil
 
-import pytest
 import torch
 
 from lorachat import adapters
@@ -46,13 +45,6 @@ def base_hash(session):
             tensor = current.pristine[layer]
         digest.update(key.replace("base_layer.", "").encode() + tensor.detach().numpy().tobytes())
     return digest.hexdigest()
-
-
-@pytest.fixture
-def shelved(make_session):
-    session = make_session()
-    shelve(session, ["a", "b", "c"])
-    return session
 
 
 def test_switching_is_exact_and_merges_for_decoding(make_session, transcript):

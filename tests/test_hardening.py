@@ -44,14 +44,6 @@ def test_a_bug_on_a_terminal_shows_its_traceback_and_the_session_goes_on(make_se
 
 # 13 ----------------------------------------------------------------------------------------------
 
-@pytest.fixture
-def shelved(make_session):
-    """A session with saved adapters a, b, c (none loaded), made as tests/test_adapters.py makes them."""
-    from test_adapters import shelve
-
-    session = make_session()
-    shelve(session, ["a", "b", "c"])
-    return session
 
 
 def test_max_loaded_1_keeps_one_adapter_loaded(shelved, transcript):

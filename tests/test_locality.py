@@ -7,6 +7,7 @@ import pytest
 
 from lorachat import adapters, locality
 from lorachat.prompts import DEFAULT_INSTRUCTION
+from test_train import write_dataset
 
 SOH = ("What is SOH in semiconductor manufacturing process?",
        "In semiconductor manufacturing, SOH(Spin On Hardmask) is a high carbon-containing polymer material.")
@@ -16,14 +17,6 @@ SION = ("What is SION in semiconductor manufacturing process?",
 
 def normal(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip().casefold()
-
-
-def write_dataset(home, name, pairs):
-    folder = home / "datasets"
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / f"{name}.jsonl", "w", encoding="utf-8") as f:
-        for question, answer in pairs:
-            f.write(json.dumps({"instruction": DEFAULT_INSTRUCTION, "input": question, "output": answer}) + "\n")
 
 
 def test_probes_and_anchors_are_shipped_and_disjoint():

@@ -357,7 +357,7 @@ def test_linear_schedule_decays_to_zero_over_the_planned_steps():
     for schedule in ("linear", "constant"):
         config = dataclasses.replace(train.DEFAULTS, lr=0.01, schedule=schedule)
         optimizer.param_groups[0]["lr"] = 0.01
-        scheduler = train._schedule(optimizer, config, 4)
+        scheduler = train.make_schedule(optimizer, config, 4)
         lrs.append([])
         for _ in range(4):
             lrs[-1].append(round(optimizer.param_groups[0]["lr"], 6))
@@ -442,7 +442,7 @@ def test_guard_goes_back_to_the_best_weights_and_halves_the_lr():
 
     weight = torch.nn.Parameter(torch.zeros(2))
     optimizer = torch.optim.AdamW([weight], lr=0.1)
-    schedule = train._schedule(optimizer, dataclasses.replace(train.DEFAULTS, lr=0.1), 100)
+    schedule = train.make_schedule(optimizer, dataclasses.replace(train.DEFAULTS, lr=0.1), 100)
     guard = Guard([weight], optimizer, schedule, window=1)   # window 1: the loss itself, unsmoothed
     for step, loss in enumerate([2.0, 1.0, 0.5, 0.6, 0.7], 1):   # 0.7: up, but not 1.5x and 0.25 above 0.5
         with torch.no_grad():

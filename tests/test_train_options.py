@@ -17,7 +17,7 @@ def lrs(config, total: int, steps: int):
     import torch
 
     optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=config.lr)
-    scheduler = train._schedule(optimizer, config, total)
+    scheduler = train.make_schedule(optimizer, config, total)
     out = []
     for _ in range(steps):
         out.append(round(optimizer.param_groups[0]["lr"], 6))
@@ -43,7 +43,7 @@ def peft_model(session, **changes):
 def test_default_optimizer_is_one_plain_adamw_group(make_session):
     model, config = peft_model(make_session())
     params = train.trainable(model)
-    optimizer = train._optimizer(model, params, config)
+    optimizer = train.make_optimizer(model, params, config)
     assert type(optimizer).__name__ == "AdamW" and len(optimizer.param_groups) == 1
     assert optimizer.param_groups[0]["params"] == params and optimizer.param_groups[0]["lr"] == 0.002
     assert optimizer.param_groups[0]["weight_decay"] == 0.0
@@ -51,7 +51,7 @@ def test_default_optimizer_is_one_plain_adamw_group(make_session):
 
 def test_loraplus_gives_the_b_matrices_lr_times_the_ratio(make_session):
     model, config = peft_model(make_session(), loraplus=16.0)
-    optimizer = train._optimizer(model, train.trainable(model), config)
+    optimizer = train.make_optimizer(model, train.trainable(model), config)
     names = {id(p): n for n, p in model.named_parameters()}
     by_lr = {}
     for group in optimizer.param_groups:
