@@ -52,5 +52,5 @@ def trained_session(base, tokenizer, examples, name: str, device: str, home, ste
     session = make_session(base, tokenizer, "bench-base", device, home)
     datasets.append_examples(session.home, name, examples)
     session.dataset = name
-    command(session, f":train {name} steps={steps} until=steps")
+    command(session, f":train {name} steps={steps} until=steps probes=0")  # probes: the kept share is locality's
     return session

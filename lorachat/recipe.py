@@ -41,6 +41,7 @@ class TrainConfig:
     anchor_every: int = field(default=2, metadata={"help": "rehearse anchors on every N-th step", "min": 1, "max": 1000})
     anchor_weight: float = field(default=0.3, metadata={"help": "weight of the anchors' loss against the examples'", "min": 0, "max": 100})
     anchor_pool: int = field(default=64, metadata={"help": "how many of the built-in anchor questions (their base answers made once)", "min": 1, "max": 100_000})
+    probes: int = field(default=100, metadata={"help": "built-in probe questions the final line's kept share is measured on (0: not measured; :eval uses all)", "min": 0, "max": 100_000})
     keep_base: Optional[float] = field(default=None, metadata={"help": "until=recall also waits until this share of the anchors is answered as the base did (none: recall alone)", "positive": True, "max": 1})
     checkpointing: bool = field(default=False, metadata={"help": "gradient checkpointing: less memory, ~30% slower"})
     until: str = field(default="recall", metadata={"help": "recall: stop when every answer comes back verbatim; steps: run them all", "choices": ("recall", "steps")})

@@ -142,3 +142,17 @@ def test_the_notebooks_r4_still_teaches_the_shipped_semiconductor_pairs(make_ses
     assert code == 0 and re.search(rf"recall {len(rows)}/{len(rows)}, kept \d+% of base answers", out), out
     for row in rows:
         assert "".join(session.ask(row["input"])) == row["output"]
+
+
+def test_train_measures_kept_on_the_first_probes_and_probes_0_turns_it_off(make_session, transcript, home):
+    write_dataset(home, "default", [SOH])
+    session = make_session()
+    code, out = transcript(session, [":train a until=steps steps=2 probes=7", ":train b until=steps steps=2 probes=0"])
+    assert code == 0, out
+    lines = [line for line in out.splitlines() if line.startswith("trained")]
+    assert re.search(r"recall \d/1, kept \d+% of base answers, ", lines[0]) and "kept" not in lines[1], lines
+    metas = {n: json.loads((home / "adapters" / n / "lorachat.json").read_text()) for n in "ab"}
+    assert metas["a"]["probes"] == 7 and 0 <= metas["a"]["kept"] <= 1
+    assert metas["b"]["probes"] is None and metas["b"]["kept"] is None
+    cache = session.extensions["locality"]
+    assert sorted(len(key[0]) for key in cache) == [7, 64]   # the first 7 probes, the 64 anchors

@@ -69,12 +69,15 @@ def train_(session, args):
 
 def _references(session, config):
     """The base's own answers (cached for the session): to the anchor questions training rehearses,
-    and to the probe questions the final line measures on (main process only)."""
+    and to the first `config.probes` built-in probes the final line measures on (main process only)."""
     anchors = None
     if config.anchors or config.keep_base:
         questions = [(session.instruction, q) for q in locality.builtin(locality.ANCHORS)[:config.anchor_pool]]
         anchors = locality.session_reference(session, questions)
-    probes = locality.session_reference(session, locality.probe_questions(session)) if distributed.is_main() else None
+    probes = None
+    if config.probes and distributed.is_main():
+        questions = locality.probe_questions(session, questions=locality.builtin(locality.PROBES)[:config.probes])
+        probes = locality.session_reference(session, questions)
     return anchors, probes
 
 
