@@ -99,7 +99,7 @@ def eval_(session, args):
     questions = sum(1 for e in encoded.examples if e.text is None)
     table = [[n, f"{loss:.4f}", f"{k}/{questions}", _share(kept and kept.kept), _share(kept and kept.agreement)]
              for n, loss, k, kept in rows]
-    shown = f"{total} examples" + (f", {encoded.skipped} longer than the model's {encoded.limit} positions left out" if encoded.skipped else "")
+    shown = f"{total} example{'' if total == 1 else 's'}" + (f", {encoded.skipped} longer than the model's {encoded.limit} positions left out" if encoded.skipped else "")
     probed = f"{len(builtin)} built-in" + (f" + {len(extra)} from '{opts.probes}'" if extra else "")
     session.ui.table(["adapter", "loss", "recall", "kept", "agree"], table,
                      title=f"dataset '{dataset}' ({shown}); probes: {probed}, {opts.probe_tokens} tokens")
