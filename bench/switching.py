@@ -19,11 +19,11 @@ MIB = 1 << 20
 
 def figures(session, adapter: str, loaded: int, switches: int) -> dict:
     """`loaded`: how many adapters are in memory for the second switch figure (50 in the issue)."""
-    from lorachat import adapters
+    from lorachat import adapters, saving
 
     path = adapters.adapter_path(session, adapter)
     if not path.exists():
-        adapters.save(session, adapter, {"bench": True})
+        saving.save(session, adapter, {"bench": True})
     copies = [f"{adapter}-copy{i:02d}" for i in range(1, loaded)]
     for name in copies:
         shutil.copytree(path, adapters.adapter_path(session, name))

@@ -2,7 +2,7 @@
 standalone model, answer one prompt with base and adapters side by side, evaluate, list; delete and
 rename saved adapters.
 
-Builds on adapters.py (loading, saving, switching); knows nothing about terminals — commands
+Builds on adapters.py (loading, switching) and saving.py; knows nothing about terminals — commands
 format what these functions return.
 """
 import math
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from lorachat import adapters, prompts, provenance, store
+from lorachat import adapters, prompts, provenance, saving, store
 from lorachat.adapters import BASE
 from lorachat.errors import LorachatError, did_you_mean
 from lorachat.names import check_name
@@ -94,7 +94,7 @@ def merge(session, sources: list[str], name: str, options: MergeOptions) -> tupl
     meta = dict(merged_from=sources, method=options.method, weights=weights, density=options.density,
                 ranks=ranks, **({"scales": scales} if scales else {}), **_asking_of(session, sources))
     try:
-        path = adapters.save(session, name, meta)
+        path = saving.save(session, name, meta)
     except LorachatError:
         adapters.remove(session, name)
         raise

@@ -15,16 +15,16 @@ import random
 import time
 from dataclasses import dataclass, field
 
-from lorachat.batches import Encoded, answer_logits, collate, encode, known, model_device, padding_id
+from lorachat.batches import Encoded, encode, model_device
 from lorachat.distributed import Ranks
 from lorachat.errors import LorachatError
 from lorachat.guard import Guard
 from lorachat.models import positions
-from lorachat.prompts import IGNORE
 from lorachat.recall import Asking, Recall
 from lorachat.recipe import (DEFAULTS, LARGE_LR, SMALL_LR, SMALL_MODEL, TrainConfig, describe_limit,  # noqa: F401
                              make_optimizer, make_schedule, max_tokens, no_examples, planned_steps, records_sha256,
                              resolved)
+from lorachat.steps import KNOWN, Shuffled, answer_tokens, one_step, optimizer_steps
 
 CHECK_EVERY = 10      # steps between checks when the training passes give no hint
 CHECK_SHARE = 9.0     # ... and only after this many times the last check's cost in training
@@ -115,7 +115,7 @@ class _Loop:
         # Trainer) is schedule=linear. Clipping at 1.0 (HF's default) keeps a too-high lr from diverging.
         optimizer = make_optimizer(model, params, config)
         loader = torch.utils.data.DataLoader(range(len(self.items)), batch_size=config.batch, collate_fn=list,
-                                             sampler=_Shuffled(len(self.items), config.seed))
+                                             sampler=Shuffled(len(self.items), config.seed))
         self.wrapped, self.optimizer, self.loader = self.ranks.prepare(model, optimizer, loader)
         self.per_epoch = math.ceil(len(self.loader) / config.grad_accum)
         self.total = planned_steps(len(self.items), config, self.ranks.world)
@@ -141,7 +141,7 @@ class _Loop:
         self.model.train()
         try:
             while self.step < self.total and not self._done():
-                for group in _steps(self.loader, self.config.grad_accum):
+                for group in optimizer_steps(self.loader, self.config.grad_accum):
                     if self._done():
                         break
                     self._step(group)
@@ -178,11 +178,11 @@ class _Loop:
         extra = self._anchors() if self.anchor_items and self.step % self.config.anchor_every == 0 else []
         # before the step, summed across ranks: a stop asked on any rank, the step's answer tokens
         stop = 1.0 if self.should_stop is not None and self.should_stop() else 0.0
-        asked, step_tokens, anchor_tokens = self.ranks.sum([stop, _answer_tokens(group), _answer_tokens([extra])])
+        asked, step_tokens, anchor_tokens = self.ranks.sum([stop, answer_tokens(group), answer_tokens([extra])])
         if asked:
             self.cancelled = True
             return
-        loss, tokens, hints = _step(self.wrapped, self.tokenizer, group, self.optimizer, self.ranks, self.config.clip,
+        loss, tokens, hints = one_step(self.wrapped, self.tokenizer, group, self.optimizer, self.ranks, self.config.clip,
                                     step_tokens, [item for _, item in extra], anchor_tokens, self.config.anchor_weight)
         self.schedule.step()
         self.step += 1
@@ -254,78 +254,6 @@ class _Loop:
                            epochs=self.step / self.per_epoch, known=int(known_count), examples=len(self.items),
                            check_seconds=self.check_seconds, reasons=self.checker.reasons(),
                            max_answer_tokens=self.checker.longest_answer())
-
-
-KNOWN, UNKNOWN = 1.0, 2.0   # an example's hint from its latest training pass (the max across ranks is the
-                            # pessimistic one where accelerate's even batches repeat an example)
-
-
-class _Shuffled:
-    """Example indices in a new seeded order each epoch, the same on every rank (accelerate's
-    prepared loader then gives each rank its share of each global batch)."""
-
-    def __init__(self, count: int, seed: int):
-        self.count, self.order = count, random.Random(seed)
-
-    def __len__(self) -> int:
-        return self.count
-
-    def __iter__(self):
-        indices = list(range(self.count))
-        self.order.shuffle(indices)
-        return iter(indices)
-
-
-def _steps(loader, grad_accum: int):
-    """One pass over the loader, as optimizer steps: lists of grad_accum batches of indices."""
-    group = []
-    for batch in loader:
-        group.append(batch)
-        if len(group) == grad_accum:
-            yield group
-            group = []
-    if group:
-        yield group
-
-
-def _answer_tokens(group) -> int:
-    return sum(sum(1 for t in labs[1:] if t != IGNORE) for batch in group for _, (_, labs) in batch)
-
-
-def _step(model, tokenizer, group, optimizer, ranks, clip: float, step_tokens: float, extra=(),
-          extra_tokens: float = 0.0, extra_weight: float = 0.0):
-    """One optimizer step over `group` (grad_accum batches of (index, (input_ids, labels)));
-    (answer-token loss summed on this rank, its non-pad tokens, {index: KNOWN or UNKNOWN} from
-    this pass's argmax). The loss is divided by `step_tokens`, the answer tokens of the whole step
-    on every rank (times the ranks, which DDP averages over), so N ranks at batch b train exactly
-    as one at N*b. `extra` rows (anchors with the base's answers) ride in the first pass; their
-    loss, over `extra_tokens` of the whole step, is added with `extra_weight`."""
-    import torch.nn.functional as F
-
-    device = model_device(model)
-    loss_sum, tokens, hints = 0.0, 0, {}
-    for number, batch in enumerate(group):
-        riders = list(extra) if number == 0 else []
-        input_ids, labels, mask = collate([item for _, item in batch] + riders, padding_id(tokenizer), device)
-        with ranks.accumulating(last=number == len(group) - 1):
-            with ranks.autocast():
-                shifted, targets, rows = answer_logits(model, input_ids, labels, mask)
-            mine = rows < len(batch)
-            summed = F.cross_entropy(shifted[mine], targets[mine], reduction="sum")
-            objective = summed * (ranks.world / step_tokens)
-            if riders:
-                rehearsed = F.cross_entropy(shifted[~mine], targets[~mine], reduction="sum")
-                objective = objective + extra_weight * rehearsed * (ranks.world / extra_tokens)
-            ranks.backward(objective)
-        loss_sum += summed.item()
-        tokens += int(mask.sum())
-        ok = known(shifted[mine].detach(), targets[mine], rows[mine], len(batch)).tolist()
-        hints.update((index, KNOWN if good else UNKNOWN) for (index, _), good in zip(batch, ok))
-    if clip:
-        ranks.clip([p for g in optimizer.param_groups for p in g["params"]], clip)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return loss_sum, tokens, hints
 
 
 def _out_of_memory(config) -> str:

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from lorachat import adapters, loading, shape, train
+from lorachat import adapters, loading, saving, shape, train
 
 IDS = torch.tensor([[2, 50, 60, 70, 80, 90]])
 
@@ -20,7 +20,7 @@ def saved(session, name: str, config, seed: int):
         for param_name, param in adapters.peft_model(session).named_parameters():
             if f".{name}." in param_name:
                 param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
-    adapters.save(session, name, {"test": True})
+    saving.save(session, name, {"test": True})
     adapters.remove(session, name)
     return adapters.adapter_path(session, name)
 

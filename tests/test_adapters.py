@@ -5,7 +5,7 @@ import shutil
 
 import torch
 
-from lorachat import adapters
+from lorachat import adapters, saving
 
 QUESTION = "What is SOH?"
 
@@ -21,7 +21,7 @@ def shelve(session, names, **kw):
     for seed, name in enumerate(names, start=1):
         torch.manual_seed(seed)
         adapters.add_new(session, name, lora_config(**kw))
-        adapters.save(session, name, {"dataset": "test", "examples": 2})
+        saving.save(session, name, {"dataset": "test", "examples": 2})
         adapters.remove(session, name)
 
 

@@ -223,7 +223,7 @@ def test_adapters_at_80_columns_shows_whole_names_and_short_targets(make_session
     from peft import LoraConfig
     from rich.console import Console
 
-    from lorachat import adapters
+    from lorachat import adapters, saving
     from lorachat.ui import RichUI
 
     session = make_session()
@@ -231,7 +231,7 @@ def test_adapters_at_80_columns_shows_whole_names_and_short_targets(make_session
     made = {"m_cat": ["q_proj", "v_proj"], "m_cat_w": "all-linear", long_name: ["q_proj"]}
     for name, targets in made.items():
         adapters.add_new(session, name, LoraConfig(r=4, target_modules=targets))
-        adapters.save(session, name, {"train": {"targets": targets if isinstance(targets, str) else ",".join(targets)}})
+        saving.save(session, name, {"train": {"targets": targets if isinstance(targets, str) else ",".join(targets)}})
     plain = transcript(session, [":adapters"])[1]
     assert "all-linear" in plain and "q_proj,v_proj" in plain and "model.decoder" not in plain
     console = Console(file=io.StringIO(), width=80)

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from lorachat import adapters, locality
+from lorachat import adapters, locality, saving
 from lorachat.prompts import DEFAULT_INSTRUCTION
 from test_train import write_dataset
 
@@ -54,7 +54,7 @@ def test_eval_shows_kept_and_agree_untrained_keeps_all_trained_keeps_less(make_s
                                     ("What is a good pasta shape for pesto?", "Trofie.")])
     session = make_session()
     adapters.add_new(session, "fresh", adapters_config())  # B = 0: exactly the base
-    adapters.save(session, "fresh", {"dataset": "default"})
+    saving.save(session, "fresh", {"dataset": "default"})
     code, out = transcript(session, [":train taught steps=20 until=steps lr=1e-2",
                                      ":eval fresh taught builtin=8 probes=kitchen"])
     assert code == 0, out

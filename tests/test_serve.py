@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from transformers import AutoTokenizer, LlamaConfig
 
-from lorachat import adapters, chat_template, cli, preflight, serve, shape, shelf, train
+from lorachat import adapters, chat_template, cli, preflight, saving, serve, shape, shelf, train
 from lorachat.errors import LorachatError
 from lorachat.models import load_model
 from lorachat.preflight import MAX_LORA_RANKS, Served, max_lora_rank
@@ -43,7 +43,7 @@ def save(session, name, r, **meta):
     """An adapter as :train saves it (lorachat's LoraConfig, PEFT's files, lorachat.json)."""
     config = shape.lora_config(session.model, dataclasses.replace(train.DEFAULTS, r=r))
     adapters.add_new(session, name, config)
-    adapters.save(session, name, meta)
+    saving.save(session, name, meta)
 
 
 def plain_peft(directory, **config):

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from lorachat import batches, distributed, shape, train
+from lorachat import batches, distributed, shape, steps, train
 from lorachat.errors import LorachatError
 from lorachat.prompts import IGNORE, Example
 from lorachat.session import DEFAULT_INSTRUCTION
@@ -343,8 +343,8 @@ def test_clip_bounds_the_gradient_norm_the_optimizer_sees(make_session):
     norms = {}
     for clip in (0.0, 1e-3):
         optimizer = Recording(params, lr=0.0)
-        tokens = train._answer_tokens(group)
-        train._step(model, session.tokenizer, group, optimizer, distributed.Ranks(model, cpu=True), clip, tokens)
+        tokens = steps.answer_tokens(group)
+        steps.one_step(model, session.tokenizer, group, optimizer, distributed.Ranks(model, cpu=True), clip, tokens)
         norms[clip] = optimizer.norm
     assert norms[0.0] > 1e-2 and norms[1e-3] == pytest.approx(1e-3, rel=1e-4)
 

@@ -3,7 +3,7 @@ import json
 import math
 from pathlib import Path
 
-from lorachat import adapters, options, shelf
+from lorachat import adapters, options, saving, shelf
 from lorachat.adapters import BASE
 from lorachat.commands import command, no_args
 from lorachat.errors import LorachatError, did_you_mean
@@ -213,7 +213,7 @@ def save(session, args):
         if name in adapters.saved_names(session):
             raise LorachatError(f"adapter '{name}' is saved already, in {adapters.adapter_path(session, name)}")
         raise LorachatError(f"no unsaved adapter named '{name}' (unsaved: {', '.join(sorted(unsaved)) or 'none'})")
-    path = adapters.save(session, name, unsaved[name], target=None if len(words) == 1 else Path(words[1]))
+    path = saving.save(session, name, unsaved[name], target=None if len(words) == 1 else Path(words[1]))
     elsewhere = "" if name not in unsaved else f"; it is still unsaved in the workspace (copy that folder to adapters/{name})"
     session.ui.line(f"saved adapter '{name}' to {path}{elsewhere}")
 

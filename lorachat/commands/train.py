@@ -10,7 +10,7 @@ import math
 import signal
 import threading
 
-from lorachat import adapters, batches, distributed, locality, options, prompts, shape, train
+from lorachat import adapters, batches, distributed, locality, options, prompts, saving, shape, train
 from lorachat.commands import command
 from lorachat.errors import LorachatError
 
@@ -40,7 +40,7 @@ def train_(session, args):
     encoded = batches.encode(session.tokenizer, examples, train.max_tokens(session.model, config))
     if not encoded.items:  # refuse before creating anything
         raise LorachatError(train.no_examples(encoded, session.model))
-    adapters.check_writable(session)  # an adapter that could not be saved would be lost: say so before training
+    saving.check_writable(session)  # an adapter that could not be saved would be lost: say so before training
     anchors, probes = _references(session, config)
     previous, unsaved, kept = session.active_adapter, None, None
     adapters.make_room(session, keep={previous})
@@ -137,10 +137,10 @@ def _save_or_keep(session, name, meta, state=None) -> LorachatError | None:
     """Save the trained adapter; when the disk refuses even so, keep it in memory, usable and marked
     unsaved, and return the line that says how to save it."""
     try:
-        adapters.save(session, name, meta, state=state)
+        saving.save(session, name, meta, state=state)
         return None
     except LorachatError as exc:
-        adapters.keep_unsaved(session, name, meta)
+        saving.keep_unsaved(session, name, meta)
         if session.headless:  # `lorachat train` ends with this line: there is no later to save in
             return LorachatError(f"{exc}; the trained adapter is lost with this process: make adapters/ writable and train again")
         return LorachatError(f"{exc}; '{name}' is kept in memory, unsaved (and is lost when the session ends): "
