@@ -139,10 +139,15 @@ def score(model, tokenizer, ref: Reference, options: LocalityOptions = DEFAULTS)
     return Locality(exact=exact, questions=len(items), agree=agree, tokens=sum(len(a) for a in ref.answers))
 
 
+def anchor_questions(instruction: str, pool: int) -> list[tuple[str, str]]:
+    """The first `pool` built-in anchor questions, asked under `instruction` (what training rehearses)."""
+    return [(instruction, q) for q in builtin(ANCHORS)[:pool]]
+
+
 def anchor_reference(model, tokenizer, instruction: str, pool: int, options: LocalityOptions = DEFAULTS) -> Reference:
-    """The base's answers to the first `pool` built-in anchor questions under `instruction` (what
-    training rehearses; `model` as it is now: a fresh adapter is still zero, so the base answers)."""
-    return reference(model, tokenizer, [(instruction, q) for q in builtin(ANCHORS)[:pool]], options)
+    """The base's answers to the anchor questions (`model` as it is now: a fresh adapter is still
+    zero, so the base answers)."""
+    return reference(model, tokenizer, anchor_questions(instruction, pool), options)
 
 
 def items_of(ref: Reference) -> list[tuple[list[int], list[int]]]:
