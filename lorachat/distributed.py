@@ -15,9 +15,14 @@ def sharded() -> bool:
     return os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true")
 
 
+def world() -> int:
+    """Processes in this run, as the launcher (torchrun, accelerate launch) set them: 1 when not launched."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def launched() -> bool:
     """Whether this process is one rank of a launcher's group (torchrun, accelerate launch)."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return world() > 1
 
 
 def is_main() -> bool:

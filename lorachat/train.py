@@ -123,6 +123,7 @@ class _Loop:
         self.step, self.loss, self.tokens, self.cancelled = 0, float("nan"), 0, False
         self.seen = {}              # example index -> known in its latest training pass (a free hint)
         self.complete = False       # the last check found every example known
+        self.checked_at = -1        # the step that check ran after
         self.check_seconds, self.last_check, self.since_check = 0.0, 0.0, 0.0
         # the parameters as the optimizer holds them after prepare (FSDP shards them: each rank its own share)
         held = [p for group in self.optimizer.param_groups for p in group["params"]]
@@ -188,9 +189,11 @@ class _Loop:
         self.step += 1
         # after it: the loss and the hints, the same on every rank
         summed = self.ranks.sum([loss, tokens])
-        merged = self.ranks.max([hints.get(i, 0.0) for i in range(len(self.items))])
+        if self.ranks.world > 1:   # every rank's hints, on every rank
+            merged = self.ranks.max([hints.get(i, 0.0) for i in range(len(self.items))])
+            hints = {i: h for i, h in enumerate(merged) if h}
         self.loss, self.tokens = summed[0] / step_tokens, self.tokens + int(summed[1])
-        self.seen.update({i: h == KNOWN for i, h in enumerate(merged) if h})
+        self.seen.update((i, h == KNOWN) for i, h in hints.items())
         if self.config.guard:
             self.guard.after_step(self.step, self.loss)
         self.since_check += time.perf_counter() - began
@@ -227,6 +230,7 @@ class _Loop:
         unknown = [i for i in mine if not self.seen.get(i, False)]
         ok = self.checker.all_known(self.ranks.checking_model(), unknown, indices=mine)
         self.complete = self.ranks.max([0.0 if ok else 1.0])[0] == 0.0
+        self.checked_at = self.step
         if self.complete and self.config.keep_base is not None:
             from lorachat import locality
 
@@ -244,9 +248,10 @@ class _Loop:
         else:
             mine = self.ranks.shard(range(len(self.items)))
             trained, recalled, other = self.checker.count(self.ranks.checking_model(), mine, self.seen,
-                                                          trained_known=self.complete and self.step < self.total)
+                                                          trained_known=self.complete and self.checked_at == self.step)
             known_count, recalled = self.ranks.sum([sum(trained.values()), recalled])
-            other = self.ranks.max([1.0 if i in other else 0.0 for i in range(len(self.items))])
+            mine_other = set(other)
+            other = self.ranks.max([1.0 if i in mine_other else 0.0 for i in range(len(self.items))])
             self.checker.mark_other_instruction([i for i, flag in enumerate(other) if flag])
         self.check_seconds += time.perf_counter() - began
         return TrainResult(steps=self.step, loss=self.loss, recall=int(recalled), total=len(self.checker.questions),

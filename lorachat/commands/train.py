@@ -120,7 +120,7 @@ def _examples(session):
 
 
 def _run(session, name, encoded, config, interrupted, anchors):
-    total = train.planned_steps(len(encoded.items), config)
+    total = train.planned_steps(len(encoded.items), config, distributed.world())
     # until=recall may stop long before the planned steps: the bar says so, its time left is the most
     label = f"training {name}" + (" (stops once every answer is known)" if config.until == "recall" else "")
     with session.ui.progress(label, total) as update:
