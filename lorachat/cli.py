@@ -35,8 +35,7 @@ def script_lines(args) -> list[str] | None:
     lines = []
     if args.script is not None:
         try:
-            # utf-8-sig: a byte-order mark (as Windows editors write) is not part of the first line
-            lines += args.script.read_text(encoding="utf-8-sig", errors="replace").splitlines()
+            lines += args.script.read_text(encoding="utf-8", errors="replace").splitlines()  # repl strips a BOM
         except OSError as exc:
             raise LorachatError(f"cannot read script {args.script}: {exc.strerror}") from None
     lines += args.lines
@@ -44,7 +43,7 @@ def script_lines(args) -> list[str] | None:
         return lines
     if sys.stdin.isatty():  # a person typing, whatever stdout is (`lorachat | tee log`)
         return None
-    stdin = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8-sig", errors="replace") if hasattr(sys.stdin, "buffer") else sys.stdin
+    stdin = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="replace") if hasattr(sys.stdin, "buffer") else sys.stdin
     return stdin  # read lazily, line by line
 
 

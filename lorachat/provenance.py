@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from lorachat.errors import LorachatError
-from lorachat.fingerprint import base_details, base_fingerprint, differences  # noqa: F401  (base_fingerprint: part of this API)
+from lorachat.fingerprint import base_details, differences
 
 META_FILE = "lorachat.json"
 CONFIG_FILE = "adapter_config.json"

@@ -84,8 +84,7 @@ class QuietUI(PlainUI):
         self.err = err
 
     def line(self, text: str = "") -> None:
-        self.out.seek(0)
-        self.out.truncate()
+        pass
 
     def error(self, message: str) -> None:
         self.err.write(f"error: {message}\n")
