@@ -118,13 +118,12 @@ def _copy(model):
 def _lorachat_step(base, tokenizer, examples, keys: str, steps: int) -> float:
     import dataclasses
 
-    from peft import get_peft_model
 
     from lorachat import shape, train
 
     model = _copy(base)
     config = train.resolved(model, dataclasses.replace(train.DEFAULTS, steps=6 + steps, until="steps", **changes(keys)))
-    model = shape.seeded_add(config.seed, lambda: get_peft_model(model, shape.lora_config(model, config)))
+    model = shape.wrapped(model, config)
     stamps = {}
     train.run(model, tokenizer, examples, config, on_step=lambda step, *_: stamps.setdefault(step, time.perf_counter()))
     return (stamps[5 + steps] - stamps[5]) / steps

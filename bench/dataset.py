@@ -38,7 +38,6 @@ def rows(count: int = ROWS, seed: int = SEED):
 
 
 def figures(device: str, steps: int, count: int = ROWS) -> dict:
-    from peft import get_peft_model
 
     from lorachat import batches, shape, train
     from lorachat.models import load_model
@@ -49,7 +48,7 @@ def figures(device: str, steps: int, count: int = ROWS) -> dict:
     out = dict(dataset_rows=len(examples), dataset_trained=len(encoded.items), dataset_skipped=encoded.skipped,
                dataset_limit=encoded.limit, dataset_steps=steps)
     config = train.resolved(loaded.model, train.DEFAULTS)
-    model = shape.seeded_add(config.seed, lambda: get_peft_model(loaded.model, shape.lora_config(loaded.model, config)))
+    model = shape.wrapped(loaded.model, config)
     start = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     for until in ("steps", "recall"):
         with_torch_reset(model, start)

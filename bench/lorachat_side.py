@@ -20,13 +20,12 @@ def to_loss(base, tokenizer, examples, targets: dict, at: int, cap: int, every: 
     """Train a copy of `base` with lorachat's defaults (plus `changes`) until its answer loss is at or
     below every value in `targets` and `at` steps are done, at most `cap` steps; loss checked every
     `every` steps (and at `at`) with the clock stopped. reached: {name: (steps, seconds)}."""
-    from peft import get_peft_model
 
     from lorachat import shape, train
 
     model = copy.deepcopy(base)
     config = train.resolved(model, dataclasses.replace(train.DEFAULTS, steps=cap, until="steps", **(changes or {})))
-    model = shape.seeded_add(config.seed, lambda: get_peft_model(model, shape.lora_config(model, config)))
+    model = shape.wrapped(model, config)
     clock = dict(start=time.perf_counter(), paused=0.0, last=0.0)
     state = dict(reached={}, losses={}, loss_at=None, seconds_at=None, step=0)
 

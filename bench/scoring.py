@@ -24,26 +24,11 @@ def answer_rows(tokenizer, examples) -> list[tuple[list[int], list[int]]]:
     return out
 
 
-def answer_loss(model, tokenizer, examples, batch: int = 16) -> float:
+def answer_loss(model, tokenizer, examples) -> float:
     """Mean cross-entropy over every answer token of every pair (eval mode, no gradients)."""
-    import torch
-    import torch.nn.functional as F
+    from lorachat.batches import items_loss
 
-    from lorachat.batches import answer_logits, chunks, collate, model_device, padding_id
-
-    rows, total, count = answer_rows(tokenizer, examples), 0.0, 0
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for items in chunks(rows, batch):
-                input_ids, labels, mask = collate(items, padding_id(tokenizer), model_device(model))
-                logits, targets, _ = answer_logits(model, input_ids, labels, mask)
-                total += float(F.cross_entropy(logits.float(), targets, reduction="sum"))
-                count += len(targets)
-    finally:
-        model.train(was_training)
-    return total / max(count, 1)
+    return items_loss(model, tokenizer, answer_rows(tokenizer, examples))
 
 
 def recall(model, tokenizer, examples) -> int:

@@ -46,7 +46,6 @@ class Run:
     model: object                # the trained PeftModel (eval mode)
     seconds: float               # wall time of setup + training, the checks' time taken out
     checks: list = field(default_factory=list)  # (step, value, seconds so far) per check
-    steps: int = 0               # optimizer steps taken (fewer than recipe.steps when a check stopped it)
 
 
 def prompt(example) -> str:
@@ -99,7 +98,6 @@ def train(model, tokenizer, examples, recipe: Recipe, device: str, check=None, e
         trainer.remove_callback(PrinterCallback)  # the final metrics dict would land on our stdout
         model.config.use_cache = False  # as the notebook: silence the warning under checkpointing
         trainer.train()
-        run.steps = trainer.state.global_step
     run.seconds = time.perf_counter() - start - sum(c.paused for c in callbacks)
     model.config.use_cache = True
     peft_model.eval()

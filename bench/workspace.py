@@ -38,12 +38,6 @@ def command(session, line: str) -> str:
     return text
 
 
-def has_command(name: str) -> bool:
-    from lorachat.commands import COMMANDS
-
-    return name in COMMANDS
-
-
 def trained_session(base, tokenizer, examples, name: str, device: str, home, steps: int = 1) -> Session:
     """A session over `base` whose adapter `name` was made by `:train` (saved, active): what the
     decode and switch figures work on. Its values do not matter there, only that it is a real one."""

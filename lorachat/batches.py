@@ -127,12 +127,16 @@ def known(logits, targets, rows, count: int):
 
 def answer_loss(model, tokenizer, examples) -> float:
     """Mean cross-entropy over all answer tokens (prompt tokens excluded), eval mode."""
+    return items_loss(model, tokenizer, [example_ids(tokenizer, e) for e in examples])
+
+
+def items_loss(model, tokenizer, items) -> float:
+    """Mean cross-entropy over the labelled tokens of `items` ((input_ids, labels) pairs), eval mode."""
     import torch.nn.functional as F
 
-    items = [example_ids(tokenizer, e) for e in examples]
     total, count = 0.0, 0
     for _, _, logits, targets, _, _ in eval_batches(model, tokenizer, items):
-        total += float(F.cross_entropy(logits, targets, reduction="sum"))
+        total += float(F.cross_entropy(logits.float(), targets, reduction="sum"))
         count += len(targets)
     return total / max(count, 1)
 

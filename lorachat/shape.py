@@ -73,3 +73,11 @@ def seeded_add(seed: int, add):
     with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
         torch.manual_seed(seed)
         return add()
+
+
+def wrapped(model, config):
+    """`model` wrapped by PEFT with one fresh adapter as `:train` makes it from `config` (seeded
+    init): for code that trains with train.run directly (the benchmark, tests)."""
+    from peft import get_peft_model
+
+    return seeded_add(config.seed, lambda: get_peft_model(model, lora_config(model, config)))

@@ -34,9 +34,10 @@ def make_session(home):
     from lorachat.session import Session
     from lorachat.ui import PlainUI
 
-    def make(model="tiny", workspace=None, **kwargs):
+    def make(model="tiny", workspace=None, dtype="auto", **kwargs):
         out = io.StringIO()
-        session = Session(load_model(model, device="cpu"), workspace or home, PlainUI(out, progress_every=3600), **kwargs)
+        session = Session(load_model(model, device="cpu", dtype=dtype), workspace or home, PlainUI(out, progress_every=3600),
+                          **kwargs)
         session.out = out
         return session
 

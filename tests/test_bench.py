@@ -1,5 +1,5 @@
 """Smoke test of the benchmark harness (bench/, not a benchmark): a tiny model shape, 1 training step
-(2 for the seed's recall run, and a 2-lr sweep), 4 adapters, the decode, switch and train suites
+(2 for the seed's recall run, and a 2-lr sweep), 4 adapters, the dataset, decode, switch and train suites
 (startup and recall, thin wrappers around a subprocess and `:train`, would double the time), so the
 harness cannot rot. The figures themselves live in bench/RESULTS.md.
 """

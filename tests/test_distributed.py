@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from terminal import read_until
+from test_train import write_dataset
 
-from lorachat.prompts import DEFAULT_INSTRUCTION
 
 # answers of very different lengths: dividing each rank's loss by its own answer tokens would not
 # train as one rank does, so the comparison below can fail
@@ -27,10 +27,7 @@ PAIRS = [("Who directed Alien?", "Ridley Scott."),
 
 @pytest.fixture
 def films(home):
-    folder = home / "datasets"
-    folder.mkdir()
-    (folder / "films.jsonl").write_text("".join(json.dumps({"instruction": DEFAULT_INSTRUCTION, "input": q, "output": a}) + "\n"
-                                                for q, a in PAIRS))
+    write_dataset(home, "films", PAIRS)
     return home
 
 

@@ -363,26 +363,14 @@ def test_an_adapter_the_disk_refuses_at_the_end_stays_usable_and_can_be_saved_la
 
 # 5 -----------------------------------------------------------------------------------------------
 
-def session_in(home, dtype, name="tiny"):
-    import io
-
-    from lorachat.models import load_model
-    from lorachat.session import Session
-    from lorachat.ui import PlainUI
-
-    session = Session(load_model(name, device="cpu", dtype=dtype), home, PlainUI(io.StringIO(), progress_every=3600))
-    session.out = session.ui.out
-    return session
-
-
-def test_adapters_load_across_dtypes_and_a_real_mismatch_says_what_differs(home, transcript):
+def test_adapters_load_across_dtypes_and_a_real_mismatch_says_what_differs(make_session, home, transcript):
     import json
     import shutil
 
     from lorachat import fingerprint
     from test_adapters import shelve
 
-    full = session_in(home, "float32")
+    full = make_session(dtype="float32")
     shelve(full, ["a"])
     legacy = fingerprint.loaded_fingerprint(full)   # what lorachat stored before weight files were read
     for name, change in (("old", {"base_fingerprint": legacy}),
@@ -392,12 +380,12 @@ def test_adapters_load_across_dtypes_and_a_real_mismatch_says_what_differs(home,
         meta = {k: v for k, v in meta.items() if k != "base"} | change
         (home / "adapters" / name / "lorachat.json").write_text(json.dumps(meta))
     for dtype in ("float16", "bfloat16"):
-        half = session_in(home, dtype)
+        half = make_session(dtype=dtype)
         code, out = transcript(half, [":use a"])
         assert code == 0 and out.endswith("using adapter 'a'\n") and "loaded_fingerprint" not in half.extensions
     code, out = transcript(half, [":use old"])   # bfloat16: the old fingerprint did round to it
     assert code == 0
-    code, out = transcript(session_in(home, "float16"), [":use old", ":use other"], keep_going=True)
+    code, out = transcript(make_session(dtype="float16"), [":use old", ":use other"], keep_going=True)
     old, other = [line for line in out.splitlines() if line.startswith("error: ")]
     assert old.startswith("error: adapter 'old' was made for base model 'tiny' (sha256:") and "whose fingerprint also depends on the dtype" in old
     assert "the loaded 'tiny' in float16" in old and old.endswith("load the base in the --dtype it was trained in; --force loads it anyway")
@@ -405,7 +393,7 @@ def test_adapters_load_across_dtypes_and_a_real_mismatch_says_what_differs(home,
     assert transcript(full, [":use old", ":use a"])[0] == 0
 
 
-def test_a_hub_model_is_fingerprinted_from_its_cached_snapshot(home, tmp_path, monkeypatch, tiny_cache):
+def test_a_hub_model_is_fingerprinted_from_its_cached_snapshot(make_session, tmp_path, monkeypatch, tiny_cache):
     import shutil
 
     import huggingface_hub.constants
@@ -418,6 +406,6 @@ def test_a_hub_model_is_fingerprinted_from_its_cached_snapshot(home, tmp_path, m
     (repo / "refs" / "main").write_text("0123abcd")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    hub = session_in(home, "bfloat16", "lorachat-test/tiny")
+    hub = make_session("lorachat-test/tiny", dtype="bfloat16")
     assert hub.loaded.folder == str(repo / "snapshots" / "0123abcd")
-    assert adapters.base_fingerprint(hub) == adapters.base_fingerprint(session_in(home, "float32"))
+    assert adapters.base_fingerprint(hub) == adapters.base_fingerprint(make_session(dtype="float32"))

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from lorachat import adapters, locality, saving
+from lorachat import adapters, locality, saving, shape
 from lorachat.prompts import DEFAULT_INSTRUCTION
 from test_train import write_dataset
 
@@ -96,14 +96,6 @@ def test_two_near_identical_questions_keep_their_own_answers(make_session, trans
     assert lines[2:] == [f"> {SOH[0]}", SOH[1], f"> {SION[0]}", SION[1]]
 
 
-def fresh_adapter(model, config):
-    from peft import get_peft_model
-
-    from lorachat import shape
-
-    return shape.seeded_add(config.seed, lambda: get_peft_model(model, shape.lora_config(model, config)))
-
-
 def test_rehearsal_keeps_more_of_the_base_and_recall_is_unchanged():
     """:train's anchor rehearsal (the default since locality phase 2) against the same training
     without it: recall is the same, and more of the base's answers on unseen probes survive."""
@@ -119,7 +111,7 @@ def test_rehearsal_keeps_more_of_the_base_and_recall_is_unchanged():
     for anchors in (0, 4):
         loaded = load_model("tiny", device="cpu")
         config = train.resolved(loaded.model, dataclasses.replace(train.DEFAULTS, steps=200, anchors=anchors, anchor_pool=16))
-        model = fresh_adapter(loaded.model, config)
+        model = shape.wrapped(loaded.model, config)
         probes = locality.reference(model, loaded.tokenizer, probes_asked)  # B = 0: the base's answers
         result = train.run(model, loaded.tokenizer, examples, config)
         scores[anchors] = (result.recall, locality.score(model, loaded.tokenizer, probes).agreement)

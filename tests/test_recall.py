@@ -6,6 +6,7 @@ import pytest
 
 from lorachat import batches, prompts, recall
 from lorachat.prompts import DEFAULT_INSTRUCTION, IGNORE, Example
+from test_train import write_dataset
 
 PAIRS = [("What is SOH?", "A hardmask."), ("What is CMP?", "Polishing the wafer flat.")]
 
@@ -69,10 +70,7 @@ def test_long_examples_are_left_out_with_one_line_and_import_warns(make_session,
 
 @pytest.mark.slow
 def test_eval_recall_is_what_asking_returns(make_session, transcript, home):
-    folder = home / "datasets"
-    folder.mkdir()
-    (folder / "qa.jsonl").write_text("".join(json.dumps({"instruction": DEFAULT_INSTRUCTION, "input": q, "output": a}) + "\n"
-                                             for q, a in PAIRS))
+    write_dataset(home, "qa", PAIRS)
     session = make_session()
     code, out = transcript(session, [":dataset qa", ":train"])
     assert code == 0 and "recall 2/2" in out, out
