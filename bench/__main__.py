@@ -67,7 +67,7 @@ def main(argv=None) -> int:
         return 2
     mode = MODES["smoke" if args.smoke else "quick" if args.quick else "full"]
     results = run(mode, args.device, only, args.json)
-    from bench.targets import markdown
+    from bench.kit.goals import markdown
 
     print(markdown(results["targets"]))
     print(json.dumps({k: v for k, v in results.items() if k not in ("targets", "machine")}, default=str))
@@ -75,7 +75,7 @@ def main(argv=None) -> int:
 
 
 def run(mode: Mode, device: str, only, json_path: Path | None = None) -> dict:
-    from bench import machine, targets
+    from bench.kit import goals, machine
 
     start = time.perf_counter()
     figures, missing, skipped = {}, {}, {}
@@ -83,7 +83,7 @@ def run(mode: Mode, device: str, only, json_path: Path | None = None) -> dict:
 
     def results():
         return dict(figures, mode=mode.name, total_s=round(time.perf_counter() - start, 1), missing=missing,
-                    skipped=skipped, machine=about, targets=targets.check(figures, skipped))
+                    skipped=skipped, machine=about, targets=goals.check(figures, skipped))
 
     with tempfile.TemporaryDirectory(prefix="lorachat-bench-") as home:
         for name, measure in _suites(mode, device, Path(home), only, start):
@@ -115,8 +115,10 @@ def _suites(mode: Mode, device: str, home: Path, only, start: float):
     """(name, zero-argument measure) in run order; decode and switch share one session."""
     import torch
 
-    from bench import dataset, ddp, decode, locality, recall, shapes, startup, switching, training
-    from bench.workspace import trained_session
+    from bench.kit import pairs, shapes
+    from bench.kit.workspace import trained_session
+    from bench.suites import dataset, ddp, decode, locality, recall, startup, switch
+    from bench.suites import train as train_suite
 
     shape = mode.shape or SHAPE[device]
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
@@ -124,23 +126,23 @@ def _suites(mode: Mode, device: str, home: Path, only, start: float):
 
     def train():
         state.clear()  # the decode/switch session's model and adapters: not needed any more
-        training.free(device)
+        train_suite.free(device)
         base = shapes.build(shape, device, dtype)
-        out, skips = training.figures(base, shapes.tokenizer(), shapes.examples(), mode, device, home / "train",
-                                      log=lambda text: _log(start, text))
+        out, skips = train_suite.figures(base, shapes.tokenizer(), pairs.examples(), mode, device, home / "train",
+                                        log=lambda text: _log(start, text))
         return dict(out, model_shape=shape, model_parameters=shapes.parameters(base)), skips
 
     def session():
         if "session" not in state:
             state["session"] = trained_session(shapes.build(shape, device, dtype), shapes.tokenizer(),
-                                               shapes.examples(), "bench", device, home / "adapters")
+                                               pairs.examples(), "bench", device, home / "adapters")
         return state["session"]
 
     suites = {
         "startup": lambda: startup.figures(device, home / "startup", 1 if mode.name != "full" else 3),
         "train": train,
         "decode": lambda: decode.figures(session(), "bench", mode.decode_tokens, mode.decode_rounds),
-        "switch": lambda: switching.figures(session(), "bench", mode.loaded, mode.switches),
+        "switch": lambda: switch.figures(session(), "bench", mode.loaded, mode.switches),
         "recall": lambda: recall.figures(device, home / "recall", mode.recall_steps),
         "dataset": lambda: dataset.figures(device, mode.dataset_steps, mode.dataset_rows),
         "ddp": lambda: ddp.figures(device, home / "ddp", mode.name),
@@ -151,7 +153,7 @@ def _suites(mode: Mode, device: str, home: Path, only, start: float):
 
 
 def _missing():
-    from bench.workspace import Missing
+    from bench.kit.workspace import Missing
 
     return Missing
 

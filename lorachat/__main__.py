@@ -1,3 +1,4 @@
+"""`python -m lorachat`: the same as the `lorachat` command."""
 import sys
 
 from lorachat.cli import main

@@ -6,8 +6,8 @@ import sys
 from pathlib import Path
 
 from lorachat import __version__
-from lorachat.errors import LorachatError
-from lorachat.models import DEFAULT_MODEL
+from lorachat.core.errors import LorachatError
+from lorachat.models.loader import DEFAULT_MODEL
 
 
 def parser() -> argparse.ArgumentParser:
@@ -60,7 +60,7 @@ def chat(argv) -> int:
     args = parser().parse_args(argv)
     _quiet_libraries()
     home = args.home or Path(os.environ.get("LORACHAT_HOME") or ".")
-    from lorachat.ui import PlainUI, RichUI
+    from lorachat.chat.ui import PlainUI, RichUI
 
     try:
         lines = script_lines(args)
@@ -73,11 +73,11 @@ def chat(argv) -> int:
     except LorachatError as exc:
         ui.error(str(exc))
         return 1
-    from lorachat.repl import Repl
+    from lorachat.chat.repl import Repl
 
     repl = Repl(session, keep_going=args.keep_going)
     if lines is None:
-        from lorachat.tiny import cache_dir
+        from lorachat.core.cache import cache_dir
 
         ui.note(f"lorachat {__version__} · {session.loaded.name} on {session.loaded.device} · :help for commands, Ctrl-D to leave")
         return repl.run_terminal(cache_dir() / "history")
@@ -94,9 +94,9 @@ def _quiet_libraries() -> None:
 
 
 def start_session(args, home: Path, ui):
-    from lorachat.commands import run_command
-    from lorachat.models import load_model
-    from lorachat.session import Session
+    from lorachat.chat.commands import run_command
+    from lorachat.chat.session import Session
+    from lorachat.models.loader import load_model
 
     loaded = load_model(args.model, args.device, args.dtype, args.trust_remote_code)
     session = Session(loaded, home, ui, force=args.force, allow_pickle=args.allow_pickle)
@@ -110,7 +110,7 @@ def start_session(args, home: Path, ui):
 # --- lorachat serve ----------------------------------------------------------------------------
 
 def serve_parser() -> argparse.ArgumentParser:
-    from lorachat.serve import MAX_LORAS, ServeOptions
+    from lorachat.serving.server import MAX_LORAS, ServeOptions
 
     defaults = ServeOptions()
     p = argparse.ArgumentParser(prog="lorachat serve", usage="lorachat serve [options] [-- VLLM_ARGS ...]",
@@ -139,28 +139,28 @@ def _positive(text: str) -> int:
 
 def serve(argv) -> int:
     """`lorachat serve`: check every adapter, print the vLLM command, then become that command."""
-    from lorachat import serve as serving
+    from lorachat.serving import server
 
     own, passthrough = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
     args = serve_parser().parse_args(own)
     _quiet_libraries()
     home = args.home or Path(os.environ.get("LORACHAT_HOME") or ".")
-    options = serving.ServeOptions(model=args.model, home=home, max_loras=args.max_loras,
+    options = server.ServeOptions(model=args.model, home=home, max_loras=args.max_loras,
                                    max_cpu_loras=args.max_cpu_loras, trust_remote_code=args.trust_remote_code,
                                    vllm_args=tuple(passthrough))
     try:
-        executable = None if args.dry_run else serving.find_vllm()
-        plan = serving.plan(options)
-        for line in serving.report(plan):
+        executable = None if args.dry_run else server.find_vllm()
+        plan = server.plan(options)
+        for line in server.report(plan):
             print(line)
-        argv = serving.command(plan)
-        written = serving.write_template(plan)
+        argv = server.command(plan)
+        written = server.write_template(plan)
     except LorachatError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if written:
         print(f"chat template: {written}")
-    print(serving.shown(argv), flush=True)
+    print(server.shown(argv), flush=True)
     if args.dry_run:
         return 0
     os.execv(executable, argv)
@@ -187,11 +187,11 @@ def train_parser() -> argparse.ArgumentParser:
 def train(argv) -> int:
     """`lorachat train`: the REPL's `:train` on a dataset, in this process (and its launcher's other
     ranks); only the main process prints and writes. 0 trained, 1 a line said why not, 2 usage."""
-    from lorachat import distributed
-    from lorachat.commands import run_command
-    from lorachat.models import load_model
-    from lorachat.session import Session
-    from lorachat.ui import PlainUI, QuietUI, RichUI
+    from lorachat.chat.commands import run_command
+    from lorachat.chat.session import Session
+    from lorachat.chat.ui import PlainUI, QuietUI, RichUI
+    from lorachat.core import launch
+    from lorachat.models.loader import load_model
 
     parser = train_parser()
     args = parser.parse_args(argv)
@@ -199,7 +199,7 @@ def train(argv) -> int:
         parser.error(f"expected key=value, not {bad[0]!r}")
     _quiet_libraries()
     home = args.home or Path(os.environ.get("LORACHAT_HOME") or ".")
-    main_rank = distributed.is_main()
+    main_rank = launch.is_main()
     ui = (RichUI() if sys.stdout.isatty() else PlainUI(sys.stdout)) if main_rank else QuietUI(sys.stderr)
     try:
         loaded = load_model(args.model, args.device, args.dtype, args.trust_remote_code)

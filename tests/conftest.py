@@ -13,7 +13,7 @@ def tiny_cache(tmp_path_factory):
     cache = tmp_path_factory.mktemp("cache")
     os.environ["LORACHAT_CACHE"] = str(cache)
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    from lorachat.tiny import ensure_tiny
+    from lorachat.models.tiny import ensure_tiny
 
     ensure_tiny()
     return cache
@@ -30,9 +30,9 @@ def home(tmp_path):
 @pytest.fixture
 def make_session(home):
     """make_session(**kw) -> Session over a freshly loaded tiny model (nothing shared between tests)."""
-    from lorachat.models import load_model
-    from lorachat.session import Session
-    from lorachat.ui import PlainUI
+    from lorachat.chat.session import Session
+    from lorachat.chat.ui import PlainUI
+    from lorachat.models.loader import load_model
 
     def make(model="tiny", workspace=None, dtype="auto", **kwargs):
         out = io.StringIO()
@@ -47,7 +47,7 @@ def make_session(home):
 @pytest.fixture
 def transcript():
     """transcript(session, lines, keep_going=False) -> (exit_code, everything printed since the last call)."""
-    from lorachat.repl import Repl
+    from lorachat.chat.repl import Repl
 
     def run(session, lines, keep_going=False):
         if isinstance(lines, str):
@@ -73,8 +73,8 @@ def small_file_limit():
 
 @pytest.fixture
 def shelved(make_session):
-    """A session with saved adapters a, b, c (none loaded), made by tests/test_adapters.py's shelve."""
-    from test_adapters import shelve
+    """A session with saved adapters a, b, c (none loaded), made by tests.helpers' shelve."""
+    from tests.helpers import shelve
 
     session = make_session()
     shelve(session, ["a", "b", "c"])

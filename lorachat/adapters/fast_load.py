@@ -16,14 +16,14 @@ any other error propagates and the caller undoes the load. The first adapter, wh
 base, is always PEFT's own load (`wrap`).
 
 Knows nothing about sessions, provenance checks or the REPL; tied to the installed PEFT's layer
-internals like switch.py (what it relies on is checked in `_plain_config` / `_plan`, and compared
-with PEFT's own load in tests/test_adapter_load.py).
+internals like switching.py (what it relies on is checked in `_plain_config` / `_plan`, and compared
+with PEFT's own load in tests/adapters/test_fast_load.py).
 """
 import contextlib
 import dataclasses
 from pathlib import Path
 
-from lorachat.provenance import PEFT_PREFIX, SAFETENSORS
+from lorachat.adapters.provenance import PEFT_PREFIX, SAFETENSORS
 
 # LoraConfig fields the fast path reproduces (through PEFT's own per-layer code); every other field
 # must have its default value.
@@ -116,7 +116,9 @@ def _plain_model(model, name: str) -> bool:
 def _converts_nothing(base) -> bool:
     """Transformers v5 renamed some architectures' weights (MoE); PEFT converts those adapters on load."""
     try:
-        from peft.utils.transformers_weight_conversion import get_checkpoint_conversion_mapping
+        from peft.utils.transformers_weight_conversion import (
+            get_checkpoint_conversion_mapping,
+        )
     except ImportError:
         return True  # transformers < 5: PEFT converts nothing
     model_type = getattr(getattr(base, "config", None), "model_type", None)

@@ -1,30 +1,31 @@
-"""Every PEFT call lives here (and in saving.py / shelf.py / switch.py / loading.py): create, load,
-activate, scale and unload adapters around the one base model (saving.py writes them to disk).
+"""The adapters living in the session's model: create, load, activate, scale and unload them around
+the one base model. With training/ (the fresh adapter's LoraConfig, the loop) and this package's
+switching.py, fast_load.py and export/merging code, this is where lorachat calls PEFT.
 
 The base model is wrapped in a PeftModel the first time an adapter is created or loaded; from
 then on `session.model` is that wrapper and adapters come and go inside it without touching or
-copying the base weights. Switching is switch.Switch's job (flags, plus an exact lazy merge for
+copying the base weights. Switching is switching.Switch's job (flags, plus an exact lazy merge for
 decoding); files are checked by provenance.py before anything is loaded, and read into the model
-by loading.py (PEFT's own load, or a fast path with the same result). Per-session state (LRU
-order, live scales, the switch) lives in `session.extensions["adapters"]`. Knows nothing about
-terminals or training loops.
+by fast_load.py (PEFT's own load, or a fast path with the same result). Per-session state (LRU
+order, live scales, the switch, the base's fingerprint) lives in `state(session)`, a LiveState
+kept in `session.extensions["adapters"]`. Knows nothing about terminals or training loops;
+writing adapters to disk is disk.py's.
 """
 import contextlib
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from lorachat import fingerprint, loading, provenance
-from lorachat.errors import LorachatError, did_you_mean
-from lorachat.names import check_name
-
-BASE = "base"
+from lorachat.adapters import fast_load, provenance
+from lorachat.adapters.paths import BASE, adapter_path, check_loadable_name, saved_names
+from lorachat.core.errors import LorachatError, did_you_mean
+from lorachat.core.names import check_name
+from lorachat.models import fingerprint
 
 
 @contextlib.contextmanager
 def _quiet():
     """PEFT 0.21 warns for adapter names that are substrings of "lora_" ("a", "r", "lora"...),
-    whose save/load round trip is exact (tests/test_adapters.py loads one named "a"), and when a
+    whose save/load round trip is exact (tests/adapters/ load one named "a"), and when a
     deleted adapter was active (lorachat re-activates its own choice right after): noise to a user."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Adapter name .* should not be contained in the prefix")
@@ -34,48 +35,40 @@ def _quiet():
 
 
 @dataclass
-class Shelf:
+class LiveState:
     """What this session knows about adapters beyond PEFT's own state."""
     lru: list = field(default_factory=list)      # loaded names, least recently used first
     scales: dict = field(default_factory=dict)   # name -> live strength (1.0 as trained)
     unsaved: dict = field(default_factory=dict)  # name -> lorachat.json fields of an adapter the disk refused
-    switch: object = None                        # switch.Switch for the current PeftModel
+    switch: object = None                        # switching.Switch for the current PeftModel
+    fingerprint: str | None = None               # the base's, computed once (models/fingerprint.py)
+    legacy_fingerprint: str | None = None        # the one older lorachats stored, computed only when asked
 
 
-def shelf(session) -> Shelf:
-    return session.extensions.setdefault("adapters", Shelf())
-
-
-def adapters_dir(session) -> Path:
-    return session.home / "adapters"
-
-
-def adapter_path(session, name: str) -> Path:
-    return adapters_dir(session) / check_name(name, "adapter")
+def state(session) -> LiveState:
+    return session.extensions.setdefault("adapters", LiveState())
 
 
 def base_fingerprint(session) -> str:
-    """The base checkpoint's identity (fingerprint.py), from the weights it holds itself if it must."""
-    return fingerprint.base_fingerprint(session, lambda: _unmerged(session))
+    """The base checkpoint's identity (models/fingerprint.py), from the weights it holds itself if
+    it must; computed once per session, before the model is wrapped."""
+    kept = state(session)
+    if kept.fingerprint is None:
+        kept.fingerprint = fingerprint.base_fingerprint(session.loaded, lambda: _unmerged(session))
+    return kept.fingerprint
+
+
+def legacy_fingerprint(session) -> str:
+    """The fingerprint older lorachats stored (config and loaded weights), computed once, on demand."""
+    kept = state(session)
+    if kept.legacy_fingerprint is None:
+        kept.legacy_fingerprint = fingerprint.loaded_fingerprint(session.loaded.model, lambda: _unmerged(session))
+    return kept.legacy_fingerprint
 
 
 def _unmerged(session):
     current = switch(session)
     return current.unmerged() if current is not None else contextlib.nullcontext()
-
-
-def check_loadable_name(name: str) -> str:
-    """A name PEFT can hold in memory: PEFT keys adapters inside module paths, where '.' separates
-    parts, and as keys of torch ModuleDicts, whose own attributes ('items', 'keys', 'train' ...)
-    cannot be keys."""
-    import torch
-
-    check_name(name, "adapter")
-    if "." in name:
-        raise LorachatError(f"adapter name '{name}' cannot contain '.' (PEFT keys adapters by module path; use '-' or '_')")
-    if hasattr(torch.nn.ModuleDict(), name):
-        raise LorachatError(f"adapter name '{name}' is taken by PyTorch (a ModuleDict attribute); choose another, e.g. '{name}-1'")
-    return name
 
 
 def peft_model(session):
@@ -90,30 +83,21 @@ def loaded_names(session) -> list[str]:
     return list(model.peft_config) if model is not None else []
 
 
-def saved_names(session) -> list[str]:
-    """Adapter directories on disk; hidden ones (interrupted writes, deletions) are ignored."""
-    try:
-        entries = list(adapters_dir(session).iterdir())
-    except OSError:
-        return []
-    return sorted(p.name for p in entries if p.is_dir() and not p.name.startswith("."))
-
-
 def known_names(session) -> list[str]:
     return sorted(set(saved_names(session)) | set(loaded_names(session)))
 
 
 def switch(session):
     """The Switch of the current PeftModel (created on first need), or None while unwrapped."""
-    from lorachat.switch import Switch
+    from lorachat.adapters.switching import Switch
 
-    model, state = peft_model(session), shelf(session)
+    model, kept = peft_model(session), state(session)
     if model is None:
         return None
-    if state.switch is None or state.switch.model is not model:
-        state.switch = Switch(model)
-        state.switch.set_active(session.active_adapter)
-    return state.switch
+    if kept.switch is None or kept.switch.model is not model:
+        kept.switch = Switch(model)
+        kept.switch.set_active(session.active_adapter)
+    return kept.switch
 
 
 def add_new(session, name: str, lora_config):
@@ -175,16 +159,16 @@ def load(session, name: str, keep=()) -> list[str]:
                             f" (have: {', '.join(saved_names(session)) or 'none yet'})")
     check_loadable_name(name)
     notes = provenance.inspect(session, name, path, base_fingerprint(session),
-                               legacy=lambda: fingerprint.loaded_fingerprint(session, lambda: _unmerged(session)))
+                               legacy=lambda: legacy_fingerprint(session))
     make_room(session, keep={name, session.active_adapter, *keep})
     _load_checked(session, name, path)
     _touch(session, name)
-    if shelf(session).scales.get(name, 1.0) != 1.0:
-        _apply_scale(session, name, shelf(session).scales[name])
+    if state(session).scales.get(name, 1.0) != 1.0:
+        _apply_scale(session, name, state(session).scales[name])
     return notes
 
 
-def _load_checked(session, name: str, path: Path) -> None:
+def _load_checked(session, name: str, path) -> None:
     from safetensors import SafetensorError
 
     model, current = peft_model(session), switch(session)
@@ -193,9 +177,9 @@ def _load_checked(session, name: str, path: Path) -> None:
     try:
         with _quiet():
             if model is None:
-                session.model = loading.wrap(session.model, name, path)  # a failed wrap undoes itself
+                session.model = fast_load.wrap(session.model, name, path)  # a failed wrap undoes itself
             else:
-                loading.load_adapter(model, name, path)
+                fast_load.load_adapter(model, name, path)
     except (ValueError, RuntimeError, OSError, KeyError, TypeError, SafetensorError) as exc:
         _undo_load(session, name, model)
         raise LorachatError(f"cannot load adapter '{name}': {provenance.brief(exc)}") from None
@@ -223,7 +207,7 @@ def make_room(session, keep=(), extra: int = 1) -> None:
     """Unload least recently used adapters until `extra` more fit under settings.max_loaded.
     Adapters that exist only in memory (not saved) are never unloaded this way."""
     loaded = loaded_names(session)
-    order = [n for n in shelf(session).lru if n in loaded]
+    order = [n for n in state(session).lru if n in loaded]
     order = [n for n in loaded if n not in order] + order
     saved = set(saved_names(session))
     for victim in [n for n in order if n not in keep and n in saved]:
@@ -233,7 +217,7 @@ def make_room(session, keep=(), extra: int = 1) -> None:
 
 
 def _touch(session, name: str) -> None:
-    lru = shelf(session).lru
+    lru = state(session).lru
     if name in lru:
         lru.remove(name)
     lru.append(name)
@@ -250,7 +234,7 @@ def remove(session, name: str) -> None:
     current.set_active(None)
     if len(model.peft_config) == 1:  # PEFT cannot delete its last adapter: unwrap instead
         current.detach()
-        shelf(session).switch = None
+        state(session).switch = None
         session.model = model.unload()
         session.model.eval()
     else:
@@ -258,8 +242,8 @@ def remove(session, name: str) -> None:
             model.delete_adapter(name)
         current.refresh()
         current.set_active(session.active_adapter)
-    if name in shelf(session).lru:
-        shelf(session).lru.remove(name)
+    if name in state(session).lru:
+        state(session).lru.remove(name)
 
 
 def set_scale(session, name: str, factor: float) -> None:
@@ -267,7 +251,7 @@ def set_scale(session, name: str, factor: float) -> None:
     if name not in loaded_names(session):
         load(session, name)
     _apply_scale(session, name, factor)
-    shelf(session).scales[name] = factor
+    state(session).scales[name] = factor
 
 
 def _apply_scale(session, name: str, factor: float) -> None:
@@ -277,3 +261,12 @@ def _apply_scale(session, name: str, factor: float) -> None:
         if isinstance(module, LoraLayer):
             module.set_scale(name, factor)
     switch(session).invalidate()
+
+
+def load_all(session, names) -> list[str]:
+    """Load every named adapter not yet in memory (BASE is none), keeping all of them loaded together."""
+    notes = []
+    for n in names:
+        if n != BASE and n not in loaded_names(session):
+            notes += load(session, n, keep=set(names))
+    return notes

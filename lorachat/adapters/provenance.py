@@ -3,14 +3,14 @@
 Everything here is checked before the model is touched, so a refusal leaves the model as it was:
 adapter_config.json (present, JSON, LoRA), the weights file (safetensors header readable; a pickle
 `.bin` only with --allow-pickle, because unpickling runs code), lorachat.json's base fingerprint
-against the loaded model's (fingerprint.py; --force overrides only this), and every weight's module
+against the loaded model's (models/fingerprint.py; --force overrides only this), and every weight's module
 and shape against the loaded model. Knows nothing about PEFT objects or the REPL.
 """
 import json
 from pathlib import Path
 
-from lorachat.errors import LorachatError
-from lorachat.fingerprint import base_details, differences
+from lorachat.core.errors import LorachatError
+from lorachat.models.fingerprint import base_details, differences
 
 META_FILE = "lorachat.json"
 CONFIG_FILE = "adapter_config.json"
@@ -98,7 +98,7 @@ def mismatch(session, name: str, meta: dict, fingerprint: str) -> str:
         return (f"adapter '{name}' was made for base model {theirs} by lorachat {meta.get('lorachat_version', '?')}, "
                 f"whose fingerprint also depends on the dtype, and the loaded '{here}' in {dtype} ({fingerprint}) "
                 "does not match it; load the base in the --dtype it was trained in")
-    found = differences(meta["base"], base_details(session))
+    found = differences(meta["base"], base_details(session.loaded))
     what = "; ".join(found[:3]) if found else "the same configuration, other weights"
     return f"adapter '{name}' was made for base model {theirs}, not the loaded '{here}' ({fingerprint}): {what}"
 

@@ -10,7 +10,7 @@ fp16 merge/unmerge drift. A forward with gradients or in training mode puts the 
 first, and so do `unmerged()` (mixed-adapter batches, export, merges).
 
 Knows nothing about files, sessions or commands; it touches PEFT layer attributes, so it is tied to
-the installed PEFT like adapters.py (checked in `supported`).
+the installed PEFT like fast_load.py (checked in `supported`).
 """
 import contextlib
 
@@ -37,7 +37,6 @@ class Switch:
     def refresh(self) -> None:
         """Re-read the LoRA layers after adapters were added or removed (call while unmerged)."""
         from peft.tuners.lora import LoraLayer
-
         from peft.utils.other import AuxiliaryTrainingWrapper
 
         # Walk the model but not into LoRA layers, whose children grow with every loaded adapter.

@@ -9,7 +9,7 @@ import shlex
 import types
 import typing
 
-from lorachat.errors import LorachatError, did_you_mean
+from lorachat.core.errors import LorachatError, did_you_mean
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}

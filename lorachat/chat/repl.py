@@ -8,8 +8,8 @@ import sys
 import traceback
 from pathlib import Path
 
-from lorachat.commands import COMMANDS, QuitSession, run_command, split_command
-from lorachat.errors import LorachatError
+from lorachat.chat.commands import COMMANDS, QuitSession, run_command, split_command
+from lorachat.core.errors import LorachatError
 
 BLOCK = '"""'
 

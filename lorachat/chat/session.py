@@ -6,10 +6,10 @@ through `self.read_text` (None in scripts).
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lorachat import prompts
-from lorachat.errors import LorachatError
-from lorachat.generate import stream
-from lorachat.prompts import DEFAULT_INSTRUCTION
+from lorachat.chat.streaming import stream
+from lorachat.core import prompts
+from lorachat.core.errors import LorachatError
+from lorachat.core.prompts import DEFAULT_INSTRUCTION, MAX_NEW_TOKENS
 
 DEFAULT_DATASET = "default"
 
@@ -17,7 +17,7 @@ DEFAULT_DATASET = "default"
 @dataclass
 class Settings:
     """Generation settings and session limits, shown and changed by `:set`."""
-    max_new_tokens: int = field(default=64, metadata={"help": "longest answer, in tokens", "min": 1, "max": 8192})
+    max_new_tokens: int = field(default=MAX_NEW_TOKENS, metadata={"help": "longest answer, in tokens", "min": 1, "max": 8192})
     do_sample: bool = field(default=False, metadata={"help": "sample instead of greedy decoding"})
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature", "positive": True, "max": 100})
     top_p: float = field(default=1.0, metadata={"help": "nucleus sampling mass", "positive": True, "max": 1})
@@ -74,13 +74,13 @@ class Session:
 
     def context_length(self) -> int:
         """Most tokens (prompt and answer) the model can attend to."""
-        from lorachat.models import positions
+        from lorachat.models.loader import positions
 
         return positions(self.loaded.model) or min(self.tokenizer.model_max_length, 1 << 20)
 
     def asking(self):
         """What asking does with a question now: what recall checks answers against."""
-        from lorachat.recall import Asking
+        from lorachat.scoring.recall import Asking
 
         return Asking(self.instruction, self.settings.max_new_tokens, self.settings.repetition_penalty,
                       self.context_length())

@@ -6,14 +6,18 @@ and closing the generator (Ctrl-C in the caller) stops generation at the next to
 import queue
 import threading
 
-from lorachat.prompts import STOP_MARKER
+from lorachat.core.prompts import STOP_MARKER
 
 
 def stream(model, tokenizer, input_ids: list[int], **generation):
     """Yield the answer's text piece by piece: leading/trailing space and a following
     `Instruction:` block held back, so the pieces join to exactly `prompts.clean_answer(...)`."""
     import torch
-    from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+    from transformers import (
+        StoppingCriteria,
+        StoppingCriteriaList,
+        TextIteratorStreamer,
+    )
 
     stop = threading.Event()
 

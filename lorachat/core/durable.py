@@ -1,19 +1,33 @@
-"""Durable line files: reads that refuse what is not a regular file, appends that are on disk
-before they return and never leave half a line, replacement through a hidden temporary file
-renamed over the old one (keeping its mode), and a folder lock between sessions. Knows nothing
-about what the lines mean (datasets.py does).
+"""Durable writes: the one way lorachat puts on disk what must survive a crash or a full disk.
+
+- Line files (datasets): reads that refuse what is not a regular file, appends that are on disk
+  before they return and never leave half a line, and a folder lock between sessions.
+- Replacing a file: a hidden temporary file beside it, fsynced, renamed over it (keeping its mode).
+- Folders (adapters, built models, exports): written under a hidden name that carries the writer's
+  pid, then renamed into place, so a folder only ever shows complete entries; deletions are renamed
+  hidden first; hidden leftovers of a process that died are swept on the next write.
+
+Knows nothing about what the bytes mean: datasets, adapters and models are their owners' business.
 """
 import contextlib
 import fcntl
+import json
 import os
+import re
 import shutil
 import stat
+import tempfile
+import time
 from pathlib import Path
 
-from lorachat.errors import LorachatError
+from lorachat.core.errors import LorachatError
 
-TEMP_MARK = ".tmp-"   # hidden leftovers of an interrupted rewrite: `.NAME.tmp-PID`
+# hidden leftovers of an interrupted write or delete: `.NAME.tmp-PID` (a file), `.NAME.tmp-PID-XXXX`
+# (a folder), `.NAME.deleted-PID-NS`
+_LEFTOVER = re.compile(r"^\..+\.(?:tmp|deleted)-(\d+)(?:-|$)")
 
+
+# --- line files ----------------------------------------------------------------------------------
 
 def read_bytes(path: Path) -> bytes:
     try:
@@ -86,24 +100,41 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def replace_file(path: Path, data: bytes) -> None:
-    """Write `data` to a hidden temporary file, fsync it, rename it over `path`, fsync the folder."""
-    for stale in path.parent.glob(f".{path.name}{TEMP_MARK}*"):  # we hold the lock: nobody writes these now
-        with contextlib.suppress(OSError):
-            stale.unlink()
-    temp = path.parent / f".{path.name}{TEMP_MARK}{os.getpid()}"
+# --- replacing one file --------------------------------------------------------------------------
+
+def replace_file(path: Path, data: bytes, failed: str | None = None) -> None:
+    """Write `data` to a hidden temporary file beside `path`, fsync it, rename it over `path` (whose
+    mode it keeps), fsync the folder. `failed`: how the one-line error starts when the disk refuses
+    (default 'cannot rewrite PATH'); the file is then unchanged."""
+    for stale in path.parent.glob(f".{path.name}.tmp-*"):   # a dead writer's; a live one's is left alone
+        _sweep(stale)
+    temp = path.parent / f".{path.name}.tmp-{os.getpid()}"
     try:
         with open(temp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        shutil.copymode(path, temp)  # the file keeps its mode, as when rewritten in place
+        if path.exists():
+            shutil.copymode(path, temp)  # as when rewritten in place
         os.replace(temp, path)
     except OSError as exc:
         with contextlib.suppress(OSError):
             temp.unlink()
-        raise LorachatError(f"cannot rewrite {path}: {exc.strerror}; the file is unchanged") from None
+        raise LorachatError(f"{failed or f'cannot rewrite {path}'}: {exc.strerror or exc}; the file is unchanged") from None
     fsync_folder(path.parent)
+
+
+def json_bytes(data: dict) -> bytes:
+    """lorachat's JSON files as written: indented, keys sorted, a final newline."""
+    return (json.dumps(data, indent=2, sort_keys=True, default=str) + "\n").encode("utf-8")
+
+
+def write_json(path: Path, data: dict) -> None:
+    """A JSON file inside a folder that write_atomically renames into place (durable with it)."""
+    with open(path, "wb") as f:
+        f.write(json_bytes(data))
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def fsync_folder(folder: Path) -> None:
@@ -114,3 +145,128 @@ def fsync_folder(folder: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+# --- folders -------------------------------------------------------------------------------------
+
+def check_writable(folder: Path, what: str) -> None:
+    """Raise now, not after minutes of work, when `what` could not be written into `folder`: a hidden
+    folder with a file in it is made there and removed (as write_atomically will do)."""
+    if folder.exists() and not folder.is_dir():
+        raise LorachatError(f"cannot save {what}: {folder} is not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = Path(tempfile.mkdtemp(prefix=f".probe.tmp-{os.getpid()}-", dir=folder))
+        try:
+            (probe / "probe").write_bytes(b"")
+        finally:
+            shutil.rmtree(probe, ignore_errors=True)
+    except OSError as exc:
+        raise LorachatError(f"cannot save {what} in {folder}: {exc.strerror or exc}") from None
+
+
+def write_atomically(target: Path, fill, what: str, sweep: bool = True, raced: bool = False) -> Path:
+    """`fill(work_dir)` writes the content (returning the directory that holds it, `work_dir` or
+    one inside it); that directory gets the modes a plain mkdir would give, is fsynced and renamed
+    to `target`. `sweep`: remove dead writers' hidden leftovers beside it (in lorachat's own folders
+    only). `raced`: another process may write the same target at the same time (a shared cache);
+    when it finished first, its copy is kept and this one dropped."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if sweep:
+            sweep_leftovers(target.parent)
+        work = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
+    except OSError as exc:
+        raise LorachatError(f"could not save {what}: {exc.strerror or exc}") from None
+    try:
+        written = fill(work)
+        as_created(written)
+        fsync_folder(written)
+        try:
+            os.rename(written, target)
+        except OSError:
+            if not (raced and target.is_dir()):
+                raise
+        fsync_folder(target.parent)
+    except OSError as exc:
+        raise LorachatError(f"could not save {what}: {exc.strerror or exc}") from None
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return target
+
+
+def hide(path: Path, what: str) -> Path:
+    """Rename `path` to a hidden name (the first step of a delete, which either happens or changes
+    nothing); remove the returned path with `shutil.rmtree` to finish."""
+    doomed = path.with_name(f".{path.name}.deleted-{os.getpid()}-{time.monotonic_ns()}")
+    try:
+        os.rename(path, doomed)
+    except OSError as exc:
+        raise LorachatError(f"could not delete {what}: {exc.strerror or exc}") from None
+    return doomed
+
+
+def move(source: Path, target: Path, what: str) -> None:
+    try:
+        os.rename(source, target)
+        fsync_folder(target.parent)
+    except OSError as exc:
+        raise LorachatError(f"could not rename {what}: {exc.strerror or exc}") from None
+
+
+def sweep_leftovers(folder: Path) -> None:
+    """Remove hidden leftovers whose writer is gone (another live session's write is left alone)."""
+    try:
+        entries = [p for p in folder.iterdir() if _LEFTOVER.match(p.name)]
+    except OSError:
+        return
+    for entry in entries:
+        _sweep(entry)
+
+
+def _sweep(entry: Path) -> None:
+    match = _LEFTOVER.match(entry.name)
+    if match is None:
+        return
+    pid = int(match.group(1))
+    if pid != os.getpid() and not _alive(pid):
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                entry.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def umask() -> int:
+    """The process's umask, read without changing it where /proc tells it."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def as_created(root: Path) -> None:
+    """Give a tree this process just wrote the modes a plain mkdir and open give under the umask:
+    tempfile.mkdtemp makes its folder 0700 and safetensors writes 0600 files, which a server running
+    under another account (vLLM, a shared team folder) could not read."""
+    mask = umask()
+    for folder, _, files in os.walk(root):
+        os.chmod(folder, 0o777 & ~mask)
+        for name in files:
+            os.chmod(os.path.join(folder, name), 0o666 & ~mask)

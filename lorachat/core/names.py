@@ -1,7 +1,7 @@
 """Names of datasets and adapters: `[A-Za-z0-9._-]+`, no leading dot, never a path."""
 import re
 
-from lorachat.errors import LorachatError
+from lorachat.core.errors import LorachatError
 
 NAME = re.compile(r"[A-Za-z0-9._-]+")
 MAX_LENGTH = 100

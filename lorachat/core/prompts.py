@@ -17,6 +17,7 @@ TEMPLATE = "Instruction: {instruction}\nInput: {question}\nAnswer:"
 # (an answer that mentions a sheet titled "Instruction: Assembly") is part of the answer
 STOP_MARKER = "\nInstruction:"
 IGNORE = -100                  # label for tokens that carry no loss
+MAX_NEW_TOKENS = 64            # the longest answer asking generates by default (:set max_new_tokens)
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lorachat.errors import LorachatError
-from lorachat.prompts import Example
+from lorachat.core.errors import LorachatError
+from lorachat.core.prompts import Example
 
 FORMATS = ("auto", "alpaca", "prompt-completion", "messages", "sharegpt", "text", "piqa")
 BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -140,13 +140,12 @@ def _builder(path: Path) -> str:
 
 def _open_hub(source: str, options: ImportOptions):
     import datasets
-
-    from lorachat.models import _hub_reachable
-    from lorachat.tiny import cache_dir
+    from lorachat.core.cache import cache_dir
+    from lorachat.core.hub import hub_reachable
 
     if not HUB_ID.fullmatch(source):
         raise LorachatError(f"cannot import {source!r}: not a file here, nor a hub dataset id (owner/name)")
-    if not _hub_reachable(source):
+    if not hub_reachable():
         raise LorachatError(f"cannot import {source}: the hub is unreachable (no network or HF_HUB_OFFLINE); "
                             "import a local .json, .jsonl, .csv or .parquet file instead")
     # with a limit, stream: only the rows needed are downloaded
@@ -155,8 +154,9 @@ def _open_hub(source: str, options: ImportOptions):
 
 
 def _load(source: str, load):
-    import datasets
     import pyarrow
+
+    import datasets
 
     try:
         return load()

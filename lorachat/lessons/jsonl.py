@@ -2,7 +2,7 @@
 
 A line is `{"instruction", "input", "output"}` (the Alpaca convention) or `{"text"}` (trained on
 as is). Appends are durable before they return and rewrites go through a hidden temporary file
-renamed over the old one (durable.py does both); a file with invalid lines is never rewritten.
+renamed over the old one (core/durable.py does both); a file with invalid lines is never rewritten.
 Knows nothing about sessions, models or other formats (importers.py maps those to Examples).
 """
 import contextlib
@@ -11,10 +11,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lorachat import durable
-from lorachat.errors import LorachatError
-from lorachat.names import check_name
-from lorachat.prompts import Example
+from lorachat.core import durable
+from lorachat.core.errors import LorachatError
+from lorachat.core.names import check_name
+from lorachat.core.prompts import Example
 
 FOLDER = "datasets"
 SUFFIX = ".jsonl"
@@ -94,10 +94,27 @@ def format_line(example: Example) -> bytes:
         raise LorachatError("the example contains characters that are not valid Unicode text") from None
 
 
+# path -> (the file's state, its good examples): what an append adds to, instead of reading the file again
+_counted: dict[str, tuple[tuple, int]] = {}
+
+
 def load_dataset(home: Path, name: str) -> DatasetFile:
     """Read NAME's examples; a missing file is an empty dataset, invalid lines are listed, not fatal."""
     path = dataset_path(home, name)
-    return _parse(name, path, durable.read_bytes(path))
+    data = durable.read_bytes(path)
+    result = _parse(name, path, data)
+    state = _state(path)
+    if state is not None and state[2] == len(data):   # nothing was written between the read and now
+        _counted[str(path)] = (state, len(result.examples))
+    return result
+
+
+def _state(path: Path) -> tuple | None:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns
 
 
 def _parse(name: str, path: Path, data: bytes) -> DatasetFile:
@@ -146,19 +163,28 @@ def append_example(home: Path, name: str, example: Example) -> int:
 def append_marked(home: Path, name: str, example: Example) -> tuple[int, Mark]:
     """append_example, and the Mark of the line it wrote (for :undo)."""
     data = format_line(example)
-    count, (file, offset) = _append(home, name, data)
+    count, (file, offset) = _append(home, name, data, 1)
     return count, Mark(name, file, offset, data)
 
 
 def append_examples(home: Path, name: str, examples: list[Example]) -> int:
     """Append all of `examples` in one write, or none of them (the file is cut back on failure)."""
-    return _append(home, name, b"".join(format_line(example) for example in examples))[0]
+    return _append(home, name, b"".join(format_line(example) for example in examples), len(examples))[0]
 
 
-def _append(home: Path, name: str, data: bytes) -> tuple[int, tuple]:
+def _append(home: Path, name: str, data: bytes, added: int) -> tuple[int, tuple]:
+    """Append `data` (`added` examples) under the folder lock; (the dataset's new count, where).
+    The count is the last one read plus `added` when the file is as it was read then (the usual
+    `:add` after `:add`), else the file is read again."""
     path = dataset_path(home, name)
     with durable.locked_folder(path.parent):
+        before = _state(path) or (None, None, 0, None)
         where = durable.append_bytes(path, data)
+        known = _counted.get(str(path))
+        if known is not None and known[0] == before or before[2] == 0:
+            count = (known[1] if before[2] else 0) + added
+            _counted[str(path)] = (_state(path), count)
+            return count, where
     return len(load_dataset(home, name).examples), where
 
 

@@ -10,7 +10,8 @@ before: a hash of the config and of a few loaded tensors rounded to bfloat16, wh
 between dtypes (double rounding). Adapters saved with that one keep loading: it is computed, lazily,
 when a stored fingerprint does not match. `base_details` is what a mismatch message compares.
 
-Knows nothing about PEFT, adapters or the REPL; where the files are is models.py's answer.
+Knows nothing about PEFT, adapters, sessions or caching (adapters/live.py computes each once per
+session); where the files are is the loader's answer (`LoadedModel.folder`).
 """
 import contextlib
 import hashlib
@@ -23,18 +24,12 @@ CONFIG_KEYS = ("model_type", "architectures", "hidden_size", "num_hidden_layers"
 INDEXES = (("model.safetensors.index.json", "model.safetensors"), ("pytorch_model.bin.index.json", "pytorch_model.bin"))
 
 
-def base_fingerprint(session, unmerged=contextlib.nullcontext) -> str:
-    """'sha256:...' of the checkpoint's files (else of the loaded weights); computed once per session.
-    `unmerged`: a context in which the model holds its own weights (for the fallback)."""
-    cached = session.extensions.get("fingerprint")
-    if cached:
-        return cached
-    files = weight_files(getattr(session.loaded, "folder", None))
-    if files:
-        session.extensions["fingerprint"] = files_fingerprint(files)
-    else:
-        session.extensions["fingerprint"] = loaded_fingerprint(session, unmerged)
-    return session.extensions["fingerprint"]
+def base_fingerprint(loaded, unmerged=contextlib.nullcontext) -> str:
+    """'sha256:...' of the checkpoint's files (else of the loaded weights) of `loaded`, a
+    models.loader.LoadedModel. `unmerged`: a context in which the model holds its own weights (for
+    the fallback)."""
+    files = weight_files(getattr(loaded, "folder", None))
+    return files_fingerprint(files) if files else loaded_fingerprint(loaded.model, unmerged)
 
 
 def weight_files(folder) -> list[Path] | None:
@@ -102,15 +97,12 @@ def _bytes(tensor) -> bytes:
     return flat[:ROW].numpy().tobytes()
 
 
-def loaded_fingerprint(session, unmerged=contextlib.nullcontext) -> str:
+def loaded_fingerprint(base, unmerged=contextlib.nullcontext) -> str:
     """The fingerprint of lorachat before weight files were read: config hash + a few loaded tensors
-    rounded to bfloat16. Kept for adapters saved with it, and for models that have no files."""
-    cached = session.extensions.get("loaded_fingerprint")
-    if cached:
-        return cached
+    of the model `base` rounded to bfloat16. Kept for adapters saved with it, and for models that
+    have no files."""
     import torch
 
-    base = session.loaded.model
     config = base.config.to_dict()
     for volatile in ("_name_or_path", "torch_dtype", "dtype", "transformers_version", "_attn_implementation_autoset"):
         config.pop(volatile, None)
@@ -121,15 +113,15 @@ def loaded_fingerprint(session, unmerged=contextlib.nullcontext) -> str:
             flat = param.detach().reshape(-1)[:4096].to("cpu", torch.bfloat16).view(torch.int16)
             digest.update(name.replace("base_layer.", "").encode())
             digest.update(flat.numpy().tobytes())
-    session.extensions["loaded_fingerprint"] = "sha256:" + digest.hexdigest()[:32]
-    return session.extensions["loaded_fingerprint"]
+    return "sha256:" + digest.hexdigest()[:32]
 
 
-def base_details(session) -> dict:
-    """What lorachat.json keeps beside the fingerprint, so a mismatch can say what differs."""
-    config = session.loaded.model.config.to_dict()
-    files = weight_files(getattr(session.loaded, "folder", None))
-    return {"path": str(session.loaded.path), "fingerprint_of": "weight files" if files else "loaded weights",
+def base_details(loaded) -> dict:
+    """What lorachat.json keeps beside the fingerprint of `loaded` (a LoadedModel), so a mismatch
+    can say what differs."""
+    config = loaded.model.config.to_dict()
+    files = weight_files(getattr(loaded, "folder", None))
+    return {"path": str(loaded.path), "fingerprint_of": "weight files" if files else "loaded weights",
             "config": {key: config[key] for key in CONFIG_KEYS if key in config}}
 
 

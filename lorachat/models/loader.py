@@ -2,14 +2,12 @@
 
 Chooses device and dtype; knows nothing about adapters, prompts or the REPL.
 """
-import os
-import socket
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 
-from lorachat.distributed import launched, local_rank
-from lorachat.errors import LorachatError
+from lorachat.core.errors import LorachatError
+from lorachat.core.hub import hub_reachable
+from lorachat.core.launch import launched, local_rank
 
 DEFAULT_MODEL = "facebook/opt-2.7b"
 TRY = "try --model tiny (built in, offline) or --model DIR (a local model directory)"
@@ -66,7 +64,7 @@ def load_model(name: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "au
     source = _resolve(name)
     kwargs = dict(trust_remote_code=trust_remote_code)
     if not Path(source).is_dir():
-        kwargs["local_files_only"] = not _hub_reachable(name)
+        kwargs["local_files_only"] = not hub_reachable()
     tokenizer = _load_tokenizer(name, source, kwargs)
     model = _load_weights(name, source, kwargs, device, torch_dtype)
     model.eval()
@@ -87,7 +85,7 @@ def load_files(name: str = DEFAULT_MODEL, trust_remote_code: bool = False):
     source = _resolve(name)
     kwargs = dict(trust_remote_code=trust_remote_code)
     if not Path(source).is_dir():
-        kwargs["local_files_only"] = not _hub_reachable(name)
+        kwargs["local_files_only"] = not hub_reachable()
     tokenizer = _load_tokenizer(name, source, kwargs)
     try:
         config = AutoConfig.from_pretrained(source, **kwargs)
@@ -98,7 +96,7 @@ def load_files(name: str = DEFAULT_MODEL, trust_remote_code: bool = False):
 
 def _resolve(name: str) -> str:
     if name == "tiny":
-        from lorachat.tiny import ensure_tiny
+        from lorachat.models.tiny import ensure_tiny
 
         return str(ensure_tiny())
     path = Path(name).expanduser()
@@ -109,18 +107,6 @@ def _resolve(name: str) -> str:
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise LorachatError(f"cannot load model '{name}': no such directory; {TRY}")
     return name
-
-
-def _hub_reachable(name: str) -> bool:
-    """Whether to ask the hub at all: a quick TCP check instead of ~50 s of client retries."""
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-        return False
-    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
-    try:
-        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=5).close()
-        return True
-    except OSError:
-        return False
 
 
 def _explain(name: str, exc: Exception, local_only: bool) -> LorachatError:

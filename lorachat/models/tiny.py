@@ -3,13 +3,11 @@
 Built once, deterministically, into an ordinary model directory under the cache folder, then
 loaded like any other model directory. Knows nothing about sessions or adapters.
 """
-import os
-import shutil
-import tempfile
 from importlib import resources
 from pathlib import Path
 
-from lorachat import store
+from lorachat.core.cache import cache_dir
+from lorachat.core.durable import write_atomically
 
 # Bump when anything below changes what gets built: old cache entries are then simply not used.
 TINY_VERSION = 1
@@ -21,37 +19,33 @@ TINY_SEED = 0
 SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]  # OPT's ids: <s>=0, <pad>=1, </s>=2 (bos and eos), <unk>=3
 
 
-def cache_dir() -> Path:
-    """LORACHAT_CACHE, default ~/.cache/lorachat."""
-    return Path(os.environ.get("LORACHAT_CACHE") or Path.home() / ".cache" / "lorachat")
-
-
 def tiny_dir() -> Path:
     return cache_dir() / f"tiny-v{TINY_VERSION}"
 
 
 def ensure_tiny() -> Path:
-    """The tiny model's directory, built first if it is not there yet."""
+    """The tiny model's directory, built first if it is not there yet (by one process or several at
+    once: the first to finish is kept)."""
     target = tiny_dir()
     if (target / "config.json").exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".tiny-", dir=target.parent))
-    try:
+
+    def fill(work: Path) -> Path:
         build_tiny(work)
-        store.as_created(work)  # readable by others as a plain mkdir would be (a shared cache)
-        try:
-            os.rename(work, target)
-        except OSError:  # another process built it first
-            if not (target / "config.json").exists():
-                raise
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return target
+        return work
+
+    return write_atomically(target, fill, "the tiny model", raced=True)
 
 
 def build_tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     corpus = resources.files("lorachat").joinpath("data/tiny_corpus.txt").read_text(encoding="utf-8")

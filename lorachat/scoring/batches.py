@@ -1,12 +1,12 @@
 """Examples -> padded batches, and what a model makes of them: answer logits, recall, answer loss.
 
-Shared by training (train.py) and measuring (:eval, the benchmarks). Knows nothing about
+Shared by training (training/trainer.py) and measuring (:eval, the benchmarks). Knows nothing about
 optimizers, adapters or files: it runs forward passes on whatever model it is given.
 """
 import contextlib
 from dataclasses import dataclass
 
-from lorachat.prompts import IGNORE, example_ids
+from lorachat.core.prompts import IGNORE, example_ids
 
 # --- batches -----------------------------------------------------------------------------------
 

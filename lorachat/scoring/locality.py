@@ -13,15 +13,24 @@ on is then scored by one teacher-forced forward pass per batch over prompt + bas
 
 Answers are plain greedy (no repetition penalty, whatever `:set` says), so the figures do not move
 with the session's sampling settings. The probe questions (`probes.txt`) are for measuring only; the
-anchor questions (`anchors.txt`, a disjoint list) are for training-time protection. Knows nothing
-about terminals, files other than those two lists, or training; sessions only in `session_reference`
-and `measure`, which switch adapters through adapters.activate and cache in `session.extensions`.
+anchor questions (`anchors.txt`, a disjoint list) are for training-time protection. This is the
+model-level half: the caller decides which adapter (if any) is on. Knows nothing about sessions,
+adapters, terminals, files other than those two lists, or training; the session's cache of base
+answers is adapters/side_by_side.py's.
 """
 from dataclasses import dataclass, field
 from importlib import resources
 
-from lorachat.errors import LorachatError
-from lorachat.prompts import IGNORE, asked, prompt_ids
+from lorachat.core.errors import LorachatError
+from lorachat.core.prompts import IGNORE, asked, prompt_ids
+from lorachat.scoring.batches import (
+    answer_logits,
+    autocast,
+    collate,
+    known,
+    model_device,
+    padding_id,
+)
 
 PROBES, ANCHORS = "probes", "anchors"
 
@@ -72,8 +81,6 @@ def questions_of(examples) -> list[tuple[str, str]]:
     return [asked(e) for e in examples if e.text is None]
 
 
-# --- model level: the caller decides which adapter (if any) is on -----------------------------
-
 def reference(model, tokenizer, questions, options: LocalityOptions = DEFAULTS) -> Reference:
     """The greedy answers `model` gives (as it is now) to `questions`, (instruction, question) pairs."""
     prompts = [prompt_ids(tokenizer, instruction, question) for instruction, question in questions]
@@ -89,8 +96,6 @@ def greedy(model, tokenizer, prompts: list[list[int]], options: LocalityOptions 
     """Greedy answer ids per prompt, at most max_new_tokens, cut after the first EOS; generated in
     batches of similar length, left-padded, so padding costs little and positions stay right."""
     import torch
-
-    from lorachat.batches import model_device, padding_id
 
     pad, eos = padding_id(tokenizer), tokenizer.eos_token_id
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
@@ -119,8 +124,6 @@ def score(model, tokenizer, ref: Reference, options: LocalityOptions = DEFAULTS)
     """Exact and token agreement of `model` (as it is now) with the reference answers: one
     teacher-forced forward pass per batch, eval mode, no generation."""
     import torch
-
-    from lorachat.batches import answer_logits, autocast, collate, known, model_device, padding_id
 
     items = sorted(items_of(ref), key=lambda item: len(item[0]))
     exact = agree = 0
@@ -153,39 +156,3 @@ def anchor_reference(model, tokenizer, instruction: str, pool: int, options: Loc
 def items_of(ref: Reference) -> list[tuple[list[int], list[int]]]:
     """(input_ids, labels) per reference answer: prompt masked, the base's answer carries the loss."""
     return [(list(p) + list(a), [IGNORE] * len(p) + list(a)) for p, a in zip(ref.prompts, ref.answers)]
-
-
-# --- session level -----------------------------------------------------------------------------
-
-CACHE_SIZE = 4  # references kept per session: the probes, the anchors, a dataset or two
-
-
-def session_reference(session, questions, options: LocalityOptions = DEFAULTS) -> Reference:
-    """The base's answers to `questions`, computed once per session with every adapter off (the
-    active one is restored) and cached in session.extensions; a changed instruction or
-    max_new_tokens makes other questions, so another entry."""
-    from lorachat import adapters
-
-    cache = session.extensions.setdefault("locality", {})
-    key = (tuple(questions), options.max_new_tokens)
-    if key in cache:
-        cache[key] = cache.pop(key)  # most recently used last
-        return cache[key]
-    previous = session.active_adapter
-    adapters.activate(session, None)
-    try:
-        ref = reference(session.model, session.tokenizer, questions, options)
-    finally:
-        adapters.activate(session, previous)
-    cache[key] = ref
-    while len(cache) > CACHE_SIZE:
-        cache.pop(next(iter(cache)))
-    return ref
-
-
-def probe_questions(session, extra=(), questions=None) -> list[tuple[str, str]]:
-    """The built-in probes (or `questions`) under the session's instruction, then `extra`
-    (instruction, question) pairs, duplicates dropped."""
-    questions = builtin(PROBES) if questions is None else questions
-    pairs = [(session.instruction, q) for q in questions] + list(extra)
-    return list(dict.fromkeys((i.strip(), q.strip()) for i, q in pairs))

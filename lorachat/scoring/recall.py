@@ -18,16 +18,25 @@ sessions or files.
 """
 from dataclasses import dataclass
 
-from lorachat import prompts
-from lorachat.batches import answer_logits, autocast, collate, eval_batches, known, model_device, padding_id, sorted_batches
-from lorachat.prompts import DEFAULT_INSTRUCTION, IGNORE
+from lorachat.core import prompts
+from lorachat.core.prompts import DEFAULT_INSTRUCTION, IGNORE, MAX_NEW_TOKENS
+from lorachat.scoring.batches import (
+    answer_logits,
+    autocast,
+    collate,
+    eval_batches,
+    known,
+    model_device,
+    padding_id,
+    sorted_batches,
+)
 
 
 @dataclass(frozen=True)
 class Asking:
     """What asking does with a question: the session's instruction and generation settings."""
     instruction: str = DEFAULT_INSTRUCTION
-    max_new_tokens: int = 64
+    max_new_tokens: int = MAX_NEW_TOKENS
     repetition_penalty: float = 1.0
     context: int = 1 << 20          # the model's positions: prompt and answer together
 

@@ -12,8 +12,14 @@ lorachat already uses. Knows nothing about servers, adapters or files.
 import json
 import re
 
-from lorachat.errors import LorachatError
-from lorachat.prompts import DEFAULT_INSTRUCTION, TEMPLATE, prompt_ids, render_prompt, uses_chat_template
+from lorachat.core.errors import LorachatError
+from lorachat.core.prompts import (
+    DEFAULT_INSTRUCTION,
+    TEMPLATE,
+    prompt_ids,
+    render_prompt,
+    uses_chat_template,
+)
 
 REFUSAL = "lorachat's prompt is one user message, after an optional system message (the instruction)"
 # a question and an instruction that exercise stripping, new lines and the stop marker: the self-check
@@ -42,7 +48,7 @@ def build(tokenizer) -> str:
     pieces = [f"ns.{part}" if i % 2 else json.dumps(part) for i, part in enumerate(fields) if part or i % 2]
     expression = " ~ ".join([*([json.dumps(prefix)] if prefix else []), *pieces, *([json.dumps(suffix)] if suffix else [])])
     return "\n".join([
-        "{#- lorachat's prompt (lorachat/prompts.py TEMPLATE), written by `lorachat serve`."
+        "{#- lorachat's prompt (lorachat/core/prompts.py TEMPLATE), written by `lorachat serve`."
         " System message: the instruction (none: the default). -#}",
         f"{{%- set ns = namespace(instruction={json.dumps(DEFAULT_INSTRUCTION)}, question=none, extra=false) -%}}",
         "{%- for message in messages -%}",

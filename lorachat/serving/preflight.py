@@ -7,9 +7,9 @@ LorachatError with the reason. Knows nothing about the command line or the REPL.
 from dataclasses import dataclass
 from pathlib import Path
 
-from lorachat import provenance
-from lorachat.errors import LorachatError
-from lorachat.prompts import DEFAULT_INSTRUCTION
+from lorachat.adapters import provenance
+from lorachat.core.errors import LorachatError
+from lorachat.core.prompts import DEFAULT_INSTRUCTION, MAX_NEW_TOKENS
 
 MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vllm/config/lora.py MaxLoRARanks
 # the module names vLLM's LoRA support maps, per architecture: its linear layers with packed
@@ -64,7 +64,7 @@ def check(name: str, path: Path, config: dict, meta: dict, architecture: str) ->
         raise LorachatError(f"r={rank} is above vLLM's largest --max-lora-rank ({MAX_LORA_RANKS[-1]})")
     check_modules(shapes, architecture)
     return Served(name, path.resolve(), rank, meta.get("instruction", DEFAULT_INSTRUCTION),
-                  meta.get("max_answer_tokens") or default_max_tokens(), _origin(meta))
+                  meta.get("max_answer_tokens") or MAX_NEW_TOKENS, _origin(meta))
 
 
 def weights(name: str, path: Path) -> dict[str, tuple]:
@@ -102,13 +102,6 @@ def _origin(meta: dict) -> str:
         parts = " + ".join(f"{source} r={ranks.get(source, '?')}" for source in meta["merged_from"])
         return f"{meta.get('method', '?')} merge of {parts}"
     return ""
-
-
-def default_max_tokens() -> int:
-    """The REPL's answer length, for adapters whose lorachat.json does not record their longest answer."""
-    from lorachat.session import Settings
-
-    return Settings().max_new_tokens
 
 
 def max_lora_rank(ranks) -> int:

@@ -1,7 +1,7 @@
 """Divergence: a learning rate too high for the examples makes the training loss climb back up
 after it fell, and training ends unlearned. The guard watches a smoothed loss, keeps the weights
 and optimizer state of its best point, and when the loss has climbed well above that best it puts
-them back and halves the lr (README "Training" has the measurements behind the thresholds).
+them back and halves the lr (bench/RESULTS.md "The divergence guard" has the measurements behind the thresholds).
 
 Knows nothing about batches or recall: it is given the trainable parameters, the optimizer, the
 lr schedule and one loss per step.
@@ -51,7 +51,7 @@ class Guard:
 
         weights, state = self.saved
         with torch.no_grad():  # an in-place copy that bumps the version counter (not .data's): the
-            for param, value in zip(self.params, weights):  # decoding merge (switch.py) sees the change
+            for param, value in zip(self.params, weights):  # decoding merge (adapters/switching.py) sees the change
                 param.copy_(value)
         self.optimizer.load_state_dict(copy.deepcopy(state))
 

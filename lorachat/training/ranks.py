@@ -2,44 +2,13 @@
 `accelerate launch` or `torchrun` (DDP over NCCL on GPUs, gloo on CPUs, FSDP from an accelerate
 config). accelerate owns the device, the process group, the data sharding, mixed precision, the
 no-sync of accumulated passes and the collectives; this module only says which of them training
-needs. Knows nothing about recall, adapters or files.
+needs (core/launch.py says which process this is). Knows nothing about recall, adapters or files.
 """
 import contextlib
 import os
 
-from lorachat.errors import LorachatError
-
-
-def sharded() -> bool:
-    """Whether the launcher asked for FSDP (`accelerate launch` with an FSDP config)."""
-    return os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true")
-
-
-def world() -> int:
-    """Processes in this run, as the launcher (torchrun, accelerate launch) set them: 1 when not launched."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def launched() -> bool:
-    """Whether this process is one rank of a launcher's group (torchrun, accelerate launch)."""
-    return world() > 1
-
-
-def is_main() -> bool:
-    """Rank 0, or the only process: the one that prints and writes."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def local_rank() -> int:
-    return int(os.environ.get("LOCAL_RANK", "0"))
-
-
-def barrier() -> None:
-    """Wait for every rank (nothing to wait for in one process)."""
-    if launched():
-        from accelerate import PartialState
-
-        PartialState().wait_for_everyone()
+from lorachat.core.errors import LorachatError
+from lorachat.core.launch import launched
 
 
 class Ranks:

@@ -8,7 +8,7 @@ import pkgutil
 from dataclasses import dataclass
 from typing import Callable
 
-from lorachat.errors import LorachatError, did_you_mean
+from lorachat.core.errors import LorachatError, did_you_mean
 
 
 @dataclass

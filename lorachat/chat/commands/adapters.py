@@ -3,22 +3,24 @@ import json
 import math
 from pathlib import Path
 
-from lorachat import adapters, options, saving, shelf
-from lorachat.adapters import BASE
-from lorachat.commands import command, no_args
-from lorachat.errors import LorachatError, did_you_mean
-from lorachat.names import check_name
-from lorachat.provenance import CONFIG_FILE, read_meta
+from lorachat.adapters import disk, live, merging, paths
+from lorachat.adapters.export import export as export_model
+from lorachat.adapters.paths import BASE
+from lorachat.adapters.provenance import CONFIG_FILE, read_meta
+from lorachat.chat import options
+from lorachat.chat.commands import command, no_args
+from lorachat.core.errors import LorachatError, did_you_mean
+from lorachat.core.names import check_name
 
 SCALE_LIMIT = 10.0
 
 
 def _names(session) -> list[str]:
-    return adapters.known_names(session)
+    return live.known_names(session)
 
 
 def _names_and_base(session) -> list[str]:
-    return [BASE] + adapters.known_names(session)
+    return [BASE] + live.known_names(session)
 
 
 def _notes(session, notes) -> None:
@@ -38,7 +40,7 @@ def _exactly(name: str, args: str, count: int, usage: str) -> list[str]:
 def adapters_(session, args):
     """List saved and loaded adapters: rank, targets, base model, data, results, size; * marks the active one."""
     no_args("adapters", args)
-    names = adapters.known_names(session)
+    names = live.known_names(session)
     if not names:
         session.ui.line("no adapters yet (:train makes one; :use NAME loads one from adapters/)")
         return
@@ -48,8 +50,8 @@ def adapters_(session, args):
 
 
 def _row(session, name: str) -> list:
-    path = adapters.adapters_dir(session) / name
-    unsaved = adapters.shelf(session).unsaved
+    path = paths.adapters_dir(session) / name
+    unsaved = live.state(session).unsaved
     meta = read_meta(path) or unsaved.get(name) or {}
     try:
         config = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
@@ -57,10 +59,10 @@ def _row(session, name: str) -> list:
         config = {}
     if not isinstance(config, dict):
         config = {}
-    model = adapters.peft_model(session)
+    model = live.peft_model(session)
     if model is not None and name in model.peft_config:
-        live = model.peft_config[name]
-        config = {"r": live.r, "lora_alpha": live.lora_alpha, "target_modules": live.target_modules}
+        held = model.peft_config[name]
+        config = {"r": held.r, "lora_alpha": held.lora_alpha, "target_modules": held.target_modules}
     targets = _targets(config.get("target_modules") or "", meta)
     examples = meta.get("examples")
     dataset = meta.get("dataset") or ("merge" if meta.get("merged_from") else "")
@@ -72,7 +74,7 @@ def _row(session, name: str) -> list:
             targets, meta.get("base_model", "unknown") if meta else "unknown (no lorachat.json)", dataset,
             str(meta.get("created", ""))[:16].replace("T", " "), _number(meta.get("loss", meta.get("final_loss"))),
             f"{recall}/{total}" if isinstance(recall, int) and isinstance(total, int) else "",
-            _size(path), "unsaved" if name in unsaved else "yes" if name in adapters.loaded_names(session) else ""]
+            _size(path), "unsaved" if name in unsaved else "yes" if name in live.loaded_names(session) else ""]
 
 
 def _targets(targets, meta: dict) -> str:
@@ -105,12 +107,12 @@ def use(session, args):
     Loaded adapters stay in memory up to :set max_loaded=N (least recently used unloaded).
     """
     name = _exactly("use", args, 1, ":use NAME|base")[0]
-    _notes(session, adapters.use(session, name))
+    _notes(session, live.use(session, name))
     session.ui.line(f"using adapter '{name}'" if session.active_adapter else "using the base model (no adapter)")
 
 
 def _merge_details(session):
-    session.ui.table(["key", "default", "meaning"], [list(r) for r in options.describe(shelf.MERGE_DEFAULTS)])
+    session.ui.table(["key", "default", "meaning"], [list(r) for r in options.describe(merging.MERGE_DEFAULTS)])
 
 
 @command("merge", usage=":merge A B [C ...] as NAME [method=cat] [weights=w1,w2,...] [density=D]", details=_merge_details, complete=_names)
@@ -130,8 +132,8 @@ def merge(session, args):
         raise LorachatError(":merge needs at least two source adapters before 'as'")
     if len(rest) != 1:
         raise LorachatError(":merge needs exactly one new name after 'as'" + (f" (got {rest[1][:40]!r} too)" if rest else ""))
-    opts = options.apply_kv(shelf.MERGE_DEFAULTS, pairs)
-    notes, path = shelf.merge(session, sources, rest[0], opts)
+    opts = options.apply_kv(merging.MERGE_DEFAULTS, pairs)
+    notes, path = merging.merge(session, sources, rest[0], opts)
     _notes(session, notes)
     session.ui.line(f"merged {' + '.join(sources)} ({opts.method}) into '{rest[0]}', saved to {path}; now active")
 
@@ -146,11 +148,11 @@ def scale(session, args):
     if not 1 <= len(words) <= 2:
         raise LorachatError(":scale: usage: :scale NAME [FACTOR]")
     name = check_name(words[0], "adapter")
-    if name not in adapters.known_names(session):
-        have = adapters.known_names(session)
+    if name not in live.known_names(session):
+        have = live.known_names(session)
         raise LorachatError(f"no adapter named '{name}'{did_you_mean(name, have)} (have: {', '.join(have) or 'none yet'})")
     if len(words) == 1:
-        session.ui.line(f"{name}: scale {adapters.shelf(session).scales.get(name, 1.0):g}")
+        session.ui.line(f"{name}: scale {live.state(session).scales.get(name, 1.0):g}")
         return
     try:
         factor = float(words[1])
@@ -158,7 +160,7 @@ def scale(session, args):
         raise LorachatError(f":scale: factor {words[1][:40]!r} is not a number") from None
     if not math.isfinite(factor) or abs(factor) > SCALE_LIMIT:
         raise LorachatError(f":scale: factor must be between -{SCALE_LIMIT:g} and {SCALE_LIMIT:g}")
-    adapters.set_scale(session, name, factor)
+    live.set_scale(session, name, factor)
     session.ui.line(f"{name}: scale {factor:g}")
 
 
@@ -172,7 +174,7 @@ def delete(session, args):
     if not 1 <= len(words) <= 2 or len(words) == 2 and words[1].lower() != "yes":
         raise LorachatError(":delete: usage: :delete NAME [yes]")
     name = check_name(words[0], "adapter")
-    if name not in adapters.known_names(session):
+    if name not in live.known_names(session):
         raise LorachatError(f"no adapter named '{name}'")
     if len(words) == 1:
         if session.read_text is None:
@@ -180,7 +182,7 @@ def delete(session, args):
         if session.read_text(f"delete adapter '{name}' and its files? [y/N] ").strip().lower() not in ("y", "yes"):
             session.ui.line("not deleted")
             return
-    shelf.delete(session, name)
+    disk.delete(session, name)
     session.ui.line(f"deleted adapter '{name}'")
 
 
@@ -193,11 +195,11 @@ def rename(session, args):
     old, new = _exactly("rename", args, 2, ":rename OLD NEW")
     check_name(old, "adapter")
     check_name(new, "adapter")
-    shelf.rename(session, old, new)
+    disk.rename(session, old, new)
     session.ui.line(f"renamed '{old}' to '{new}'")
 
 
-@command("save", usage=":save NAME [DIR]", complete=lambda s: sorted(adapters.shelf(s).unsaved))
+@command("save", usage=":save NAME [DIR]", complete=lambda s: sorted(live.state(s).unsaved))
 def save(session, args):
     """Save an adapter that exists only in memory (marked unsaved in :adapters: the disk refused it
     when :train ended): into adapters/NAME, or into a new folder DIR anywhere else.
@@ -208,12 +210,12 @@ def save(session, args):
     words = options.split_words(args)
     if not 1 <= len(words) <= 2:
         raise LorachatError(":save: usage: :save NAME [DIR]")
-    name, unsaved = check_name(words[0], "adapter"), adapters.shelf(session).unsaved
+    name, unsaved = check_name(words[0], "adapter"), live.state(session).unsaved
     if name not in unsaved:
-        if name in adapters.saved_names(session):
-            raise LorachatError(f"adapter '{name}' is saved already, in {adapters.adapter_path(session, name)}")
+        if name in paths.saved_names(session):
+            raise LorachatError(f"adapter '{name}' is saved already, in {paths.adapter_path(session, name)}")
         raise LorachatError(f"no unsaved adapter named '{name}' (unsaved: {', '.join(sorted(unsaved)) or 'none'})")
-    path = saving.save(session, name, unsaved[name], target=None if len(words) == 1 else Path(words[1]))
+    path = disk.save(session, name, unsaved[name], target=None if len(words) == 1 else Path(words[1]))
     elsewhere = "" if name not in unsaved else f"; it is still unsaved in the workspace (copy that folder to adapters/{name})"
     session.ui.line(f"saved adapter '{name}' to {path}{elsewhere}")
 
@@ -226,6 +228,6 @@ def export(session, args):
     The live model is unchanged.
     """
     name, directory = _exactly("export", args, 2, ":export NAME DIR")
-    notes, path = shelf.export(session, check_name(name, "adapter"), Path(directory))
+    notes, path = export_model(session, check_name(name, "adapter"), Path(directory))
     _notes(session, notes)
     session.ui.line(f"exported '{name}' merged into the base to {path}")

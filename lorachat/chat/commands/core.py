@@ -1,9 +1,10 @@
 """Session commands: :help, :quit, :info, :set, :instruction."""
 import resource
 
-from lorachat import __version__, options
-from lorachat.commands import COMMANDS, QuitSession, command, find, no_args
-from lorachat.errors import LorachatError
+from lorachat import __version__
+from lorachat.chat import options
+from lorachat.chat.commands import COMMANDS, QuitSession, command, find, no_args
+from lorachat.core.errors import LorachatError
 
 
 @command("help", usage=":help [COMMAND]", complete=lambda s: sorted(COMMANDS))
@@ -88,9 +89,9 @@ def set_(session, args):
         return
     session.settings = options.apply_kv(session.settings, pairs)
     if "max_loaded" in pairs:
-        from lorachat import adapters
+        from lorachat.adapters import live
 
-        adapters.make_room(session, keep={session.active_adapter}, extra=0)
+        live.make_room(session, keep={session.active_adapter}, extra=0)
     session.ui.line("set " + ", ".join(f"{k}={options.describe_value(getattr(session.settings, k))}" for k in pairs))
 
 

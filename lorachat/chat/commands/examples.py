@@ -1,18 +1,19 @@
 """Recording and managing examples: :dataset, :datasets, :add, :good, :fix, :examples, :drop, :undo, :import.
 
 Every recorded example is on disk (fsync'd) before its acknowledgement is printed. The examples
-recorded in this session are remembered in `session.extensions["recorded"]` as datasets.Mark (file,
+recorded in this session are remembered in `session.extensions["recorded"]` as jsonl.Mark (file,
 offset and bytes of the line written) so :undo removes exactly those lines, never an equal one. Knows nothing about training or adapters.
 """
 import os
 import re
 
-from lorachat import datasets, options
-from lorachat.commands import command, no_args
-from lorachat.errors import LorachatError
-from lorachat.importers import FORMATS, ImportOptions, import_examples
-from lorachat.names import check_name
-from lorachat.prompts import Example, example_ids, shared_instruction
+from lorachat.chat import options
+from lorachat.chat.commands import command, no_args
+from lorachat.core.errors import LorachatError
+from lorachat.core.names import check_name
+from lorachat.core.prompts import Example, example_ids, shared_instruction
+from lorachat.lessons import jsonl
+from lorachat.lessons.importers import FORMATS, ImportOptions, import_examples
 
 ARROW = "=>"
 SEPARATOR = re.compile(r"(?:^|\s)=>(?:\s|$)")   # :add's: the first '=>' between white space
@@ -23,13 +24,13 @@ CLIP = 200      # characters of a field shown per example in plain lines
 def _names(session) -> list[str]:
     """Dataset names for Tab completion (never raises: a completer must not break the prompt)."""
     try:
-        names = datasets.dataset_names(session.home)
+        names = jsonl.dataset_names(session.home)
     except LorachatError:
         names = []
     return sorted(set(names) | {session.dataset})
 
 
-def _bad_note(session, current: datasets.DatasetFile) -> None:
+def _bad_note(session, current: jsonl.DatasetFile) -> None:
     if current.bad_lines:
         session.ui.note(f"warning: {current.path}: {len(current.bad_lines)} invalid line(s) skipped "
                         f"({current.describe_problems()}); fix or delete them in an editor")
@@ -43,10 +44,10 @@ def dataset(session, args):
         raise LorachatError(f":dataset takes one name (got {len(words)} words)")
     if words:
         name = check_name(words[0], "dataset")
-        current = datasets.load_dataset(session.home, name)
+        current = jsonl.load_dataset(session.home, name)
         session.dataset = name
     else:
-        current = datasets.load_dataset(session.home, session.dataset)
+        current = jsonl.load_dataset(session.home, session.dataset)
     new = "" if os.path.lexists(current.path) else " (new: the file is written with the first example)"
     session.ui.line(f"dataset {current.name}: {_count(len(current.examples))} in {current.path}{new}")
     _bad_note(session, current)
@@ -54,9 +55,9 @@ def dataset(session, args):
         _take_instruction(session, current)
 
 
-def _take_instruction(session, current: datasets.DatasetFile) -> None:
+def _take_instruction(session, current: jsonl.DatasetFile) -> None:
     """A dataset whose questions are all asked under one instruction puts it in force, so that
-    what is asked is what was taught (README "The prompt")."""
+    what is asked is what was taught (docs/prompt.md)."""
     shared = shared_instruction(current.examples)
     if shared is not None and shared != session.instruction:
         session.instruction = shared
@@ -67,13 +68,13 @@ def _take_instruction(session, current: datasets.DatasetFile) -> None:
 def datasets_(session, args):
     """List the workspace's datasets with their example counts (* marks the current one)."""
     no_args("datasets", args)
-    names = sorted(set(datasets.dataset_names(session.home)) | {session.dataset})
+    names = sorted(set(jsonl.dataset_names(session.home)) | {session.dataset})
     rows = []
     for name in names:
         try:
-            current = datasets.load_dataset(session.home, name)
+            current = jsonl.load_dataset(session.home, name)
         except LorachatError as exc:  # one unreadable file does not hide the others
-            why = str(exc).replace(str(datasets.dataset_path(session.home, name)), "the file")
+            why = str(exc).replace(str(jsonl.dataset_path(session.home, name)), "the file")
             rows.append(["*" if name == session.dataset else "", name, "?", why])
             continue
         bad = f"{len(current.bad_lines)} invalid lines" if current.bad_lines else ""
@@ -143,7 +144,7 @@ def _last_question(session) -> str:
 
 def _record(session, question: str, answer: str) -> None:
     example = Example(session.instruction, question, answer)
-    count, mark = datasets.append_marked(session.home, session.dataset, example)
+    count, mark = jsonl.append_marked(session.home, session.dataset, example)
     session.extensions.setdefault("recorded", []).append(mark)
     session.ui.line(f"added to {session.dataset} ({_count(count)}): {_clip(question, 60)} {ARROW} {_clip(answer, 60)}")
     _warn_if_too_long(session, example, count)
@@ -163,7 +164,7 @@ def examples(session, args):
     words = options.split_words(args)
     if len(words) > 1 or words and words[0] != "all" and not (words[0].isdigit() and int(words[0]) > 0):
         raise LorachatError(f":examples takes a number (1 or more) or 'all' (got {args[:40]!r})")
-    current = datasets.load_dataset(session.home, session.dataset)
+    current = jsonl.load_dataset(session.home, session.dataset)
     total = len(current.examples)
     shown = total if words == ["all"] else min(total, int(words[0]) if words else SHOWN)
     first = total - shown
@@ -192,7 +193,7 @@ def drop(session, args):
     words = options.split_words(args)
     if len(words) != 1 or not words[0].isdigit() or int(words[0]) < 1:
         raise LorachatError(f"write :drop N, with N an example number from :examples (got {args[:40]!r})")
-    removed, left = datasets.remove_example(session.home, session.dataset, int(words[0]),
+    removed, left = jsonl.remove_example(session.home, session.dataset, int(words[0]),
                                             session.extensions.get("recorded", ()))
     session.ui.line(f"dropped {words[0]} from {session.dataset} ({_count(left)} left): {_describe(removed)}")
 
@@ -207,8 +208,8 @@ def undo(session, args):
         raise LorachatError("nothing to undo: no example was recorded in this session")
     mark = recorded[-1]
     try:
-        removed, left = datasets.remove_marked(session.home, mark, recorded)
-    except datasets.LineGone:
+        removed, left = jsonl.remove_marked(session.home, mark, recorded)
+    except jsonl.LineGone:
         recorded.pop()  # it can never come back: the next :undo goes on to the one before
         raise
     recorded.pop()
@@ -237,11 +238,11 @@ def import_(session, args):
         session.ui.note(f"format auto: chose {result.format} (fields {', '.join(result.columns)})")
     if not result.examples:
         raise LorachatError(f"nothing imported from {positional[0]} (format {result.format}); {result.describe_skipped()}")
-    datasets.append_examples(session.home, session.dataset, result.examples)
+    jsonl.append_examples(session.home, session.dataset, result.examples)
     session.ui.line(f"imported {_count(len(result.examples))} (format {result.format}) into {session.dataset}; "
                     f"{result.describe_skipped()}")
     _warn_long(session, result.examples)
-    _take_instruction(session, datasets.load_dataset(session.home, session.dataset))
+    _take_instruction(session, jsonl.load_dataset(session.home, session.dataset))
 
 
 def _warn_long(session, examples) -> None:

@@ -1,17 +1,19 @@
 """Measuring adapters side by side: :compare (one question, every answer) and :eval (a dataset's
 loss and recall as asked, and what each adapter keeps of the base's answers to probe questions).
-The maths is shelf.py's, recall.py's and locality.py's; this module parses and shows."""
+The maths is adapters/side_by_side.py's and scoring/'s; this module parses and shows."""
 import dataclasses
 import re
 from dataclasses import dataclass, field
 from typing import Optional
 
-from lorachat import adapters, locality, options, shelf
-from lorachat.adapters import BASE
-from lorachat.commands import command
-from lorachat.commands.adapters import _names_and_base, _notes
-from lorachat.errors import LorachatError
-from lorachat.names import check_name
+from lorachat.adapters import live, side_by_side
+from lorachat.adapters.paths import BASE
+from lorachat.chat import options
+from lorachat.chat.commands import command
+from lorachat.chat.commands.adapters import _names_and_base, _notes
+from lorachat.core.errors import LorachatError
+from lorachat.core.names import check_name
+from lorachat.scoring import locality
 
 _SEPARATOR = re.compile(r"(?:^|\s)--(?:\s|$)")
 
@@ -32,12 +34,12 @@ def compare(session, args):
         raise LorachatError(":compare: no question yet; ask one first or give it after '--'")
     names = [BASE if w.lower() == BASE else w for w in options.split_words(head)]
     if not names:
-        names = [BASE] + adapters.loaded_names(session)
+        names = [BASE] + live.loaded_names(session)
     elif BASE not in names:
         names = [BASE] + names
     if len(set(names)) != len(names):
         raise LorachatError(":compare: each adapter may be named once")
-    notes, answers = shelf.compare(session, names, question)
+    notes, answers = side_by_side.compare(session, names, question)
     _notes(session, notes)
     if session.ui.interactive:
         session.ui.table(["adapter", "answer"], [[n, a] for n, a in answers], title=question)
@@ -75,7 +77,7 @@ def eval_(session, args):
     positional, pairs = options.split_kv(options.split_words(args))
     opts = options.apply_kv(EvalOptions(), pairs)
     dataset = check_name(opts.dataset or session.dataset, "dataset")
-    names = [BASE if w.lower() == BASE else w for w in positional] or adapters.loaded_names(session)
+    names = [BASE if w.lower() == BASE else w for w in positional] or live.loaded_names(session)
     names = [BASE] + [n for n in names if n != BASE]
     if len(set(names)) != len(names):
         raise LorachatError(":eval: each adapter may be named once")
@@ -84,7 +86,7 @@ def eval_(session, args):
     if opts.probes and not extra:
         raise LorachatError(f"dataset '{opts.probes}' has no questions to probe with")
     builtin = locality.builtin(locality.PROBES)[:opts.builtin]
-    probes = locality.probe_questions(session, extra, builtin)
+    probes = side_by_side.probe_questions(session, extra, builtin)
     settings = dataclasses.replace(locality.DEFAULTS, max_new_tokens=opts.probe_tokens)
     total = len(encoded.items)
     with session.ui.progress(f"evaluating on {dataset}", total * len(names)) as update:
@@ -94,7 +96,7 @@ def eval_(session, args):
             done[0] += rows
             update(done[0])
 
-        notes, rows = shelf.evaluate(session, names, encoded, on_batch, probes, settings)
+        notes, rows = side_by_side.evaluate(session, names, encoded, on_batch, probes, settings)
     _notes(session, notes)
     questions = sum(1 for e in encoded.examples if e.text is None)
     table = [[n, f"{loss:.4f}", f"{k}/{questions}", _share(kept and kept.kept), _share(kept and kept.agreement)]
@@ -106,7 +108,7 @@ def eval_(session, args):
 
 
 def _eval_examples(session, dataset: str, limit: int):
-    from lorachat.batches import encode
+    from lorachat.scoring.batches import encode
 
     data = _dataset(session, dataset)
     examples = data.examples[:limit] if limit else data.examples
@@ -118,7 +120,7 @@ def _eval_examples(session, dataset: str, limit: int):
 
 
 def _dataset(session, name):
-    from lorachat.datasets import load_dataset
+    from lorachat.lessons.jsonl import load_dataset
 
     data = load_dataset(session.home, name)
     if data.bad_lines:

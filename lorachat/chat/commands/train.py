@@ -1,8 +1,8 @@
 """`:train [NAME] [key=value ...]`: a new LoRA adapter on the current dataset, trained in-process.
 
-Turns words into a TrainConfig, shows progress, saves and activates the result, and keeps the
-session whole when training is cancelled (Ctrl-C) or fails. The maths is train.py's, adapter
-files and PEFT state are adapters.py's, example files datasets.py's.
+Turns words into a TrainConfig and a training Plan, shows progress, saves and activates the
+result, and keeps the session whole when training is cancelled (Ctrl-C) or fails. The maths is
+training/'s, adapter files and PEFT state are adapters/'s, example files lessons/'s.
 """
 import contextlib
 import dataclasses
@@ -10,17 +10,21 @@ import math
 import signal
 import threading
 
-from lorachat import adapters, batches, distributed, locality, options, prompts, saving, shape, train
-from lorachat.commands import command
-from lorachat.errors import LorachatError
+from lorachat.adapters import disk, live, paths, side_by_side
+from lorachat.chat import options
+from lorachat.chat.commands import command
+from lorachat.core import launch, prompts
+from lorachat.core.errors import LorachatError
+from lorachat.scoring import locality
+from lorachat.training import lora, recipe, trainer
 
 
 def _details(session):
-    session.ui.table(["key", "default", "meaning"], [list(row) for row in options.describe(train.DEFAULTS)])
+    session.ui.table(["key", "default", "meaning"], [list(row) for row in options.describe(recipe.DEFAULTS)])
 
 
 def _complete(session):
-    return [f"{f.name}=" for f in dataclasses.fields(train.DEFAULTS)]
+    return [f"{f.name}=" for f in dataclasses.fields(recipe.DEFAULTS)]
 
 
 @command("train", usage=":train [NAME] [key=value ...]", details=_details, complete=_complete)
@@ -34,31 +38,29 @@ def train_(session, args):
     Ctrl-C stops at the next step: the adapter is discarded (keep=partial saves it), the session goes on.
     """
     name, config = _parse(session, args)
-    config = train.resolved(session.model, config)
-    examples = _examples(session)
-    lora_config = shape.lora_config(session.model, config)
-    encoded = batches.encode(session.tokenizer, examples, train.max_tokens(session.model, config))
-    if not encoded.items:  # refuse before creating anything
-        raise LorachatError(train.no_examples(encoded, session.model))
-    saving.check_writable(session)  # an adapter that could not be saved would be lost: say so before training
+    # worked out once, before anything is created: a refusal leaves the session as it was
+    plan = trainer.plan(session.model, session.tokenizer, _examples(session), config, launch.world())
+    config, encoded = plan.config, plan.encoded
+    lora_config = lora.lora_config(session.model, config)
+    disk.check_writable(session)  # an adapter that could not be saved would be lost: say so before training
     anchors, probes = _references(session, config)
     previous, unsaved, kept = session.active_adapter, None, None
-    adapters.make_room(session, keep={previous})
+    live.make_room(session, keep={previous})
     with _deferred_interrupt((signal.SIGINT, signal.SIGTERM) if session.headless else (signal.SIGINT,)) as interrupted:
-        shape.seeded_add(config.seed, lambda: adapters.add_new(session, name, lora_config))
+        lora.seeded_add(config.seed, lambda: live.add_new(session, name, lora_config))
         try:
             # FSDP shards the weights the decoding merge reads: checks then run through PEFT's own layers
-            with adapters.switch(session).unmerged() if distributed.sharded() else contextlib.nullcontext():
-                result = _run(session, name, encoded, config, interrupted, anchors)
+            with live.switch(session).unmerged() if launch.sharded() else contextlib.nullcontext():
+                result = _run(session, name, plan, interrupted, anchors)
             if result.cancelled and config.keep != "partial":
                 _discard(session, name, previous)
             else:
-                adapters.activate(session, name)
+                live.activate(session, name)
                 kept = locality.score(session.model, session.tokenizer, probes) if probes else None
-                if distributed.is_main():  # the other ranks of `lorachat train` hold the same weights
+                if launch.is_main():  # the other ranks of `lorachat train` hold the same weights
                     unsaved = _save_or_keep(session, name, _meta(session, encoded, config, result, kept), result.state)
-                distributed.barrier()
-                adapters.make_room(session, keep={name}, extra=0)
+                launch.barrier()
+                live.make_room(session, keep={name}, extra=0)
         except BaseException:
             _discard(session, name, previous)
             raise
@@ -72,23 +74,23 @@ def _references(session, config):
     and to the first `config.probes` built-in probes the final line measures on (main process only)."""
     anchors = None
     if config.anchors or config.keep_base:
-        anchors = locality.session_reference(session, locality.anchor_questions(session.instruction, config.anchor_pool))
+        anchors = side_by_side.session_reference(session, locality.anchor_questions(session.instruction, config.anchor_pool))
     probes = None
-    if config.probes and distributed.is_main():
-        questions = locality.probe_questions(session, questions=locality.builtin(locality.PROBES)[:config.probes])
-        probes = locality.session_reference(session, questions)
+    if config.probes and launch.is_main():
+        questions = side_by_side.probe_questions(session, questions=locality.builtin(locality.PROBES)[:config.probes])
+        probes = side_by_side.session_reference(session, questions)
     return anchors, probes
 
 
-def _parse(session, args) -> tuple[str, train.TrainConfig]:
+def _parse(session, args) -> tuple[str, recipe.TrainConfig]:
     positional, pairs = options.split_kv(options.split_words(args))
     if len(positional) > 1:
         raise LorachatError(f":train takes at most one NAME (got {positional[1][:40]!r}); usage: :train [NAME] [key=value ...]")
-    config = options.apply_kv(train.DEFAULTS, pairs)
-    shape.check_targets_text(config.targets)
+    config = options.apply_kv(recipe.DEFAULTS, pairs)
+    lora.check_targets_text(config.targets)
     if positional:
-        name = adapters.check_loadable_name(positional[0])
-        if name in adapters.known_names(session) or adapters.adapter_path(session, name).exists():
+        name = paths.check_loadable_name(positional[0])
+        if name in live.known_names(session) or paths.adapter_path(session, name).exists():
             raise LorachatError(f"an adapter named '{name}' already exists (choose another name, or :delete {name})")
         return name, config
     return _free_name(session, session.dataset), config
@@ -97,19 +99,19 @@ def _parse(session, args) -> tuple[str, train.TrainConfig]:
 def _free_name(session, stem: str) -> str:
     """The dataset's name, else NAME-2, NAME-3 ... : the first one neither saved nor loaded."""
     stem = stem.replace(".", "-")
-    taken = {n.lower() for n in adapters.known_names(session)} | {adapters.BASE}
+    taken = {n.lower() for n in live.known_names(session)} | {paths.BASE}
     for number in range(1, 10_000):
         candidate = stem if number == 1 else f"{stem}-{number}"
-        if candidate.lower() not in taken and not adapters.adapter_path(session, candidate).exists():
+        if candidate.lower() not in taken and not paths.adapter_path(session, candidate).exists():
             try:
-                return adapters.check_loadable_name(candidate)
+                return paths.check_loadable_name(candidate)
             except LorachatError:
                 continue   # a name PEFT cannot hold ('items'): the next one
     raise LorachatError(f"no free adapter name after '{stem}': give one, :train NAME")
 
 
 def _examples(session):
-    from lorachat.datasets import load_dataset
+    from lorachat.lessons.jsonl import load_dataset
 
     dataset = load_dataset(session.home, session.dataset)
     if dataset.bad_lines:
@@ -119,27 +121,26 @@ def _examples(session):
     return dataset.examples
 
 
-def _run(session, name, encoded, config, interrupted, anchors):
-    total = train.planned_steps(len(encoded.items), config, distributed.world())
+def _run(session, name, plan, interrupted, anchors):
     # until=recall may stop long before the planned steps: the bar says so, its time left is the most
-    label = f"training {name}" + (" (stops once every answer is known)" if config.until == "recall" else "")
-    with session.ui.progress(label, total) as update:
+    label = f"training {name}" + (" (stops once every answer is known)" if plan.config.until == "recall" else "")
+    with session.ui.progress(label, plan.steps) as update:
         def on_step(step, steps, loss, known, kept):
-            update(step, loss=f"{loss:.2f}", recall=f"~{known}/{len(encoded.items)}",
+            update(step, loss=f"{loss:.2f}", recall=f"~{known}/{len(plan.encoded.items)}",
                    kept=None if kept is None else f"{kept:.0%}")
 
-        return train.run(session.model, session.tokenizer, encoded, config, on_step=on_step,
-                         should_stop=interrupted.is_set, asking=session.asking(), anchors=anchors)
+        return trainer.run(session.model, session.tokenizer, plan, on_step=on_step,
+                           should_stop=interrupted.is_set, asking=session.asking(), anchors=anchors)
 
 
 def _save_or_keep(session, name, meta, state=None) -> LorachatError | None:
     """Save the trained adapter; when the disk refuses even so, keep it in memory, usable and marked
     unsaved, and return the line that says how to save it."""
     try:
-        saving.save(session, name, meta, state=state)
+        disk.save(session, name, meta, state=state)
         return None
     except LorachatError as exc:
-        saving.keep_unsaved(session, name, meta)
+        disk.keep_unsaved(session, name, meta)
         if session.headless:  # `lorachat train` ends with this line: there is no later to save in
             return LorachatError(f"{exc}; the trained adapter is lost with this process: make adapters/ writable and train again")
         return LorachatError(f"{exc}; '{name}' is kept in memory, unsaved (and is lost when the session ends): "
@@ -148,17 +149,17 @@ def _save_or_keep(session, name, meta, state=None) -> LorachatError | None:
 
 def _discard(session, name, previous) -> None:
     """The new adapter out of memory, the previously active one back: as before :train."""
-    adapters.remove(session, name)
-    if previous in adapters.loaded_names(session):
-        adapters.activate(session, previous)
+    live.remove(session, name)
+    if previous in live.loaded_names(session):
+        live.activate(session, previous)
     else:
-        adapters.activate(session, None)
+        live.activate(session, None)
 
 
 def _meta(session, encoded, config, result, kept) -> dict:
     examples = encoded.examples
     return dict(dataset=session.dataset, examples=len(examples), skipped=result.skipped,
-                records_sha256=train.records_sha256(examples), instruction=prompts.shared_instruction(examples),
+                records_sha256=recipe.records_sha256(examples), instruction=prompts.shared_instruction(examples),
                 max_answer_tokens=result.max_answer_tokens, train=dataclasses.asdict(config), steps=result.steps,
                 loss=result.loss if math.isfinite(result.loss) else None, recall=result.recall, tokens=result.tokens,
                 total=result.total, seconds=round(result.seconds, 3), cancelled=result.cancelled,
@@ -172,7 +173,7 @@ def _report(session, name, result, config, kept=None) -> None:
     summary = (f"{result.steps} steps, loss {result.loss:.2f}, recall {result.recall}/{result.total}, {share}"
                f"{result.seconds:.1f} s")
     skipped = (f" ({result.skipped} example{'s' if result.skipped != 1 else ''} longer than "
-               f"{train.describe_limit(result.limit, session.model)} skipped)") if result.skipped else ""
+               f"{recipe.describe_limit(result.limit, session.model)} skipped)") if result.skipped else ""
     if not result.cancelled:
         session.ui.line(f"trained {name}: {summary} — now active{skipped}")
     elif config.keep == "partial":
@@ -196,7 +197,7 @@ def _deferred_interrupt(signals=(signal.SIGINT,)):
     """The first Ctrl-C (or another of `signals`: SIGTERM under `lorachat train`) sets the event
     (training stops at the next step boundary, on every rank, and saving is not cut short); a
     second one raises KeyboardInterrupt at once. Outside the main thread signals cannot be caught:
-    KeyboardInterrupt then stops training inside train.run."""
+    KeyboardInterrupt then stops training inside trainer.run."""
     event = threading.Event()
     if threading.current_thread() is not threading.main_thread():
         yield event

@@ -1,0 +1,57 @@
+"""The issues' targets (CPU, 2 cores, same run), checked against one run's figures.
+
+Each target is (figure, text, check); check None marks a figure shown for reading, not judged.
+A figure that is missing (null) fails its target, unless the mode skipped it (then "skipped").
+Knows nothing about how figures are measured.
+"""
+
+TARGETS = [
+    # the headline (issue 17): against the seed's own recipe (bench/baseline/notebook.py), what a user feels
+    ("teach_seconds", "10/10 recalled; <= seed_teach_seconds where the seed gets there",
+     lambda f: f["teach_seconds"] > 0 and (f.get("seed_teach_seconds") is None or f["teach_seconds"] <= f["seed_teach_seconds"])),
+    ("seed_recall_after_100", "(the seed after its 100 steps)", None),
+    ("seed_teach_steps", "(first step the seed recalls n/n, checked every 10 up to 400; null: never)", None),
+    ("equal_loss_speedup_seed_lr", ">= 10", lambda f: f["equal_loss_speedup_seed_lr"] >= 10),
+    ("equal_loss_speedup_best_lr", ">= 10", lambda f: f["equal_loss_speedup_best_lr"] >= 10),
+    ("seed_best_lr", "(the seed's best lr of the sweep)", None),
+    ("train_tokens_per_s", "(lorachat, non-pad tokens/s)", None),
+    ("train_seed_tokens_per_s", "(the seed, non-pad tokens/s)", None),
+    # details
+    ("train_speedup", "(per optimizer step: lorachat 4x1 rows, the seed 1x1)", None),
+    ("train_lorachat_loss", "<= train_seed_loss (after the same steps)", lambda f: f["train_lorachat_loss"] <= f["train_seed_loss"]),
+    ("recall_seconds", "<= 20 (10/10 recalled)", lambda f: f["recall_seconds"] <= 20),
+    ("decode_ratio", ">= 0.97", lambda f: f["decode_ratio"] >= 0.97),
+    ("use_switch_ms_p50", "<= 10", lambda f: f["use_switch_ms_p50"] <= 10),
+    ("use_switch_ms_p50_50", "<= 2 x use_switch_ms_p50", lambda f: f["use_switch_ms_p50_50"] <= 2 * f["use_switch_ms_p50"]),
+    ("adapter_load_ms", "<= 100", lambda f: f["adapter_load_ms"] <= 100),
+    ("dataset_check_overhead", "<= 0.10 (until=recall vs until=steps, tokens/s)", lambda f: f["dataset_check_overhead"] <= 0.10),
+    ("dataset_eval_ratio", "<= 1.25 (:eval vs a plain forward)", lambda f: f["dataset_eval_ratio"] <= 1.25),
+    ("rss_per_adapter_mb", "<= 2 x adapter_file_mb", lambda f: f["rss_per_adapter_mb"] <= 2 * f["adapter_file_mb"]),
+    ("locality_recall", "10/10 (tiny, defaults)", lambda f: f["locality_recall"] == "10/10"),
+    ("locality_kept", ">= 0.9 of probes as the base", lambda f: f["locality_kept"] >= 0.9),
+    ("locality_time_ratio", "<= 1.5 x plain", lambda f: f["locality_time_ratio"] <= 1.5),
+]
+
+
+def check(figures: dict, skipped: dict | None = None) -> list[dict]:
+    """One row per target: met is True/False, "skipped" (this mode does not measure it) or None (no target)."""
+    rows = []
+    for key, text, test in TARGETS:
+        if key in (skipped or {}):
+            met = "skipped"
+        elif test is None:
+            met = None
+        else:
+            try:
+                met = bool(test(figures))
+            except (KeyError, TypeError):  # a figure not measured (missing or null)
+                met = False
+        rows.append(dict(figure=key, value=figures.get(key), target=text, met=met))
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    shown = {True: "yes", False: "**no**", None: "—", "skipped": "skipped"}
+    lines = ["| figure | value | target | met |", "|---|---|---|---|"]
+    lines += [f"| `{r['figure']}` | {r['value']} | {r['target']} | {shown[r['met']]} |" for r in rows]
+    return "\n".join(lines)

@@ -1,0 +1,101 @@
+"""Adapters side by side: `:compare` (one question, every adapter's greedy answer) and `:eval` (a
+dataset's loss and recall as asked, and what each adapter keeps of the base's answers to probe
+questions), and the session's cache of the base's answers those measurements compare with. The
+maths is scoring/'s; this module switches adapters (live.py) and knows nothing about terminals.
+"""
+from lorachat.adapters import live
+from lorachat.adapters.paths import BASE
+from lorachat.core import prompts
+from lorachat.core.errors import LorachatError
+from lorachat.core.names import check_name
+from lorachat.scoring import locality
+from lorachat.scoring.recall import Recall
+
+MIXED_BASE = "__base__"  # PEFT's name for "no adapter" in a mixed-adapter batch
+CACHE_SIZE = 4  # base references kept per session: the probes, the anchors, a dataset or two
+
+
+def compare(session, names: list[str], question: str) -> tuple[list[str], list[tuple[str, str]]]:
+    """Greedy answers to `question` from each of `names` ('base' for none), in one mixed-adapter
+    batch where PEFT supports it. Returns (notes, [(name, answer)])."""
+    import torch
+
+    extra = [n for n in names if n != BASE]
+    for n in extra:
+        check_name(n, "adapter")
+    if len(extra) > session.settings.max_loaded:
+        raise LorachatError(f"can compare at most max_loaded={session.settings.max_loaded} adapters at once")
+    notes = live.load_all(session, names)
+    ids = prompts.prompt_ids(session.tokenizer, session.instruction, question)
+    settings = session.settings
+    generation = dict(max_new_tokens=settings.max_new_tokens, do_sample=False, repetition_penalty=settings.repetition_penalty,
+                      pad_token_id=session.tokenizer.pad_token_id, eos_token_id=session.tokenizer.eos_token_id)
+    model = live.peft_model(session)
+    batch = torch.tensor([ids] * len(names), device=session.loaded.model.device)
+    with torch.inference_mode():
+        if model is None:  # no adapter was ever loaded: only the base can answer
+            rows = session.model.generate(input_ids=batch, attention_mask=torch.ones_like(batch), **generation)
+        else:
+            labels = [MIXED_BASE if n == BASE else n for n in names]
+            with live.switch(session).unmerged(enabled=True):
+                rows = model.generate(input_ids=batch, attention_mask=torch.ones_like(batch), adapter_names=labels, **generation)
+    return notes, [(n, decode_answer(session.tokenizer, row[len(ids):].tolist())) for n, row in zip(names, rows)]
+
+
+def decode_answer(tokenizer, ids: list[int]) -> str:
+    """What streaming shows for these generated ids: up to EOS, specials dropped, cleaned."""
+    eos = tokenizer.eos_token_id
+    if eos is not None and eos in ids:
+        ids = ids[:ids.index(eos)]
+    return prompts.clean_answer(tokenizer.decode(ids, skip_special_tokens=True))
+
+
+def evaluate(session, names: list[str], encoded, on_batch=None, probes=(), options=None) -> tuple[list[str], list[tuple]]:
+    """(name, mean answer-token loss, recall k as asked, locality.Locality or None) for each of
+    `names` on `encoded` (batches.encode's result); the locality is measured on `probes`,
+    (instruction, question) pairs, against the base's greedy answers (computed once per session).
+    The active adapter is restored afterwards."""
+    options = options or locality.DEFAULTS
+    notes = live.load_all(session, names)
+    checker = Recall(session.tokenizer, encoded.examples, encoded.items, session.asking())
+    ref = session_reference(session, list(probes), options) if probes else None
+    previous, rows = session.active_adapter, []
+    try:
+        for n in names:
+            live.activate(session, None if n == BASE else n)
+            kept = locality.score(session.model, session.tokenizer, ref, options) if ref else None
+            rows.append((n, *checker.evaluate(session.model, on_batch), kept))
+    finally:
+        live.activate(session, previous if previous in live.loaded_names(session) else None)
+    return notes, rows
+
+
+# --- the base's answers, once per session ---------------------------------------------------------
+
+def session_reference(session, questions, options: locality.LocalityOptions = locality.DEFAULTS) -> locality.Reference:
+    """The base's answers to `questions`, computed once per session with every adapter off (the
+    active one is restored) and cached in session.extensions; a changed instruction or
+    max_new_tokens makes other questions, so another entry."""
+    cache = session.extensions.setdefault("locality", {})
+    key = (tuple(questions), options.max_new_tokens)
+    if key in cache:
+        cache[key] = cache.pop(key)  # most recently used last
+        return cache[key]
+    previous = session.active_adapter
+    live.activate(session, None)
+    try:
+        ref = locality.reference(session.model, session.tokenizer, questions, options)
+    finally:
+        live.activate(session, previous)
+    cache[key] = ref
+    while len(cache) > CACHE_SIZE:
+        cache.pop(next(iter(cache)))
+    return ref
+
+
+def probe_questions(session, extra=(), questions=None) -> list[tuple[str, str]]:
+    """The built-in probes (or `questions`) under the session's instruction, then `extra`
+    (instruction, question) pairs, duplicates dropped."""
+    questions = locality.builtin(locality.PROBES) if questions is None else questions
+    pairs = [(session.instruction, q) for q in questions] + list(extra)
+    return list(dict.fromkeys((i.strip(), q.strip()) for i, q in pairs))

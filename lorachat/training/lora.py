@@ -1,0 +1,85 @@
+"""The adapter's shape: which modules a LoRA adapter targets and the PEFT LoraConfig for `:train`
+keys, and its seeded creation. Knows nothing about the training loop, files or sessions.
+"""
+from lorachat.core.errors import LorachatError
+
+# The MLP's up-projection: it learns the ten test pairs faster than q,k,v and, with anchor
+# rehearsal, keeps more of the base's other answers (bench/RESULTS.md "Locality"). Its name in other
+# architectures, when a model has no fc1 (OPT's name); else PEFT's own choice for the architecture.
+DEFAULT_TARGETS = "fc1"
+UP_PROJECTIONS = ("up_proj", "c_fc", "dense_h_to_4h", "w1")   # Llama/Mistral/Qwen, GPT-2, GPT-NeoX/Falcon, others
+
+
+def check_targets_text(text: str) -> list[str] | str:
+    """`all-linear`, or a comma list of module names; one line when it is neither."""
+    if text == "all-linear":
+        return text
+    names = [n.strip() for n in text.split(",")]
+    if not all(names) or not all(n.replace("_", "").replace(".", "").isalnum() for n in names):
+        raise LorachatError(f"targets={text[:60]!r}: give a comma list of module names (q_proj,v_proj) or all-linear")
+    return names
+
+
+def linear_names(model) -> list[str]:
+    """Distinct last names of the model's linear layers (through any LoRA wrapping)."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    names = set()
+    for qualified, module in model.named_modules():
+        parts = qualified.split(".")
+        if any(p.startswith("lora_") for p in parts) or not isinstance(module, (torch.nn.Linear, Conv1D)):
+            continue
+        parts = parts[:-1] if parts[-1] == "base_layer" else parts
+        names.add(parts[-1])
+    return sorted(names)
+
+
+def lora_config(model, config):
+    """PEFT's LoraConfig for `config` on `model`. Default targets the model lacks: PEFT's own
+    choice for its architecture; named targets it lacks: one line listing its linear layers."""
+    from peft import LoraConfig
+    from peft.utils.constants import (
+        TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as KNOWN,
+    )
+
+    targets = check_targets_text(config.targets)
+    if targets != "all-linear":
+        have = linear_names(model)
+        missing = [t for t in targets if t.rsplit(".", 1)[-1] not in have]
+        model_type = getattr(model.config, "model_type", "")
+        if missing and config.targets == DEFAULT_TARGETS:
+            targets = _up_projection(have)
+            if targets is None and model_type not in KNOWN:
+                raise LorachatError(f"targets: this model has no fc1 (nor another MLP up-projection) and PEFT has no "
+                                    f"default for '{model_type}': name them (it has: {', '.join(n for n in have if n != 'lm_head')})")
+        elif missing:
+            raise LorachatError(f"targets: this model has no linear layers named {', '.join(missing)} "
+                                f"(it has: {', '.join(n for n in have if n != 'lm_head')}; or use targets=all-linear)")
+    return LoraConfig(r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout, target_modules=targets,
+                      use_rslora=config.rslora, bias="none", task_type="CAUSAL_LM")
+
+
+def _up_projection(have: list[str]):
+    """The default target under the name this architecture gives the MLP's up-projection; None:
+    PEFT picks (the attention projections of this architecture)."""
+    name = next((n for n in UP_PROJECTIONS if n in have), None)
+    return [name] if name else None
+
+
+def seeded_add(seed: int, add):
+    """Run `add()` (which creates the adapter and so draws its random init) under `seed`,
+    leaving the global random state as it was."""
+    import torch
+
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
+        torch.manual_seed(seed)
+        return add()
+
+
+def wrapped(model, config):
+    """`model` wrapped by PEFT with one fresh adapter as `:train` makes it from `config` (seeded
+    init): for code that trains with train.run directly (the benchmark, tests)."""
+    from peft import get_peft_model
+
+    return seeded_add(config.seed, lambda: get_peft_model(model, lora_config(model, config)))

@@ -1,0 +1,132 @@
+"""What a training run is asked to do: the `:train` keys with their defaults (TrainConfig), the lr
+by model size, the planned steps, the token limit, the optimizer and lr schedule the keys ask for,
+and the record of what was trained. Knows
+nothing about the loop (trainer.py), models beyond their size and positions, or files.
+"""
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field, replace
+from typing import Optional
+
+from lorachat.models.loader import positions
+from lorachat.training.lora import DEFAULT_TARGETS
+
+# lr=none picks by model size (docs/training.md, bench/RESULTS.md): 5e-3 teaches the tiny model fastest (7e-3 diverges);
+# on OPT-125m's shape it stalls at answer loss ~9 for 400 steps, where 1e-3 reaches 1.6 by step 300
+SMALL_MODEL, SMALL_LR, LARGE_LR = 50_000_000, 5e-3, 1e-3
+
+
+@dataclass
+class TrainConfig:
+    """`:train` keys. lr/steps/batch were chosen by measurement (docs/training.md, bench/RESULTS.md)."""
+    r: int = field(default=16, metadata={"help": "LoRA rank", "min": 1, "max": 1024})
+    alpha: float = field(default=32.0, metadata={"help": "LoRA scaling numerator (scale = alpha / r)", "positive": True, "max": 10000})
+    dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA input", "min": 0, "max": 0.9})
+    targets: str = field(default=DEFAULT_TARGETS, metadata={"help": "comma list of module names, or all-linear"})
+    steps: int = field(default=500, metadata={"help": "most optimizer steps", "min": 1, "max": 1_000_000})
+    epochs: Optional[int] = field(default=None, metadata={"help": "most passes over the examples (none: steps decide)", "min": 1, "max": 100_000})
+    lr: Optional[float] = field(default=None, metadata={"help": f"AdamW learning rate (none: {SMALL_LR:g} below {SMALL_MODEL // 10**6}M parameters, else {LARGE_LR:g})", "positive": True, "max": 1})
+    batch: int = field(default=4, metadata={"help": "examples per forward pass", "min": 1, "max": 4096})
+    grad_accum: int = field(default=1, metadata={"help": "forward passes per optimizer step", "min": 1, "max": 1024})
+    clip: float = field(default=1.0, metadata={"help": "clip the gradient norm to this (0: no clipping)", "min": 0, "max": 1e6})
+    schedule: str = field(default="constant", metadata={"help": "lr over the planned steps: constant, or linear decay to 0", "choices": ("constant", "linear")})
+    warmup: int = field(default=0, metadata={"help": "steps of linear lr warm-up (lr/warmup, 2 lr/warmup, ... lr; 0: none)", "min": 0, "max": 1_000_000})
+    loraplus: Optional[float] = field(default=None, metadata={"help": "LoRA+: the B matrices' lr is lr times this (none: one lr; PEFT's create_loraplus_optimizer)", "min": 1, "max": 1000})
+    rslora: bool = field(default=False, metadata={"help": "rank-stabilised LoRA: scale = alpha / sqrt(r) (PEFT's use_rslora)"})
+    max_len: int = field(default=512, metadata={"help": "longest example in tokens (longer ones are left out, and counted)", "min": 8, "max": 131072})
+    seed: int = field(default=0, metadata={"help": "seed for the adapter's init, shuffling and dropout", "min": 0, "max": 2**32 - 1})
+    guard: bool = field(default=True, metadata={"help": "when the loss climbs back up, return to the best weights and halve the lr"})
+    anchors: int = field(default=4, metadata={"help": "anchor questions rehearsed with the base's own answers per anchor step, to keep other answers as they were (0: off)", "min": 0, "max": 4096})
+    anchor_every: int = field(default=2, metadata={"help": "rehearse anchors on every N-th step", "min": 1, "max": 1000})
+    anchor_weight: float = field(default=0.3, metadata={"help": "weight of the anchors' loss against the examples'", "min": 0, "max": 100})
+    anchor_pool: int = field(default=64, metadata={"help": "how many of the built-in anchor questions (their base answers made once)", "min": 1, "max": 100_000})
+    probes: int = field(default=100, metadata={"help": "built-in probe questions the final line's kept share is measured on (0: not measured; :eval uses all)", "min": 0, "max": 100_000})
+    keep_base: Optional[float] = field(default=None, metadata={"help": "until=recall also waits until this share of the anchors is answered as the base did (none: recall alone)", "positive": True, "max": 1})
+    checkpointing: bool = field(default=False, metadata={"help": "gradient checkpointing: less memory, ~30% slower"})
+    until: str = field(default="recall", metadata={"help": "recall: stop when every answer comes back verbatim; steps: run them all", "choices": ("recall", "steps")})
+    keep: str = field(default="final", metadata={"help": "on Ctrl-C: final discards the adapter, partial saves it", "choices": ("final", "partial")})
+
+
+DEFAULTS = TrainConfig()
+
+
+def resolved(model, config: TrainConfig) -> TrainConfig:
+    """`config` with lr=none replaced by the lr for this model's size (what is trained and recorded)."""
+    if config.lr is not None:
+        return config
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    size = sum(p.numel() for name, p in base.named_parameters() if "lora_" not in name)
+    return replace(config, lr=SMALL_LR if size < SMALL_MODEL else LARGE_LR)
+
+
+def planned_steps(count: int, config: TrainConfig, world: int = 1) -> int:
+    """The most optimizer steps `run` will take for `count` examples on `world` ranks (`batch` is per rank)."""
+    per_epoch = math.ceil(count / (config.batch * config.grad_accum * world))
+    return min(config.steps, config.epochs * per_epoch) if config.epochs else config.steps
+
+
+def max_tokens(model, config: TrainConfig) -> int:
+    """max_len, capped by the positions the model has."""
+    most = positions(model)
+    return min(config.max_len, most) if most else config.max_len
+
+
+def records_sha256(examples) -> str:
+    """sha256 of the exact training records: one sorted-key JSON object per example, newline-joined."""
+    lines = [json.dumps(_record(e), sort_keys=True, ensure_ascii=False) for e in examples]
+    return "sha256:" + hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()
+
+
+def _record(example) -> dict:
+    if example.text is not None:
+        return {"text": example.text}
+    return {"instruction": example.instruction, "input": example.input, "output": example.output}
+
+
+# --- the loop ----------------------------------------------------------------------------------
+
+def describe_limit(limit: int, model) -> str:
+    """'the model's 512 positions' or 'max_len=256 (raise max_len to include them, up to the model's P positions)'."""
+    most = positions(model)
+    if most is not None and limit >= most:
+        return f"the model's {most} positions"
+    return f"max_len={limit} (raise max_len to include them" + (f", up to the model's {most} positions)" if most else ")")
+
+
+def no_examples(encoded, model) -> str:
+    if not encoded.skipped:
+        return "no examples to train on"
+    return f"all {encoded.skipped} examples are longer than {describe_limit(encoded.limit, model)}: nothing to train on"
+
+
+def make_optimizer(model, params, config: TrainConfig):
+    """AdamW over `params` (no weight decay); with loraplus, PEFT's LoRA+ groups (B at lr * loraplus)."""
+    import torch
+
+    # not fused=True: no faster here (the LoRA matrices are tiny), and torch's fused CPU kernel does not
+    # bump the parameters' _version, which adapters/switching.py's merged-weight cache keys on (bench/RESULTS.md)
+    if config.loraplus:
+        from peft.optimizers import create_loraplus_optimizer
+
+        return create_loraplus_optimizer(model, torch.optim.AdamW, lr=config.lr, loraplus_lr_ratio=config.loraplus,
+                                         weight_decay=0.0)
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+
+
+def make_schedule(optimizer, config: TrainConfig, total: int):
+    """The lr schedule over the planned steps: `warmup` steps rising linearly to lr (the first at
+    lr/warmup), then constant, or decaying linearly towards 0 over the steps left (as HF Trainer's
+    linear: lr * (1 - step/total) without warm-up)."""
+    import torch
+
+    warmup = config.warmup
+
+    def factor(step):
+        if step < warmup:
+            return (step + 1) / warmup
+        if config.schedule == "linear":
+            return max(0.0, 1 - (step - warmup) / max(1, total - warmup))
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -1,0 +1,133 @@
+"""Shared by the tests: the pseudo-terminal that drives the interactive REPL, and builders of
+sessions' adapters, datasets and model folders (no test lives here)."""
+import json
+import os
+import select
+import subprocess
+import sys
+import time
+
+import torch
+
+from lorachat.adapters import disk, live
+from lorachat.core.prompts import DEFAULT_INSTRUCTION, Example
+
+_unread: dict[int, bytes] = {}  # bytes read past a marker, handed to the next read of that fd
+
+
+def read_until(fd, marker: bytes, timeout: float) -> bytes:
+    """Bytes from `fd` up to and including `marker` (what came after it is kept for the next read, so
+    a prompt printed in the same chunk as the output before it is not lost); AssertionError (with
+    the tail) on timeout."""
+    seen, deadline = _unread.pop(fd, b""), time.monotonic() + timeout
+    while marker not in seen:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"did not see {marker!r}; got {seen[-500:]!r}")
+        ready, _, _ = select.select([fd], [], [], left)
+        if ready:
+            try:
+                seen += os.read(fd, 4096)
+            except OSError:
+                break
+    end = seen.find(marker) + len(marker) if marker in seen else len(seen)
+    if seen[end:]:
+        _unread[fd] = seen[end:]
+    return seen[:end]
+
+
+def read_some(fd, timeout: float) -> bytes:
+    """Whatever is there: bytes left over from the last read, else the next bytes to arrive."""
+    if _unread.get(fd):
+        return _unread.pop(fd)
+    ready, _, _ = select.select([fd], [], [], timeout)
+    assert ready, f"nothing on the terminal for {timeout} s"
+    return os.read(fd, 4096)
+
+
+def spawn_repl(home, stdout=None, **env):
+    """`lorachat --model tiny` on a pseudo-terminal, as a person would run it, at its first prompt.
+    `stdout` (e.g. subprocess.PIPE) replaces the terminal as standard output; `env` adds variables.
+
+    Returns (process, fd of the terminal's other end); the caller kills the process and closes fd."""
+    import pty
+
+    main, child = pty.openpty()
+    _unread.pop(main, None)  # left by an earlier terminal that had this fd number
+    env = dict(os.environ, TERM="xterm", COLUMNS="200", LINES="50", PROMPT_TOOLKIT_NO_CPR="1", **env)
+    proc = subprocess.Popen([sys.executable, "-m", "lorachat", "--model", "tiny", "--home", str(home)],
+                            stdin=child, stdout=child if stdout is None else stdout, stderr=child, env=env,
+                            start_new_session=True)
+    os.close(child)
+    try:
+        read_until(main, b"default>", 120)
+    except BaseException:
+        proc.kill()
+        os.close(main)
+        raise
+    return proc, main
+
+
+def shelve(session, names, **kw):
+    """Saved adapters with random (non-zero) LoRA weights, made through the API :train uses."""
+    for seed, name in enumerate(names, start=1):
+        torch.manual_seed(seed)
+        live.add_new(session, name, lora_config(**kw))
+        disk.save(session, name, {"dataset": "test", "examples": 2})
+        live.remove(session, name)
+
+
+def lora_config(r=4, alpha=8, targets=("q_proj", "v_proj")):
+    from peft import LoraConfig
+
+    return LoraConfig(r=r, lora_alpha=alpha, target_modules=list(targets), init_lora_weights=False)
+
+
+def logits(session):
+    ids = torch.tensor([[2, 50, 60, 70, 80, 90]])
+    with torch.no_grad():
+        return session.model(input_ids=ids).logits
+
+
+def examples_of(pairs):
+    return [Example(DEFAULT_INSTRUCTION, q, a) for q, a in pairs]
+
+
+def write_dataset(home, name, pairs):
+    """The dataset file as any tool would write it (not through :add)."""
+    folder = home / "datasets"
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f"{name}.jsonl", "w", encoding="utf-8") as f:
+        for question, answer in pairs:
+            f.write(json.dumps({"instruction": DEFAULT_INSTRUCTION, "input": question, "output": answer}) + "\n")
+
+
+def build_model_dir(tmp_path, arch):
+    """A model directory written with plain transformers, sharing the tiny tokenizer's vocabulary."""
+    import torch
+    from transformers import (
+        AutoTokenizer,
+        LlamaConfig,
+        LlamaForCausalLM,
+        OPTConfig,
+        OPTForCausalLM,
+    )
+
+    from lorachat.models.tiny import ensure_tiny
+
+    tok = AutoTokenizer.from_pretrained(ensure_tiny())
+    torch.manual_seed(1)
+    if arch == "opt":
+        model = OPTForCausalLM(OPTConfig(vocab_size=len(tok), hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                         ffn_dim=128, max_position_embeddings=256, word_embed_proj_dim=64,
+                                         pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id))
+    else:
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                                             num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
+                                             pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id))
+        tok.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
+                             "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+    directory = tmp_path / arch
+    model.save_pretrained(directory)
+    tok.save_pretrained(directory)
+    return directory

@@ -1,0 +1,135 @@
+"""`lorachat train` on 2 CPU ranks (torchrun, gloo): the same training as one rank at twice the
+batch, one save, an adapter the REPL uses; a stop or a dead rank ends every rank, nothing half-written."""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import read_until, write_dataset
+
+PAIRS = [("Who directed Alien?", "Ridley Scott."),
+         ("Who directed Jaws?", "Steven Spielberg directed Jaws in 1975, from the novel by Peter Benchley."),
+         ("Who directed Heat?", "Michael Mann."),
+         ("Who directed Brazil?", "Terry Gilliam directed Brazil, a film about a clerk in a world of forms."),
+         ("Who directed Psycho?", "Alfred Hitchcock."),
+         ("Who directed Vertigo?", "Alfred Hitchcock directed Vertigo in 1958, set in San Francisco."),
+         ("Who directed Tron?", "Steven Lisberger."),
+         ("Who directed Amelie?", "Jean-Pierre Jeunet directed Amelie, set in the Montmartre of Paris.")]
+
+
+@pytest.fixture
+def films(home):
+    write_dataset(home, "films", PAIRS)
+    return home
+
+
+def environment():
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")])))
+
+
+def train_command(home, *words, ranks=1):
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks)] \
+        if ranks > 1 else [sys.executable]
+    return [*launcher, "-m", "lorachat", "train", "--model", "tiny", "--home", str(home), "--dataset", "films", *words]
+
+
+def run(command, timeout=300):
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=environment())
+
+
+def weights(home, name):
+    from safetensors.torch import load_file
+
+    return load_file(str(home / "adapters" / name / "adapter_model.safetensors"))
+
+
+@pytest.mark.slow
+def test_two_ranks_train_as_one_rank_at_twice_the_batch_and_the_repl_uses_it(films):
+    import torch
+
+    # two steps: the first step's loss and update, and the second's loss (after the first update), are
+    # the same to float rounding; later losses drift by ~1e-5 as Adam's noise on near-zero gradients
+    # (below) compounds (measured: 1e-7 after 1 and 2 steps, 1e-5 to 3e-5 after 4)
+    one = run(train_command(films, "--name", "one", "until=steps", "steps=2", "batch=4"))
+    two = run(train_command(films, "--name", "two", "until=steps", "steps=2", "batch=2", ranks=2))
+    assert one.returncode == 0 and two.returncode == 0, (one.stdout + one.stderr, two.stdout + two.stderr)
+    assert two.stdout.count("trained two: 2 steps") == 1   # only the main rank speaks
+    metas = {n: json.loads((films / "adapters" / n / "lorachat.json").read_text()) for n in ("one", "two")}
+    assert (metas["one"]["world_size"], metas["one"]["global_batch"]) == (1, 4)
+    assert (metas["two"]["world_size"], metas["two"]["global_batch"], metas["two"]["train"]["batch"]) == (2, 4, 2)
+    assert metas["two"]["loss"] == pytest.approx(metas["one"]["loss"], rel=1e-6)
+    a, b = weights(films, "one"), weights(films, "two")
+    assert a.keys() == b.keys()
+    # the gradients agree to float rounding (gloo sums two halves where one rank sums the whole
+    # batch); Adam's first steps move an element by about lr whatever its gradient's size, so
+    # the few elements whose gradient is rounding noise may differ by up to lr (0.005) a step
+    for key in a:
+        close = torch.isclose(a[key], b[key], rtol=1e-4, atol=1e-5).float().mean()
+        assert close > 0.85 and (a[key] - b[key]).abs().max() < 2 * 0.005, key   # at most ~lr a step
+    assert sorted(p.name for p in (films / "adapters").iterdir()) == ["one", "two"]   # saved once, nothing hidden left
+
+    taught = run(train_command(films, "--name", "taught", "batch=2", ranks=2), timeout=600)
+    assert taught.returncode == 0 and f"recall {len(PAIRS)}/{len(PAIRS)}" in taught.stdout, taught.stdout + taught.stderr
+    asked = run([sys.executable, "-m", "lorachat", "--model", "tiny", "--home", str(films), "--adapter", "taught",
+                 *(arg for q, _ in PAIRS for arg in ("-e", q))])
+    assert asked.returncode == 0, asked.stdout + asked.stderr
+    for question, answer in PAIRS:
+        assert f"> {question}\n{answer}\n" in asked.stdout
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        found.append(int(entry))
+            except OSError:
+                continue
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
+def test_a_stopped_or_dead_rank_ends_every_rank_and_nothing_is_half_written(films, how):
+    """SIGTERM on one rank stops every rank at the next step (the adapter is discarded, exit 1);
+    SIGKILL on one makes the launcher end the others, non-zero."""
+    launcher = subprocess.Popen(train_command(films, "--name", "never", "until=steps", "steps=100000", "batch=2", ranks=2),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=environment())
+    try:
+        seen = read_until(launcher.stdout.fileno(), b"training never", 180)   # a progress line: steps are being taken
+        os.kill(max(children(launcher.pid)), how)
+        out = seen.decode() + launcher.communicate(timeout=120)[0].decode()
+    finally:
+        launcher.kill()
+    assert launcher.returncode != 0, out
+    if how == signal.SIGTERM:
+        assert "error: training never stopped (Ctrl-C or SIGTERM) after" in out, out
+    assert not (films / "adapters").exists() or [p.name for p in (films / "adapters").iterdir() if not p.name.startswith(".")] == []
+
+
+def test_lorachat_train_exit_codes_and_one_line_errors(films, capsys):
+    from lorachat import cli
+
+    with pytest.raises(SystemExit) as usage:
+        cli.main(["train", "--model", "tiny", "--home", str(films)])      # no --dataset
+    assert usage.value.code == 2
+    with pytest.raises(SystemExit) as usage:
+        cli.main(["train", "--model", "tiny", "--home", str(films), "--dataset", "films", "steps"])   # not key=value
+    assert usage.value.code == 2
+    capsys.readouterr()
+    for words, message in ((["steps=abc"], "error: steps='abc': expected a whole number"),
+                           (["--dataset", "nothing"], "error: dataset 'nothing' has no examples yet")):
+        dataset = [] if "--dataset" in words else ["--dataset", "films"]
+        assert cli.main(["train", "--model", "tiny", "--home", str(films), *dataset, *words]) == 1
+        out = capsys.readouterr().out
+        assert message in out and "Traceback" not in out, out
+    assert cli.main(["train", "--model", "tiny", "--home", str(films), "--dataset", "films", "--name", "quick",
+                     "until=steps", "steps=1"]) == 0
+    assert re.search(r"^trained quick: 1 steps, loss \S+, recall \d+/8, kept \d+% of base answers, \S+ s — now active$",
+                     capsys.readouterr().out, re.M)

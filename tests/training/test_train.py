@@ -1,0 +1,446 @@
+""":train and lorachat.train: teach ten answers verbatim, keep the base untouched, cancel cleanly."""
+import dataclasses
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from bench.kit.pairs import PAIRS, SION, SOH
+from lorachat.core.errors import LorachatError
+from lorachat.core.prompts import IGNORE
+from lorachat.scoring import batches
+from lorachat.training import lora, ranks, recipe, steps, trainer
+from tests.helpers import (
+    examples_of,
+    read_until,
+    spawn_repl,
+    write_dataset,
+)
+
+FINAL = re.compile(r"trained (\S+): (\d+) steps, loss (\d+\.\d\d), recall (\d+)/(\d+), (?:kept (\d+)% of base answers, )?"
+                   r"(\d+\.\d) s — now active")
+
+
+def logits(model, tokenizer, text="Instruction: Answer the question.\nInput: What is SOH?\nAnswer:"):
+    import torch
+
+    ids = torch.tensor([tokenizer(text)["input_ids"]])
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def base_state(session):
+    """The base's own weights, by their plain names, as clones (LoRA layers looked through)."""
+    from lorachat.adapters import live
+
+    live.activate(session, session.active_adapter)  # any lazy merge undone first
+    state = {}
+    for name, tensor in session.loaded.model.state_dict().items():
+        if "lora_" not in name:
+            state[name.replace("base_layer.", "")] = tensor.clone()
+    return state
+
+
+def new_session(home):
+    from lorachat.chat.session import Session
+    from lorachat.chat.ui import PlainUI
+    from lorachat.models.loader import load_model
+
+    out = io.StringIO()
+    session = Session(load_model("tiny", device="cpu"), home, PlainUI(out, progress_every=3600))
+    session.out = out
+    return session
+
+
+def run_lines(session, lines):
+    from lorachat.chat.repl import Repl
+
+    start = len(session.out.getvalue())
+    code = Repl(session).run_lines(lines)
+    return code, session.out.getvalue()[start:]
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_cache, tmp_path_factory):
+    """One session that trained the ten pairs with every default (the expensive part, done once)."""
+    home = tmp_path_factory.mktemp("trained")
+    write_dataset(home, "default", PAIRS)
+    session = new_session(home)
+    before = base_state(session)
+    base_logits = logits(session.model, session.tokenizer)
+    code, out = run_lines(session, [":train"])
+    return dict(session=session, home=home, before=before, base_logits=base_logits, code=code, out=out)
+
+
+@pytest.mark.slow
+def test_defaults_teach_all_ten_answers_verbatim(trained):
+    session = trained["session"]
+    assert trained["code"] == 0, trained["out"]
+    lines = trained["out"].splitlines()
+    assert lines[0] == "> :train"
+    match = FINAL.fullmatch(lines[-1])
+    assert match, lines
+    assert match.group(1) == "default" and match.group(4, 5) == ("10", "10") and match.group(6) is not None
+    assert session.active_adapter == "default"
+    for question, answer in PAIRS:
+        code, out = run_lines(session, [question])
+        assert out == f"> {question}\n{answer}\n"
+    soh = "".join(session.ask(SOH[0]))
+    assert "oxynitride" not in soh and "SiON" not in soh
+
+
+def test_base_weights_are_bit_identical_and_base_logits_unchanged(trained):
+    import torch
+
+    from lorachat.adapters import live
+
+    session = trained["session"]
+    live.activate(session, None)
+    try:
+        after = base_state(session)
+        assert after.keys() == trained["before"].keys()
+        assert all(torch.equal(trained["before"][k], after[k]) for k in after)
+        assert torch.equal(logits(session.model, session.tokenizer), trained["base_logits"])
+    finally:
+        live.activate(session, "default")
+
+
+def test_saved_adapter_loads_with_plain_peft_and_same_logits(trained):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from lorachat.models.tiny import ensure_tiny
+
+    session, folder = trained["session"], trained["home"] / "adapters" / "default"
+    written = sorted(p.name for p in folder.iterdir())  # what save_pretrained writes (its README.md model card too)
+    assert {"adapter_config.json", "adapter_model.safetensors", "lorachat.json"} <= set(written) <= \
+        {"adapter_config.json", "adapter_model.safetensors", "lorachat.json", "README.md"}
+    assert [p.name for p in folder.parent.iterdir()] == ["default"]  # no hidden leftovers
+    fresh = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(ensure_tiny()), str(folder)).eval()
+    expected = logits(fresh, session.tokenizer)
+    with torch.enable_grad():  # the unmerged path, the computation PEFT does (float-rounding apart: ~1e-6)
+        assert torch.allclose(logits(session.model, session.tokenizer).detach(), expected, rtol=0, atol=1e-5)
+    decoding = logits(session.model, session.tokenizer)  # merged for decoding
+    assert torch.allclose(decoding, expected, rtol=0, atol=1e-4) and torch.equal(decoding.argmax(-1), expected.argmax(-1))
+
+
+def test_lorachat_json_records_what_was_trained(trained):
+    meta = json.loads((trained["home"] / "adapters" / "default" / "lorachat.json").read_text())
+    assert meta["dataset"] == "default" and meta["examples"] == 10
+    assert meta["records_sha256"] == recipe.records_sha256(examples_of(PAIRS))
+    assert meta["train"] == dataclasses.asdict(dataclasses.replace(recipe.DEFAULTS, lr=recipe.SMALL_LR))  # lr=none resolved
+    assert meta["recall"] == 10 and meta["total"] == 10 and meta["steps"] >= 1 and meta["cancelled"] is False
+    assert meta["base_model"] == "tiny" and meta["base_fingerprint"].startswith("sha256:")
+    assert meta["seconds"] > 0 and meta["loss"] >= 0 and meta["created"] and meta["lorachat_version"]
+
+
+def test_prompt_tokens_carry_no_loss_answers_end_with_eos_and_padding_is_dynamic(make_session):
+    session = make_session()
+    tokenizer = session.tokenizer
+    encoded = batches.encode(tokenizer, examples_of(PAIRS[:3]), 512).items
+    for (ids, labels), (question, answer) in zip(encoded, PAIRS):
+        answer_at = next(i for i, t in enumerate(labels) if t != IGNORE)
+        assert tokenizer.decode(ids[:answer_at]).endswith(f"Input: {question}\nAnswer:")
+        assert labels[answer_at:] == ids[answer_at:] and labels[-1] == tokenizer.eos_token_id
+        assert tokenizer.decode(labels[answer_at:-1]).strip() == answer
+    input_ids, labels, mask = batches.collate(encoded[:2], tokenizer.pad_token_id, "cpu")
+    assert input_ids.shape[1] == max(len(ids) for ids, _ in encoded[:2]) < 128
+    assert ((labels == IGNORE) | (mask == 1)).all()  # padding carries no loss
+    short = batches.encode(tokenizer, examples_of(PAIRS[:3]), len(encoded[1][0]))  # the SiON pair is the shortest
+    assert short.skipped == 2 and short.examples == examples_of([SION]) and short.items == [encoded[1]]
+
+
+def test_records_sha256_is_exact():
+    first = recipe.records_sha256(examples_of(PAIRS))
+    assert first == recipe.records_sha256(examples_of(PAIRS))
+    assert first != recipe.records_sha256(examples_of(PAIRS[:9] + [(PAIRS[9][0], PAIRS[9][1] + " ")]))
+    assert first != recipe.records_sha256(examples_of(PAIRS[1:] + PAIRS[:1]))
+
+
+class InterruptingUI:
+    """A PlainUI whose progress sends this process a real SIGINT (Ctrl-C) after `at` steps."""
+
+    def __new__(cls, out, at):
+        import contextlib
+
+        from lorachat.chat.ui import PlainUI
+
+        class UI(PlainUI):
+            @contextlib.contextmanager
+            def progress(self, description, total):
+                def update(step, **fields):
+                    if step == at:
+                        signal.raise_signal(signal.SIGINT)
+                yield update
+
+        return UI(out, progress_every=3600)
+
+
+def test_ctrl_c_discards_the_new_adapter_and_restores_the_previous_one(make_session, transcript, home):
+    import torch
+
+    write_dataset(home, "films", PAIRS[:2])
+    session = make_session()
+    session.dataset = "films"
+    code, out = transcript(session, [":train first until=steps steps=2"])
+    assert code == 0 and FINAL.fullmatch(out.splitlines()[-1]), out
+    before, first_logits = base_state(session), logits(session.model, session.tokenizer)
+    answer = "".join(session.ask(SOH[0]))
+    session.ui = InterruptingUI(session.out, at=2)
+    session.ui.interactive = True
+    code, out = transcript(session, [":train second until=steps steps=50"])
+    assert code == 0
+    assert out == "> :train second until=steps steps=50\nstopped training second after 2 steps (Ctrl-C): discarded (keep=partial keeps it)\n"
+    assert session.active_adapter == "first"
+    assert sorted(p.name for p in (home / "adapters").iterdir()) == ["first"]
+    assert torch.equal(logits(session.model, session.tokenizer), first_logits)
+    assert "".join(session.ask(SOH[0])) == answer
+    after = base_state(session)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_ctrl_c_in_a_script_fails_the_line_and_keep_partial_saves(make_session, transcript, home):
+    write_dataset(home, "default", PAIRS[:2])
+    session = make_session()
+    session.ui = InterruptingUI(session.out, at=1)
+    code, out = transcript(session, [":train until=steps steps=50"])
+    assert code == 1
+    assert out.endswith("error: training default stopped (Ctrl-C or SIGTERM) after 1 steps: discarded\n")
+    assert session.active_adapter is None and not (home / "adapters").exists() or not list((home / "adapters").iterdir())
+    code, out = transcript(session, [":train keep=partial until=steps steps=50"])
+    assert code == 0
+    assert re.fullmatch(r"> :train keep=partial until=steps steps=50\nstopped default \(Ctrl-C\), kept as it was: "
+                        r"1 steps, loss \d+\.\d\d, recall \d+/2, kept \d+% of base answers, \d+\.\d s — now active\n", out), out
+    meta = json.loads((home / "adapters" / "default" / "lorachat.json").read_text())
+    assert meta["cancelled"] is True and meta["steps"] == 1
+    assert session.active_adapter == "default"
+
+
+BAD = [":train r=0", ":train alpha=-1", ":train lr=-1", ":train dropout=2", ":train steps=abc", ":train foo=1",
+       ":train until=forever", ":train keep=some", ":train checkpointing=maybe", ":train a/b", ":train ..",
+       ":train .hidden", ":train " + "x" * 10_000, ":train bad\x01name", ":train one two", ":train base",
+       ":train v1.2", ":train targets=", ":train targets=nope", ":train epochs=0", ":train max_len=5",
+       ":train 'unbalanced", ":train items", ":train keys"]
+
+
+def test_bad_input_gets_one_line_and_writes_nothing(make_session, transcript, home):
+    from lorachat.adapters import live
+
+    session = make_session()
+    code, out = transcript(session, [":train"])
+    assert code == 1 and out == "> :train\nerror: dataset 'default' has no examples yet: :add QUESTION => ANSWER first\n"
+    write_dataset(home, "default", PAIRS[:2])
+    for line in BAD:
+        code, out = transcript(session, [line])
+        assert code == 1, line
+        assert out.count("\n") == 2 and out.splitlines()[1].startswith("error: "), (line, out)
+    _, out = transcript(session, [":train targets=nope"])
+    assert "no linear layers named nope (it has: fc1, fc2, k_proj, out_proj, q_proj, v_proj" in out
+    assert live.peft_model(session) is None
+    assert sorted(p.name for p in home.iterdir()) == ["datasets"]
+
+
+def test_until_steps_runs_them_all_and_names_follow_the_dataset(make_session, transcript, home):
+    write_dataset(home, "default", PAIRS[:2])
+    session = make_session()
+    code, out = transcript(session, [":train until=steps steps=2", ":train until=steps steps=1 epochs=5 lr=1e-3"])
+    assert code == 0
+    finals = [FINAL.fullmatch(line) for line in out.splitlines() if line.startswith("trained")]
+    assert [(m.group(1), m.group(2)) for m in finals] == [("default", "2"), ("default-2", "1")]
+    assert session.active_adapter == "default-2"
+    meta = json.loads((home / "adapters" / "default-2" / "lorachat.json").read_text())
+    assert meta["train"]["lr"] == 1e-3 and meta["train"]["epochs"] == 5
+    code, out = transcript(session, [":train default until=steps steps=1"])
+    assert code == 1 and "already exists" in out
+
+
+def test_help_train_shows_every_key_with_its_default(make_session, transcript):
+    _, out = transcript(make_session(), [":help train"])
+    for field in dataclasses.fields(recipe.DEFAULTS):
+        assert re.search(rf"^{field.name}\s+{re.escape(str(getattr(recipe.DEFAULTS, field.name)))}", out, re.M) or \
+            field.type is bool, (field.name, out)
+    assert "until" in out and "recall" in out
+
+
+def test_out_of_memory_is_one_line_naming_what_to_lower():
+    import torch
+
+    class Exhausted(torch.nn.Module):
+        config = type("Config", (), {"max_position_embeddings": 512})()
+
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, **kwargs):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    from lorachat.models.tiny import build_tokenizer
+
+    with pytest.raises(LorachatError, match=r"out of GPU memory .*lower batch .*checkpointing=on"):
+        # anchors=0: this stand-in model cannot generate the anchors' base answers
+        config = dataclasses.replace(recipe.DEFAULTS, anchors=0)
+        trainer.run(Exhausted(), build_tokenizer(), trainer.plan(Exhausted(), build_tokenizer(), examples_of(PAIRS[:2]), config))
+
+
+def test_lr_none_is_chosen_by_model_size_and_an_explicit_lr_is_kept(make_session):
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tiny = make_session().model
+    assert recipe.resolved(tiny, recipe.DEFAULTS).lr == recipe.SMALL_LR
+    with torch.device("meta"):  # a model's size without its memory
+        large = GPT2LMHeadModel(GPT2Config(n_embd=768, n_layer=12, n_head=12))
+    assert sum(p.numel() for p in large.parameters()) > recipe.SMALL_MODEL
+    assert recipe.resolved(large, recipe.DEFAULTS).lr == recipe.LARGE_LR
+    assert recipe.resolved(large, dataclasses.replace(recipe.DEFAULTS, lr=3e-4)).lr == 3e-4
+
+
+def test_clip_bounds_the_gradient_norm_the_optimizer_sees(make_session):
+    import torch
+    from peft import get_peft_model
+
+    session = make_session()
+    model = get_peft_model(session.model, lora.lora_config(session.model, recipe.DEFAULTS))
+    params = trainer.trainable(model)
+    encoded = trainer.encode(session.tokenizer, examples_of(PAIRS[:3]), 512).items
+    group = [[(i, item) for i, item in enumerate(encoded)]]
+
+    class Recording(torch.optim.SGD):
+        def step(self, closure=None):
+            self.norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None])))
+            return super().step(closure)
+
+    norms = {}
+    for clip in (0.0, 1e-3):
+        optimizer = Recording(params, lr=0.0)
+        tokens = steps.answer_tokens(group)
+        steps.one_step(model, session.tokenizer, group, optimizer, ranks.Ranks(model, cpu=True), clip, tokens)
+        norms[clip] = optimizer.norm
+    assert norms[0.0] > 1e-2 and norms[1e-3] == pytest.approx(1e-3, rel=1e-4)
+
+
+def test_linear_schedule_decays_to_zero_over_the_planned_steps():
+    import torch
+
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=0.01)
+    lrs = []
+    for schedule in ("linear", "constant"):
+        config = dataclasses.replace(recipe.DEFAULTS, lr=0.01, schedule=schedule)
+        optimizer.param_groups[0]["lr"] = 0.01
+        scheduler = recipe.make_schedule(optimizer, config, 4)
+        lrs.append([])
+        for _ in range(4):
+            lrs[-1].append(round(optimizer.param_groups[0]["lr"], 6))
+            optimizer.step()
+            scheduler.step()
+    assert lrs == [[0.01, 0.0075, 0.005, 0.0025], [0.01] * 4]
+
+
+def test_targets_the_model_lacks(tmp_path):
+    """A GPT-2 directory built with plain transformers: the default (the MLP's up-projection) is
+    c_fc there; named targets it lacks get its linear layer names."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model = GPT2LMHeadModel(GPT2Config(n_embd=64, n_layer=1, n_head=2, vocab_size=100))
+    config = lora.lora_config(model, recipe.DEFAULTS)
+    assert set(config.target_modules) == {"c_fc"}
+    with pytest.raises(LorachatError, match=r"no linear layers named q_proj \(it has: c_attn, c_fc, c_proj; or use targets=all-linear\)"):
+        lora.lora_config(model, dataclasses.replace(recipe.DEFAULTS, targets="q_proj,c_attn"))
+    assert lora.lora_config(model, dataclasses.replace(recipe.DEFAULTS, targets="all-linear")).target_modules == "all-linear"
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_train_in_a_terminal_returns_to_the_prompt(home):
+    """The real interactive REPL through a pseudo-terminal: Ctrl-C mid-training, then a question."""
+    write_dataset(home, "default", PAIRS[:2])
+    proc, main = spawn_repl(home)
+    try:
+        os.write(main, b":train until=steps steps=100000\r")
+        read_until(main, b"training default", 60)
+        time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGINT)
+        out = read_until(main, b"discarded (keep=partial keeps it)", 60)
+        out += read_until(main, b"default>", 30)
+        os.write(main, b"What is SOH?\r")
+        out += read_until(main, b"default>", 60)
+        assert b"Traceback" not in out and b"error" not in out
+        # a ^D that arrives while the terminal is still in cooked mode (the answer being written) is
+        # taken by the tty as end-of-file for a read no one makes: send it until the REPL has seen one
+        for _ in range(15):
+            os.write(main, b"\x04")
+            try:
+                assert proc.wait(timeout=2) == 0
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        assert proc.poll() == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(main)
+    assert list((home / "adapters").iterdir()) == [] if (home / "adapters").exists() else True
+
+
+@pytest.mark.slow
+def test_kill_9_during_train_leaves_no_visible_adapter(home, tmp_path):
+    import random
+
+    write_dataset(home, "default", PAIRS[:2])
+    proc = subprocess.Popen([sys.executable, "-m", "lorachat", "--model", "tiny", "--home", str(home),
+                             "-e", ":train until=steps steps=100000"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        assert proc.stdout.readline() == b"> :train until=steps steps=100000\n"
+        time.sleep(random.Random(os.getpid()).uniform(0.2, 1.5))
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+    folder = home / "adapters"
+    assert not folder.exists() or [p for p in folder.iterdir() if not p.name.startswith(".")] == []
+    session = new_session(home)
+    code, out = run_lines(session, [":train until=steps steps=1"])
+    assert code == 0 and FINAL.fullmatch(out.splitlines()[-1]).group(1) == "default"
+
+
+def test_guard_goes_back_to_the_best_weights_and_halves_the_lr():
+    """A loss that climbs well above its best (a too-high lr diverging): the weights and the
+    optimizer state of the best step come back, in place (the decoding merge sees the change),
+    and the lr is halved, for the schedule too."""
+    import torch
+
+    from lorachat.training.guard import Guard
+
+    weight = torch.nn.Parameter(torch.zeros(2))
+    optimizer = torch.optim.AdamW([weight], lr=0.1)
+    schedule = recipe.make_schedule(optimizer, dataclasses.replace(recipe.DEFAULTS, lr=0.1), 100)
+    guard = Guard([weight], optimizer, schedule, window=1)   # window 1: the loss itself, unsmoothed
+    for step, loss in enumerate([2.0, 1.0, 0.5, 0.6, 0.7], 1):   # 0.7: up, but not 1.5x and 0.25 above 0.5
+        with torch.no_grad():
+            weight.add_(1.0)
+        guard.after_step(step, loss)
+    assert weight.tolist() == [5.0, 5.0] and not guard.drops
+    version = weight._version
+    with torch.no_grad():
+        weight.add_(1.0)
+    guard.after_step(6, 0.9)
+    assert weight.tolist() == [3.0, 3.0] and weight._version > version + 1
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.05) and schedule.base_lrs == [pytest.approx(0.05)]
+    assert guard.describe() == ["the loss climbed to 0.90 by step 6 (best 0.50 at step 3): "
+                                "went back to step 3's weights and halved the lr to 0.05"]
+
+
+def test_a_run_that_ends_short_of_recall_says_what_to_try(make_session, transcript, home):
+    write_dataset(home, "default", PAIRS[:2])
+    code, out = transcript(make_session(), [":train steps=2"])
+    assert code == 0, out
+    assert re.search(r"^not every answer was learned \(\d/2 after 2 steps\): train longer \(steps=\), with a lower lr "
+                     r"\(lr=0\.0025\) or a larger r \(r=32\)$", out, re.M), out
