@@ -182,7 +182,8 @@ def merged_state_dict(session, name: str) -> dict:
 
 def compare(session, names: list[str], question: str) -> tuple[list[str], list[tuple[str, str]]]:
     """Greedy answers to `question` from each of `names` ('base' for none), in one mixed-adapter
-    batch where PEFT supports it. Returns (notes, [(name, answer)])."""
+    batch where PEFT supports it, else one adapter at a time through the switch. Returns (notes,
+    [(name, answer)])."""
     import torch
 
     extra = [n for n in names if n != BASE]
@@ -202,9 +203,30 @@ def compare(session, names: list[str], question: str) -> tuple[list[str], list[t
             rows = session.model.generate(input_ids=batch, attention_mask=torch.ones_like(batch), **generation)
         else:
             labels = [MIXED_BASE if n == BASE else n for n in names]
-            with adapters.switch(session).unmerged(enabled=True):
-                rows = model.generate(input_ids=batch, attention_mask=torch.ones_like(batch), adapter_names=labels, **generation)
+            try:
+                with adapters.switch(session).unmerged(enabled=True):
+                    rows = model.generate(input_ids=batch, attention_mask=torch.ones_like(batch), adapter_names=labels,
+                                          **generation)
+            except (ValueError, TypeError):
+                # PEFT refuses the mixed batch in a layer's _check_forward_args: a layer that sees
+                # (batch x seq) rows, not the batch (OPT's fc1/fc2), DoRA, a layer type without
+                # mixed batches. The first forward fails, so this costs one prompt's pass.
+                rows = _one_at_a_time(session, names, batch[:1], generation)
     return notes, [(n, decode_answer(session.tokenizer, row[len(ids):].tolist())) for n, row in zip(names, rows)]
+
+
+def _one_at_a_time(session, names: list[str], batch, generation) -> list:
+    """Each of `names` answers alone, as `:use NAME` then asking would; the active adapter is restored."""
+    import torch
+
+    previous, rows = session.active_adapter, []
+    try:
+        for n in names:
+            adapters.activate(session, None if n == BASE else n)
+            rows += session.model.generate(input_ids=batch, attention_mask=torch.ones_like(batch), **generation)
+    finally:
+        adapters.activate(session, previous if previous in adapters.loaded_names(session) else None)
+    return rows
 
 
 def decode_answer(tokenizer, ids: list[int]) -> str:

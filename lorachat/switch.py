@@ -100,9 +100,13 @@ class Switch:
     @contextlib.contextmanager
     def unmerged(self, enabled: bool = False):
         """Base weights in place for the duration (and every layer's adapters on when `enabled`,
-        as PEFT's mixed-adapter batches need); the previous state comes back afterwards."""
+        as PEFT's mixed-adapter batches need); the previous state comes back afterwards, also
+        when the body fails: forward pre-hooks added to the LoRA layers meanwhile are removed.
+        PEFT 0.21's `_enable_peft_forward_hooks` (a `generate(adapter_names=...)`) removes its
+        hooks only when the forward succeeds; left behind, every later forward fails with them."""
         self._unmerge()
         self.suspended += 1
+        hooked = {module: set(module._forward_pre_hooks) for module in [*self.layers, *self.aux]}
         try:
             if enabled:
                 for layer in self.layers:
@@ -110,6 +114,10 @@ class Switch:
             yield
         finally:
             self.suspended -= 1
+            for module, kept in hooked.items():
+                for key in [k for k in module._forward_pre_hooks if k not in kept]:
+                    del module._forward_pre_hooks[key]
+                    module._forward_pre_hooks_with_kwargs.pop(key, None)
             if enabled:
                 self.set_active(self.active)
 
