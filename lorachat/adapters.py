@@ -196,21 +196,24 @@ def _load_checked(session, name: str, path: Path) -> None:
                 session.model = loading.wrap(session.model, name, path)  # a failed wrap undoes itself
             else:
                 loading.load_adapter(model, name, path)
+        current = switch(session)
+        current.refresh()
+        current.eval_adapter(name)  # not model.eval(): that walks every loaded adapter's modules
+        current.set_active(session.active_adapter)
     except (ValueError, RuntimeError, OSError, KeyError, TypeError, SafetensorError) as exc:
         _undo_load(session, name, model)
         raise LorachatError(f"cannot load adapter '{name}': {provenance.brief(exc)}") from None
     except BaseException:
         _undo_load(session, name, model)
         raise
-    current = switch(session)
-    current.refresh()
-    current.eval_adapter(name)  # not model.eval(): that walks every loaded adapter's modules
-    current.set_active(session.active_adapter)
 
 
 def _undo_load(session, name, model) -> None:
-    """A load into `model` that failed half-way: put it back exactly as it was."""
+    """A load into `model` that failed half-way: put it back exactly as it was (a wrap that
+    succeeded before the failure is unwrapped again)."""
     if model is None:
+        if peft_model(session) is not None:
+            remove(session, name)
         return
     if name in model.peft_config:
         with _quiet():

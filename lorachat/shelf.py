@@ -207,10 +207,11 @@ def compare(session, names: list[str], question: str) -> tuple[list[str], list[t
                 with adapters.switch(session).unmerged(enabled=True):
                     rows = model.generate(input_ids=batch, attention_mask=torch.ones_like(batch), adapter_names=labels,
                                           **generation)
-            except (ValueError, TypeError):
+            except (ValueError, TypeError, KeyError):
                 # PEFT refuses the mixed batch in a layer's _check_forward_args: a layer that sees
                 # (batch x seq) rows, not the batch (OPT's fc1/fc2), DoRA, a layer type without
-                # mixed batches. The first forward fails, so this costs one prompt's pass.
+                # mixed batches; a modules_to_save copy that not every adapter has is a KeyError.
+                # The first forward fails, so this costs one prompt's pass.
                 rows = _one_at_a_time(session, names, batch[:1], generation)
     return notes, [(n, decode_answer(session.tokenizer, row[len(ids):].tolist())) for n, row in zip(names, rows)]
 

@@ -94,8 +94,10 @@ class Switch:
             layer._disable_adapters = name is None
         if name is not None:
             self.model.base_model.active_adapter = name
-            for module in self.aux:  # modules_to_save / trainable tokens: PEFT's own API
-                module.set_adapter(name)
+        for module in self.aux:  # modules_to_save / trainable tokens: PEFT's own API, as its _set_adapter
+            # uses it: a wrapper that does not hold the adapter (or the base) has none active and passes
+            # through to the original module (which is also what PEFT's unload then puts back)
+            module.set_adapter(name if name in module._adapters else [])
 
     @contextlib.contextmanager
     def unmerged(self, enabled: bool = False):

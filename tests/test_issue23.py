@@ -44,3 +44,56 @@ def test_a_failed_mixed_batch_leaves_no_hook_behind(make_session):
     assert {layer: len(layer._forward_pre_hooks) for layer in current.layers} == before
     with torch.inference_mode():
         session.model.generate(input_ids=ids[:1], max_new_tokens=2)  # no leftover hook refuses it
+
+
+# 2 -----------------------------------------------------------------------------------------------
+
+def plain_peft(directory, seed, **config):
+    """An adapter made with plain PEFT on the tiny model (non-zero weights; a modules_to_save copy
+    made different from the base's), no lorachat.json."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from lorachat.tiny import ensure_tiny
+
+    torch.manual_seed(seed)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(ensure_tiny()),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False, **config))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if ".modules_to_save." in name:
+                param.add_(torch.randn_like(param) * 0.05)
+    model.save_pretrained(directory)
+
+
+def peft_logits(directory=None):
+    """Logits of PEFT's own load of `directory` on a fresh base (None: the base alone)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from lorachat.tiny import ensure_tiny
+
+    model = AutoModelForCausalLM.from_pretrained(ensure_tiny())
+    if directory is not None:
+        model = PeftModel.from_pretrained(model, directory)
+    with torch.no_grad():
+        return model.eval()(input_ids=torch.tensor([[2, 50, 60, 70, 80, 90]])).logits
+
+
+@pytest.mark.parametrize("order", [("plain", "mts"), ("mts", "plain")])
+def test_a_modules_to_save_adapter_loads_beside_another_and_the_base_stays_the_base(make_session, transcript, home, order):
+    from test_adapters import logits
+
+    plain_peft(home / "adapters" / "plain", 1)
+    plain_peft(home / "adapters" / "mts", 2, modules_to_save=["lm_head"])
+    session = make_session()
+    expected = {name: peft_logits(home / "adapters" / name) for name in order}
+    for name in [*order, *order]:
+        code, out = transcript(session, [f":use {name}"])
+        assert code == 0 and "Traceback" not in out, out
+        assert torch.allclose(logits(session), expected[name], atol=1e-5), name
+    transcript(session, [":use base"])
+    assert torch.equal(logits(session), peft_logits())
+    out = transcript(session, [":set max_loaded=1", ":use mts", ":use base", ":delete plain yes", ":delete mts yes", ":adapters"])[1]
+    assert "no adapters yet" in out
+    assert torch.equal(logits(session), peft_logits())  # unloading put the base's own lm_head back
