@@ -29,6 +29,10 @@ FEATURES = (
     ("use_bdlora", "block-diagonal LoRA (use_bdlora): vLLM does not support it"),
     ("use_qalora", "QALoRA (use_qalora): vLLM does not support it"),
 )
+# per-module ranks and alphas: vLLM's PEFTHelper.from_dict keeps only its own fields (r, lora_alpha,
+# target_modules, bias, modules_to_save, use_rslora, use_dora, ...) and scales every module by one
+# lora_alpha / r (lora_alpha / sqrt(r) with use_rslora), so these are silently dropped
+PATTERNS = ("rank_pattern", "alpha_pattern")
 PLAIN_INITS = ("gaussian", "eva", "orthogonal", "mica", "lora_ga")  # inits that leave the base weights alone
 WEIGHT_ENDS = (".lora_A.weight", ".lora_B.weight", ".lora_embedding_A", ".lora_embedding_B")
 
@@ -62,6 +66,11 @@ def check(name: str, path: Path, config: dict, meta: dict, architecture: str) ->
     rank = adapter_rank(config, shapes)
     if rank > MAX_LORA_RANKS[-1]:
         raise LorachatError(f"r={rank} is above vLLM's largest --max-lora-rank ({MAX_LORA_RANKS[-1]})")
+    for key in PATTERNS:
+        if config.get(key):
+            raise LorachatError(f"{key} {config[key]}: vLLM reads only r and lora_alpha and scales every module by "
+                                f"lora_alpha/r={_scale(config)}, so these modules would be applied at another strength "
+                                f"than trained")
     check_modules(shapes, architecture)
     return Served(name, path.resolve(), rank, meta.get("instruction", DEFAULT_INSTRUCTION),
                   meta.get("max_answer_tokens") or default_max_tokens(), _origin(meta))
@@ -94,6 +103,13 @@ def check_modules(shapes: dict[str, tuple], architecture: str) -> None:
     if unmapped:
         raise LorachatError(f"targets {', '.join(unmapped)}, which vLLM's LoRA support for {architecture} does not "
                             f"map (it maps {', '.join(sorted(known))})")
+
+
+def _scale(config: dict) -> str:
+    r, alpha = config.get("r"), config.get("lora_alpha", 8)
+    if not isinstance(alpha, (int, float)):
+        return "?"
+    return f"{alpha / r ** 0.5 if config.get('use_rslora') else alpha / r:g}"
 
 
 def _origin(meta: dict) -> str:

@@ -58,7 +58,8 @@ def plain_peft(directory, seed, **config):
 
     torch.manual_seed(seed)
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(ensure_tiny()),
-                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False, **config))
+                           LoraConfig(**{"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"],
+                                         "init_lora_weights": False, **config}))
     with torch.no_grad():
         for name, param in model.named_parameters():
             if ".modules_to_save." in name:
@@ -97,3 +98,18 @@ def test_a_modules_to_save_adapter_loads_beside_another_and_the_base_stays_the_b
     out = transcript(session, [":set max_loaded=1", ":use mts", ":use base", ":delete plain yes", ":delete mts yes", ":adapters"])[1]
     assert "no adapters yet" in out
     assert torch.equal(logits(session), peft_logits())  # unloading put the base's own lm_head back
+
+
+# 3 -----------------------------------------------------------------------------------------------
+
+def test_serve_refuses_per_module_ranks_and_alphas_vllm_would_scale_wrongly(home, capsys):
+    from lorachat import cli
+
+    plain_peft(home / "adapters" / "ranks", 1, target_modules=["q_proj", "fc1"], r=8, lora_alpha=8, rank_pattern={"fc1": 40})
+    plain_peft(home / "adapters" / "alphas", 1, alpha_pattern={"q_proj": 32})
+    cli.main(["serve", "--model", "tiny", "--home", str(home), "--dry-run"])
+    lines = capsys.readouterr().out.splitlines()
+    assert ("refused 'ranks': rank_pattern {'fc1': 40}: vLLM reads only r and lora_alpha and scales every module by "
+            "lora_alpha/r=1, so these modules would be applied at another strength than trained") in lines
+    assert any(line.startswith("refused 'alphas': alpha_pattern {'q_proj': 32}") for line in lines)
+    assert not any(line.startswith("serve '") for line in lines)
