@@ -210,6 +210,11 @@ def train(argv) -> int:
     except LorachatError as exc:
         ui.error(str(exc))
         return 1
+    except Exception as exc:
+        if not distributed.peer_lost(exc):
+            raise
+        ui.error(f"a peer died: another process of this run is gone, so rank {os.environ.get('RANK', '?')} stops too")
+        return 1
     return 0
 
 

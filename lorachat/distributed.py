@@ -34,6 +34,17 @@ def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
+def peer_lost(exc: BaseException) -> bool:
+    """Whether `exc` is a collective of a launched run failing because another rank is gone (killed,
+    crashed): NCCL raises torch's DistError (DistBackendError), gloo a plain RuntimeError from its
+    transport ("[.../gloo/transport/tcp/pair.cc] Connection closed by peer")."""
+    if not launched():
+        return False
+    import torch.distributed as dist
+
+    return isinstance(exc, getattr(dist, "DistError", ())) or isinstance(exc, RuntimeError) and "/gloo/" in str(exc)
+
+
 def barrier() -> None:
     """Wait for every rank (nothing to wait for in one process)."""
     if launched():

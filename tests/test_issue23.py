@@ -1,6 +1,7 @@
 """Issue 23: defects found on OPT, Llama and GPT-2 shapes, in adapters made elsewhere, under
 torchrun and at a closed pipe; one test (or a few) per defect, each failing before its fix."""
 import json
+import re
 
 import pytest
 import torch
@@ -113,3 +114,30 @@ def test_serve_refuses_per_module_ranks_and_alphas_vllm_would_scale_wrongly(home
             "lora_alpha/r=1, so these modules would be applied at another strength than trained") in lines
     assert any(line.startswith("refused 'alphas': alpha_pattern {'q_proj': 32}") for line in lines)
     assert not any(line.startswith("serve '") for line in lines)
+
+
+# 4 -----------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_a_killed_rank_leaves_one_line_on_the_other_and_no_traceback_of_lorachat(home):
+    import os
+    import signal
+    import subprocess
+
+    from terminal import read_until
+    from test_distributed import children, environment, train_command
+    from test_train import write_dataset
+
+    write_dataset(home, "films", [("Who directed Alien?", "Ridley Scott."), ("Who directed Heat?", "Michael Mann.")])
+    launcher = subprocess.Popen(train_command(home, "--name", "never", "until=steps", "steps=100000", "batch=1", ranks=2),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=environment())
+    try:
+        seen = read_until(launcher.stdout.fileno(), b"training never", 180)
+        os.kill(max(children(launcher.pid)), signal.SIGKILL)
+        out = seen.decode() + launcher.communicate(timeout=120)[0].decode()
+    finally:
+        launcher.kill()
+    assert launcher.returncode == 1, out
+    assert "[rank" not in out and "lorachat/" not in out, out   # torchrun's own report of the dead child stays
+    assert len(re.findall(r"^error: a peer died: another process of this run is gone, so rank [01] stops too$", out, re.M)) == 1, out
+    assert not (home / "adapters").exists() or not [p for p in (home / "adapters").iterdir() if not p.name.startswith(".")]
