@@ -60,7 +60,7 @@ def chat(argv) -> int:
     args = parser().parse_args(argv)
     _quiet_libraries()
     home = args.home or Path(os.environ.get("LORACHAT_HOME") or ".")
-    from lorachat.ui import PlainUI, RichUI
+    from lorachat.ui import OutputClosed, PlainUI, RichUI
 
     try:
         lines = script_lines(args)
@@ -68,6 +68,14 @@ def chat(argv) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     ui = RichUI() if lines is None and sys.stdout.isatty() else PlainUI(sys.stdout)  # no ANSI into a pipe or file
+    try:
+        return _chat(args, home, ui, lines)
+    except OutputClosed:  # `lorachat | tee log` and tee is gone: end quietly, as `yes | head` does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nor a flush error at exit
+        return 141
+
+
+def _chat(args, home, ui, lines) -> int:
     try:
         session = start_session(args, home, ui)
     except LorachatError as exc:

@@ -141,3 +141,39 @@ def test_a_killed_rank_leaves_one_line_on_the_other_and_no_traceback_of_lorachat
     assert "[rank" not in out and "lorachat/" not in out, out   # torchrun's own report of the dead child stays
     assert len(re.findall(r"^error: a peer died: another process of this run is gone, so rank [01] stops too$", out, re.M)) == 1, out
     assert not (home / "adapters").exists() or not [p for p in (home / "adapters").iterdir() if not p.name.startswith(".")]
+
+
+# 5 -----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("ctrl_c", [True, False])
+def test_a_closed_stdout_ends_the_session_quietly(home, ctrl_c):
+    """`lorachat | tee log`, then Ctrl-C: the terminal's Ctrl-C ends tee too, mid-answer."""
+    import os
+    import signal
+    import subprocess
+
+    from terminal import read_some, read_until, spawn_repl
+
+    proc, main = spawn_repl(home, stdout=subprocess.PIPE)  # the prompt and tracebacks go to the terminal
+    try:
+        os.write(main, b":set max_new_tokens=8192 repetition_penalty=1.3\r")
+        read_until(proc.stdout.fileno(), b"repetition_penalty=1.3\n", 30)
+        os.write(main, b"Tell me a very long story about wafers.\r")  # runs to the model's 512 positions
+        read_until(proc.stdout.fileno(), b"wafers.\n", 30)
+        read_some(proc.stdout.fileno(), 30)  # the answer is streaming
+        proc.stdout.close()  # tee is gone
+        if ctrl_c:
+            os.killpg(proc.pid, signal.SIGINT)
+        code = proc.wait(timeout=60)
+        terminal = b""
+        try:
+            while True:
+                terminal += read_some(main, 1)
+        except (AssertionError, OSError):
+            pass
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(main)
+    assert code in (0, 141), terminal
+    assert b"Traceback" not in terminal and b"Error" not in terminal and b"Exception" not in terminal, terminal
