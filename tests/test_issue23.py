@@ -177,3 +177,19 @@ def test_a_closed_stdout_ends_the_session_quietly(home, ctrl_c):
         os.close(main)
     assert code in (0, 141), terminal
     assert b"Traceback" not in terminal and b"Error" not in terminal and b"Exception" not in terminal, terminal
+
+
+# 6 -----------------------------------------------------------------------------------------------
+
+def test_merge_refuses_a_dora_source_as_export_does(make_session, transcript, home):
+    from test_adapters import shelve
+
+    session = make_session()
+    shelve(session, ["a"])
+    plain_peft(home / "adapters" / "dora", 1, use_dora=True)
+    code, out = transcript(session, [":merge a dora as both", ":export dora out"], keep_going=True)
+    assert ("error: adapter 'dora' is not plain LoRA (DoRA or another variant): :merge sums plain LoRA deltas only"
+            in out.splitlines()), out
+    assert "error: adapter 'dora' is not plain LoRA (DoRA or another variant): export merges plain LoRA only" in out
+    assert sorted(p.name for p in (home / "adapters").iterdir()) == ["a", "dora"]
+    assert "both" not in adapters.loaded_names(session)
