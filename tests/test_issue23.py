@@ -193,3 +193,14 @@ def test_merge_refuses_a_dora_source_as_export_does(make_session, transcript, ho
     assert "error: adapter 'dora' is not plain LoRA (DoRA or another variant): export merges plain LoRA only" in out
     assert sorted(p.name for p in (home / "adapters").iterdir()) == ["a", "dora"]
     assert "both" not in adapters.loaded_names(session)
+
+
+# 7 -----------------------------------------------------------------------------------------------
+
+def test_import_of_a_source_without_rows_says_no_examples(make_session, transcript, tmp_path):
+    session = make_session()
+    (tmp_path / "empty.json").write_text("[]")
+    (tmp_path / "header.csv").write_text("instruction,output\n")
+    code, out = transcript(session, [f":import {tmp_path / 'empty.json'}", f":import {tmp_path / 'header.csv'}"], keep_going=True)
+    assert out.splitlines()[1::2] == [f"error: no examples in {tmp_path / 'empty.json'}",
+                                      f"error: no examples in {tmp_path / 'header.csv'}"], out
