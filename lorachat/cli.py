@@ -2,6 +2,7 @@
 import argparse
 import io
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -194,27 +195,39 @@ def train_parser() -> argparse.ArgumentParser:
 
 def train(argv) -> int:
     """`lorachat train`: the REPL's `:train` on a dataset, in this process (and its launcher's other
-    ranks); only the main process prints and writes. 0 trained, 1 a line said why not, 2 usage."""
-    from lorachat import distributed
+    ranks); only the main process prints and writes. 0 trained, 1 a line said why not (the workspace,
+    the model, training), 2 usage (a flag, a key, a value: all checked before the model loads)."""
+    from lorachat import distributed, options
+    from lorachat.adapters import check_loadable_name
     from lorachat.commands import run_command
+    from lorachat.commands.train import parse as parse_train
     from lorachat.models import load_model
+    from lorachat.names import check_name
     from lorachat.session import Session
     from lorachat.ui import PlainUI, QuietUI, RichUI
 
     parser = train_parser()
     args = parser.parse_args(argv)
-    if bad := [k for k in args.keys if "=" not in k]:
-        parser.error(f"expected key=value, not {bad[0]!r}")
+    try:  # the whole command line before the model (minutes to load): a usage error exits 2
+        if bad := options.split_kv(args.keys)[0]:
+            raise LorachatError(f"expected key=value, not {bad[0]!r}")
+        check_name(args.dataset, "dataset")
+        if args.name is not None:
+            check_loadable_name(args.name)
+        parse_train(shlex.join(args.keys))
+    except LorachatError as exc:
+        parser.error(str(exc))
     _quiet_libraries()
     home = args.home or Path(os.environ.get("LORACHAT_HOME") or ".")
     main_rank = distributed.is_main()
     ui = (RichUI() if sys.stdout.isatty() else PlainUI(sys.stdout)) if main_rank else QuietUI(sys.stderr)
     try:
+        _check_workspace(home, args.dataset, args.name)
         loaded = load_model(args.model, args.device, args.dtype, args.trust_remote_code)
         session = Session(loaded, home, ui)
         session.headless = True
         run_command(session, f":dataset {args.dataset}")
-        run_command(session, " ".join([":train", *([args.name] if args.name else []), *args.keys]))
+        run_command(session, f":train {shlex.join([*([args.name] if args.name else []), *args.keys])}")
     except LorachatError as exc:
         ui.error(str(exc))
         return 1
@@ -224,6 +237,24 @@ def train(argv) -> int:
         ui.error(f"a peer died: another process of this run is gone, so rank {os.environ.get('RANK', '?')} stops too")
         return 1
     return 0
+
+
+def _check_workspace(home: Path, dataset: str, name: str | None) -> None:
+    """What `lorachat train` needs of the workspace, before the model is loaded: one line naming
+    what is missing."""
+    from lorachat.datasets import load_dataset
+
+    if not home.is_dir():
+        raise LorachatError(f"no such folder: {home} (the workspace holding datasets/ and adapters/)")
+    data = load_dataset(home, dataset)
+    if not data.path.exists():
+        raise LorachatError(f"no dataset '{dataset}': {data.path} does not exist (write one JSON object per line "
+                            f"there, or :import a file into it in the REPL)")
+    if not data.examples:
+        bad = f" ({len(data.bad_lines)} invalid lines: {data.describe_problems()})" if data.bad_lines else ""
+        raise LorachatError(f"dataset '{dataset}' has no examples: {data.path}{bad}")
+    if name is not None and (home / "adapters" / name).exists():
+        raise LorachatError(f"an adapter named '{name}' already exists: {home / 'adapters' / name}")
 
 
 SUBCOMMANDS = {"serve": serve, "train": train}

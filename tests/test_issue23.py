@@ -204,3 +204,48 @@ def test_import_of_a_source_without_rows_says_no_examples(make_session, transcri
     code, out = transcript(session, [f":import {tmp_path / 'empty.json'}", f":import {tmp_path / 'header.csv'}"], keep_going=True)
     assert out.splitlines()[1::2] == [f"error: no examples in {tmp_path / 'empty.json'}",
                                       f"error: no examples in {tmp_path / 'header.csv'}"], out
+
+
+# 8 -----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("words, message", [
+    (["r=abc"], "r='abc': expected a whole number"),
+    (["r"], "expected key=value, not 'r'"),
+    (["rank=8"], "unknown key 'rank'"),
+    (["a-b=1"], "expected key=value, not 'a-b=1'"),
+    (["targets=q proj"], "targets='q proj': give a comma list"),
+    (["--name", "../evil"], "invalid adapter name"),
+    (["--name", "v1.2"], "cannot contain '.'"),
+    (["--dataset", "../x"], "invalid dataset name"),
+    (["--bogus"], "unrecognized arguments: --bogus"),
+])
+def test_lorachat_train_usage_errors_exit_2_before_the_model_loads(home, capsys, words, message):
+    from lorachat import cli
+
+    dataset = [] if "--dataset" in words else ["--dataset", "films"]
+    with pytest.raises(SystemExit) as usage:  # a model that cannot load: it is never tried
+        cli.main(["train", "--model", str(home / "no-model"), "--home", str(home), *dataset, *words])
+    assert usage.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err, err
+
+
+def test_lorachat_train_workspace_errors_exit_1_naming_what_is_missing(home, capsys):
+    from lorachat import cli
+    from test_train import write_dataset
+
+    def run(*words):
+        code = cli.main(["train", "--model", str(home / "no-model"), *words])
+        return code, capsys.readouterr().out
+
+    assert run("--home", str(home / "nowhere"), "--dataset", "films") == (
+        1, f"error: no such folder: {home / 'nowhere'} (the workspace holding datasets/ and adapters/)\n")
+    code, out = run("--home", str(home), "--dataset", "films")
+    assert code == 1 and out == (f"error: no dataset 'films': {home / 'datasets' / 'films.jsonl'} does not exist (write one "
+                                 "JSON object per line there, or :import a file into it in the REPL)\n")
+    write_dataset(home, "films", [("Who directed Alien?", "Ridley Scott.")])
+    (home / "adapters" / "taken").mkdir(parents=True)
+    code, out = run("--home", str(home), "--dataset", "films", "--name", "taken")
+    assert code == 1 and out == f"error: an adapter named 'taken' already exists: {home / 'adapters' / 'taken'}\n"
+    code, out = run("--home", str(home), "--dataset", "films")   # now only the model is missing
+    assert code == 1 and "no-model" in out

@@ -80,14 +80,20 @@ def _references(session, config):
     return anchors, probes
 
 
-def _parse(session, args) -> tuple[str, train.TrainConfig]:
+def parse(args: str) -> tuple[str | None, train.TrainConfig]:
+    """`:train`'s words -> (NAME or None, the config): every check that needs neither the model nor
+    the workspace (`lorachat train` makes them before it loads the model)."""
     positional, pairs = options.split_kv(options.split_words(args))
     if len(positional) > 1:
         raise LorachatError(f":train takes at most one NAME (got {positional[1][:40]!r}); usage: :train [NAME] [key=value ...]")
     config = options.apply_kv(train.DEFAULTS, pairs)
     shape.check_targets_text(config.targets)
-    if positional:
-        name = adapters.check_loadable_name(positional[0])
+    return (adapters.check_loadable_name(positional[0]) if positional else None), config
+
+
+def _parse(session, args) -> tuple[str, train.TrainConfig]:
+    name, config = parse(args)
+    if name is not None:
         if name in adapters.known_names(session) or adapters.adapter_path(session, name).exists():
             raise LorachatError(f"an adapter named '{name}' already exists (choose another name, or :delete {name})")
         return name, config
