@@ -30,6 +30,11 @@ def _quiet():
         warnings.filterwarnings("ignore", message="Adapter name .* should not be contained in the prefix")
         warnings.filterwarnings("ignore", message="Adapter .* was active which is now deleted")
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing. is deprecated")
+        # an adapter on a tied lm_head or embedding: PEFT trains and saves it untied (its own layer's
+        # delta), which is what lorachat wants; and targets mixing Conv1D and Linear layers, whose
+        # fan_in_fan_out PEFT sets per layer
+        warnings.filterwarnings("ignore", message="Model has .tie_word_embeddings=True. and a tied layer")
+        warnings.filterwarnings("ignore", message="fan_in_fan_out is set to")
         yield
 
 

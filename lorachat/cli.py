@@ -94,7 +94,12 @@ def _chat(args, home, ui, lines) -> int:
 
 
 def _quiet_libraries() -> None:
-    """Library warnings and download bars are noise in a chat; errors still surface as ours."""
+    """Library warnings and download bars are noise in a chat; errors still surface as ours. Python
+    warnings show only when asked for (-W, PYTHONWARNINGS): lorachat's own remarks are notes."""
+    import warnings
+
+    if not sys.warnoptions:
+        warnings.simplefilter("ignore")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from transformers.utils import logging as hf_logging
 

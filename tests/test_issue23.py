@@ -9,6 +9,34 @@ import torch
 from lorachat import adapters
 
 QUESTION = "What is SOH?"
+TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
+            "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+
+
+def model_dir(tmp_path, arch: str):
+    """A small model directory (hidden 64, 2 layers) written with plain transformers, with the tiny
+    tokenizer's vocabulary: OPT, Llama (with a chat template) or GPT-2."""
+    from transformers import (AutoTokenizer, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, OPTConfig,
+                              OPTForCausalLM)
+
+    from lorachat.tiny import ensure_tiny
+
+    tok = AutoTokenizer.from_pretrained(ensure_tiny())
+    ids = dict(vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    torch.manual_seed(0)
+    if arch == "opt":
+        model = OPTForCausalLM(OPTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, ffn_dim=256,
+                                         max_position_embeddings=256, word_embed_proj_dim=64, **ids))
+    elif arch == "llama":
+        model = LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
+                                             num_key_value_heads=2, max_position_embeddings=256, **ids))
+        tok.chat_template = TEMPLATE
+    else:
+        model = GPT2LMHeadModel(GPT2Config(n_embd=64, n_layer=2, n_head=2, n_positions=256, **ids))
+    directory = tmp_path / arch
+    model.save_pretrained(directory)
+    tok.save_pretrained(directory)
+    return directory
 
 
 # 1 -----------------------------------------------------------------------------------------------
@@ -249,3 +277,31 @@ def test_lorachat_train_workspace_errors_exit_1_naming_what_is_missing(home, cap
     assert code == 1 and out == f"error: an adapter named 'taken' already exists: {home / 'adapters' / 'taken'}\n"
     code, out = run("--home", str(home), "--dataset", "films")   # now only the model is missing
     assert code == 1 and "no-model" in out
+
+
+# 9 -----------------------------------------------------------------------------------------------
+
+def test_gpt2_adapters_are_made_for_conv1d_without_a_warning(make_session, transcript, home, tmp_path, recwarn):
+    session = make_session(model=str(model_dir(tmp_path, "gpt2")))
+    keys = "steps=2 until=steps probes=0 anchors=0"
+    code, out = transcript(session, [f":add {QUESTION} => A hardmask.", f":train a {keys}", f":train b {keys}",
+                                     f":train head targets=lm_head {keys}", ":use a", QUESTION])
+    assert code == 0, out
+    for name in ("a", "b"):
+        assert json.loads((home / "adapters" / name / "adapter_config.json").read_text())["fan_in_fan_out"] is True
+    assert json.loads((home / "adapters" / "head" / "adapter_config.json").read_text())["fan_in_fan_out"] is False
+    assert [str(w.message) for w in recwarn if "peft" in w.filename] == []
+
+
+def test_the_command_line_shows_no_library_warning_unless_asked(home, tmp_path):
+    import subprocess
+    import sys
+
+    from test_distributed import environment
+
+    directory = model_dir(tmp_path, "gpt2")
+    lines = [f":add {QUESTION} => A hardmask.", ":train a steps=1 until=steps probes=0 anchors=0 targets=lm_head", QUESTION]
+    command = [sys.executable, "-m", "lorachat", "--model", str(directory), "--home", str(home), *(a for l in lines for a in ("-e", l))]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment())
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "warn" not in (run.stdout + run.stderr).lower(), run.stderr
