@@ -19,6 +19,11 @@ LORA_MODULES = {
     "LlamaForCausalLM": {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
                          "embed_tokens", "lm_head"},
 }
+# architectures whose vLLM model class implements SupportsLoRA (vllm/model_executor/models/*.py; OPT since
+# vLLM 0.11), and ones whose class does not: vLLM serves those without adapters only
+LORA_ARCHITECTURES = {*LORA_MODULES, "MistralForCausalLM", "MixtralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM",
+                      "GemmaForCausalLM", "Gemma2ForCausalLM", "Phi3ForCausalLM", "GraniteForCausalLM"}
+NO_LORA = {"GPT2LMHeadModel": "gpt2.py", "GPTJForCausalLM": "gpt_j.py", "GPTNeoXForCausalLM": "gpt_neox.py"}
 # adapter_config.json features vLLM refuses (PEFTHelper._validate_features), and why
 FEATURES = (
     ("use_dora", "DoRA (use_dora): vLLM does not support DoRA"),
@@ -49,6 +54,10 @@ class Served:
 
 def check(name: str, path: Path, config: dict, meta: dict, architecture: str) -> Served:
     """The adapter as vLLM would take it; raises with the reason where vLLM would refuse it."""
+    if architecture in NO_LORA:
+        raise LorachatError(f"vLLM's {architecture} does not support LoRA (vllm/model_executor/models/"
+                            f"{NO_LORA[architecture]} does not implement SupportsLoRA); `:export {name} DIR` writes "
+                            f"a merged model vLLM can serve")
     for key, reason in FEATURES:
         if config.get(key):
             raise LorachatError(reason)

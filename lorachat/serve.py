@@ -17,7 +17,7 @@ from pathlib import Path
 from lorachat import chat_template, provenance, store
 from lorachat.errors import LorachatError
 from lorachat.models import DEFAULT_MODEL
-from lorachat.preflight import LORA_MODULES, Served, check, max_lora_rank
+from lorachat.preflight import LORA_ARCHITECTURES, NO_LORA, Served, check, max_lora_rank
 from lorachat.prompts import DEFAULT_INSTRUCTION, STOP_MARKER, uses_chat_template
 
 MAX_LORAS = 4       # default GPU slots: each is allocated at --max-lora-rank for every LoRA layer
@@ -69,7 +69,7 @@ def plan(options: ServeOptions, files=None) -> Plan:
     for name, path in adapter_dirs(options.home):
         survey(result, name, path)
     _template(result, tokenizer)
-    if architecture not in LORA_MODULES:
+    if architecture not in LORA_ARCHITECTURES and architecture not in NO_LORA:
         result.notes.append(f"vLLM's LoRA support for {architecture} is not known to lorachat: vLLM checks the "
                             f"adapters' target modules when it starts (and does not start if one does not fit)")
     if architecture == "OPTForCausalLM":

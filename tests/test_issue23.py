@@ -305,3 +305,21 @@ def test_the_command_line_shows_no_library_warning_unless_asked(home, tmp_path):
     run = subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment())
     assert run.returncode == 0, run.stdout + run.stderr
     assert "warn" not in (run.stdout + run.stderr).lower(), run.stderr
+
+
+# 10 ----------------------------------------------------------------------------------------------
+
+def test_serve_refuses_adapters_on_an_architecture_vllm_serves_without_lora(make_session, home, tmp_path, capsys):
+    import dataclasses
+
+    from lorachat import cli, saving, shape, train
+
+    directory = model_dir(tmp_path, "gpt2")
+    session = make_session(model=str(directory))
+    adapters.add_new(session, "notes", shape.lora_config(session.model, dataclasses.replace(train.DEFAULTS, r=8)))
+    saving.save(session, "notes", {})
+    cli.main(["serve", "--model", str(directory), "--home", str(home), "--dry-run"])
+    lines = capsys.readouterr().out.splitlines()
+    assert ("refused 'notes': vLLM's GPT2LMHeadModel does not support LoRA (vllm/model_executor/models/gpt2.py does not "
+            "implement SupportsLoRA); `:export notes DIR` writes a merged model vLLM can serve") in lines, lines
+    assert not any(line.startswith(("serve '", "note: vLLM's LoRA support")) for line in lines), lines
