@@ -212,6 +212,10 @@ def train(argv) -> int:
     from lorachat.ui import PlainUI, QuietUI, RichUI
 
     parser = train_parser()
+    main_rank = distributed.is_main()
+    if not main_rank:  # the main rank says what is wrong with the command line, once
+        parser.print_usage = lambda file=None: None
+        parser.exit = lambda status=0, message=None: sys.exit(status)
     args = parser.parse_args(argv)
     try:  # the whole command line before the model (minutes to load): a usage error exits 2
         if bad := options.split_kv(args.keys)[0]:
@@ -224,8 +228,7 @@ def train(argv) -> int:
         parser.error(str(exc))
     _quiet_libraries()
     home = args.home or Path(os.environ.get("LORACHAT_HOME") or ".")
-    main_rank = distributed.is_main()
-    ui = (RichUI() if sys.stdout.isatty() else PlainUI(sys.stdout)) if main_rank else QuietUI(sys.stderr)
+    ui = (RichUI() if sys.stdout.isatty() else PlainUI(sys.stdout)) if main_rank else QuietUI()
     try:
         _check_workspace(home, args.dataset, args.name)
         loaded = load_model(args.model, args.device, args.dtype, args.trust_remote_code)
@@ -239,7 +242,9 @@ def train(argv) -> int:
     except Exception as exc:
         if not distributed.peer_lost(exc):
             raise
-        ui.error(f"a peer died: another process of this run is gone, so rank {os.environ.get('RANK', '?')} stops too")
+        # each rank that is left says it: which one is left is not known beforehand
+        (ui if main_rank else PlainUI(sys.stderr)).error(
+            f"a peer died: another process of this run is gone, so rank {os.environ.get('RANK', '?')} stops too")
         return 1
     return 0
 

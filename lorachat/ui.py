@@ -85,20 +85,16 @@ class PlainUI:
 
 
 class QuietUI(PlainUI):
-    """Says nothing but errors (to `err`): the other ranks of a distributed run, whose main rank speaks."""
+    """Says nothing, errors included: the other ranks of a distributed run, whose main rank speaks
+    (every rank meets the same errors, and a line per rank would repeat it)."""
 
-    def __init__(self, err):
+    def __init__(self):
         import io
 
         super().__init__(io.StringIO())
-        self.err = err
 
     def line(self, text: str = "") -> None:
         pass
-
-    def error(self, message: str) -> None:
-        self.err.write(f"error: {message}\n")
-        self.err.flush()
 
 
 class RichUI(PlainUI):

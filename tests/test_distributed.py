@@ -112,8 +112,8 @@ def test_a_stopped_or_dead_rank_ends_every_rank_and_nothing_is_half_written(film
     finally:
         launcher.kill()
     assert launcher.returncode != 0, out
-    if how == signal.SIGTERM:
-        assert "error: training never stopped (Ctrl-C or SIGTERM) after" in out, out
+    if how == signal.SIGTERM:   # said once, by the main rank, whichever rank got the signal
+        assert len(re.findall(r"error: training never stopped \((SIGTERM|by another process of this run)\) after", out, re.M)) == 1, out
     assert not (films / "adapters").exists() or [p.name for p in (films / "adapters").iterdir() if not p.name.startswith(".")] == []
 
 
@@ -133,5 +133,5 @@ def test_lorachat_train_exit_codes_and_one_line_errors(films, capsys):
     assert "error: no dataset 'nothing'" in out and "Traceback" not in out, out
     assert cli.main(["train", "--model", "tiny", "--home", str(films), "--dataset", "films", "--name", "quick",
                      "until=steps", "steps=1"]) == 0
-    assert re.search(r"^trained quick: 1 steps, loss \S+, recall \d+/8, kept \d+% of base answers, \S+ s — now active$",
+    assert re.search(r"^trained quick: 1 steps, loss \S+, recall \d+/8, kept \d+% of base answers, \S+ s$",   # nothing is active after
                      capsys.readouterr().out, re.M)

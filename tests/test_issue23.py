@@ -323,3 +323,37 @@ def test_serve_refuses_adapters_on_an_architecture_vllm_serves_without_lora(make
     assert ("refused 'notes': vLLM's GPT2LMHeadModel does not support LoRA (vllm/model_executor/models/gpt2.py does not "
             "implement SupportsLoRA); `:export notes DIR` writes a merged model vLLM can serve") in lines, lines
     assert not any(line.startswith(("serve '", "note: vLLM's LoRA support")) for line in lines), lines
+
+
+# smaller ones ------------------------------------------------------------------------------------
+
+def test_lorachat_train_stopped_by_sigterm_says_so(home):
+    import os
+    import signal
+    import subprocess
+
+    from terminal import read_until
+    from test_distributed import environment, train_command
+    from test_train import write_dataset
+
+    write_dataset(home, "films", [("Who directed Alien?", "Ridley Scott.")])
+    proc = subprocess.Popen(train_command(home, "--name", "never", "until=steps", "steps=100000", "probes=0"),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=environment())
+    try:
+        seen = read_until(proc.stdout.fileno(), b"training never", 120)
+        os.kill(proc.pid, signal.SIGTERM)
+        out = seen.decode() + proc.communicate(timeout=60)[0].decode()
+    finally:
+        proc.kill()
+    assert proc.returncode == 1
+    assert re.search(r"error: training never stopped \(SIGTERM\) after \d+ steps: discarded$", out, re.M), out
+
+
+def test_under_torchrun_a_usage_error_is_said_once(home):
+    import subprocess
+
+    from test_distributed import environment, train_command
+
+    run = subprocess.run(train_command(home, "r=abc", ranks=2), capture_output=True, text=True, timeout=300, env=environment())
+    assert run.returncode != 0
+    assert (run.stdout + run.stderr).count("r='abc': expected a whole number") == 1, run.stdout + run.stderr

@@ -62,7 +62,7 @@ def train_(session, args):
         except BaseException:
             _discard(session, name, previous)
             raise
-    _report(session, name, result, config, kept)
+    _report(session, name, result, config, kept, _stopped_by(interrupted))
     if unsaved is not None:
         raise unsaved
 
@@ -173,21 +173,31 @@ def _meta(session, encoded, config, result, kept) -> dict:
                 probes=None if kept is None else kept.questions)
 
 
-def _report(session, name, result, config, kept=None) -> None:
+def _stopped_by(interrupted) -> str:
+    """What stopped a cancelled run, as the final line says it."""
+    if getattr(interrupted, "signum", None) == signal.SIGTERM:
+        return "SIGTERM"
+    if interrupted.is_set() or not distributed.launched():
+        return "Ctrl-C"
+    return "by another process of this run"   # its stop reached this one through the step's all-reduce
+
+
+def _report(session, name, result, config, kept=None, how="Ctrl-C") -> None:
     share = f"kept {kept.kept:.0%} of base answers, " if kept is not None else ""
     summary = (f"{result.steps} steps, loss {result.loss:.2f}, recall {result.recall}/{result.total}, {share}"
                f"{result.seconds:.1f} s")
     skipped = (f" ({result.skipped} example{'s' if result.skipped != 1 else ''} longer than "
                f"{train.describe_limit(result.limit, session.model)} skipped)") if result.skipped else ""
+    active = "" if session.headless else " — now active"  # nothing is active once `lorachat train` ends
     if not result.cancelled:
-        session.ui.line(f"trained {name}: {summary} — now active{skipped}")
+        session.ui.line(f"trained {name}: {summary}{active}{skipped}")
     elif config.keep == "partial":
-        session.ui.line(f"stopped {name} (Ctrl-C), kept as it was: {summary} — now active{skipped}")
+        session.ui.line(f"stopped {name} ({how}), kept as it was: {summary}{active}{skipped}")
     elif session.ui.interactive:
-        session.ui.note(f"stopped training {name} after {result.steps} steps (Ctrl-C): discarded (keep=partial keeps it)")
+        session.ui.note(f"stopped training {name} after {result.steps} steps ({how}): discarded (keep=partial keeps it)")
         return
     else:  # a script should not carry on as if the adapter existed
-        raise LorachatError(f"training {name} stopped (Ctrl-C or SIGTERM) after {result.steps} steps: discarded")
+        raise LorachatError(f"training {name} stopped ({how}) after {result.steps} steps: discarded")
     for note in result.notes:
         session.ui.note(note)
     for reason in result.reasons:
@@ -204,6 +214,7 @@ def _deferred_interrupt(signals=(signal.SIGINT,)):
     second one raises KeyboardInterrupt at once. Outside the main thread signals cannot be caught:
     KeyboardInterrupt then stops training inside train.run."""
     event = threading.Event()
+    event.signum = None   # which signal set it
     if threading.current_thread() is not threading.main_thread():
         yield event
         return
@@ -211,6 +222,7 @@ def _deferred_interrupt(signals=(signal.SIGINT,)):
     def handler(signum, frame):
         if event.is_set():
             raise KeyboardInterrupt
+        event.signum = signum
         event.set()
 
     previous = {number: signal.signal(number, handler) for number in signals}
