@@ -357,3 +357,21 @@ def test_under_torchrun_a_usage_error_is_said_once(home):
     run = subprocess.run(train_command(home, "r=abc", ranks=2), capture_output=True, text=True, timeout=300, env=environment())
     assert run.returncode != 0
     assert (run.stdout + run.stderr).count("r='abc': expected a whole number") == 1, run.stdout + run.stderr
+
+
+def test_plain_help_is_one_short_line_per_command_and_each_summary_a_sentence(make_session, transcript):
+    from lorachat.commands import COMMANDS
+
+    session = make_session()
+    out = transcript(session, [":help"])[1].splitlines()
+    for entry in {e.name: e for e in COMMANDS.values()}.values():
+        assert entry.summary.endswith("."), entry.name   # the docstring's first line is a whole sentence
+        line = next(line for line in out if line.endswith(entry.summary))
+        assert len(line) <= 26 + len(entry.summary), line
+
+
+@pytest.mark.parametrize("arch, target", [("opt", "fc1"), ("llama", "up_proj"), ("gpt2", "c_fc")])
+def test_help_train_shows_the_targets_the_loaded_model_would_use(make_session, transcript, tmp_path, arch, target):
+    session = make_session(model=str(model_dir(tmp_path, arch)))
+    out = transcript(session, [":help train"])[1]
+    assert re.search(rf"^targets +{target} ", out, re.M), out

@@ -199,8 +199,9 @@ def rename(session, args):
 
 @command("save", usage=":save NAME [DIR]", complete=lambda s: sorted(adapters.shelf(s).unsaved))
 def save(session, args):
-    """Save an adapter that exists only in memory (marked unsaved in :adapters: the disk refused it
-    when :train ended): into adapters/NAME, or into a new folder DIR anywhere else.
+    """Save an adapter that exists only in memory, into adapters/NAME or a new folder DIR.
+
+    Such an adapter is marked unsaved in :adapters: the disk refused it when :train ended.
 
     :save films                 once adapters/ can be written again
     :save films /mnt/usb/films  a copy elsewhere; it stays unsaved in the workspace

@@ -5,6 +5,8 @@ from lorachat import __version__, options
 from lorachat.commands import COMMANDS, QuitSession, command, find, no_args
 from lorachat.errors import LorachatError
 
+USAGE_WIDTH = 24   # plain :help: usages up to this wide share their line with the summary
+
 
 @command("help", usage=":help [COMMAND]", complete=lambda s: sorted(COMMANDS))
 def help_(session, args):
@@ -18,7 +20,13 @@ def help_(session, args):
         for entry in COMMANDS.values():
             if entry not in seen:
                 seen.append(entry)
-        session.ui.table(["command", "what it does"], [[e.usage, e.summary] for e in seen])
+        if session.ui.interactive:
+            session.ui.table(["command", "what it does"], [[e.usage, e.summary] for e in seen])
+        else:  # plain text has no width to wrap in: a long usage takes a line of its own
+            for e in seen:
+                if len(e.usage) > USAGE_WIDTH:
+                    session.ui.line(e.usage)
+                session.ui.line(f"{e.usage if len(e.usage) <= USAGE_WIDTH else '':<{USAGE_WIDTH}}  {e.summary}")
         session.ui.line("A line not starting with ':' is a question. \"\"\" on a line of its own starts and ends a multi-line input.")
         return
     words = [word for word in (w.lstrip(":") for w in args.split()) if word]

@@ -199,8 +199,9 @@ def drop(session, args):
 
 @command("undo")
 def undo(session, args):
-    """Remove the last example recorded in this session (by :add, :good or :fix): that very line,
-    only while it is still where it was written."""
+    """Remove the last example recorded in this session (by :add, :good or :fix).
+
+    That very line goes, and only while it is still where it was written."""
     no_args("undo", args)
     recorded = session.extensions.get("recorded") or []
     if not recorded:

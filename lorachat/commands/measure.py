@@ -64,8 +64,10 @@ def _eval_details(session):
 @command("eval", usage=":eval [NAME ...] [dataset=NAME] [limit=N] [probes=NAME] [builtin=N] [probe_tokens=16]",
          details=_eval_details, complete=_names_and_base)
 def eval_(session, args):
-    """For the base and each adapter: mean answer-token loss and recall k/n (as asked now) on a dataset,
-    and how much of the base's behaviour it keeps on probe questions it was not taught.
+    """Measure the base and each adapter: loss and recall on a dataset, and what it keeps of the base.
+
+    loss: mean answer-token loss; recall: k/n questions answered verbatim as asked now; kept and agree
+    (below): on probe questions it was not taught.
 
     :eval                      base and every loaded adapter, on the current dataset
     :eval films dataset=films probes=kitchen limit=100

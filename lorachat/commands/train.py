@@ -16,7 +16,16 @@ from lorachat.errors import LorachatError
 
 
 def _details(session):
-    session.ui.table(["key", "default", "meaning"], [list(row) for row in options.describe(train.DEFAULTS)])
+    rows = [list(row) for row in options.describe(train.DEFAULTS)]
+    try:  # the default targets by the names the loaded model gives them (up_proj, c_fc ...)
+        used = shape.lora_config(session.model, train.DEFAULTS).target_modules
+    except LorachatError:
+        used = None
+    if isinstance(used, (set, list)) and sorted(used) != [train.DEFAULTS.targets]:
+        for row in rows:
+            if row[0] == "targets":
+                row[1:] = [",".join(sorted(used)), f"{row[2]} (on this model: {train.DEFAULTS.targets} by its own name)"]
+    session.ui.table(["key", "default", "meaning"], rows)
 
 
 def _complete(session):
