@@ -375,3 +375,16 @@ def test_help_train_shows_the_targets_the_loaded_model_would_use(make_session, t
     session = make_session(model=str(model_dir(tmp_path, arch)))
     out = transcript(session, [":help train"])[1]
     assert re.search(rf"^targets +{target} ", out, re.M), out
+
+
+def test_examples_show_the_question_as_asked_and_invalid_lines_are_said_once(make_session, transcript, home):
+    (home / "datasets").mkdir()
+    (home / "datasets" / "d.jsonl").write_text('{"instruction": "hi", "input": "", "output": "Hello!"}\nnot json\n'
+                                               '{"instruction": "Answer.", "input": "Q?", "output": "A."}\n')
+    session = make_session()
+    code, out = transcript(session, [":dataset d", ":eval probes=d builtin=0", ":examples"])
+    assert code == 0, out
+    assert "1. [Answer the question.] hi => Hello!\n2. [Answer.] Q? => A.\n" in out
+    before_examples = out.split("> :examples")[0]
+    assert before_examples.count("invalid line") == 1, out   # :dataset said it; :eval read it twice
+    assert out.split("> :examples")[1].count("invalid line") == 1   # :examples shows it whenever asked

@@ -10,6 +10,7 @@ from lorachat import adapters, locality, options, shelf
 from lorachat.adapters import BASE
 from lorachat.commands import command
 from lorachat.commands.adapters import _names_and_base, _notes
+from lorachat.commands.examples import note_bad_lines
 from lorachat.errors import LorachatError
 from lorachat.names import check_name
 
@@ -123,8 +124,7 @@ def _dataset(session, name):
     from lorachat.datasets import load_dataset
 
     data = load_dataset(session.home, name)
-    if data.bad_lines:
-        session.ui.note(f"dataset '{name}': skipping {len(data.bad_lines)} invalid line(s): {data.describe_problems()}")
+    note_bad_lines(session, data)
     return data
 
 

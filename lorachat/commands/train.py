@@ -124,11 +124,11 @@ def _free_name(session, stem: str) -> str:
 
 
 def _examples(session):
+    from lorachat.commands.examples import note_bad_lines
     from lorachat.datasets import load_dataset
 
     dataset = load_dataset(session.home, session.dataset)
-    if dataset.bad_lines:
-        session.ui.note(f"dataset '{session.dataset}': skipping invalid lines ({dataset.describe_problems()})")
+    note_bad_lines(session, dataset)
     if not dataset.examples:
         raise LorachatError(f"dataset '{session.dataset}' has no examples yet: :add QUESTION => ANSWER first")
     return dataset.examples
