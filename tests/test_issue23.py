@@ -388,3 +388,16 @@ def test_examples_show_the_question_as_asked_and_invalid_lines_are_said_once(mak
     before_examples = out.split("> :examples")[0]
     assert before_examples.count("invalid line") == 1, out   # :dataset said it; :eval read it twice
     assert out.split("> :examples")[1].count("invalid line") == 1   # :examples shows it whenever asked
+
+
+def test_eval_shows_progress_while_the_base_answers_the_probes(make_session, transcript, home):
+    from test_train import write_dataset
+
+    write_dataset(home, "default", [("Who directed Alien?", "Ridley Scott.")])
+    session = make_session()
+    session.ui.progress_every = 0   # a plain line for every update
+    code, out = transcript(session, [":eval builtin=12"])
+    assert code == 0, out
+    lines = out.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("evaluating on default"))
+    assert "answering 12 probe questions with the base 12/12" in lines[:first], out

@@ -89,6 +89,9 @@ def eval_(session, args):
     builtin = locality.builtin(locality.PROBES)[:opts.builtin]
     probes = locality.probe_questions(session, extra, builtin)
     settings = dataclasses.replace(locality.DEFAULTS, max_new_tokens=opts.probe_tokens)
+    if probes:  # the base's answers first, on a bar of their own (cached: the evaluation below reuses them)
+        with session.ui.progress(f"answering {len(probes)} probe questions with the base", len(probes)) as update:
+            locality.session_reference(session, probes, settings, on_batch=update)
     total = len(encoded.items)
     with session.ui.progress(f"evaluating on {dataset}", total * len(names)) as update:
         done = [0]
