@@ -401,3 +401,12 @@ def test_eval_shows_progress_while_the_base_answers_the_probes(make_session, tra
     lines = out.splitlines()
     first = next(i for i, line in enumerate(lines) if line.startswith("evaluating on default"))
     assert "answering 12 probe questions with the base 12/12" in lines[:first], out
+
+
+def test_good_does_not_record_a_duplicate_and_says_so(make_session, transcript, home):
+    session = make_session()
+    transcript(session, [":set max_new_tokens=4", QUESTION])
+    code, out = transcript(session, [":good", ":good", ":examples"])
+    assert code == 0, out
+    assert out.splitlines()[3] == "already in default as example 1: nothing added", out
+    assert "dataset default: 1 example\n" in out

@@ -121,7 +121,7 @@ def _ask_both(session) -> tuple[str, str]:
 
 @command("good")
 def good(session, args):
-    """Record the last question with the model's last answer, as it was."""
+    """Record the last question with the model's last answer, as it was (once: a duplicate is not added)."""
     no_args("good", args)
     question = _last_question(session)
     answer = (session.last_answer or "").strip()
@@ -129,6 +129,11 @@ def good(session, args):
         raise LorachatError("the last answer was empty; record a corrected one with :fix ANSWER")
     if not session.last_answer_complete:
         raise LorachatError("the last answer was stopped before it ended; record the answer you want with :fix ANSWER")
+    examples = datasets.load_dataset(session.home, session.dataset).examples
+    if Example(session.instruction, question, answer) in examples:  # asked again after :train: kept already
+        number = examples.index(Example(session.instruction, question, answer)) + 1
+        session.ui.line(f"already in {session.dataset} as example {number}: nothing added")
+        return
     _record(session, question, answer)
 
 
