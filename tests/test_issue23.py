@@ -410,3 +410,14 @@ def test_good_does_not_record_a_duplicate_and_says_so(make_session, transcript, 
     assert code == 0, out
     assert out.splitlines()[3] == "already in default as example 1: nothing added", out
     assert "dataset default: 1 example\n" in out
+
+
+def test_adapter_names_say_what_is_allowed_and_unusable_folders_say_why(shelved, transcript, home):
+    import shutil
+
+    shutil.copytree(home / "adapters" / "a", home / "adapters" / "sp ace")
+    shutil.copytree(home / "adapters" / "a", home / "adapters" / "v1.2")
+    code, out = transcript(shelved, [":rename a ../evil", ":adapters"], keep_going=True)
+    assert "error: invalid adapter name '../evil': use letters, digits, '_' and '-'\n" in out
+    assert "note: adapters/sp ace cannot be used (invalid adapter name 'sp ace': use letters, digits, '_' and '-'): rename its folder" in out
+    assert "note: adapters/v1.2 cannot be used (adapter name 'v1.2' cannot contain '.'" in out

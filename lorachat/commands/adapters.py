@@ -45,6 +45,11 @@ def adapters_(session, args):
     columns = ["", "name", "r", "alpha", "targets", "base model", "dataset", "created", "loss", "recall", "size", "loaded"]
     session.ui.table(columns, [_row(session, n) for n in names], whole=("name",),
                      optional=("created", "alpha", "size", "base model", "loss", "dataset"))
+    for name in names:  # folders put there by hand under a name PEFT cannot hold
+        try:
+            adapters.check_loadable_name(name)
+        except LorachatError as exc:
+            session.ui.note(f"note: adapters/{name} cannot be used ({exc}): rename its folder")
 
 
 def _row(session, name: str) -> list:
