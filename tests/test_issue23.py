@@ -421,3 +421,12 @@ def test_adapter_names_say_what_is_allowed_and_unusable_folders_say_why(shelved,
     assert "error: invalid adapter name '../evil': use letters, digits, '_' and '-'\n" in out
     assert "note: adapters/sp ace cannot be used (invalid adapter name 'sp ace': use letters, digits, '_' and '-'): rename its folder" in out
     assert "note: adapters/v1.2 cannot be used (adapter name 'v1.2' cannot contain '.'" in out
+
+
+def test_info_counts_the_base_and_the_loaded_adapters_apart(shelved, transcript):
+    def parameters(out):
+        return re.search(r"^parameters +(.*)$", out, re.M).group(1)
+
+    before = parameters(transcript(shelved, [":info"])[1])
+    after = parameters(transcript(shelved, [":use a", ":use b", ":info"])[1])
+    assert re.fullmatch(r"[\d,]+", before) and after.startswith(before + " + ") and after.endswith(" in 2 loaded adapters")

@@ -52,10 +52,19 @@ def quit_(session, args):
 def info(session, args):
     """Show the model, device, dtype, parameters, memory, active adapter, dataset and workspace."""
     no_args("info", args)
+    from lorachat import adapters
+
     loaded = session.loaded
-    params = sum(p.numel() for p in loaded.model.parameters())
+    base = extra = 0
+    for name, p in loaded.model.named_parameters():  # loaded adapters live inside the base's modules
+        if ".lora_" in name or ".modules_to_save." in name:
+            extra += p.numel()
+        else:
+            base += p.numel()
+    count = len(adapters.loaded_names(session))
+    params = f"{base:,}" + (f" + {extra:,} in {count} loaded adapter{'s' if count != 1 else ''}" if count else "")
     rows = [["model", loaded.name], ["path", loaded.path], ["device", loaded.device],
-            ["dtype", str(loaded.dtype).replace("torch.", "")], ["parameters", f"{params:,}"],
+            ["dtype", str(loaded.dtype).replace("torch.", "")], ["parameters", params],
             ["memory", _memory(loaded.device)], ["adapter", session.active_adapter or "base (none)"],
             ["dataset", session.dataset], ["instruction", session.instruction],
             ["workspace", str(session.home.resolve())], ["lorachat", __version__]]
