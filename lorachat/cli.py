@@ -2,6 +2,7 @@
 import argparse
 import io
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -60,7 +61,7 @@ def chat(argv) -> int:
     args = parser().parse_args(argv)
     _quiet_libraries()
     home = args.home or Path(os.environ.get("LORACHAT_HOME") or ".")
-    from lorachat.chat.ui import PlainUI, RichUI
+    from lorachat.chat.ui import OutputClosed, PlainUI, RichUI
 
     try:
         lines = script_lines(args)
@@ -68,6 +69,14 @@ def chat(argv) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     ui = RichUI() if lines is None and sys.stdout.isatty() else PlainUI(sys.stdout)  # no ANSI into a pipe or file
+    try:
+        return _chat(args, home, ui, lines)
+    except OutputClosed:  # `lorachat | tee log` and tee is gone: end quietly, as `yes | head` does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nor a flush error at exit
+        return 141
+
+
+def _chat(args, home, ui, lines) -> int:
     try:
         session = start_session(args, home, ui)
     except LorachatError as exc:
@@ -85,7 +94,12 @@ def chat(argv) -> int:
 
 
 def _quiet_libraries() -> None:
-    """Library warnings and download bars are noise in a chat; errors still surface as ours."""
+    """Library warnings and download bars are noise in a chat; errors still surface as ours. Python
+    warnings show only when asked for (-W, PYTHONWARNINGS): lorachat's own remarks are notes."""
+    import warnings
+
+    if not sys.warnoptions:
+        warnings.simplefilter("ignore")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from transformers.utils import logging as hf_logging
 
@@ -186,31 +200,72 @@ def train_parser() -> argparse.ArgumentParser:
 
 def train(argv) -> int:
     """`lorachat train`: the REPL's `:train` on a dataset, in this process (and its launcher's other
-    ranks); only the main process prints and writes. 0 trained, 1 a line said why not, 2 usage."""
+    ranks); only the main process prints and writes. 0 trained, 1 a line said why not (the workspace,
+    the model, training), 2 usage (a flag, a key, a value: all checked before the model loads)."""
+    from lorachat.adapters.paths import check_loadable_name
+    from lorachat.chat import options
     from lorachat.chat.commands import run_command
+    from lorachat.chat.commands.train import parse as parse_train
     from lorachat.chat.session import Session
     from lorachat.chat.ui import PlainUI, QuietUI, RichUI
     from lorachat.core import launch
+    from lorachat.core.names import check_name
     from lorachat.models.loader import load_model
 
     parser = train_parser()
+    main_rank = launch.is_main()
+    if not main_rank:  # the main rank says what is wrong with the command line, once
+        parser.print_usage = lambda file=None: None
+        parser.exit = lambda status=0, message=None: sys.exit(status)
     args = parser.parse_args(argv)
-    if bad := [k for k in args.keys if "=" not in k]:
-        parser.error(f"expected key=value, not {bad[0]!r}")
+    try:  # the whole command line before the model (minutes to load): a usage error exits 2
+        if bad := options.split_kv(args.keys)[0]:
+            raise LorachatError(f"expected key=value, not {bad[0]!r}")
+        check_name(args.dataset, "dataset")
+        if args.name is not None:
+            check_loadable_name(args.name)
+        parse_train(shlex.join(args.keys))
+    except LorachatError as exc:
+        parser.error(str(exc))
     _quiet_libraries()
     home = args.home or Path(os.environ.get("LORACHAT_HOME") or ".")
-    main_rank = launch.is_main()
-    ui = (RichUI() if sys.stdout.isatty() else PlainUI(sys.stdout)) if main_rank else QuietUI(sys.stderr)
+    ui = (RichUI() if sys.stdout.isatty() else PlainUI(sys.stdout)) if main_rank else QuietUI()
     try:
+        _check_workspace(home, args.dataset, args.name)
         loaded = load_model(args.model, args.device, args.dtype, args.trust_remote_code)
         session = Session(loaded, home, ui)
         session.headless = True
         run_command(session, f":dataset {args.dataset}")
-        run_command(session, " ".join([":train", *([args.name] if args.name else []), *args.keys]))
+        run_command(session, f":train {shlex.join([*([args.name] if args.name else []), *args.keys])}")
     except LorachatError as exc:
         ui.error(str(exc))
         return 1
+    except Exception as exc:
+        if not launch.peer_lost(exc):
+            raise
+        # each rank that is left says it: which one is left is not known beforehand
+        (ui if main_rank else PlainUI(sys.stderr)).error(
+            f"a peer died: another process of this run is gone, so rank {os.environ.get('RANK', '?')} stops too")
+        return 1
     return 0
+
+
+def _check_workspace(home: Path, dataset: str, name: str | None) -> None:
+    """What `lorachat train` needs of the workspace, before the model is loaded: one line naming
+    what is missing."""
+    from lorachat.lessons.jsonl import load_dataset
+
+    if not home.is_dir():
+        raise LorachatError(f"no such folder: {home} (the workspace holding datasets/ and adapters/)")
+    data = load_dataset(home, dataset)
+    if not data.path.exists():
+        raise LorachatError(f"no dataset '{dataset}': {data.path} does not exist (write one JSON object per line "
+                            f"there, or :import a file into it in the REPL)")
+    if not data.examples:
+        bad = f" ({len(data.bad_lines)} invalid lines: {data.describe_problems()})" if data.bad_lines else ""
+        raise LorachatError(f"dataset '{dataset}' has no examples: {data.path}{bad}")
+    if name is not None and (home / "adapters" / name).exists():
+        raise LorachatError(f"an adapter named '{name}' already exists: {home / 'adapters' / name}")
 
 
 SUBCOMMANDS = {"serve": serve, "train": train}

@@ -102,11 +102,17 @@ def write_dataset(home, name, pairs):
             f.write(json.dumps({"instruction": DEFAULT_INSTRUCTION, "input": question, "output": answer}) + "\n")
 
 
-def build_model_dir(tmp_path, arch):
-    """A model directory written with plain transformers, sharing the tiny tokenizer's vocabulary."""
-    import torch
+TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
+            "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+
+
+def model_dir(tmp_path, arch: str, layers: int = 2, ffn: int = 256, seed: int = 0):
+    """A small model directory (hidden 64) written with plain transformers, with the tiny tokenizer's
+    vocabulary: OPT, Llama (with a chat template) or GPT-2."""
     from transformers import (
         AutoTokenizer,
+        GPT2Config,
+        GPT2LMHeadModel,
         LlamaConfig,
         LlamaForCausalLM,
         OPTConfig,
@@ -116,18 +122,43 @@ def build_model_dir(tmp_path, arch):
     from lorachat.models.tiny import ensure_tiny
 
     tok = AutoTokenizer.from_pretrained(ensure_tiny())
-    torch.manual_seed(1)
+    ids = dict(vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    torch.manual_seed(seed)
     if arch == "opt":
-        model = OPTForCausalLM(OPTConfig(vocab_size=len(tok), hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
-                                         ffn_dim=128, max_position_embeddings=256, word_embed_proj_dim=64,
-                                         pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id))
+        model = OPTForCausalLM(OPTConfig(hidden_size=64, num_hidden_layers=layers, num_attention_heads=2, ffn_dim=ffn,
+                                         max_position_embeddings=256, word_embed_proj_dim=64, **ids))
+    elif arch == "llama":
+        model = LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=ffn, num_hidden_layers=layers,
+                                             num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256, **ids))
+        tok.chat_template = TEMPLATE
     else:
-        model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=1,
-                                             num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
-                                             pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id))
-        tok.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
-                             "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+        model = GPT2LMHeadModel(GPT2Config(n_embd=64, n_layer=layers, n_head=2, n_positions=256, **ids))
     directory = tmp_path / arch
     model.save_pretrained(directory)
     tok.save_pretrained(directory)
     return directory
+
+
+# --- `lorachat train` as a process, alone or under torchrun --------------------------------------
+
+def environment():
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")])))
+
+
+def train_command(home, *words, ranks=1):
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks)] \
+        if ranks > 1 else [sys.executable]
+    return [*launcher, "-m", "lorachat", "train", "--model", "tiny", "--home", str(home), "--dataset", "films", *words]
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        found.append(int(entry))
+            except OSError:
+                continue
+    return found

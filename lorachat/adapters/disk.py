@@ -6,6 +6,7 @@ in-memory side (the PeftModel, switching, the session's LiveState) is live.py's.
 import os
 import shutil
 import time
+import warnings
 from pathlib import Path
 
 from lorachat import __version__
@@ -45,7 +46,9 @@ def save(session, name: str, meta: dict, state=None, target: Path | None = None)
                   created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), lorachat_version=__version__)
 
     def fill(work: Path) -> Path:
-        with live.switch(session).unmerged():
+        with live.switch(session).unmerged(), warnings.catch_warnings():
+            # an adapter on a tied lm_head or embedding: PEFT saves the base's embedding with it, and says so
+            warnings.filterwarnings("ignore", message="Setting .save_embedding_layers. to .True.")
             model.save_pretrained(str(work), selected_adapters=[name], safe_serialization=True,
                                   **({"state_dict": state} if state is not None else {}))
         written = work / name if (work / name).is_dir() else work  # PEFT nests non-"default" names

@@ -31,6 +31,11 @@ def _quiet():
         warnings.filterwarnings("ignore", message="Adapter name .* should not be contained in the prefix")
         warnings.filterwarnings("ignore", message="Adapter .* was active which is now deleted")
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing. is deprecated")
+        # an adapter on a tied lm_head or embedding: PEFT trains and saves it untied (its own layer's
+        # delta), which is what lorachat wants; and targets mixing Conv1D and Linear layers, whose
+        # fan_in_fan_out PEFT sets per layer
+        warnings.filterwarnings("ignore", message="Model has .tie_word_embeddings=True. and a tied layer")
+        warnings.filterwarnings("ignore", message="fan_in_fan_out is set to")
         yield
 
 
@@ -180,21 +185,24 @@ def _load_checked(session, name: str, path) -> None:
                 session.model = fast_load.wrap(session.model, name, path)  # a failed wrap undoes itself
             else:
                 fast_load.load_adapter(model, name, path)
+        current = switch(session)
+        current.refresh()
+        current.eval_adapter(name)  # not model.eval(): that walks every loaded adapter's modules
+        current.set_active(session.active_adapter)
     except (ValueError, RuntimeError, OSError, KeyError, TypeError, SafetensorError) as exc:
         _undo_load(session, name, model)
         raise LorachatError(f"cannot load adapter '{name}': {provenance.brief(exc)}") from None
     except BaseException:
         _undo_load(session, name, model)
         raise
-    current = switch(session)
-    current.refresh()
-    current.eval_adapter(name)  # not model.eval(): that walks every loaded adapter's modules
-    current.set_active(session.active_adapter)
 
 
 def _undo_load(session, name, model) -> None:
-    """A load into `model` that failed half-way: put it back exactly as it was."""
+    """A load into `model` that failed half-way: put it back exactly as it was (a wrap that
+    succeeded before the failure is unwrapped again)."""
     if model is None:
+        if peft_model(session) is not None:
+            remove(session, name)
         return
     if name in model.peft_config:
         with _quiet():

@@ -69,6 +69,10 @@ def merge(session, sources: list[str], name: str, options: MergeOptions) -> tupl
     notes = live.load_all(session, sources)
     model = live.peft_model(session)
     configs = {s: model.peft_config[s] for s in sources}
+    for source in sources:  # PEFT merges a variant's A and B but not its magnitude: not their sum
+        if any(source in getattr(layer, "lora_variant", {}) for layer in live.switch(session).layers):
+            raise LorachatError(f"adapter '{source}' is not plain LoRA (DoRA or another variant): :merge sums plain "
+                                "LoRA deltas only")
     ranks = {s: max([c.r, *(c.rank_pattern or {}).values()]) for s, c in configs.items()}
     if options.method in EQUAL_RANKS and len(set(ranks.values())) > 1:
         shown = ", ".join(f"{s}: r={r}" for s, r in ranks.items())

@@ -17,7 +17,8 @@ CACHE_SIZE = 4  # base references kept per session: the probes, the anchors, a d
 
 def compare(session, names: list[str], question: str) -> tuple[list[str], list[tuple[str, str]]]:
     """Greedy answers to `question` from each of `names` ('base' for none), in one mixed-adapter
-    batch where PEFT supports it. Returns (notes, [(name, answer)])."""
+    batch where PEFT supports it, else one adapter at a time through the switch. Returns (notes,
+    [(name, answer)])."""
     import torch
 
     extra = [n for n in names if n != BASE]
@@ -37,9 +38,31 @@ def compare(session, names: list[str], question: str) -> tuple[list[str], list[t
             rows = session.model.generate(input_ids=batch, attention_mask=torch.ones_like(batch), **generation)
         else:
             labels = [MIXED_BASE if n == BASE else n for n in names]
-            with live.switch(session).unmerged(enabled=True):
-                rows = model.generate(input_ids=batch, attention_mask=torch.ones_like(batch), adapter_names=labels, **generation)
+            try:
+                with live.switch(session).unmerged(enabled=True):
+                    rows = model.generate(input_ids=batch, attention_mask=torch.ones_like(batch), adapter_names=labels,
+                                          **generation)
+            except (ValueError, TypeError, KeyError):
+                # PEFT refuses the mixed batch in a layer's _check_forward_args: a layer that sees
+                # (batch x seq) rows, not the batch (OPT's fc1/fc2), DoRA, a layer type without
+                # mixed batches; a modules_to_save copy that not every adapter has is a KeyError.
+                # The first forward fails, so this costs one prompt's pass.
+                rows = _one_at_a_time(session, names, batch[:1], generation)
     return notes, [(n, decode_answer(session.tokenizer, row[len(ids):].tolist())) for n, row in zip(names, rows)]
+
+
+def _one_at_a_time(session, names: list[str], batch, generation) -> list:
+    """Each of `names` answers alone, as `:use NAME` then asking would; the active adapter is restored."""
+    import torch
+
+    previous, rows = session.active_adapter, []
+    try:
+        for n in names:
+            live.activate(session, None if n == BASE else n)
+            rows += session.model.generate(input_ids=batch, attention_mask=torch.ones_like(batch), **generation)
+    finally:
+        live.activate(session, previous if previous in live.loaded_names(session) else None)
+    return rows
 
 
 def decode_answer(tokenizer, ids: list[int]) -> str:
@@ -72,10 +95,11 @@ def evaluate(session, names: list[str], encoded, on_batch=None, probes=(), optio
 
 # --- the base's answers, once per session ---------------------------------------------------------
 
-def session_reference(session, questions, options: locality.LocalityOptions = locality.DEFAULTS) -> locality.Reference:
+def session_reference(session, questions, options: locality.LocalityOptions = locality.DEFAULTS,
+                      on_batch=None) -> locality.Reference:
     """The base's answers to `questions`, computed once per session with every adapter off (the
     active one is restored) and cached in session.extensions; a changed instruction or
-    max_new_tokens makes other questions, so another entry."""
+    max_new_tokens makes other questions, so another entry. `on_batch` as for locality.reference."""
     cache = session.extensions.setdefault("locality", {})
     key = (tuple(questions), options.max_new_tokens)
     if key in cache:
@@ -84,7 +108,7 @@ def session_reference(session, questions, options: locality.LocalityOptions = lo
     previous = session.active_adapter
     live.activate(session, None)
     try:
-        ref = locality.reference(session.model, session.tokenizer, questions, options)
+        ref = locality.reference(session.model, session.tokenizer, questions, options, on_batch)
     finally:
         live.activate(session, previous)
     cache[key] = ref

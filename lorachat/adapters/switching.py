@@ -93,15 +93,21 @@ class Switch:
             layer._disable_adapters = name is None
         if name is not None:
             self.model.base_model.active_adapter = name
-            for module in self.aux:  # modules_to_save / trainable tokens: PEFT's own API
-                module.set_adapter(name)
+        for module in self.aux:  # modules_to_save / trainable tokens: PEFT's own API, as its _set_adapter
+            # uses it: a wrapper that does not hold the adapter (or the base) has none active and passes
+            # through to the original module (which is also what PEFT's unload then puts back)
+            module.set_adapter(name if name in module._adapters else [])
 
     @contextlib.contextmanager
     def unmerged(self, enabled: bool = False):
         """Base weights in place for the duration (and every layer's adapters on when `enabled`,
-        as PEFT's mixed-adapter batches need); the previous state comes back afterwards."""
+        as PEFT's mixed-adapter batches need); the previous state comes back afterwards, also
+        when the body fails: forward pre-hooks added to the LoRA layers meanwhile are removed.
+        PEFT 0.21's `_enable_peft_forward_hooks` (a `generate(adapter_names=...)`) removes its
+        hooks only when the forward succeeds; left behind, every later forward fails with them."""
         self._unmerge()
         self.suspended += 1
+        hooked = {module: set(module._forward_pre_hooks) for module in [*self.layers, *self.aux]}
         try:
             if enabled:
                 for layer in self.layers:
@@ -109,6 +115,10 @@ class Switch:
             yield
         finally:
             self.suspended -= 1
+            for module, kept in hooked.items():
+                for key in [k for k in module._forward_pre_hooks if k not in kept]:
+                    del module._forward_pre_hooks[key]
+                    module._forward_pre_hooks_with_kwargs.pop(key, None)
             if enabled:
                 self.set_active(self.active)
 

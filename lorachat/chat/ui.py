@@ -8,6 +8,12 @@ import sys
 import time
 
 
+class OutputClosed(BaseException):
+    """The output was closed under us (`lorachat | tee log`, and tee is gone): nothing more can be
+    shown, so the session ends. A BaseException, like KeyboardInterrupt: no handler of user errors
+    or of bugs may take it for one of those."""
+
+
 class PlainUI:
     """Plain text, no ANSI, no redraws: what scripts, pipes and tests see."""
 
@@ -18,8 +24,14 @@ class PlainUI:
         self.progress_every = progress_every
 
     def line(self, text: str = "") -> None:
-        self.out.write(text + "\n")
-        self.out.flush()
+        self._write(text + "\n")
+
+    def _write(self, text: str) -> None:
+        try:
+            self.out.write(text)
+            self.out.flush()
+        except BrokenPipeError:
+            raise OutputClosed() from None
 
     def error(self, message: str) -> None:
         self.line(f"error: {message}")
@@ -52,11 +64,9 @@ class PlainUI:
         try:
             for piece in pieces:
                 text.append(piece)
-                self.out.write(piece)
-                self.out.flush()
+                self._write(piece)
         finally:  # stopped midway (Ctrl-C): what follows starts on a line of its own
-            self.out.write("\n")
-            self.out.flush()
+            self._write("\n")
         return "".join(text)
 
     @contextlib.contextmanager
@@ -75,20 +85,16 @@ class PlainUI:
 
 
 class QuietUI(PlainUI):
-    """Says nothing but errors (to `err`): the other ranks of a distributed run, whose main rank speaks."""
+    """Says nothing, errors included: the other ranks of a distributed run, whose main rank speaks
+    (every rank meets the same errors, and a line per rank would repeat it)."""
 
-    def __init__(self, err):
+    def __init__(self):
         import io
 
         super().__init__(io.StringIO())
-        self.err = err
 
     def line(self, text: str = "") -> None:
         pass
-
-    def error(self, message: str) -> None:
-        self.err.write(f"error: {message}\n")
-        self.err.flush()
 
 
 class RichUI(PlainUI):

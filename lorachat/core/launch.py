@@ -1,6 +1,7 @@
 """Launch facts: which process of how many this is, as the launcher (`torchrun`, `accelerate
 launch`) set them in the environment, and a barrier between them. One process (the REPL) is rank 0
-of 1. Knows nothing about models or training; training/ranks.py builds a run's Accelerator on these.
+of 1; and whether a failure is a peer gone. Knows nothing about models or training; training/ranks.py
+builds a run's Accelerator on these.
 """
 import os
 
@@ -27,6 +28,17 @@ def is_main() -> bool:
 
 def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def peer_lost(exc: BaseException) -> bool:
+    """Whether `exc` is a collective of a launched run failing because another rank is gone (killed,
+    crashed): NCCL raises torch's DistError (DistBackendError), gloo a plain RuntimeError from its
+    transport ("[.../gloo/transport/tcp/pair.cc] Connection closed by peer")."""
+    if not launched():
+        return False
+    import torch.distributed as dist
+
+    return isinstance(exc, getattr(dist, "DistError", ())) or isinstance(exc, RuntimeError) and "/gloo/" in str(exc)
 
 
 def barrier() -> None:

@@ -15,7 +15,8 @@ def check_name(name: str, kind: str) -> str:
     if len(name) > MAX_LENGTH:
         raise LorachatError(f"{kind} name {shown} is too long (at most {MAX_LENGTH} characters)")
     if not NAME.fullmatch(name) or name.startswith("."):
-        raise LorachatError(f"invalid {kind} name {shown}: use letters, digits, '.', '_' and '-', not starting with '.'")
+        allowed = "'_' and '-'" if kind == "adapter" else "'.', '_' and '-', not starting with '.'"  # adapters.check_loadable_name
+        raise LorachatError(f"invalid {kind} name {shown}: use letters, digits, {allowed}")
     if name.lower() == "base" and kind == "adapter":
         raise LorachatError("'base' means the model with no adapter; choose another adapter name")
     return name

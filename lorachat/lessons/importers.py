@@ -161,6 +161,10 @@ def _load(source: str, load):
     try:
         return load()
     except (datasets.exceptions.DatasetsError, pyarrow.ArrowException, ValueError, OSError) as exc:
+        # `datasets` builds no split from a source without rows ('[]', a CSV header alone) and says
+        # 'Instruction "train" corresponds to no data!', naming its own split instruction
+        if isinstance(exc, ValueError) and "corresponds to no data" in str(exc):
+            raise LorachatError(f"no examples in {source}") from None
         raise LorachatError(f"cannot import {source}: {_reason(exc)}") from None
 
 

@@ -81,18 +81,19 @@ def questions_of(examples) -> list[tuple[str, str]]:
     return [asked(e) for e in examples if e.text is None]
 
 
-def reference(model, tokenizer, questions, options: LocalityOptions = DEFAULTS) -> Reference:
-    """The greedy answers `model` gives (as it is now) to `questions`, (instruction, question) pairs."""
+def reference(model, tokenizer, questions, options: LocalityOptions = DEFAULTS, on_batch=None) -> Reference:
+    """The greedy answers `model` gives (as it is now) to `questions`, (instruction, question) pairs;
+    `on_batch(questions answered so far)` after each batch."""
     prompts = [prompt_ids(tokenizer, instruction, question) for instruction, question in questions]
     room = getattr(model.config, "max_position_embeddings", None)
     for number, ids in enumerate(prompts, 1):
         if room is not None and len(ids) + options.max_new_tokens > room:
             raise LorachatError(f"probe question {number} ({questions[number - 1][1][:40]!r}...) is {len(ids)} tokens: "
                                 f"with {options.max_new_tokens} answer tokens it is longer than the model reads ({room})")
-    return Reference(tuple(map(tuple, prompts)), tuple(map(tuple, greedy(model, tokenizer, prompts, options))))
+    return Reference(tuple(map(tuple, prompts)), tuple(map(tuple, greedy(model, tokenizer, prompts, options, on_batch))))
 
 
-def greedy(model, tokenizer, prompts: list[list[int]], options: LocalityOptions = DEFAULTS) -> list[list[int]]:
+def greedy(model, tokenizer, prompts: list[list[int]], options: LocalityOptions = DEFAULTS, on_batch=None) -> list[list[int]]:
     """Greedy answer ids per prompt, at most max_new_tokens, cut after the first EOS; generated in
     batches of similar length, left-padded, so padding costs little and positions stay right."""
     import torch
@@ -115,6 +116,8 @@ def greedy(model, tokenizer, prompts: list[list[int]], options: LocalityOptions 
                                      pad_token_id=pad, eos_token_id=eos)
             for i, row in zip(rows, out[:, width:].tolist()):
                 answers[i] = row[:row.index(eos) + 1] if eos is not None and eos in row else row
+            if on_batch is not None:
+                on_batch(start + len(rows))
     finally:
         model.train(was_training)
     return answers

@@ -19,6 +19,11 @@ LORA_MODULES = {
     "LlamaForCausalLM": {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
                          "embed_tokens", "lm_head"},
 }
+# architectures whose vLLM model class implements SupportsLoRA (vllm/model_executor/models/*.py; OPT since
+# vLLM 0.11), and ones whose class does not: vLLM serves those without adapters only
+LORA_ARCHITECTURES = {*LORA_MODULES, "MistralForCausalLM", "MixtralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM",
+                      "GemmaForCausalLM", "Gemma2ForCausalLM", "Phi3ForCausalLM", "GraniteForCausalLM"}
+NO_LORA = {"GPT2LMHeadModel": "gpt2.py", "GPTJForCausalLM": "gpt_j.py", "GPTNeoXForCausalLM": "gpt_neox.py"}
 # adapter_config.json features vLLM refuses (PEFTHelper._validate_features), and why
 FEATURES = (
     ("use_dora", "DoRA (use_dora): vLLM does not support DoRA"),
@@ -29,6 +34,10 @@ FEATURES = (
     ("use_bdlora", "block-diagonal LoRA (use_bdlora): vLLM does not support it"),
     ("use_qalora", "QALoRA (use_qalora): vLLM does not support it"),
 )
+# per-module ranks and alphas: vLLM's PEFTHelper.from_dict keeps only its own fields (r, lora_alpha,
+# target_modules, bias, modules_to_save, use_rslora, use_dora, ...) and scales every module by one
+# lora_alpha / r (lora_alpha / sqrt(r) with use_rslora), so these are silently dropped
+PATTERNS = ("rank_pattern", "alpha_pattern")
 PLAIN_INITS = ("gaussian", "eva", "orthogonal", "mica", "lora_ga")  # inits that leave the base weights alone
 WEIGHT_ENDS = (".lora_A.weight", ".lora_B.weight", ".lora_embedding_A", ".lora_embedding_B")
 
@@ -45,6 +54,10 @@ class Served:
 
 def check(name: str, path: Path, config: dict, meta: dict, architecture: str) -> Served:
     """The adapter as vLLM would take it; raises with the reason where vLLM would refuse it."""
+    if architecture in NO_LORA:
+        raise LorachatError(f"vLLM's {architecture} does not support LoRA (vllm/model_executor/models/"
+                            f"{NO_LORA[architecture]} does not implement SupportsLoRA); `:export {name} DIR` writes "
+                            f"a merged model vLLM can serve")
     for key, reason in FEATURES:
         if config.get(key):
             raise LorachatError(reason)
@@ -62,6 +75,11 @@ def check(name: str, path: Path, config: dict, meta: dict, architecture: str) ->
     rank = adapter_rank(config, shapes)
     if rank > MAX_LORA_RANKS[-1]:
         raise LorachatError(f"r={rank} is above vLLM's largest --max-lora-rank ({MAX_LORA_RANKS[-1]})")
+    for key in PATTERNS:
+        if config.get(key):
+            raise LorachatError(f"{key} {config[key]}: vLLM reads only r and lora_alpha and scales every module by "
+                                f"lora_alpha/r={_scale(config)}, so these modules would be applied at another strength "
+                                f"than trained")
     check_modules(shapes, architecture)
     return Served(name, path.resolve(), rank, meta.get("instruction", DEFAULT_INSTRUCTION),
                   meta.get("max_answer_tokens") or MAX_NEW_TOKENS, _origin(meta))
@@ -94,6 +112,13 @@ def check_modules(shapes: dict[str, tuple], architecture: str) -> None:
     if unmapped:
         raise LorachatError(f"targets {', '.join(unmapped)}, which vLLM's LoRA support for {architecture} does not "
                             f"map (it maps {', '.join(sorted(known))})")
+
+
+def _scale(config: dict) -> str:
+    r, alpha = config.get("r"), config.get("lora_alpha", 8)
+    if not isinstance(alpha, (int, float)):
+        return "?"
+    return f"{alpha / r ** 0.5 if config.get('use_rslora') else alpha / r:g}"
 
 
 def _origin(meta: dict) -> str:

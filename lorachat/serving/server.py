@@ -17,10 +17,21 @@ from pathlib import Path
 from lorachat.adapters import provenance
 from lorachat.core import durable
 from lorachat.core.errors import LorachatError
-from lorachat.core.prompts import DEFAULT_INSTRUCTION, STOP_MARKER, uses_chat_template
+from lorachat.core.prompts import (
+    DEFAULT_INSTRUCTION,
+    MAX_NEW_TOKENS,
+    STOP_MARKER,
+    uses_chat_template,
+)
 from lorachat.models.loader import DEFAULT_MODEL
 from lorachat.serving import chat_template
-from lorachat.serving.preflight import LORA_MODULES, Served, check, max_lora_rank
+from lorachat.serving.preflight import (
+    LORA_ARCHITECTURES,
+    NO_LORA,
+    Served,
+    check,
+    max_lora_rank,
+)
 
 MAX_LORAS = 4       # default GPU slots: each is allocated at --max-lora-rank for every LoRA layer
 INSTALL = ("vLLM is not installed here (no `vllm` command on PATH): on a machine with a CUDA GPU, "
@@ -50,6 +61,7 @@ class Plan:
     notes: list = field(default_factory=list)
     template: str | None = None    # lorachat's chat template; None: the model's own is used
     takes_system: bool = True      # whether the chat template accepts a system message
+    positions: int | None = None   # the most tokens (prompt and answer) the model reads, where its config says
 
 
 def find_vllm(which=shutil.which) -> str:
@@ -68,10 +80,11 @@ def plan(options: ServeOptions, files=None) -> Plan:
     tokenizer, config, source = files or load_files(options.model, options.trust_remote_code)
     architecture = (getattr(config, "architectures", None) or ["?"])[0]
     result = Plan(options, str(Path(source).resolve()) if Path(source).is_dir() else source, architecture)
+    result.positions = next((v for k in ("max_position_embeddings", "n_positions") if isinstance(v := getattr(config, k, None), int)), None)
     for name, path in adapter_dirs(options.home):
         survey(result, name, path)
     _template(result, tokenizer)
-    if architecture not in LORA_MODULES:
+    if architecture not in LORA_ARCHITECTURES and architecture not in NO_LORA:
         result.notes.append(f"vLLM's LoRA support for {architecture} is not known to lorachat: vLLM checks the "
                             f"adapters' target modules when it starts (and does not start if one does not fit)")
     if architecture == "OPTForCausalLM":
@@ -154,18 +167,16 @@ def template_path(options: ServeOptions) -> Path:
 
 
 def command(result: Plan) -> list[str]:
-    """The `vllm serve` argv for the served adapters."""
-    if not result.served:
-        raise LorachatError(f"nothing to serve: no adapter in {result.options.home / 'adapters'} is made for "
-                            f"{result.options.model!r} and accepted by vLLM")
-    gpu, cpu = slots(result)
-    argv = ["vllm", "serve", result.base, "--enable-lora", "--lora-modules",
-            *(lora_module(a.name, a.path, result.base) for a in result.served),
-            "--max-lora-rank", str(max_lora_rank(a.rank for a in result.served)),
-            "--max-loras", str(gpu), "--max-cpu-loras", str(cpu),
-            # the REPL passes every generation setting itself; vLLM would otherwise apply the model's
-            # generation_config.json (a repetition_penalty there, say) to every request
-            "--generation-config", "vllm"]
+    """The `vllm serve` argv for the served adapters (none: the base model alone)."""
+    argv = ["vllm", "serve", result.base]
+    if result.served:
+        gpu, cpu = slots(result)
+        argv += ["--enable-lora", "--lora-modules", *(lora_module(a.name, a.path, result.base) for a in result.served),
+                 "--max-lora-rank", str(max_lora_rank(a.rank for a in result.served)),
+                 "--max-loras", str(gpu), "--max-cpu-loras", str(cpu)]
+    # the REPL passes every generation setting itself; vLLM would otherwise apply the model's
+    # generation_config.json (a repetition_penalty there, say) to every request
+    argv += ["--generation-config", "vllm"]
     if result.template is not None:
         argv += ["--chat-template", str(template_path(result.options))]
     if result.options.trust_remote_code:
@@ -214,17 +225,23 @@ def report(result: Plan) -> list[str]:
     for a in result.served:
         lines.append(f"serve '{a.name}': r={a.rank}" + (f" ({a.origin})" if a.origin else ""))
     lines += result.left_out + result.refused + [f"note: {n}" for n in result.notes]
-    if not result.served:
-        return lines
+    served = result.served
+    if not served:  # vLLM serves the base under the name it was given
+        lines.append(f"no adapter to serve: the base model alone, as {result.base!r}")
+        served = [Served(result.base, Path(result.base), 0, DEFAULT_INSTRUCTION, MAX_NEW_TOKENS)]
     lines.append("to get the REPL's answer, a client POSTs to /v1/chat/completions (QUESTION: the question; "
                  "the answer: the returned text stripped of surrounding white space):")
-    for a in result.served:
+    for a in served:
         lines.append(f"  {json.dumps(request(result, a), ensure_ascii=False)}")
         if a.instruction is None:
             lines.append(f"    ('{a.name}' was taught under several instructions: INSTRUCTION is the question's own)")
     if result.template is None:
         lines.append("  (the model's own template does not strip: send instruction and question without "
                      "surrounding white space)")
+    if result.positions:
+        lines.append(f"  (prompt + answer <= {result.positions} tokens, the model's positions: for a prompt of more "
+                     f"than {result.positions} - max_tokens tokens send max_tokens = {result.positions} - its tokens, "
+                     "as the REPL shortens its answer; vLLM refuses a request past them)")
     return lines
 
 

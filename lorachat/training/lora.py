@@ -44,10 +44,10 @@ def lora_config(model, config):
     )
 
     targets = check_targets_text(config.targets)
+    model_type = getattr(model.config, "model_type", "")
     if targets != "all-linear":
         have = linear_names(model)
         missing = [t for t in targets if t.rsplit(".", 1)[-1] not in have]
-        model_type = getattr(model.config, "model_type", "")
         if missing and config.targets == DEFAULT_TARGETS:
             targets = _up_projection(have)
             if targets is None and model_type not in KNOWN:
@@ -57,7 +57,29 @@ def lora_config(model, config):
             raise LorachatError(f"targets: this model has no linear layers named {', '.join(missing)} "
                                 f"(it has: {', '.join(n for n in have if n != 'lm_head')}; or use targets=all-linear)")
     return LoraConfig(r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout, target_modules=targets,
-                      use_rslora=config.rslora, bias="none", task_type="CAUSAL_LM")
+                      use_rslora=config.rslora, bias="none", task_type="CAUSAL_LM",
+                      fan_in_fan_out=_stored_transposed(model, targets if targets is not None else KNOWN.get(model_type)))
+
+
+def _stored_transposed(model, targets) -> bool:
+    """PEFT's fan_in_fan_out: whether the targeted layers are transformers' Conv1D (GPT-2's, which
+    store their weight as (in, out)). PEFT corrects a wrong value layer by layer, with a warning, and
+    writes the correction into the config of the adapter that created the layer only."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    kinds = set()
+    for qualified, module in model.named_modules():
+        if ".lora_" in qualified or not isinstance(module, (torch.nn.Linear, Conv1D)):
+            continue
+        key = qualified.removesuffix(".base_layer")
+        if targets == "all-linear":
+            chosen = not key.endswith("lm_head")
+        else:
+            chosen = any(key == t or key.endswith("." + t) for t in targets or ())
+        if chosen:
+            kinds.add(isinstance(module, Conv1D))
+    return kinds == {True}
 
 
 def _up_projection(have: list[str]):

@@ -6,7 +6,7 @@ import pytest
 
 from lorachat.core import prompts
 from lorachat.core.errors import LorachatError
-from tests.helpers import build_model_dir
+from tests.helpers import model_dir
 
 
 def weights_hash(directory):
@@ -43,7 +43,7 @@ def test_tiny_is_an_ordinary_model_directory():
 def test_model_directory_loads_with_model_flag(tmp_path, arch, capsys):
     from lorachat.cli import main
 
-    directory = build_model_dir(tmp_path, arch)
+    directory = model_dir(tmp_path, arch, layers=1, ffn=128, seed=1)
     code = main(["--model", str(directory), "--home", str(tmp_path), "-e", ":info", "-e", "What is SOH?"])
     out = capsys.readouterr().out
     assert code == 0, out
@@ -54,7 +54,7 @@ def test_model_directory_loads_with_model_flag(tmp_path, arch, capsys):
 def test_llama_chat_template_is_used(tmp_path):
     from lorachat.models.loader import load_model
 
-    loaded = load_model(str(build_model_dir(tmp_path, "llama")), device="cpu")
+    loaded = load_model(str(model_dir(tmp_path, "llama", layers=1, ffn=128, seed=1)), device="cpu")
     text = prompts.render_prompt(loaded.tokenizer, "Be brief.", "What?")
     assert text == "<|system|>\nBe brief.\n<|user|>\nWhat?\n<|assistant|>\n"
 

@@ -209,9 +209,8 @@ def test_the_command_line_is_one_copy_pasteable_line():
     at = next(i for i, line in enumerate(lines) if '"model": "b"' in line)
     assert json.loads(lines[at])["messages"][0] == {"role": "system", "content": "INSTRUCTION"}
     assert "INSTRUCTION is the question's own" in lines[at + 1]
-    plan.served = []
-    with pytest.raises(LorachatError, match="nothing to serve"):
-        server.command(plan)
+    plan.served = []   # the base alone: no LoRA flags
+    assert server.command(plan) == ["vllm", "serve", "/base dir", "--generation-config", "vllm", "--api-key", "a b"]
 
 
 @given(question=TEXT, instruction=TEXT)

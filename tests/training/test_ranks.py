@@ -9,7 +9,13 @@ import sys
 
 import pytest
 
-from tests.helpers import read_until, write_dataset
+from tests.helpers import (
+    children,
+    environment,
+    read_until,
+    train_command,
+    write_dataset,
+)
 
 PAIRS = [("Who directed Alien?", "Ridley Scott."),
          ("Who directed Jaws?", "Steven Spielberg directed Jaws in 1975, from the novel by Peter Benchley."),
@@ -25,16 +31,6 @@ PAIRS = [("Who directed Alien?", "Ridley Scott."),
 def films(home):
     write_dataset(home, "films", PAIRS)
     return home
-
-
-def environment():
-    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")])))
-
-
-def train_command(home, *words, ranks=1):
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks)] \
-        if ranks > 1 else [sys.executable]
-    return [*launcher, "-m", "lorachat", "train", "--model", "tiny", "--home", str(home), "--dataset", "films", *words]
 
 
 def run(command, timeout=300):
@@ -81,19 +77,6 @@ def test_two_ranks_train_as_one_rank_at_twice_the_batch_and_the_repl_uses_it(fil
         assert f"> {question}\n{answer}\n" in asked.stdout
 
 
-def children(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
-                        found.append(int(entry))
-            except OSError:
-                continue
-    return found
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
 def test_a_stopped_or_dead_rank_ends_every_rank_and_nothing_is_half_written(films, how):
@@ -108,8 +91,8 @@ def test_a_stopped_or_dead_rank_ends_every_rank_and_nothing_is_half_written(film
     finally:
         launcher.kill()
     assert launcher.returncode != 0, out
-    if how == signal.SIGTERM:
-        assert "error: training never stopped (Ctrl-C or SIGTERM) after" in out, out
+    if how == signal.SIGTERM:   # said once, by the main rank, whichever rank got the signal
+        assert len(re.findall(r"error: training never stopped \((SIGTERM|by another process of this run)\) after", out, re.M)) == 1, out
     assert not (films / "adapters").exists() or [p.name for p in (films / "adapters").iterdir() if not p.name.startswith(".")] == []
 
 
@@ -119,17 +102,15 @@ def test_lorachat_train_exit_codes_and_one_line_errors(films, capsys):
     with pytest.raises(SystemExit) as usage:
         cli.main(["train", "--model", "tiny", "--home", str(films)])      # no --dataset
     assert usage.value.code == 2
-    with pytest.raises(SystemExit) as usage:
-        cli.main(["train", "--model", "tiny", "--home", str(films), "--dataset", "films", "steps"])   # not key=value
-    assert usage.value.code == 2
-    capsys.readouterr()
-    for words, message in ((["steps=abc"], "error: steps='abc': expected a whole number"),
-                           (["--dataset", "nothing"], "error: dataset 'nothing' has no examples yet")):
-        dataset = [] if "--dataset" in words else ["--dataset", "films"]
-        assert cli.main(["train", "--model", "tiny", "--home", str(films), *dataset, *words]) == 1
-        out = capsys.readouterr().out
-        assert message in out and "Traceback" not in out, out
+    for words in (["steps"], ["steps=abc"]):   # not key=value; not a number: usage, as a bad flag is
+        with pytest.raises(SystemExit) as usage:
+            cli.main(["train", "--model", "tiny", "--home", str(films), "--dataset", "films", *words])
+        assert usage.value.code == 2
+    assert "error: steps='abc': expected a whole number" in capsys.readouterr().err
+    assert cli.main(["train", "--model", "tiny", "--home", str(films), "--dataset", "nothing"]) == 1
+    out = capsys.readouterr().out
+    assert "error: no dataset 'nothing'" in out and "Traceback" not in out, out
     assert cli.main(["train", "--model", "tiny", "--home", str(films), "--dataset", "films", "--name", "quick",
                      "until=steps", "steps=1"]) == 0
-    assert re.search(r"^trained quick: 1 steps, loss \S+, recall \d+/8, kept \d+% of base answers, \S+ s — now active$",
+    assert re.search(r"^trained quick: 1 steps, loss \S+, recall \d+/8, kept \d+% of base answers, \S+ s$",   # nothing is active after
                      capsys.readouterr().out, re.M)

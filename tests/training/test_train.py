@@ -213,7 +213,7 @@ def test_ctrl_c_in_a_script_fails_the_line_and_keep_partial_saves(make_session, 
     session.ui = InterruptingUI(session.out, at=1)
     code, out = transcript(session, [":train until=steps steps=50"])
     assert code == 1
-    assert out.endswith("error: training default stopped (Ctrl-C or SIGTERM) after 1 steps: discarded\n")
+    assert out.endswith("error: training default stopped (Ctrl-C) after 1 steps: discarded\n")
     assert session.active_adapter is None and not (home / "adapters").exists() or not list((home / "adapters").iterdir())
     code, out = transcript(session, [":train keep=partial until=steps steps=50"])
     assert code == 0

@@ -47,6 +47,11 @@ def adapters_(session, args):
     columns = ["", "name", "r", "alpha", "targets", "base model", "dataset", "created", "loss", "recall", "size", "loaded"]
     session.ui.table(columns, [_row(session, n) for n in names], whole=("name",),
                      optional=("created", "alpha", "size", "base model", "loss", "dataset"))
+    for name in names:  # folders put there by hand under a name PEFT cannot hold
+        try:
+            paths.check_loadable_name(name)
+        except LorachatError as exc:
+            session.ui.note(f"note: adapters/{name} cannot be used ({exc}): rename its folder")
 
 
 def _row(session, name: str) -> list:
@@ -201,8 +206,9 @@ def rename(session, args):
 
 @command("save", usage=":save NAME [DIR]", complete=lambda s: sorted(live.state(s).unsaved))
 def save(session, args):
-    """Save an adapter that exists only in memory (marked unsaved in :adapters: the disk refused it
-    when :train ended): into adapters/NAME, or into a new folder DIR anywhere else.
+    """Save an adapter that exists only in memory, into adapters/NAME or a new folder DIR.
+
+    Such an adapter is marked unsaved in :adapters: the disk refused it when :train ended.
 
     :save films                 once adapters/ can be written again
     :save films /mnt/usb/films  a copy elsewhere; it stays unsaved in the workspace

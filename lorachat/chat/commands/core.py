@@ -6,6 +6,8 @@ from lorachat.chat import options
 from lorachat.chat.commands import COMMANDS, QuitSession, command, find, no_args
 from lorachat.core.errors import LorachatError
 
+USAGE_WIDTH = 24   # plain :help: usages up to this wide share their line with the summary
+
 
 @command("help", usage=":help [COMMAND]", complete=lambda s: sorted(COMMANDS))
 def help_(session, args):
@@ -19,7 +21,13 @@ def help_(session, args):
         for entry in COMMANDS.values():
             if entry not in seen:
                 seen.append(entry)
-        session.ui.table(["command", "what it does"], [[e.usage, e.summary] for e in seen])
+        if session.ui.interactive:
+            session.ui.table(["command", "what it does"], [[e.usage, e.summary] for e in seen])
+        else:  # plain text has no width to wrap in: a long usage takes a line of its own
+            for e in seen:
+                if len(e.usage) > USAGE_WIDTH:
+                    session.ui.line(e.usage)
+                session.ui.line(f"{e.usage if len(e.usage) <= USAGE_WIDTH else '':<{USAGE_WIDTH}}  {e.summary}")
         session.ui.line("A line not starting with ':' is a question. \"\"\" on a line of its own starts and ends a multi-line input.")
         return
     words = [word for word in (w.lstrip(":") for w in args.split()) if word]
@@ -45,10 +53,19 @@ def quit_(session, args):
 def info(session, args):
     """Show the model, device, dtype, parameters, memory, active adapter, dataset and workspace."""
     no_args("info", args)
+    from lorachat.adapters import live
+
     loaded = session.loaded
-    params = sum(p.numel() for p in loaded.model.parameters())
+    base = extra = 0
+    for name, p in loaded.model.named_parameters():  # loaded adapters live inside the base's modules
+        if ".lora_" in name or ".modules_to_save." in name:
+            extra += p.numel()
+        else:
+            base += p.numel()
+    count = len(live.loaded_names(session))
+    params = f"{base:,}" + (f" + {extra:,} in {count} loaded adapter{'s' if count != 1 else ''}" if count else "")
     rows = [["model", loaded.name], ["path", loaded.path], ["device", loaded.device],
-            ["dtype", str(loaded.dtype).replace("torch.", "")], ["parameters", f"{params:,}"],
+            ["dtype", str(loaded.dtype).replace("torch.", "")], ["parameters", params],
             ["memory", _memory(loaded.device)], ["adapter", session.active_adapter or "base (none)"],
             ["dataset", session.dataset], ["instruction", session.instruction],
             ["workspace", str(session.home.resolve())], ["lorachat", __version__]]

@@ -11,7 +11,7 @@ from lorachat.chat import options
 from lorachat.chat.commands import command, no_args
 from lorachat.core.errors import LorachatError
 from lorachat.core.names import check_name
-from lorachat.core.prompts import Example, example_ids, shared_instruction
+from lorachat.core.prompts import Example, asked, example_ids, shared_instruction
 from lorachat.lessons import jsonl
 from lorachat.lessons.importers import FORMATS, ImportOptions, import_examples
 
@@ -30,10 +30,15 @@ def _names(session) -> list[str]:
     return sorted(set(names) | {session.dataset})
 
 
-def _bad_note(session, current: jsonl.DatasetFile) -> None:
-    if current.bad_lines:
-        session.ui.note(f"warning: {current.path}: {len(current.bad_lines)} invalid line(s) skipped "
-                        f"({current.describe_problems()}); fix or delete them in an editor")
+def note_bad_lines(session, current: jsonl.DatasetFile, always: bool = False) -> None:
+    """The dataset's invalid lines, in one warning: once until they change (a command that reads a
+    dataset twice, `lorachat train`'s :dataset then :train), or `always` (:examples shows them)."""
+    said = (str(current.path), tuple(current.bad_lines))
+    if not current.bad_lines or not always and session.extensions.get("bad lines said") == said:
+        return
+    session.extensions["bad lines said"] = said
+    session.ui.note(f"warning: {current.path}: {len(current.bad_lines)} invalid line(s) skipped "
+                    f"({current.describe_problems()}); fix or delete them in an editor")
 
 
 @command("dataset", usage=":dataset [NAME]", complete=_names)
@@ -50,7 +55,7 @@ def dataset(session, args):
         current = jsonl.load_dataset(session.home, session.dataset)
     new = "" if os.path.lexists(current.path) else " (new: the file is written with the first example)"
     session.ui.line(f"dataset {current.name}: {_count(len(current.examples))} in {current.path}{new}")
-    _bad_note(session, current)
+    note_bad_lines(session, current)
     if words:
         _take_instruction(session, current)
 
@@ -117,7 +122,7 @@ def _ask_both(session) -> tuple[str, str]:
 
 @command("good")
 def good(session, args):
-    """Record the last question with the model's last answer, as it was."""
+    """Record the last question with the model's last answer, as it was (once: a duplicate is not added)."""
     no_args("good", args)
     question = _last_question(session)
     answer = (session.last_answer or "").strip()
@@ -125,6 +130,11 @@ def good(session, args):
         raise LorachatError("the last answer was empty; record a corrected one with :fix ANSWER")
     if not session.last_answer_complete:
         raise LorachatError("the last answer was stopped before it ended; record the answer you want with :fix ANSWER")
+    examples = jsonl.load_dataset(session.home, session.dataset).examples
+    if Example(session.instruction, question, answer) in examples:  # asked again after :train: kept already
+        number = examples.index(Example(session.instruction, question, answer)) + 1
+        session.ui.line(f"already in {session.dataset} as example {number}: nothing added")
+        return
     _record(session, question, answer)
 
 
@@ -171,20 +181,22 @@ def examples(session, args):
     rows = [[str(first + i + 1), *_fields(e)] for i, e in enumerate(current.examples[first:])]
     session.ui.line(f"dataset {current.name}: {_count(total)}" + (f", showing the last {shown}" if shown < total else ""))
     if session.ui.interactive:
-        session.ui.table(["#", "instruction", "input", "output"], [[_printable(c) for c in row] for row in rows])
+        session.ui.table(["#", "instruction", "question", "answer"], [[_printable(c) for c in row] for row in rows])
     else:
         for number, instruction, question, answer in rows:
             if instruction == "(text)":
                 session.ui.line(f"{number}. (text) {_clip(answer)}")
             else:
                 session.ui.line(f"{number}. [{_clip(instruction, 60)}] {_clip(question)} {ARROW} {_clip(answer)}")
-    _bad_note(session, current)
+    note_bad_lines(session, current, always=True)
 
 
 def _fields(example: Example) -> list[str]:
+    """(instruction, question, answer) as the example is asked (prompts.asked: an Alpaca row with
+    an empty input is its instruction asked as the question), or (text) and the text."""
     if example.text is not None:
         return ["(text)", "", example.text]
-    return [example.instruction, example.input, example.output]
+    return [*asked(example), example.output]
 
 
 @command("drop", usage=":drop N")
@@ -200,8 +212,9 @@ def drop(session, args):
 
 @command("undo")
 def undo(session, args):
-    """Remove the last example recorded in this session (by :add, :good or :fix): that very line,
-    only while it is still where it was written."""
+    """Remove the last example recorded in this session (by :add, :good or :fix).
+
+    That very line goes, and only while it is still where it was written."""
     no_args("undo", args)
     recorded = session.extensions.get("recorded") or []
     if not recorded:
@@ -258,7 +271,7 @@ def _warn_long(session, examples) -> None:
 def _describe(example: Example) -> str:
     if example.text is not None:
         return f"(text) {_clip(example.text)}"
-    return f"{_clip(example.input)} {ARROW} {_clip(example.output)}"
+    return f"{_clip(asked(example)[1])} {ARROW} {_clip(example.output)}"
 
 
 def _clip(text: str, width: int = CLIP) -> str:

@@ -11,6 +11,7 @@ from lorachat.adapters.paths import BASE
 from lorachat.chat import options
 from lorachat.chat.commands import command
 from lorachat.chat.commands.adapters import _names_and_base, _notes
+from lorachat.chat.commands.examples import note_bad_lines
 from lorachat.core.errors import LorachatError
 from lorachat.core.names import check_name
 from lorachat.scoring import locality
@@ -66,8 +67,10 @@ def _eval_details(session):
 @command("eval", usage=":eval [NAME ...] [dataset=NAME] [limit=N] [probes=NAME] [builtin=N] [probe_tokens=16]",
          details=_eval_details, complete=_names_and_base)
 def eval_(session, args):
-    """For the base and each adapter: mean answer-token loss and recall k/n (as asked now) on a dataset,
-    and how much of the base's behaviour it keeps on probe questions it was not taught.
+    """Measure the base and each adapter: loss and recall on a dataset, and what it keeps of the base.
+
+    loss: mean answer-token loss; recall: k/n questions answered verbatim as asked now; kept and agree
+    (below): on probe questions it was not taught.
 
     :eval                      base and every loaded adapter, on the current dataset
     :eval films dataset=films probes=kitchen limit=100
@@ -88,6 +91,9 @@ def eval_(session, args):
     builtin = locality.builtin(locality.PROBES)[:opts.builtin]
     probes = side_by_side.probe_questions(session, extra, builtin)
     settings = dataclasses.replace(locality.DEFAULTS, max_new_tokens=opts.probe_tokens)
+    if probes:  # the base's answers first, on a bar of their own (cached: the evaluation below reuses them)
+        with session.ui.progress(f"answering {len(probes)} probe questions with the base", len(probes)) as update:
+            side_by_side.session_reference(session, probes, settings, on_batch=update)
     total = len(encoded.items)
     with session.ui.progress(f"evaluating on {dataset}", total * len(names)) as update:
         done = [0]
@@ -123,8 +129,7 @@ def _dataset(session, name):
     from lorachat.lessons.jsonl import load_dataset
 
     data = load_dataset(session.home, name)
-    if data.bad_lines:
-        session.ui.note(f"dataset '{name}': skipping {len(data.bad_lines)} invalid line(s): {data.describe_problems()}")
+    note_bad_lines(session, data)
     return data
 
 

@@ -20,7 +20,16 @@ from lorachat.training import lora, recipe, trainer
 
 
 def _details(session):
-    session.ui.table(["key", "default", "meaning"], [list(row) for row in options.describe(recipe.DEFAULTS)])
+    rows = [list(row) for row in options.describe(recipe.DEFAULTS)]
+    try:  # the default targets by the names the loaded model gives them (up_proj, c_fc ...)
+        used = lora.lora_config(session.model, recipe.DEFAULTS).target_modules
+    except LorachatError:
+        used = None
+    if isinstance(used, (set, list)) and sorted(used) != [recipe.DEFAULTS.targets]:
+        for row in rows:
+            if row[0] == "targets":
+                row[1:] = [",".join(sorted(used)), f"{row[2]} (on this model: {recipe.DEFAULTS.targets} by its own name)"]
+    session.ui.table(["key", "default", "meaning"], rows)
 
 
 def _complete(session):
@@ -64,7 +73,7 @@ def train_(session, args):
         except BaseException:
             _discard(session, name, previous)
             raise
-    _report(session, name, result, config, kept)
+    _report(session, name, result, config, kept, _stopped_by(interrupted))
     if unsaved is not None:
         raise unsaved
 
@@ -82,14 +91,20 @@ def _references(session, config):
     return anchors, probes
 
 
-def _parse(session, args) -> tuple[str, recipe.TrainConfig]:
+def parse(args: str) -> tuple[str | None, recipe.TrainConfig]:
+    """`:train`'s words -> (NAME or None, the config): every check that needs neither the model nor
+    the workspace (`lorachat train` makes them before it loads the model)."""
     positional, pairs = options.split_kv(options.split_words(args))
     if len(positional) > 1:
         raise LorachatError(f":train takes at most one NAME (got {positional[1][:40]!r}); usage: :train [NAME] [key=value ...]")
     config = options.apply_kv(recipe.DEFAULTS, pairs)
     lora.check_targets_text(config.targets)
-    if positional:
-        name = paths.check_loadable_name(positional[0])
+    return (paths.check_loadable_name(positional[0]) if positional else None), config
+
+
+def _parse(session, args) -> tuple[str, recipe.TrainConfig]:
+    name, config = parse(args)
+    if name is not None:
         if name in live.known_names(session) or paths.adapter_path(session, name).exists():
             raise LorachatError(f"an adapter named '{name}' already exists (choose another name, or :delete {name})")
         return name, config
@@ -111,11 +126,11 @@ def _free_name(session, stem: str) -> str:
 
 
 def _examples(session):
+    from lorachat.chat.commands.examples import note_bad_lines
     from lorachat.lessons.jsonl import load_dataset
 
     dataset = load_dataset(session.home, session.dataset)
-    if dataset.bad_lines:
-        session.ui.note(f"dataset '{session.dataset}': skipping invalid lines ({dataset.describe_problems()})")
+    note_bad_lines(session, dataset)
     if not dataset.examples:
         raise LorachatError(f"dataset '{session.dataset}' has no examples yet: :add QUESTION => ANSWER first")
     return dataset.examples
@@ -168,21 +183,31 @@ def _meta(session, encoded, config, result, kept) -> dict:
                 probes=None if kept is None else kept.questions)
 
 
-def _report(session, name, result, config, kept=None) -> None:
+def _stopped_by(interrupted) -> str:
+    """What stopped a cancelled run, as the final line says it."""
+    if getattr(interrupted, "signum", None) == signal.SIGTERM:
+        return "SIGTERM"
+    if interrupted.is_set() or not launch.launched():
+        return "Ctrl-C"
+    return "by another process of this run"   # its stop reached this one through the step's all-reduce
+
+
+def _report(session, name, result, config, kept=None, how="Ctrl-C") -> None:
     share = f"kept {kept.kept:.0%} of base answers, " if kept is not None else ""
     summary = (f"{result.steps} steps, loss {result.loss:.2f}, recall {result.recall}/{result.total}, {share}"
                f"{result.seconds:.1f} s")
     skipped = (f" ({result.skipped} example{'s' if result.skipped != 1 else ''} longer than "
                f"{recipe.describe_limit(result.limit, session.model)} skipped)") if result.skipped else ""
+    active = "" if session.headless else " — now active"  # nothing is active once `lorachat train` ends
     if not result.cancelled:
-        session.ui.line(f"trained {name}: {summary} — now active{skipped}")
+        session.ui.line(f"trained {name}: {summary}{active}{skipped}")
     elif config.keep == "partial":
-        session.ui.line(f"stopped {name} (Ctrl-C), kept as it was: {summary} — now active{skipped}")
+        session.ui.line(f"stopped {name} ({how}), kept as it was: {summary}{active}{skipped}")
     elif session.ui.interactive:
-        session.ui.note(f"stopped training {name} after {result.steps} steps (Ctrl-C): discarded (keep=partial keeps it)")
+        session.ui.note(f"stopped training {name} after {result.steps} steps ({how}): discarded (keep=partial keeps it)")
         return
     else:  # a script should not carry on as if the adapter existed
-        raise LorachatError(f"training {name} stopped (Ctrl-C or SIGTERM) after {result.steps} steps: discarded")
+        raise LorachatError(f"training {name} stopped ({how}) after {result.steps} steps: discarded")
     for note in result.notes:
         session.ui.note(note)
     for reason in result.reasons:
@@ -199,6 +224,7 @@ def _deferred_interrupt(signals=(signal.SIGINT,)):
     second one raises KeyboardInterrupt at once. Outside the main thread signals cannot be caught:
     KeyboardInterrupt then stops training inside trainer.run."""
     event = threading.Event()
+    event.signum = None   # which signal set it
     if threading.current_thread() is not threading.main_thread():
         yield event
         return
@@ -206,6 +232,7 @@ def _deferred_interrupt(signals=(signal.SIGINT,)):
     def handler(signum, frame):
         if event.is_set():
             raise KeyboardInterrupt
+        event.signum = signum
         event.set()
 
     previous = {number: signal.signal(number, handler) for number in signals}
