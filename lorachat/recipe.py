@@ -40,6 +40,8 @@ class TrainConfig:
     anchors: int = field(default=4, metadata={"help": "anchor questions rehearsed with the base's own answers per anchor step, to keep other answers as they were (0: off)", "min": 0, "max": 4096})
     anchor_every: int = field(default=2, metadata={"help": "rehearse anchors on every N-th step", "min": 1, "max": 1000})
     anchor_weight: float = field(default=0.3, metadata={"help": "weight of the anchors' loss against the examples'", "min": 0, "max": 100})
+    anchor_tokens: int = field(default=16, metadata={"help": "longest base answer rehearsed per anchor, in tokens (longer: the base's answers at their natural length, so short taught answers do not teach early EOS)", "min": 1, "max": 4096})
+    anchor_loss: str = field(default="ce", metadata={"help": "ce: cross-entropy on the base's greedy answer tokens; kl: KL to the base's whole next-token distribution along that answer", "choices": ("ce", "kl")})
     anchor_pool: int = field(default=64, metadata={"help": "how many of the built-in anchor questions (their base answers made once)", "min": 1, "max": 100_000})
     probes: int = field(default=100, metadata={"help": "built-in probe questions the final line's kept share is measured on (0: not measured; :eval uses all)", "min": 0, "max": 100_000})
     keep_base: Optional[float] = field(default=None, metadata={"help": "until=recall also waits until this share of the anchors is answered as the base did (none: recall alone)", "positive": True, "max": 1})

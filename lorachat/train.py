@@ -92,7 +92,8 @@ def run(model, tokenizer, data, config: TrainConfig, on_step=None, should_stop=N
     asking = asking or Asking(context=positions(model) or 1 << 20)
     checker = Recall(tokenizer, encoded.examples, encoded.items, asking)
     if (config.anchors or config.keep_base) and anchors is None:  # the adapter is still zero: the base answers
-        anchors = locality.anchor_reference(model, tokenizer, asking.instruction, config.anchor_pool)
+        anchors = locality.anchor_reference(model, tokenizer, asking.instruction, config.anchor_pool,
+                                            locality.LocalityOptions(max_new_tokens=config.anchor_tokens))
     device = model_device(model)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(config.seed)
@@ -183,8 +184,10 @@ class _Loop:
         if asked:
             self.cancelled = True
             return
+        riders = [item for _, item in extra]
+        base = self._base_logprobs(riders) if riders and self.config.anchor_loss == "kl" else None
         loss, tokens, hints = one_step(self.wrapped, self.tokenizer, group, self.optimizer, self.ranks, self.config.clip,
-                                    step_tokens, [item for _, item in extra], anchor_tokens, self.config.anchor_weight)
+                                    step_tokens, riders, anchor_tokens, self.config.anchor_weight, base)
         self.schedule.step()
         self.step += 1
         # after it: the loss and the hints, the same on every rank
@@ -211,6 +214,19 @@ class _Loop:
                 self.anchor_draw.shuffle(self.anchor_cycle)
             picked.append(self.anchor_cycle.pop())
         return [(j, self.anchor_items[j]) for j in self.ranks.shard(picked)]
+
+    def _base_logprobs(self, riders):
+        """The base's log-probabilities (adapter disabled, no gradient) at the riders' answer
+        positions, in the order one_step meets them: what anchor_loss=kl pulls the adapter towards."""
+        import torch
+
+        from lorachat.batches import answer_logits, collate, model_device, padding_id
+
+        model = self.ranks.checking_model()
+        input_ids, labels, mask = collate(riders, padding_id(self.tokenizer), model_device(model))
+        with torch.no_grad(), model.disable_adapter(), self.ranks.autocast():
+            logits, _, _ = answer_logits(model, input_ids, labels, mask)
+        return torch.log_softmax(logits, -1)
 
     def _check(self) -> None:
         """Between steps, with until=recall: whether every example is known now. Run when the

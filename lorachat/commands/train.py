@@ -72,7 +72,8 @@ def _references(session, config):
     and to the first `config.probes` built-in probes the final line measures on (main process only)."""
     anchors = None
     if config.anchors or config.keep_base:
-        anchors = locality.session_reference(session, locality.anchor_questions(session.instruction, config.anchor_pool))
+        anchors = locality.session_reference(session, locality.anchor_questions(session.instruction, config.anchor_pool),
+                                             locality.LocalityOptions(max_new_tokens=config.anchor_tokens))
     probes = None
     if config.probes and distributed.is_main():
         questions = locality.probe_questions(session, questions=locality.builtin(locality.PROBES)[:config.probes])
