@@ -21,9 +21,9 @@ from lorachat.errors import LorachatError
 from lorachat.guard import Guard
 from lorachat.models import positions
 from lorachat.recall import Asking, Recall
-from lorachat.recipe import (DEFAULTS, LARGE_LR, SMALL_LR, SMALL_MODEL, TrainConfig, describe_limit,  # noqa: F401
-                             make_optimizer, make_schedule, max_tokens, no_examples, planned_steps, records_sha256,
-                             resolved)
+from lorachat.recipe import (DEFAULTS, LARGE_ANCHORS, LARGE_LR, SMALL_ANCHORS, SMALL_LR, SMALL_MODEL,  # noqa: F401
+                             TrainConfig, describe_limit, make_optimizer, make_schedule, max_tokens, no_examples,
+                             planned_steps, records_sha256, resolved)
 from lorachat.steps import KNOWN, Shuffled, answer_tokens, one_step, optimizer_steps
 
 CHECK_EVERY = 10      # steps between checks when the training passes give no hint

@@ -157,7 +157,8 @@ def test_lorachat_json_records_what_was_trained(trained):
     meta = json.loads((trained["home"] / "adapters" / "default" / "lorachat.json").read_text())
     assert meta["dataset"] == "default" and meta["examples"] == 10
     assert meta["records_sha256"] == train.records_sha256(examples_of(PAIRS))
-    assert meta["train"] == dataclasses.asdict(dataclasses.replace(train.DEFAULTS, lr=train.SMALL_LR))  # lr=none resolved
+    resolved = dataclasses.replace(train.DEFAULTS, lr=train.SMALL_LR, **train.SMALL_ANCHORS)  # the nones resolved
+    assert meta["train"] == dataclasses.asdict(resolved)
     assert meta["recall"] == 10 and meta["total"] == 10 and meta["steps"] >= 1 and meta["cancelled"] is False
     assert meta["base_model"] == "tiny" and meta["base_fingerprint"].startswith("sha256:")
     assert meta["seconds"] > 0 and meta["loss"] >= 0 and meta["created"] and meta["lorachat_version"]
@@ -312,7 +313,7 @@ def test_out_of_memory_is_one_line_naming_what_to_lower():
         train.run(Exhausted(), build_tokenizer(), examples_of(PAIRS[:2]), dataclasses.replace(train.DEFAULTS, anchors=0))
 
 
-def test_lr_none_is_chosen_by_model_size_and_an_explicit_lr_is_kept(make_session):
+def test_lr_and_anchors_none_are_chosen_by_model_size_and_explicit_values_are_kept(make_session):
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -323,6 +324,12 @@ def test_lr_none_is_chosen_by_model_size_and_an_explicit_lr_is_kept(make_session
     assert sum(p.numel() for p in large.parameters()) > train.SMALL_MODEL
     assert train.resolved(large, train.DEFAULTS).lr == train.LARGE_LR
     assert train.resolved(large, dataclasses.replace(train.DEFAULTS, lr=3e-4)).lr == 3e-4
+    # anchor rehearsal by the same rule: KL along longer base answers on a pretrained-size model, CE on tiny
+    small, big = train.resolved(tiny, train.DEFAULTS), train.resolved(large, train.DEFAULTS)
+    assert {key: getattr(small, key) for key in train.SMALL_ANCHORS} == train.SMALL_ANCHORS
+    assert {key: getattr(big, key) for key in train.LARGE_ANCHORS} == train.LARGE_ANCHORS
+    assert train.resolved(large, dataclasses.replace(train.DEFAULTS, anchors=0, anchor_loss="ce")).anchors == 0
+    assert train.resolved(large, dataclasses.replace(train.DEFAULTS, anchor_loss="ce")).anchor_loss == "ce"
 
 
 def test_clip_bounds_the_gradient_norm_the_optimizer_sees(make_session):
