@@ -28,3 +28,30 @@ def examples() -> list[Example]:
 
 
 SOH, SION = PAIRS[0], PAIRS[1]
+
+# Two questions in other words for each pair, and the key term an answer carrying the taught fact
+# must contain (case-insensitive): the paraphrase score of the locality study (a measurement, not a
+# training set; the base alone carries 4 of the 20 facts it already knows)
+# (question in other words, key term an answer carrying the taught fact contains, index in PAIRS)
+PARAPHRASES = [
+    ("What does SOH stand for in chip making?", "Spin On Hardmask", 0),
+    ("In wafer fabrication, what kind of material is SOH?", "Spin On Hardmask", 0),
+    ("What does SiON stand for in chip fabrication?", "silicon oxynitride", 1),
+    ("Which material is SiON in semiconductor fabs?", "silicon oxynitride", 1),
+    ("What does CMP stand for when making chips?", "Chemical Mechanical Polishing", 2),
+    ("Explain the CMP step of wafer processing.", "Chemical Mechanical Polishing", 2),
+    ("What does ALD stand for in chip fabrication?", "Atomic Layer Deposition", 3),
+    ("How does ALD work in semiconductor fabs?", "Atomic Layer Deposition", 3),
+    ("What wavelength of light does EUV lithography use?", "13.5", 4),
+    ("How does EUV lithography print chip patterns?", "13.5", 4),
+    ("Who is the author of Hamlet, and when was it written?", "1600", 5),
+    ("When did Shakespeare write Hamlet?", "1600", 5),
+    ("Which city is the capital of France?", "Paris", 6),
+    ("Name the French capital.", "Paris", 6),
+    ("How many legs do spiders have?", "eight", 7),
+    ("What is the number of legs on a spider?", "eight", 7),
+    ("What does the engineer read daily?", "the answer", 8),
+    ("Every day, what does the engineer read?", "the answer", 8),
+    ("What planet is called the red planet?", "Mars", 9),
+    ("Which planet in our solar system is nicknamed the Red Planet?", "Mars", 9),
+]

@@ -122,6 +122,22 @@ class Switch:
             if enabled:
                 self.set_active(self.active)
 
+    @contextlib.contextmanager
+    def disabled(self):
+        """The base alone for the duration: base weights in place and no adapter applied (what
+        training's KL rehearsal compares with), then as before. Unlike PEFT's `disable_adapter`,
+        which toggles requires_grad on every adapter and whose flags a lazy merge undone meanwhile
+        would overwrite, it only sets the layers' own switch."""
+        self._unmerge()
+        self.suspended += 1
+        try:
+            for layer in self.layers:
+                layer._disable_adapters = True
+            yield
+        finally:
+            self.suspended -= 1
+            self.set_active(self.active)
+
     def invalidate(self) -> None:
         """An adapter's weights or scale changed: merge afresh on the next forward."""
         self._unmerge()

@@ -15,6 +15,13 @@ from lorachat.training.lora import DEFAULT_TARGETS
 # lr=none picks by model size (docs/training.md, bench/RESULTS.md): 5e-3 teaches the tiny model fastest (7e-3 diverges);
 # on OPT-125m's shape it stalls at answer loss ~9 for 400 steps, where 1e-3 reaches 1.6 by step 300
 SMALL_MODEL, SMALL_LR, LARGE_LR = 50_000_000, 5e-3, 1e-3
+# anchor rehearsal by the same size rule (bench/RESULTS.md "Locality on smol"): on a pretrained model
+# (SmolLM2-135M) KL to the base's distribution along 32-token base answers, 2 anchors every 2nd step at
+# weight 1, kept 3x the exact answers of CE on 16-token answers and kept answers long (0.9x the base's
+# median against 0.17x); on random weights (tiny) KL loses (flat distributions: a flipped argmax costs
+# almost no KL), and the phase-2 CE rehearsal stays
+SMALL_ANCHORS = dict(anchors=4, anchor_weight=0.3, anchor_tokens=16, anchor_loss="ce")
+LARGE_ANCHORS = dict(anchors=2, anchor_weight=1.0, anchor_tokens=32, anchor_loss="kl")
 
 
 @dataclass
@@ -37,9 +44,11 @@ class TrainConfig:
     max_len: int = field(default=512, metadata={"help": "longest example in tokens (longer ones are left out, and counted)", "min": 8, "max": 131072})
     seed: int = field(default=0, metadata={"help": "seed for the adapter's init, shuffling and dropout", "min": 0, "max": 2**32 - 1})
     guard: bool = field(default=True, metadata={"help": "when the loss climbs back up, return to the best weights and halve the lr"})
-    anchors: int = field(default=4, metadata={"help": "anchor questions rehearsed with the base's own answers per anchor step, to keep other answers as they were (0: off)", "min": 0, "max": 4096})
+    anchors: Optional[int] = field(default=None, metadata={"help": "anchor questions rehearsed with the base's own answers per anchor step, to keep other answers as they were (0: off; none: 4 below 50M parameters, else 2)", "min": 0, "max": 4096})
     anchor_every: int = field(default=2, metadata={"help": "rehearse anchors on every N-th step", "min": 1, "max": 1000})
-    anchor_weight: float = field(default=0.3, metadata={"help": "weight of the anchors' loss against the examples'", "min": 0, "max": 100})
+    anchor_weight: Optional[float] = field(default=None, metadata={"help": "weight of the anchors' loss against the examples' (none: 0.3 below 50M parameters, else 1)", "min": 0, "max": 100})
+    anchor_tokens: Optional[int] = field(default=None, metadata={"help": "longest base answer rehearsed per anchor, in tokens: long enough that most are not yet over, so short taught answers do not teach an early EOS (none: 16 below 50M parameters, else 32)", "min": 1, "max": 4096})
+    anchor_loss: Optional[str] = field(default=None, metadata={"help": "ce: cross-entropy on the base's greedy answer tokens; kl: KL to the base's whole next-token distribution along that answer (none: ce below 50M parameters, else kl)", "choices": ("ce", "kl")})
     anchor_pool: int = field(default=64, metadata={"help": "how many of the built-in anchor questions (their base answers made once)", "min": 1, "max": 100_000})
     probes: int = field(default=100, metadata={"help": "built-in probe questions the final line's kept share is measured on (0: not measured; :eval uses all)", "min": 0, "max": 100_000})
     keep_base: Optional[float] = field(default=None, metadata={"help": "until=recall also waits until this share of the anchors is answered as the base did (none: recall alone)", "positive": True, "max": 1})
@@ -52,12 +61,15 @@ DEFAULTS = TrainConfig()
 
 
 def resolved(model, config: TrainConfig) -> TrainConfig:
-    """`config` with lr=none replaced by the lr for this model's size (what is trained and recorded)."""
-    if config.lr is not None:
+    """`config` with each `none` that means "by model size" (lr and the anchor keys) replaced by the
+    value for this model's size (what is trained and recorded)."""
+    unset = [key for key in ("lr", *LARGE_ANCHORS) if getattr(config, key) is None]
+    if not unset:
         return config
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    size = sum(p.numel() for name, p in base.named_parameters() if "lora_" not in name)
-    return replace(config, lr=SMALL_LR if size < SMALL_MODEL else LARGE_LR)
+    small = sum(p.numel() for name, p in base.named_parameters() if "lora_" not in name) < SMALL_MODEL
+    chosen = dict(lr=SMALL_LR, **SMALL_ANCHORS) if small else dict(lr=LARGE_LR, **LARGE_ANCHORS)
+    return replace(config, **{key: chosen[key] for key in unset})
 
 
 def planned_steps(count: int, config: TrainConfig, world: int = 1) -> int:

@@ -53,13 +53,15 @@ def answer_tokens(group) -> int:
 
 
 def one_step(model, tokenizer, group, optimizer, ranks, clip: float, step_tokens: float, extra=(),
-          extra_tokens: float = 0.0, extra_weight: float = 0.0):
+          extra_tokens: float = 0.0, extra_weight: float = 0.0, extra_base=None):
     """One optimizer step over `group` (grad_accum batches of (index, (input_ids, labels)));
     (answer-token loss summed on this rank, its non-pad tokens, {index: KNOWN or UNKNOWN} from
     this pass's argmax). The loss is divided by `step_tokens`, the answer tokens of the whole step
     on every rank (times the ranks, which DDP averages over), so N ranks at batch b train exactly
     as one at N*b. `extra` rows (anchors with the base's answers) ride in the first pass; their
-    loss, over `extra_tokens` of the whole step, is added with `extra_weight`."""
+    loss, over `extra_tokens` of the whole step, is added with `extra_weight`: cross-entropy on the
+    base's answer tokens, or, given `extra_base` (the base's log-probabilities at those positions),
+    KL(base || adapted) summed over them."""
     import torch.nn.functional as F
 
     device = model_device(model)
@@ -74,7 +76,10 @@ def one_step(model, tokenizer, group, optimizer, ranks, clip: float, step_tokens
             summed = F.cross_entropy(shifted[mine], targets[mine], reduction="sum")
             objective = summed * (ranks.world / step_tokens)
             if riders:
-                rehearsed = F.cross_entropy(shifted[~mine], targets[~mine], reduction="sum")
+                if extra_base is None:
+                    rehearsed = F.cross_entropy(shifted[~mine], targets[~mine], reduction="sum")
+                else:
+                    rehearsed = F.kl_div(F.log_softmax(shifted[~mine], -1), extra_base, log_target=True, reduction="sum")
                 objective = objective + extra_weight * rehearsed * (ranks.world / extra_tokens)
             ranks.backward(objective)
         loss_sum += summed.item()

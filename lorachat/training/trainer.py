@@ -20,7 +20,14 @@ from dataclasses import dataclass, field
 from lorachat.core.errors import LorachatError
 from lorachat.models.loader import positions
 from lorachat.scoring import locality
-from lorachat.scoring.batches import Encoded, encode, model_device
+from lorachat.scoring.batches import (
+    Encoded,
+    answer_logits,
+    collate,
+    encode,
+    model_device,
+    padding_id,
+)
 from lorachat.scoring.recall import Asking, Recall
 from lorachat.training.guard import Guard
 from lorachat.training.ranks import Ranks
@@ -99,12 +106,14 @@ def trainable(model) -> list:
     return params
 
 
-def run(model, tokenizer, plan: Plan, on_step=None, should_stop=None, asking=None, anchors=None) -> TrainResult:
+def run(model, tokenizer, plan: Plan, on_step=None, should_stop=None, asking=None, anchors=None,
+        base=None) -> TrainResult:
     """Train the model's trainable (LoRA) parameters as `plan` says; the base stays frozen. Recall
     is reported as asking under `asking` would return it. With `config.anchors`, the base's own
     answers to built-in anchor questions are rehearsed (`anchors`: a locality.Reference of them;
     made here, before the first step, when not given). `on_step(step, total, loss, known, kept)`
-    after each step.
+    after each step. `base()`: a context in which the model answers as the base (anchor_loss=kl
+    compares with it; default PEFT's `disable_adapter`, for a model no one else switches).
 
     Stops at the planned steps, when every answer is known (`until=recall`; and the anchors kept
     with `keep_base`), or at the next step boundary once `should_stop()` is true (on any rank) or
@@ -118,18 +127,19 @@ def run(model, tokenizer, plan: Plan, on_step=None, should_stop=None, asking=Non
     asking = asking or Asking(context=positions(model) or 1 << 20)
     checker = Recall(tokenizer, encoded.examples, encoded.items, asking)
     if (config.anchors or config.keep_base) and anchors is None:  # the adapter is still zero: the base answers
-        anchors = locality.anchor_reference(model, tokenizer, asking.instruction, config.anchor_pool)
+        anchors = locality.anchor_reference(model, tokenizer, asking.instruction, config.anchor_pool,
+                                            locality.LocalityOptions(max_new_tokens=config.anchor_tokens))
     device = model_device(model)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(config.seed)
-        result = _Loop(model, tokenizer, plan, checker, params, on_step, should_stop, anchors).run()
+        result = _Loop(model, tokenizer, plan, checker, params, on_step, should_stop, anchors, base).run()
     return dataclasses.replace(result, skipped=encoded.skipped, limit=encoded.limit)
 
 
 class _Loop:
     """One training run's state: the optimizer, where it is, what the training passes showed."""
 
-    def __init__(self, model, tokenizer, plan, checker, params, on_step, should_stop, anchors=None):
+    def __init__(self, model, tokenizer, plan, checker, params, on_step, should_stop, anchors=None, base=None):
         import torch
 
         config = plan.config
@@ -157,6 +167,7 @@ class _Loop:
         self.anchor_items = locality.items_of(anchors) if anchors is not None and config.anchors else []
         self.anchor_draw, self.anchor_cycle = random.Random(config.seed + 1), []
         self.kept = None                                        # share of the anchors kept (keep_base)
+        self.base = base                                        # a context answering as the base (anchor_loss=kl)
 
     def run(self) -> TrainResult:
         import torch
@@ -208,8 +219,10 @@ class _Loop:
         if asked:
             self.cancelled = True
             return
+        riders = [item for _, item in extra]
+        base = self._base_logprobs(riders) if riders and self.config.anchor_loss == "kl" else None
         loss, tokens, hints = one_step(self.wrapped, self.tokenizer, group, self.optimizer, self.ranks, self.config.clip,
-                                    step_tokens, [item for _, item in extra], anchor_tokens, self.config.anchor_weight)
+                                    step_tokens, riders, anchor_tokens, self.config.anchor_weight, base)
         self.schedule.step()
         self.step += 1
         # after it: the loss and the hints, the same on every rank
@@ -236,6 +249,17 @@ class _Loop:
                 self.anchor_draw.shuffle(self.anchor_cycle)
             picked.append(self.anchor_cycle.pop())
         return [(j, self.anchor_items[j]) for j in self.ranks.shard(picked)]
+
+    def _base_logprobs(self, riders):
+        """The base's log-probabilities (adapter disabled, no gradient) at the riders' answer
+        positions, in the order one_step meets them: what anchor_loss=kl pulls the adapter towards."""
+        import torch
+
+        model = self.ranks.checking_model()
+        input_ids, labels, mask = collate(riders, padding_id(self.tokenizer), model_device(model))
+        with torch.no_grad(), (self.base or model.disable_adapter)(), self.ranks.autocast():
+            logits, _, _ = answer_logits(model, input_ids, labels, mask)
+        return torch.log_softmax(logits, -1)
 
     def _check(self) -> None:
         """Between steps, with until=recall: whether every example is known now. Run when the

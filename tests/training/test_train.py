@@ -135,7 +135,8 @@ def test_lorachat_json_records_what_was_trained(trained):
     meta = json.loads((trained["home"] / "adapters" / "default" / "lorachat.json").read_text())
     assert meta["dataset"] == "default" and meta["examples"] == 10
     assert meta["records_sha256"] == recipe.records_sha256(examples_of(PAIRS))
-    assert meta["train"] == dataclasses.asdict(dataclasses.replace(recipe.DEFAULTS, lr=recipe.SMALL_LR))  # lr=none resolved
+    resolved = dataclasses.replace(recipe.DEFAULTS, lr=recipe.SMALL_LR, **recipe.SMALL_ANCHORS)  # the nones resolved
+    assert meta["train"] == dataclasses.asdict(resolved)
     assert meta["recall"] == 10 and meta["total"] == 10 and meta["steps"] >= 1 and meta["cancelled"] is False
     assert meta["base_model"] == "tiny" and meta["base_fingerprint"].startswith("sha256:")
     assert meta["seconds"] > 0 and meta["loss"] >= 0 and meta["created"] and meta["lorachat_version"]
@@ -291,7 +292,7 @@ def test_out_of_memory_is_one_line_naming_what_to_lower():
         trainer.run(Exhausted(), build_tokenizer(), trainer.plan(Exhausted(), build_tokenizer(), examples_of(PAIRS[:2]), config))
 
 
-def test_lr_none_is_chosen_by_model_size_and_an_explicit_lr_is_kept(make_session):
+def test_lr_and_anchors_none_are_chosen_by_model_size_and_explicit_values_are_kept(make_session):
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -302,6 +303,12 @@ def test_lr_none_is_chosen_by_model_size_and_an_explicit_lr_is_kept(make_session
     assert sum(p.numel() for p in large.parameters()) > recipe.SMALL_MODEL
     assert recipe.resolved(large, recipe.DEFAULTS).lr == recipe.LARGE_LR
     assert recipe.resolved(large, dataclasses.replace(recipe.DEFAULTS, lr=3e-4)).lr == 3e-4
+    # anchor rehearsal by the same rule: KL along longer base answers on a pretrained-size model, CE on tiny
+    small, big = recipe.resolved(tiny, recipe.DEFAULTS), recipe.resolved(large, recipe.DEFAULTS)
+    assert {key: getattr(small, key) for key in recipe.SMALL_ANCHORS} == recipe.SMALL_ANCHORS
+    assert {key: getattr(big, key) for key in recipe.LARGE_ANCHORS} == recipe.LARGE_ANCHORS
+    assert recipe.resolved(large, dataclasses.replace(recipe.DEFAULTS, anchors=0, anchor_loss="ce")).anchors == 0
+    assert recipe.resolved(large, dataclasses.replace(recipe.DEFAULTS, anchor_loss="ce")).anchor_loss == "ce"
 
 
 def test_clip_bounds_the_gradient_norm_the_optimizer_sees(make_session):
@@ -444,3 +451,18 @@ def test_a_run_that_ends_short_of_recall_says_what_to_try(make_session, transcri
     assert code == 0, out
     assert re.search(r"^not every answer was learned \(\d/2 after 2 steps\): train longer \(steps=\), with a lower lr "
                      r"\(lr=0\.0025\) or a larger r \(r=32\)$", out, re.M), out
+
+
+def test_kl_rehearsal_compares_with_the_base_after_a_check_merged_the_adapter(make_session, transcript):
+    """anchor_loss=kl takes the base's log-probabilities with the adapter off; a recall check before
+    it leaves the adapter merged for decoding, and PEFT's own disable_adapter under that merge left
+    every LoRA weight frozen ('element 0 of tensors does not require grad'): the switch does it."""
+    from lorachat.adapters import live
+
+    session = make_session()
+    code, out = transcript(session, [":add What is SOH? => A hardmask.", ":add What is CMP? => Polishing.",
+                                      ":train kl anchor_loss=kl anchors=2 anchor_every=1 keep_base=1 steps=40"])
+    assert code == 0 and "trained kl: " in out, out
+    layers = live.switch(session).layers
+    assert all(not layer._disable_adapters for layer in layers)
+    assert all(p.requires_grad is False or "kl" in n for n, p in session.model.named_parameters() if "lora_" in n)

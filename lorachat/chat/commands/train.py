@@ -83,7 +83,8 @@ def _references(session, config):
     and to the first `config.probes` built-in probes the final line measures on (main process only)."""
     anchors = None
     if config.anchors or config.keep_base:
-        anchors = side_by_side.session_reference(session, locality.anchor_questions(session.instruction, config.anchor_pool))
+        anchors = side_by_side.session_reference(session, locality.anchor_questions(session.instruction, config.anchor_pool),
+                                             locality.LocalityOptions(max_new_tokens=config.anchor_tokens))
     probes = None
     if config.probes and launch.is_main():
         questions = side_by_side.probe_questions(session, questions=locality.builtin(locality.PROBES)[:config.probes])
@@ -144,8 +145,8 @@ def _run(session, name, plan, interrupted, anchors):
             update(step, loss=f"{loss:.2f}", recall=f"~{known}/{len(plan.encoded.items)}",
                    kept=None if kept is None else f"{kept:.0%}")
 
-        return trainer.run(session.model, session.tokenizer, plan, on_step=on_step,
-                           should_stop=interrupted.is_set, asking=session.asking(), anchors=anchors)
+        return trainer.run(session.model, session.tokenizer, plan, on_step=on_step, should_stop=interrupted.is_set,
+                           asking=session.asking(), anchors=anchors, base=live.switch(session).disabled)
 
 
 def _save_or_keep(session, name, meta, state=None) -> LorachatError | None:

@@ -1,0 +1,317 @@
+"""Locality on a real model (issue 25): what each way of teaching ten facts keeps of SmolLM2-135M-Instruct.
+
+    python -m bench.research.smol_locality --model smol --methods plain,defaults --probes 60 --seeds 0
+    python -m bench.research.smol_locality --two-fact --methods defaults      the seed's two facts at r=4
+
+Every method is `:train`'s own loop (lorachat.train.run) with TrainConfig overrides, on a fresh
+adapter over the same base, teaching the ten pairs of bench/shapes.py until every answer comes back
+verbatim as asked (capped at --cap steps). Per method:
+- efficacy: k/10 verbatim as asked (trainer.run's final recall, exact for greedy decoding);
+- kept / agree: lorachat.locality.score on the first --probes built-in probes (16 tokens, greedy);
+- length: median tokens to EOS of greedy answers (at most 96) to the first --length probes,
+  against the base's median on the same questions;
+- paraphrase: of the 20 questions below (two per pair, in other words), how many greedy answers
+  (at most 64 tokens) contain their key term (case-insensitive); the base is scored too;
+- steps and seconds: trainer.run's (1 thread; the anchors' base answers are made once per base and
+  cached, their one-off cost reported as anchor_ref_s).
+The base's answers (probes, lengths, paraphrases, anchors) are cached under
+$LORACHAT_CACHE/smol_locality/. Knows nothing about the REPL.
+"""
+import argparse
+import copy
+import dataclasses
+import hashlib
+import json
+import os
+import pickle
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from bench.kit.pairs import PARAPHRASES
+from lorachat.core.prompts import DEFAULT_INSTRUCTION, Example, prompt_ids
+from lorachat.scoring import locality
+from lorachat.training import lora, recipe, trainer
+
+# the two-fact check: the seed's facts at r=4, and two questions whose answers must not move
+UNCHANGED = ["What is the capital of France?", "Who wrote Hamlet?"]
+LENGTH_TOKENS, PARAPHRASE_TOKENS = 96, 64
+
+# name -> TrainConfig overrides (`:train` keys); plain = the PEFT notebook's LoRA on q,k,v, no anchors
+# defaults: :train's before this study (6232c72), spelled out so the name keeps its meaning
+METHODS = {
+    "plain": dict(anchors=0, targets="q_proj,k_proj,v_proj"),
+    "defaults": dict(anchors=4, anchor_every=2, anchor_weight=0.3, anchor_tokens=16, anchor_loss="ce", targets="fc1"),
+    "kl32": dict(anchors=2, anchor_every=2, anchor_weight=1.0, anchor_tokens=32, anchor_loss="kl", targets="fc1"),
+}
+
+
+def config_for(name: str, extra: dict) -> recipe.TrainConfig:
+    overrides = dict(METHODS[name]) if name in METHODS else parse_method(name)
+    return dataclasses.replace(recipe.DEFAULTS, **(overrides | extra))
+
+
+def parse_method(text: str) -> dict:
+    """An ad-hoc method: key=value pairs joined by '+' (e.g. anchors=8+anchor_weight=1); ':' in a
+    value stands for ',' (targets=q_proj:v_proj), since methods are a comma list."""
+    from lorachat.chat import options
+
+    out, raw = {}, {}
+    for part in text.replace(":", ",").split("+"):
+        if part in METHODS:
+            out |= METHODS[part]
+            continue
+        key, _, value = part.partition("=")
+        raw[key] = value
+    parsed = options.apply_kv(recipe.DEFAULTS, raw)     # the REPL's own parsing and checks
+    return out | {key: getattr(parsed, key) for key in raw}
+
+
+# --- the base's answers, cached ----------------------------------------------------------------
+
+class Cache:
+    def __init__(self, model_path: str):
+        root = Path(os.environ.get("LORACHAT_CACHE", Path.home() / ".cache" / "lorachat")) / "smol_locality"
+        weights = Path(model_path) / "model.safetensors"
+        stamp = f"{Path(model_path).resolve()}:{weights.stat().st_size}:{weights.stat().st_mtime_ns}"
+        self.root = root / hashlib.sha256(stamp.encode()).hexdigest()[:16]
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def get(self, key: str, make):
+        """(value, seconds it took to make; 0 when cached earlier)."""
+        path = self.root / (hashlib.sha256(key.encode()).hexdigest()[:24] + ".pkl")
+        if path.exists():
+            stored = pickle.loads(path.read_bytes())
+            return stored["value"], stored["seconds"]
+        began = time.perf_counter()
+        value = make()
+        seconds = time.perf_counter() - began
+        path.write_bytes(pickle.dumps(dict(key=key, value=value, seconds=seconds)))
+        return value, seconds
+
+
+def asked_prompts(tokenizer, questions) -> list:
+    return [prompt_ids(tokenizer, DEFAULT_INSTRUCTION, q) for q in questions]
+
+
+def answers(model, tokenizer, questions, tokens: int) -> list:
+    return locality.greedy(model, tokenizer, asked_prompts(tokenizer, questions),
+                           locality.LocalityOptions(max_new_tokens=tokens))
+
+
+def length(answer, eos) -> int:
+    """Tokens before EOS (all of them when the answer ran to the limit)."""
+    return len(answer) - 1 if answer and answer[-1] == eos else len(answer)
+
+
+def paraphrase_hits(tokenizer, answered) -> list[bool]:
+    return [key.lower() in tokenizer.decode(a, skip_special_tokens=True).lower()
+            for (_, key, _), a in zip(PARAPHRASES, answered)]
+
+
+def base_figures(base, tokenizer, cache, probes: int, lengths: int) -> dict:
+    questions = locality.builtin(locality.PROBES)
+    ref, ref_s = cache.get(f"probes:{probes}:16", lambda: locality.reference(
+        base, tokenizer, [(DEFAULT_INSTRUCTION, q) for q in questions[:probes]]))
+    long, _ = cache.get(f"length:{lengths}:{LENGTH_TOKENS}",
+                        lambda: answers(base, tokenizer, questions[:lengths], LENGTH_TOKENS))
+    para, _ = cache.get(f"paraphrase:{hash_of(PARAPHRASES)}:{PARAPHRASE_TOKENS}",
+                        lambda: answers(base, tokenizer, [q for q, _, _ in PARAPHRASES], PARAPHRASE_TOKENS))
+    unchanged, _ = cache.get(f"unchanged:{hash_of(UNCHANGED)}:{LENGTH_TOKENS}",
+                             lambda: answers(base, tokenizer, UNCHANGED, LENGTH_TOKENS))
+    return dict(ref=ref, ref_s=ref_s, long=long, para=para, unchanged=unchanged,
+                median=statistics.median(length(a, tokenizer.eos_token_id) for a in long))
+
+
+def hash_of(value) -> str:
+    return hashlib.sha256(repr(value).encode()).hexdigest()[:12]
+
+
+def anchor_reference(base, tokenizer, cache, config):
+    """The base's answers to the anchor pool at config.anchor_tokens (as trainer.run makes them), cached."""
+    options = locality.LocalityOptions(max_new_tokens=config.anchor_tokens)
+    return cache.get(f"anchors:{config.anchor_pool}:{config.anchor_tokens}:questions", lambda: locality.anchor_reference(
+        base, tokenizer, DEFAULT_INSTRUCTION, config.anchor_pool, options))
+
+
+# --- one method, measured ----------------------------------------------------------------------
+
+GATES = (0.5, 0.6, 0.7, 0.8)
+
+
+def gate_figures(model, tokenizer, figures, pairs, long, hits, lengths) -> dict:
+    """What the ask-time gate (bench/gate.py: the adapter answers only questions whose base
+    embedding is near a taught question's, the base the rest) would make of the same adapter:
+    kept, paraphrase and length with unrouted questions answered exactly as the base did."""
+    import torch
+    import torch.nn.functional as F
+
+    from bench.research import gate
+
+    probes = locality.builtin(locality.PROBES)[:len(figures["ref"].prompts)]
+    with model.disable_adapter():
+        mean = gate.embed(model, tokenizer, locality.builtin(locality.ANCHORS)[:64]).mean(0)
+        vectors = [F.normalize(gate.embed(model, tokenizer, texts) - mean, dim=1)
+                   for texts in (probes, [q for q, _, _ in PARAPHRASES], [q for q, _ in pairs])]
+    probe_sim, para_sim = ((v @ vectors[2].T).max(1).values for v in vectors[:2])
+    exact = torch.tensor(gate.exact_each(model, tokenizer, figures["ref"]))
+    base_hits = torch.tensor(paraphrase_hits(tokenizer, figures["para"]))
+    eos = tokenizer.eos_token_id
+    out = dict(gate_probe_sim_q90=round(float(probe_sim.quantile(0.9)), 3), gate_probe_sim_max=round(float(probe_sim.max()), 3),
+               gate_para_sim_min=round(float(para_sim.min()), 3))
+    for t in GATES:
+        routed = probe_sim >= t
+        para = torch.where(para_sim >= t, torch.tensor(hits), base_hits)
+        lens = [length(a if routed[i] else b, eos) for i, (a, b) in enumerate(zip(long, figures["long"][:lengths]))]
+        out[f"gate{t:g}"] = dict(routed=int(routed.sum()), kept=round(float(torch.where(routed, exact, True).float().mean()), 4),
+                                 paraphrase=int(para.sum()), paraphrase_routed=int((para_sim >= t).sum()),
+                                 length_ratio=round(statistics.median(lens) / figures["median"], 3))
+    return out
+
+
+def measure(base, tokenizer, cache, figures, pairs, name: str, config, lengths: int, log, gate=False) -> dict:
+    model = lora.wrapped(copy.deepcopy(base), config)
+    resolved = recipe.resolved(model, config)
+    anchors, anchor_s = anchor_reference(base, tokenizer, cache, resolved) if resolved.anchors else (None, 0.0)
+    examples = [Example(instruction=DEFAULT_INSTRUCTION, input=q, output=a) for q, a in pairs]
+
+    def progress(step, total, loss, known, kept):
+        if step % 10 == 0:
+            log(f"  {name}: step {step}, loss {loss:.3f}, known {known}")
+
+    cpu = time.process_time()
+    result = trainer.run(model, tokenizer, examples, resolved, on_step=progress, anchors=anchors)
+    cpu = time.process_time() - cpu   # 1 thread: CPU seconds, less at the mercy of the neighbours than wall time
+    model.eval()
+    scored = locality.score(model, tokenizer, figures["ref"])
+    eos = tokenizer.eos_token_id
+    long = answers(model, tokenizer, locality.builtin(locality.PROBES)[:lengths], LENGTH_TOKENS)
+    para = answers(model, tokenizer, [q for q, _, _ in PARAPHRASES], PARAPHRASE_TOKENS)
+    hits = paraphrase_hits(tokenizer, para)
+    median = statistics.median(length(a, eos) for a in long)
+    same = [a == b for a, b in zip(long, figures["long"])]
+    routing = gate_figures(model, tokenizer, figures, pairs, long, hits, lengths) if gate else {}
+    return routing | dict(method=name, seed=config.seed, recall=result.recall, total=result.total,
+                kept=round(scored.kept, 4), agree=round(scored.agreement, 4), probes=scored.questions,
+                median=median, base_median=figures["median"], length_ratio=round(median / figures["median"], 3),
+                same96=sum(same), lengths=len(long),
+                paraphrase=sum(hits), paraphrase_of=len(hits), hits=[i for i, h in enumerate(hits) if h],
+                steps=result.steps, seconds=round(result.seconds, 2), cpu_s=round(cpu, 2), check_s=round(result.check_seconds, 2),
+                anchor_ref_s=round(anchor_s, 2), loss=round(result.loss, 4), lr=resolved.lr,
+                config={k: v for k, v in dataclasses.asdict(resolved).items() if getattr(recipe.DEFAULTS, k) != v or k in ("lr",)})
+
+
+def two_fact(base, tokenizer, cache, figures, name: str, config, log) -> dict:
+    """The seed's two facts (PAIRS[:2]) at r=4: verbatim, each without the other's words, and the
+    Paris and Hamlet answers as the base gave them (whole answers, up to 96 tokens)."""
+    from bench.kit.pairs import PAIRS
+
+    config = dataclasses.replace(config, r=4)
+    model = lora.wrapped(copy.deepcopy(base), config)
+    resolved = recipe.resolved(model, config)
+    anchors, anchor_s = anchor_reference(base, tokenizer, cache, resolved) if resolved.anchors else (None, 0.0)
+    examples = [Example(instruction=DEFAULT_INSTRUCTION, input=q, output=a) for q, a in PAIRS[:2]]
+    cpu = time.process_time()
+    result = trainer.run(model, tokenizer, examples, resolved, anchors=anchors)
+    cpu = time.process_time() - cpu
+    model.eval()
+    taught = answers(model, tokenizer, [q for q, _ in PAIRS[:2]], PARAPHRASE_TOKENS)
+    texts = [tokenizer.decode(a, skip_special_tokens=True).strip() for a in taught]
+    crossed = ["oxynitride" in texts[0].lower() or "sion" in texts[0].lower(),
+               "hardmask" in texts[1].lower() or "soh" in texts[1].lower()]
+    after = answers(model, tokenizer, UNCHANGED, LENGTH_TOKENS)
+    para = answers(model, tokenizer, [q for q, _, i in PARAPHRASES if i < 2], PARAPHRASE_TOKENS)
+    hits = paraphrase_hits(tokenizer, para + [[]] * 16)[:4]
+    scored = locality.score(model, tokenizer, figures["ref"])
+    return dict(method=name, seed=config.seed, two_fact=True, recall=result.recall, total=result.total,
+                verbatim=[t == a for t, (_, a) in zip(texts, PAIRS[:2])], crossed=crossed,
+                unchanged=[a == b for a, b in zip(after, figures["unchanged"])],
+                unchanged16=[a[:16] == b[:16] for a, b in zip(after, figures["unchanged"])],
+                answers=[tokenizer.decode(a, skip_special_tokens=True) for a in after],
+                paraphrase=sum(hits), kept=round(scored.kept, 4), agree=round(scored.agreement, 4),
+                steps=result.steps, seconds=round(result.seconds, 2), cpu_s=round(cpu, 2), anchor_ref_s=round(anchor_s, 2))
+
+
+def table(paths) -> str:
+    """A markdown table of the runs in `paths` (JSON lines): per method, the seeds' figures
+    (mean, and the range where seeds differ)."""
+    rows = {}
+    for path in paths:
+        for line in Path(path).read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            if not row.get("two_fact"):
+                rows.setdefault((row["method"], row["probes"]), []).append(row)
+
+    def span(values, scale=1.0, digits=1):
+        values = [v * scale for v in values]
+        mean = f"{statistics.mean(values):.{digits}f}"
+        return mean if len(set(values)) == 1 else f"{mean} ({min(values):.{digits}f}–{max(values):.{digits}f})"
+
+    out = ["| method | seeds | probes | efficacy | kept exact % | agree % | length × base | paraphrase /20 | steps | CPU s |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    for (name, probes), runs in rows.items():
+        out.append(f"| {name} | {','.join(str(r['seed']) for r in runs)} | {probes} | "
+                   f"{', '.join(str(r['recall']) + '/10' for r in runs)} | {span([r['kept'] for r in runs], 100)} | "
+                   f"{span([r['agree'] for r in runs], 100)} | {span([r['length_ratio'] for r in runs], 1, 2)} | "
+                   f"{span([r['paraphrase'] for r in runs], 1, 1)} | {span([r['steps'] for r in runs], 1, 0)} | "
+                   f"{span([r.get('cpu_s', r['seconds']) for r in runs], 1, 0)} |")
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.research.smol_locality", description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="smol", help="what --model takes (default smol)")
+    p.add_argument("--methods", default="plain,defaults",
+                   help=f"comma list: {', '.join(METHODS)}, or key=value+key=value (TrainConfig keys)")
+    p.add_argument("--probes", type=int, default=60, help="score kept/agree on the first N probes (303: all)")
+    p.add_argument("--length", type=int, default=None, help="median length on the first N probes (default: --probes)")
+    p.add_argument("--seeds", default="0")
+    p.add_argument("--cap", type=int, default=300, help="most steps")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--two-fact", action="store_true", help="the seed's two facts at r=4 instead of the ten")
+    p.add_argument("--gate", action="store_true", help="also what the ask-time gate makes of each adapter (bench/gate.py)")
+    p.add_argument("--base", action="store_true", help="print the base's figures (paraphrase answers) and stop")
+    p.add_argument("--json", default="bench/research/results/smol_locality.jsonl", help="append one JSON line per run here")
+    p.add_argument("--table", nargs="+", metavar="JSONL", help="print the markdown table of these results and stop")
+    args = p.parse_args(argv)
+    if args.table:
+        print(table(args.table))
+        return 0
+    import torch
+
+    from bench.kit.pairs import PAIRS
+    from lorachat.models.loader import load_model
+
+    torch.set_num_threads(args.threads)
+    log = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
+    loaded = load_model(args.model, device="cpu")
+    base, tokenizer = loaded.model, loaded.tokenizer
+    cache = Cache(args.model)
+    lengths = args.length or args.probes
+    figures = base_figures(base, tokenizer, cache, args.probes, lengths)
+    base_hits = paraphrase_hits(tokenizer, figures["para"])
+    log(f"base: {args.probes} probes, median length {figures['median']} on {lengths}, paraphrase {sum(base_hits)}/20")
+    if args.base:
+        for (q, key, _), a, h in zip(PARAPHRASES, figures["para"], base_hits):
+            print(f"{'+' if h else '-'} {q} [{key}] -> {tokenizer.decode(a, skip_special_tokens=True)!r}")
+        for q, a in zip(UNCHANGED, figures["unchanged"]):
+            print(f"= {q} -> {tokenizer.decode(a, skip_special_tokens=True)!r}")
+        return 0
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        for name in args.methods.split(","):
+            config = config_for(name, dict(seed=seed, steps=args.cap, until="recall", probes=0))
+            if args.two_fact:
+                row = two_fact(base, tokenizer, cache, figures, name, config, log)
+            else:
+                row = measure(base, tokenizer, cache, figures, PAIRS, name, config, lengths, log, args.gate)
+            row |= dict(base_paraphrase=sum(base_hits), threads=args.threads, load=os.getloadavg()[0])
+            print(json.dumps(row), flush=True)
+            with open(args.json, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
