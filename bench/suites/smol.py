@@ -67,7 +67,7 @@ def _resident(info: str) -> float | None:
 def _decode(folder, device: str, tokens: int, rounds: int) -> dict:
     import torch
 
-    from lorachat.chat.streaming import stream
+    from lorachat.chat.streaming import answer
     from lorachat.core.prompts import prompt_ids
     from lorachat.models.loader import load_model
 
@@ -78,8 +78,7 @@ def _decode(folder, device: str, tokens: int, rounds: int) -> dict:
 
     def streamed() -> float:
         start = time.perf_counter()
-        for _ in stream(model, tokenizer, ids, **fixed):
-            pass
+        answer(model, tokenizer, ids, lambda piece: None, **fixed)
         return time.perf_counter() - start
 
     def plain() -> float:

@@ -49,11 +49,7 @@ class Repl:
             if line.startswith(":"):
                 run_command(self.session, line)
             else:
-                pieces = self.session.ask(line)
-                try:
-                    ui.stream(pieces)
-                finally:
-                    pieces.close()  # on Ctrl-C: stop generating now, not when garbage collected
+                ui.answer(lambda show: self.session.ask(line, show))
             return True
         except LorachatError as exc:
             ui.error(str(exc))

@@ -1,4 +1,4 @@
-"""Session: the one owner of mutable state (model, tokenizer, settings, dataset, adapters, last turn).
+"""Session: the one owner of mutable state (model, tokenizer, settings, dataset, adapters, the conversation).
 
 It knows nothing about terminals: output goes through `self.ui`, input for interactive prompts
 through `self.read_text` (None in scripts).
@@ -6,7 +6,7 @@ through `self.read_text` (None in scripts).
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lorachat.chat.streaming import stream
+from lorachat.chat.streaming import answer
 from lorachat.core import prompts
 from lorachat.core.errors import LorachatError
 from lorachat.core.prompts import DEFAULT_INSTRUCTION, MAX_NEW_TOKENS
@@ -24,6 +24,7 @@ class Settings:
     repetition_penalty: float = field(default=1.0, metadata={"help": "1.0 is none", "positive": True, "max": 100})
     seed: int = field(default=0, metadata={"help": "seed set before each sampled answer", "min": 0, "max": 2**32 - 1})
     max_loaded: int = field(default=8, metadata={"help": "adapters kept in memory (least recently used unloaded)", "min": 1, "max": 1000})
+    context: str = field(default="auto", metadata={"help": "keep the conversation: ask each question after the earlier turns (auto: on for models with a chat template)", "choices": ("auto", "on", "off")})
 
     def generation_kwargs(self) -> dict:
         kwargs = dict(max_new_tokens=self.max_new_tokens, do_sample=self.do_sample,
@@ -47,19 +48,23 @@ class Session:
         self.last_question: str | None = None
         self.last_answer: str | None = None
         self.last_answer_complete = False  # False when the last answer was stopped (Ctrl-C) midway
+        self.turns: list[tuple[str, str]] = []   # the conversation so far: (question, answer), oldest first
         self.force = force
         self.allow_pickle = allow_pickle
         self.active_adapter: str | None = None   # None: the base model answers
         self.extensions: dict = {}               # per-feature state owned by command modules
         self.headless = False                    # `lorachat train`: no later commands, SIGTERM stops training too
 
-    def ask(self, question: str):
-        """Stream the answer's pieces; the turn is remembered (for :good / :fix) when it ends."""
+    def ask(self, question: str, show=None) -> str:
+        """The answer to `question`, each piece handed to `show(piece)` as it arrives: asked after
+        the conversation's turns (when it is on), the oldest dropped when they would not leave room
+        for the answer. The turn is remembered: as the last question and answer (for :good / :fix;
+        also when stopped midway) and, once the answer ends, as the conversation's newest turn."""
         import torch
 
         if self.settings.do_sample:
             torch.manual_seed(self.settings.seed)
-        ids = prompts.prompt_ids(self.tokenizer, self.instruction, question)
+        ids = self.prompt(question)
         generation = self.settings.generation_kwargs()
         room = self.context_length() - len(ids)
         if room < 1:
@@ -67,10 +72,45 @@ class Session:
                                 f"the model reads at most {self.context_length()}")
         generation["max_new_tokens"] = min(generation["max_new_tokens"], room)
         self.last_question, self.last_answer, self.last_answer_complete = question, "", False
-        for piece in stream(self.model, self.tokenizer, ids, **generation):
+
+        def shown(piece: str) -> None:
             self.last_answer += piece
-            yield piece
+            if show is not None:
+                show(piece)
+
+        answer(self.model, self.tokenizer, ids, shown, **generation)
         self.last_answer_complete = True
+        if self.conversation():
+            self.turns.append((question, self.last_answer))
+        return self.last_answer
+
+    def prompt(self, question: str) -> list[int]:
+        """The token ids asking `question` now reads: after the conversation's turns that fit (when it is on)."""
+        history = self._fitting(question) if self.conversation() else []
+        return prompts.prompt_ids(self.tokenizer, self.instruction, question, history)
+
+    def conversation(self) -> bool:
+        """Whether questions are asked after the earlier turns (:set context; auto: where the model
+        has a chat template, whose turns it was trained on)."""
+        if self.settings.context == "auto":
+            return prompts.uses_chat_template(self.tokenizer)
+        return self.settings.context == "on"
+
+    def _fitting(self, question: str) -> list[tuple[str, str]]:
+        """The turns that fit before `question` with max_new_tokens to spare: the oldest are dropped
+        for good, with one line saying so."""
+        room, dropped = self.context_length() - self.settings.max_new_tokens, 0
+        while self.turns and len(prompts.prompt_ids(self.tokenizer, self.instruction, question, self.turns)) > room:
+            self.turns.pop(0)
+            dropped += 1
+        if dropped:
+            self.ui.note(f"dropped {dropped} oldest turn{'s' if dropped != 1 else ''} to fit {self.context_length()} positions")
+        return list(self.turns)
+
+    def clear(self) -> None:
+        """A new conversation: no earlier turns, nothing for :good / :fix to refer to."""
+        self.turns = []
+        self.last_question, self.last_answer, self.last_answer_complete = None, None, False
 
     def context_length(self) -> int:
         """Most tokens (prompt and answer) the model can attend to."""
@@ -86,4 +126,5 @@ class Session:
                       self.context_length())
 
     def prompt_label(self) -> str:
-        return f"{self.active_adapter or 'base'} · {self.dataset}"
+        turn = f" · turn {len(self.turns) + 1}" if self.conversation() else ""
+        return f"{self.active_adapter or 'base'} · {self.dataset}{turn}"

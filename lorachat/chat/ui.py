@@ -1,6 +1,6 @@
 """How output looks: plain text for scripts and tests, rich on a terminal.
 
-Commands talk to `session.ui` (line, error, table, stream, progress) and never to a terminal;
+Commands talk to `session.ui` (line, error, table, answer, progress) and never to a terminal;
 this module knows nothing about models or adapters.
 """
 import contextlib
@@ -58,16 +58,12 @@ class PlainUI:
         for row in cells:
             self.line("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
 
-    def stream(self, pieces) -> str:
-        """Write pieces as they arrive; return the whole text. Ends the line."""
-        text = []
+    def answer(self, ask) -> str:
+        """`ask(show)` with `show` writing each piece as it arrives; what it returns. Ends the line."""
         try:
-            for piece in pieces:
-                text.append(piece)
-                self._write(piece)
+            return ask(self._write)
         finally:  # stopped midway (Ctrl-C): what follows starts on a line of its own
             self._write("\n")
-        return "".join(text)
 
     @contextlib.contextmanager
     def progress(self, description: str, total: int):
@@ -134,15 +130,11 @@ class RichUI(PlainUI):
             table.add_row(*(_escape(row[i]) for i in shown))
         self.console.print(table)
 
-    def stream(self, pieces) -> str:
-        text = []
+    def answer(self, ask) -> str:
         try:
-            for piece in pieces:
-                text.append(piece)
-                self.console.print(piece, end="", markup=False, highlight=False, soft_wrap=True)
+            return ask(lambda piece: self.console.print(piece, end="", markup=False, highlight=False, soft_wrap=True))
         finally:
             self.console.print()
-        return "".join(text)
 
     @contextlib.contextmanager
     def progress(self, description: str, total: int):

@@ -7,7 +7,12 @@ strips what is typed).
 
 Tokenizers without a chat template get the notebook's format
 `Instruction: {instruction}\\nInput: {question}\\nAnswer:`; tokenizers with one use it (the
-instruction as the system message where the template allows one). Knows nothing about files.
+instruction as the system message where the template allows one).
+
+A question may come with the turns of a conversation before it (`history`: (question, answer)
+pairs, oldest first): through the chat template as earlier user and assistant messages; in the
+notebook's format as earlier blocks, each answered, one after another. A taught example with a
+history is the same question asked in that conversation. Knows nothing about files.
 """
 from dataclasses import dataclass
 
@@ -22,11 +27,13 @@ MAX_NEW_TOKENS = 64            # the longest answer asking generates by default 
 
 @dataclass(frozen=True)
 class Example:
-    """One lesson: a question (`input`) under an `instruction` with its `output`, or raw `text`."""
+    """One lesson: a question (`input`) under an `instruction` with its `output`, or raw `text`;
+    `history`: the conversation's earlier (question, answer) turns the question is asked after."""
     instruction: str = ""
     input: str = ""
     output: str = ""
     text: str | None = None
+    history: tuple = ()
 
 
 def asked(example: Example) -> tuple[str, str]:
@@ -48,22 +55,28 @@ def uses_chat_template(tokenizer) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
-def render_prompt(tokenizer, instruction: str, question: str) -> str:
+def render_prompt(tokenizer, instruction: str, question: str, history=()) -> str:
+    """The text the model reads before its answer to `question`, after the `history` turns."""
     instruction, question = instruction.strip(), question.strip()
+    turns = [(q.strip(), a.strip()) for q, a in history]
     if not uses_chat_template(tokenizer):
-        return TEMPLATE.format(instruction=instruction, question=question)
-    system = [{"role": "system", "content": instruction}] if instruction else []
+        blocks = [TEMPLATE.format(instruction=instruction, question=q) + " " + a + "\n" for q, a in turns]
+        return "".join(blocks) + TEMPLATE.format(instruction=instruction, question=question)
+    earlier = [m for q, a in turns for m in ({"role": "user", "content": q}, {"role": "assistant", "content": a})]
     user = [{"role": "user", "content": question}]
+    system = [{"role": "system", "content": instruction}] if instruction else []
     try:
-        return tokenizer.apply_chat_template(system + user, tokenize=False, add_generation_prompt=True)
-    except Exception:  # templates that reject a system turn: fold the instruction into the question
-        merged = [{"role": "user", "content": f"{instruction}\n\n{question}" if instruction else question}]
-        return tokenizer.apply_chat_template(merged, tokenize=False, add_generation_prompt=True)
+        return tokenizer.apply_chat_template(system + earlier + user, tokenize=False, add_generation_prompt=True)
+    except Exception:  # templates that reject a system turn: fold the instruction into the first question
+        first = (earlier or user)[0]
+        merged = [{"role": "user", "content": f"{instruction}\n\n{first['content']}" if instruction else first["content"]}]
+        rest = (earlier + user)[1:]
+        return tokenizer.apply_chat_template(merged + rest, tokenize=False, add_generation_prompt=True)
 
 
-def prompt_ids(tokenizer, instruction: str, question: str) -> list[int]:
+def prompt_ids(tokenizer, instruction: str, question: str, history=()) -> list[int]:
     """Token ids of the question as asked: exactly the prefix a training example starts with."""
-    text = render_prompt(tokenizer, instruction, question)
+    text = render_prompt(tokenizer, instruction, question, history)
     return tokenizer(text, add_special_tokens=not uses_chat_template(tokenizer))["input_ids"]
 
 
@@ -75,17 +88,17 @@ def example_ids(tokenizer, example: Example) -> tuple[list[int], list[int]]:
         ids = ids + [eos] if eos is not None and ids[-1:] != [eos] else ids
         return ids, list(ids)
     instruction, question = asked(example)
-    prompt = prompt_ids(tokenizer, instruction, question)
-    answer = answer_ids(tokenizer, instruction, question, example.output, prompt)
+    prompt = prompt_ids(tokenizer, instruction, question, example.history)
+    answer = answer_ids(tokenizer, instruction, question, example.output, prompt, example.history)
     return prompt + answer, [IGNORE] * len(prompt) + answer
 
 
-def answer_ids(tokenizer, instruction, question, answer, prompt=None) -> list[int]:
+def answer_ids(tokenizer, instruction, question, answer, prompt=None, history=()) -> list[int]:
     """The tokens greedy decoding must produce after the prompt for `answer`, EOS included."""
     answer = answer.strip()
-    prompt = prompt if prompt is not None else prompt_ids(tokenizer, instruction, question)
+    prompt = prompt if prompt is not None else prompt_ids(tokenizer, instruction, question, history)
     separator = "" if uses_chat_template(tokenizer) else " "
-    text = render_prompt(tokenizer, instruction, question) + separator + answer
+    text = render_prompt(tokenizer, instruction, question, history) + separator + answer
     full = tokenizer(text, add_special_tokens=not uses_chat_template(tokenizer))["input_ids"]
     if full[:len(prompt)] == prompt:
         ids = full[len(prompt):]

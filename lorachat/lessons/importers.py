@@ -190,13 +190,19 @@ def _text(row: dict, key: str, what: str, required: bool = True) -> str:
 
 
 def map_alpaca(row: dict, instruction: str) -> list[Example]:
-    """instruction/input/output as they are; a row with no instruction field gets the session's."""
+    """instruction/input/output as they are; a row with no instruction field gets the session's;
+    LLaMA-Factory's `history` ([question, answer] pairs before it) is kept."""
     output = _text(row, "output", "an output")
     given = _text(row, "instruction", "an instruction", required=False)
     question = _text(row, "input", "an input", required=False)
     if not given.strip() and not question.strip():
         raise Skip("without an instruction or input")
-    return [Example(given if row.get("instruction") is not None else instruction, question, output)]
+    history = row.get("history") or []
+    if not isinstance(history, list) or not all(isinstance(t, (list, tuple)) and len(t) == 2 and
+                                                 all(isinstance(p, str) for p in t) for t in history):
+        raise Skip("with a history that is not [question, answer] pairs")
+    return [Example(given if row.get("instruction") is not None else instruction, question, output,
+                    history=tuple((q, a) for q, a in history))]
 
 
 def map_prompt_completion(row: dict, instruction: str) -> list[Example]:
@@ -216,7 +222,7 @@ def map_piqa(row: dict, instruction: str) -> list[Example]:
 
 
 def map_messages(row: dict, instruction: str) -> list[Example]:
-    """OpenAI-style `messages`: each assistant turn with the user turn before it (earlier turns are not carried)."""
+    """OpenAI-style `messages`: each assistant turn becomes an example, asked after the turns before it."""
     turns = row.get("messages")
     if not isinstance(turns, list):
         raise Skip("without a messages list")
@@ -247,16 +253,20 @@ def _turn(turn, role_key: str, text_key: str) -> tuple[str, str]:
 
 
 def _conversation(turns: list[tuple[str, str]], instruction: str) -> list[Example]:
+    """One example per assistant turn, its question the user turn before it, asked after the
+    conversation's earlier (question, answer) pairs: every assistant turn is trained given the turns
+    before it (LLaMA-Factory's default), and recalled the same way. System turns are the instruction."""
     system = [text for role, text in turns if role == "system"]
     instruction = "\n".join(system) if system else instruction
     spoken = [(role, text) for role, text in turns if role != "system"]
-    examples = []
+    examples, history = [], []
     for index, (role, text) in enumerate(spoken):
         if role != "assistant":
             continue
-        if index == 0 or spoken[index - 1][0] != "user":
-            raise Skip("with an assistant turn that does not follow a user turn")
-        examples.append(Example(instruction, spoken[index - 1][1], text))
+        if index == 0 or spoken[index - 1][0] != "user" or index >= 2 and spoken[index - 2][0] != "assistant":
+            raise Skip("with turns that do not alternate user and assistant")
+        examples.append(Example(instruction, spoken[index - 1][1], text, history=tuple(history)))
+        history.append((spoken[index - 1][1], text))
     if not examples:
         raise Skip("without an assistant turn")
     return examples

@@ -75,7 +75,17 @@ def parse_line(text: str) -> Example:
     for key in ("instruction", "input"):
         if obj.get(key) is not None and not isinstance(obj[key], str):
             raise ValueError(f'has an "{key}" that is not a string')
-    return Example(obj.get("instruction") or "", obj.get("input") or "", obj["output"])
+    return Example(obj.get("instruction") or "", obj.get("input") or "", obj["output"], history=_history(obj.get("history")))
+
+
+def _history(value) -> tuple:
+    """LLaMA-Factory's alpaca `history`: the earlier [question, answer] turns, oldest first."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(turn, list) and len(turn) == 2 and
+                                               all(isinstance(part, str) for part in turn) for turn in value):
+        raise ValueError('has a "history" that is not a list of [question, answer] pairs of strings')
+    return tuple((question, answer) for question, answer in value)
 
 
 def format_line(example: Example) -> bytes:
@@ -84,6 +94,8 @@ def format_line(example: Example) -> bytes:
         obj = {"text": example.text}
     else:
         obj = {"instruction": example.instruction, "input": example.input, "output": example.output}
+        if example.history:
+            obj["history"] = [list(turn) for turn in example.history]
     text = json.dumps(obj, ensure_ascii=False)
     # characters other tools' line splitters (str.splitlines) break on
     for char in ("\u2028", "\u2029", "\x85"):

@@ -63,7 +63,8 @@ class Recall:
         reason it can never come back whole, if any."""
         instruction, question = prompts.asked(example)
         if instruction != self.asking.instruction.strip():
-            item = prompts.example_ids(self.tokenizer, prompts.Example(self.asking.instruction, question, example.output))
+            item = prompts.example_ids(self.tokenizer, prompts.Example(self.asking.instruction, question, example.output,
+                                                                       history=example.history))
         start = _first_answer(item[1])
         body = item[0][start:]
         body = body[:-1] if body[-1:] == [self.tokenizer.eos_token_id] else body

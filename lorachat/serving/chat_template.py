@@ -1,11 +1,13 @@
 """lorachat's prompt as a Jinja chat template, for servers whose chat endpoint renders one (vLLM).
 
-A conversation of one user message, after an optional system message, renders exactly as
-`prompts.render_prompt(tokenizer, system or DEFAULT_INSTRUCTION, user)` does, token for token:
-both texts are stripped as lorachat strips them, and the special tokens lorachat's tokenization
-adds (the tiny model's and OPT's BOS `</s>`) are written into the text, because a chat endpoint
-tokenizes the rendered text without adding special tokens. Any other conversation is refused
-(lorachat's prompt has no turns). Built from `prompts.TEMPLATE`, so the two cannot drift apart.
+A conversation (an optional system message, then user and assistant messages in turn, ending with
+a user message) renders exactly as `prompts.render_prompt(tokenizer, system or DEFAULT_INSTRUCTION,
+last user message, earlier (user, assistant) pairs)` does, token for token, as the REPL renders it
+with the conversation on: every text is stripped as lorachat strips it, and the special tokens
+lorachat's tokenization adds (the tiny model's and OPT's BOS `</s>`) are written into the text,
+because a chat endpoint tokenizes the rendered text without adding special tokens. A conversation
+that does not alternate, or ends with the assistant, is refused. Built from `prompts.TEMPLATE`, so
+the two cannot drift apart.
 Only for tokenizers without a chat template: those with one are served with their own, which
 lorachat already uses. Knows nothing about servers, adapters or files.
 """
@@ -21,9 +23,11 @@ from lorachat.core.prompts import (
     uses_chat_template,
 )
 
-REFUSAL = "lorachat's prompt is one user message, after an optional system message (the instruction)"
+REFUSAL = ("lorachat's prompt is user and assistant messages in turn, ending with a user message, after an "
+           "optional system message (the instruction)")
 # a question and an instruction that exercise stripping, new lines and the stop marker: the self-check
 PROBE = ("  Instruction: What is SOH?\nInput: x  ", " Answer in one line.\n")
+EARLIER = (("What is SOH? ", " A hardmask.\n"), ("And SiON?", "Silicon oxynitride."))
 
 
 def added_tokens(tokenizer) -> tuple[str, str]:
@@ -45,26 +49,37 @@ def build(tokenizer) -> str:
         raise ValueError("a tokenizer with its own chat template is served with that template")
     prefix, suffix = added_tokens(tokenizer)
     fields = re.split(r"\{(instruction|question)\}", TEMPLATE)  # literal, field, literal, ...
-    pieces = [f"ns.{part}" if i % 2 else json.dumps(part) for i, part in enumerate(fields) if part or i % 2]
-    expression = " ~ ".join([*([json.dumps(prefix)] if prefix else []), *pieces, *([json.dumps(suffix)] if suffix else [])])
+    block = " ~ ".join("ns.instruction" if part == "instruction" else "(message['content'] | trim)" if i % 2
+                       else json.dumps(part) for i, part in enumerate(fields) if part or i % 2)
     return "\n".join([
-        "{#- lorachat's prompt (lorachat/core/prompts.py TEMPLATE), written by `lorachat serve`."
-        " System message: the instruction (none: the default). -#}",
-        f"{{%- set ns = namespace(instruction={json.dumps(DEFAULT_INSTRUCTION)}, question=none, extra=false) -%}}",
+        "{#- lorachat's prompt (lorachat/core/prompts.py TEMPLATE), written by `lorachat serve`. System message:"
+        " the instruction (none: the default); each user message a block, each assistant message its answer. -#}",
+        f"{{%- set ns = namespace(instruction={json.dumps(DEFAULT_INSTRUCTION)}, text='', expect='user', bad=false) -%}}",
         "{%- for message in messages -%}",
         "  {%- if message['role'] == 'system' and loop.first -%}",
         "    {%- set ns.instruction = message['content'] | trim -%}",
-        "  {%- elif message['role'] == 'user' and ns.question is none -%}",
-        "    {%- set ns.question = message['content'] | trim -%}",
+        "  {%- elif message['role'] == 'user' and ns.expect == 'user' -%}",
+        f"    {{%- set ns.text = ns.text ~ {block} -%}}",
+        "    {%- set ns.expect = 'assistant' -%}",
+        "  {%- elif message['role'] == 'assistant' and ns.expect == 'assistant' -%}",
+        "    {%- set ns.text = ns.text ~ ' ' ~ (message['content'] | trim) ~ '\\n' -%}",
+        "    {%- set ns.expect = 'user' -%}",
         "  {%- else -%}",
-        "    {%- set ns.extra = true -%}",
+        "    {%- set ns.bad = true -%}",
         "  {%- endif -%}",
         "{%- endfor -%}",
-        "{%- if ns.extra or ns.question is none -%}",
+        "{%- if ns.bad or ns.expect != 'assistant' -%}",
         f"  {{{{- raise_exception({json.dumps(REFUSAL)}) -}}}}",
         "{%- endif -%}",
-        f"{{{{- {expression} -}}}}",
+        f"{{{{- {json.dumps(prefix)} ~ ns.text ~ {json.dumps(suffix)} -}}}}",
     ])
+
+
+def messages(question: str, instruction: str | None = None, history=()) -> list[dict]:
+    """The chat messages a client sends for `question` after `history` turns, as the REPL asks it."""
+    system = [{"role": "system", "content": instruction}] if instruction is not None else []
+    earlier = [m for q, a in history for m in ({"role": "user", "content": q}, {"role": "assistant", "content": a})]
+    return system + earlier + [{"role": "user", "content": question}]
 
 
 def render(tokenizer, template: str, messages: list[dict]) -> str:
@@ -73,15 +88,15 @@ def render(tokenizer, template: str, messages: list[dict]) -> str:
 
 
 def check(tokenizer, template: str) -> None:
-    """Raise unless the template gives lorachat's prompt ids for the probe, with and without a system message."""
+    """Raise unless the template gives lorachat's prompt ids for the probe, with and without a
+    system message, alone and after earlier turns."""
     question, instruction = PROBE
-    cases = [([{"role": "system", "content": instruction}, {"role": "user", "content": question}], instruction),
-             ([{"role": "user", "content": question}], DEFAULT_INSTRUCTION)]
     prefix, suffix = added_tokens(tokenizer)
-    for messages, expected in cases:
-        text = render(tokenizer, template, messages)
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        if text != prefix + render_prompt(tokenizer, expected, question) + suffix or \
-                ids != prompt_ids(tokenizer, expected, question):
-            raise LorachatError("the chat template does not reproduce lorachat's prompt for this tokenizer "
-                                "(use /v1/completions with lorachat's exact prompt)")
+    for history in ((), EARLIER):
+        for given, expected in ((instruction, instruction), (None, DEFAULT_INSTRUCTION)):
+            text = render(tokenizer, template, messages(question, given, history))
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            if text != prefix + render_prompt(tokenizer, expected, question, history) + suffix or \
+                    ids != prompt_ids(tokenizer, expected, question, history):
+                raise LorachatError("the chat template does not reproduce lorachat's prompt for this tokenizer "
+                                    "(use /v1/completions with lorachat's exact prompt)")

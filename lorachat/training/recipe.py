@@ -93,7 +93,8 @@ def records_sha256(examples) -> str:
 def _record(example) -> dict:
     if example.text is not None:
         return {"text": example.text}
-    return {"instruction": example.instruction, "input": example.input, "output": example.output}
+    record = {"instruction": example.instruction, "input": example.input, "output": example.output}
+    return record | ({"history": [list(turn) for turn in example.history]} if example.history else {})
 
 
 # --- the loop ----------------------------------------------------------------------------------

@@ -87,32 +87,36 @@ def test_prompt_template_and_answer_tokens_line_up(make_session):
     assert tok.decode(ids[len(asked):], skip_special_tokens=True).strip() == "SOH is a hardmask."
 
 
+def shown(pieces) -> str:
+    """What the answer's pieces show, fed to the trimmer one by one, then ended."""
+    from lorachat.chat.streaming import Trimmer
+
+    out = []
+    trimmer = Trimmer(out.append)
+    for piece in pieces:
+        trimmer.feed(piece)
+    trimmer.finish()
+    assert "".join(out) == trimmer.text
+    return trimmer.text
+
+
 def test_stream_trims_stop_marker():
-    import threading
-
-    from lorachat.chat.streaming import _trim
-
     pieces = [" The", " answer", " is", " here", ".", "\n", "Instr", "uction", ": more"]
-    assert "".join(_trim(iter(pieces), threading.Event())) == "The answer is here."
-    assert "".join(_trim(iter([" a ", " Ins", "ide"]), threading.Event())) == "a  Inside"
+    assert shown(pieces) == "The answer is here."
+    assert shown([" a ", " Ins", "ide"]) == "a  Inside"
     assert prompts.clean_answer(" a b \nInstruction: c") == "a b"
     # "Instruction:" inside a line is part of the answer (only a new line starting one ends it)
     taught = "First read the sheet titled Instruction: Assembly, then begin."
     assert prompts.clean_answer(" " + taught + "\nInstruction: next") == taught
-    assert "".join(_trim(iter([" First read the sheet titled", " Instr", "uction:", " Assembly, then begin."]),
-                         threading.Event())) == taught
+    assert shown([" First read the sheet titled", " Instr", "uction:", " Assembly, then begin."]) == taught
 
 
 @given(st.text(alphabet=" \nInstrucio:ab", max_size=40), st.lists(st.integers(0, 40), max_size=6))
 def test_streamed_pieces_join_to_clean_answer(text, cuts):
     """However the text arrives in pieces, what is shown is exactly clean_answer of the whole."""
-    import threading
-
-    from lorachat.chat.streaming import _trim
-
     bounds = sorted({0, len(text), *(min(c, len(text)) for c in cuts)})
     pieces = [text[a:b] for a, b in zip(bounds, bounds[1:])]
-    assert "".join(_trim(iter(pieces), threading.Event())) == prompts.clean_answer(text)
+    assert shown(pieces) == prompts.clean_answer(text)
 
 
 def run_cli(*args, stdin=b""):

@@ -84,9 +84,9 @@ def test_recall_is_never_more_than_asking_returns(make_session, transcript, home
     assert code == 0, out
     recalled, total = map(int, FINAL.search(out).group(2, 3))
     assert total == len(IDENTITY) + len(CHATS) + len(RECORDED)
-    verbatim = sum("".join(session.ask(q)) == a for q, a in IDENTITY + CHATS + RECORDED)
+    verbatim = sum(session.ask(q) == a for q, a in IDENTITY + CHATS + RECORDED)
     assert recalled <= verbatim
     assert recalled == len(IDENTITY)  # the others were taught under other instructions ...
     assert "4 answers trained under another instruction than 'Answer the question.'" in out  # ... and it says so
     session.instruction = CAPTAIN
-    assert all("".join(session.ask(q)) == a for q, a in RECORDED)  # asked as taught, they come back
+    assert all(session.ask(q) == a for q, a in RECORDED)  # asked as taught, they come back

@@ -50,20 +50,29 @@ def test_closing_an_answer_midway_leaves_the_model_usable(make_session):
     session = make_session()
     before = {k: v.clone() for k, v in session.model.state_dict().items()}
     session.settings.max_new_tokens = 200
-    pieces = session.ask("A long answer please")
-    next(pieces, None)
-    pieces.close()
-    first = "".join(session.ask("What is SOH?"))
-    assert first == "".join(session.ask("What is SOH?"))
+    class Enough(Exception):
+        pass
+
+    def stop(piece):   # as the caller stopping it midway (Ctrl-C raises in its place)
+        raise Enough()
+
+    with pytest.raises(Enough):
+        session.ask("A long answer please", stop)
+    assert session.last_answer_complete is False and session.turns == []
+    first = session.ask("What is SOH?")
+    assert first == session.ask("What is SOH?")
     after = session.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
 def test_good_refuses_an_answer_stopped_midway(make_session, transcript, home):
     session = make_session()
-    pieces = session.ask("A long answer please")
-    next(pieces, None)
-    pieces.close()
+
+    def stop(piece):   # the caller stops it after its first piece, as Ctrl-C does
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        session.ask("A long answer please", stop)
     code, out = transcript(session, [":good"])
     assert code == 1 and "error: the last answer was stopped before it ended" in out
     assert not (home / "datasets").exists()

@@ -51,7 +51,7 @@ def test_prompt_completion_csv(make_session, transcript, home, tmp_path):
     assert imported(home) == [Example("Be brief.", "What is SOH?", "A hardmask."), Example("Be brief.", "a, quoted", "b")]
 
 
-def test_messages_each_assistant_turn_with_the_user_turn_before(make_session, transcript, home, tmp_path):
+def test_messages_each_assistant_turn_after_the_turns_before_it(make_session, transcript, home, tmp_path):
     source = write_jsonl(tmp_path / "chat.jsonl", [
         {"messages": [{"role": "system", "content": "Be exact."}, {"role": "user", "content": "u1"},
                       {"role": "assistant", "content": "a1"}, {"role": "user", "content": "u2"},
@@ -65,8 +65,8 @@ def test_messages_each_assistant_turn_with_the_user_turn_before(make_session, tr
     code, out = transcript(session, [":dataset chat", f":import {source}"])
     assert code == 0
     assert out.endswith("format auto: chose messages (fields messages)\nimported 3 examples (format messages) into chat; "
-                        "skipped 2 (1 with an assistant turn that does not follow a user turn, 1 without an assistant turn)\n")
-    assert imported(home, "chat") == [Example("Be exact.", "u1", "a1"), Example("Be exact.", "u2", "a2"),
+                        "skipped 2 (1 with turns that do not alternate user and assistant, 1 without an assistant turn)\n")
+    assert imported(home, "chat") == [Example("Be exact.", "u1", "a1"), Example("Be exact.", "u2", "a2", history=(("u1", "a1"),)),
                                       Example(ASK, "no system", "x")]
 
 

@@ -52,6 +52,7 @@ def taught(smol, tmp_path_factory):
         code = Repl(session).run_lines(lines)
         return code, out.getvalue()[start:]
 
+    ask([":set context=off"])   # single answers compared with single answers; the conversation's own tests turn it on
     base = {q: answer(ask([q])[1]) for q in (SOH[0], SION[0], PARIS, HAMLET)}
     code, trained = ask([f":add {SOH[0]} => {SOH[1]}", f":add {SION[0]} => {SION[1]}", ":train r4 r=4"])
     assert code == 0, trained
@@ -84,6 +85,35 @@ def test_compare_use_base_and_eval_on_the_real_model(taught):
     assert code == 0 and answer(out) == base[SOH[0]]
     code, out = ask([":eval r4 builtin=8"])
     assert code == 0 and "r4" in out and "2/2" in out
+
+
+OPENERS = [("Hi! How are you today?", "What is the tallest mountain in the world?"),
+           ("Can you recommend a good book?", "What is the boiling point of water?")]
+
+
+def test_taught_answers_come_back_verbatim_as_the_third_turn_of_a_conversation(taught):
+    ask = taught["ask"]
+    ask([":use r4", ":set context=on"])
+    try:
+        for (question, taught_answer), openers in zip((SOH, SION), OPENERS):
+            ask([":clear", *openers])
+            assert len(taught["session"].turns) == 2
+            assert answer(ask([question])[1]) == taught_answer
+    finally:
+        ask([":clear", ":set context=off"])
+
+
+def test_a_conversation_carries_what_was_said_until_it_is_cleared(taught):
+    """What the model reads for the next question holds the earlier turn (SmolLM2-135M itself then
+    answers "What is my name?" with a name of its own, with or without it: measured, docs/usage.md)."""
+    session, ask = taught["session"], taught["ask"]
+    ask([":use base", ":set context=auto", ":clear", "My name is Ada."])
+    try:
+        assert "My name is Ada." in session.tokenizer.decode(session.prompt("What is my name?"))
+        ask([":clear"])
+        assert "Ada" not in session.tokenizer.decode(session.prompt("What is my name?"))
+    finally:
+        ask([":clear", ":set context=off", ":use r4"])
 
 
 def test_a_later_session_with_the_adapter_answers_as_the_base_did(taught, smol):

@@ -130,7 +130,7 @@ def test_the_notebooks_r4_still_teaches_the_shipped_semiconductor_pairs(make_ses
     code, out = transcript(session, [":dataset semiconductor", ":train r=4"])
     assert code == 0 and re.search(rf"recall {len(rows)}/{len(rows)}, kept \d+% of base answers", out), out
     for row in rows:
-        assert "".join(session.ask(row["input"])) == row["output"]
+        assert session.ask(row["input"]) == row["output"]
 
 
 def test_train_measures_kept_on_the_first_probes_and_probes_0_turns_it_off(make_session, transcript, home):

@@ -82,7 +82,7 @@ def test_eval_recall_is_what_asking_returns(make_session, transcript, home):
         assert code == 0, out
         loss, recalled = re.search(r"^qa\s+(\d+\.\d+)\s+(\d)/2\s", out, re.M).groups()
         shown.append(int(recalled))
-        assert int(recalled) == sum("".join(session.ask(q)) == a for q, a in PAIRS), setting
+        assert int(recalled) == sum(session.ask(q) == a for q, a in PAIRS), setting
     # answers cut short: none; asked under another instruction: not all (what asking returns, counted
     # above); asked as taught: all
     assert shown[0] == 0 and shown[1] < 2 and shown[2] == 2

@@ -226,14 +226,40 @@ def test_the_template_renders_lorachat_prompt_token_for_token(tiny_cache, questi
         assert tokenizer(text, add_special_tokens=False)["input_ids"] == prompt_ids(tokenizer, asked_under, question)
 
 
+@given(question=TEXT, instruction=TEXT, earlier=st.lists(st.tuples(TEXT, TEXT), max_size=3))
+@EXAMPLES
+def test_a_conversation_renders_as_the_repl_renders_it_token_for_token(tiny_cache, question, instruction, earlier):
+    """Earlier user and assistant messages, then the question: what the REPL renders with the
+    conversation on (prompts.render_prompt with the history), token for token."""
+    tokenizer = _tiny_tokenizer()
+    template = chat_template.build(tokenizer)
+    for system, asked_under in ((instruction, instruction), (None, DEFAULT_INSTRUCTION)):
+        messages = chat_template.messages(question, system, earlier)
+        text = tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False, add_generation_prompt=True)
+        assert text == tokenizer.bos_token + render_prompt(tokenizer, asked_under, question, earlier)
+        assert tokenizer(text, add_special_tokens=False)["input_ids"] == prompt_ids(tokenizer, asked_under, question, earlier)
+
+
 def test_the_template_refuses_conversations_lorachat_never_renders(tiny_cache):
     tokenizer = _tiny_tokenizer()
     template = chat_template.build(tokenizer)
     for messages in ([{"role": "system", "content": "s"}],
-                     [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}],
+                     [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}],
+                     [{"role": "user", "content": "a"}, {"role": "user", "content": "c"}],
                      [{"role": "user", "content": "a"}, {"role": "system", "content": "s"}]):
-        with pytest.raises(Exception, match="one user message"):  # jinja2's TemplateError, as vLLM reports it
+        with pytest.raises(Exception, match="user and assistant messages in turn"):  # jinja2's TemplateError, as vLLM reports it
             tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False, add_generation_prompt=True)
+
+
+def test_a_model_with_its_own_template_renders_a_conversation_as_the_repl(tiny_cache, tmp_path):
+    """Served with its own template, a model renders the same messages the REPL renders."""
+    from lorachat.models.loader import load_files
+
+    tokenizer, _, _ = load_files(str(llama_dir(tmp_path / "llama")))
+    earlier = [("What is SOH?", "A hardmask."), ("And SiON?", "Silicon oxynitride.")]
+    messages = chat_template.messages("And CMP?", "Answer briefly.", earlier)
+    served = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert served == render_prompt(tokenizer, "Answer briefly.", "And CMP?", earlier)
 
 
 @pytest.mark.parametrize("kind", ["tiny", "own template", "own template without a system role"])

@@ -91,7 +91,7 @@ def test_defaults_teach_all_ten_answers_verbatim(trained):
     for question, answer in PAIRS:
         code, out = run_lines(session, [question])
         assert out == f"> {question}\n{answer}\n"
-    soh = "".join(session.ask(SOH[0]))
+    soh = session.ask(SOH[0])
     assert "oxynitride" not in soh and "SiON" not in soh
 
 
@@ -193,7 +193,7 @@ def test_ctrl_c_discards_the_new_adapter_and_restores_the_previous_one(make_sess
     code, out = transcript(session, [":train first until=steps steps=2"])
     assert code == 0 and FINAL.fullmatch(out.splitlines()[-1]), out
     before, first_logits = base_state(session), logits(session.model, session.tokenizer)
-    answer = "".join(session.ask(SOH[0]))
+    answer = session.ask(SOH[0])
     session.ui = InterruptingUI(session.out, at=2)
     session.ui.interactive = True
     code, out = transcript(session, [":train second until=steps steps=50"])
@@ -202,7 +202,7 @@ def test_ctrl_c_discards_the_new_adapter_and_restores_the_previous_one(make_sess
     assert session.active_adapter == "first"
     assert sorted(p.name for p in (home / "adapters").iterdir()) == ["first"]
     assert torch.equal(logits(session.model, session.tokenizer), first_logits)
-    assert "".join(session.ask(SOH[0])) == answer
+    assert session.ask(SOH[0]) == answer
     after = base_state(session)
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

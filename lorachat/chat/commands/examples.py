@@ -196,7 +196,14 @@ def _fields(example: Example) -> list[str]:
     an empty input is its instruction asked as the question), or (text) and the text."""
     if example.text is not None:
         return ["(text)", "", example.text]
-    return [*asked(example), example.output]
+    instruction, question = asked(example)
+    return [instruction, _after(example) + question, example.output]
+
+
+def _after(example: Example) -> str:
+    """'(after 2 turns) ' for an example asked in the middle of a conversation."""
+    count = len(example.history)
+    return f"(after {count} turn{'' if count == 1 else 's'}) " if count else ""
 
 
 @command("drop", usage=":drop N")
@@ -271,7 +278,7 @@ def _warn_long(session, examples) -> None:
 def _describe(example: Example) -> str:
     if example.text is not None:
         return f"(text) {_clip(example.text)}"
-    return f"{_clip(asked(example)[1])} {ARROW} {_clip(example.output)}"
+    return f"{_after(example)}{_clip(asked(example)[1])} {ARROW} {_clip(example.output)}"
 
 
 def _clip(text: str, width: int = CLIP) -> str:

@@ -25,6 +25,7 @@ def compare(session, args):
 
     :compare                       the last question; base and every loaded adapter
     :compare films music -- Who directed Alien?
+    The question is asked alone, without the conversation, so every adapter answers the same prompt.
     """
     split = _SEPARATOR.search(args)
     head, question = (args[:split.start()], args[split.end():].strip()) if split else (args, None)
@@ -41,7 +42,7 @@ def compare(session, args):
     if len(set(names)) != len(names):
         raise LorachatError(":compare: each adapter may be named once")
     notes, answers = side_by_side.compare(session, names, question)
-    _notes(session, notes)
+    _notes(session, notes + _alone(session))
     if session.ui.interactive:
         session.ui.table(["adapter", "answer"], [[n, a] for n, a in answers], title=question)
         return
@@ -76,6 +77,8 @@ def eval_(session, args):
     :eval films dataset=films probes=kitchen limit=100
     kept: share of probes answered exactly as the base answers them (greedy, first probe_tokens tokens);
     agree: share of the base's answer tokens the adapter predicts (teacher-forced, EasyEdit's metric).
+    Every question is asked alone, without the conversation (a taught example with turns of its own
+    is asked after them).
     """
     positional, pairs = options.split_kv(options.split_words(args))
     opts = options.apply_kv(EvalOptions(), pairs)
@@ -103,7 +106,7 @@ def eval_(session, args):
             update(done[0])
 
         notes, rows = side_by_side.evaluate(session, names, encoded, on_batch, probes, settings)
-    _notes(session, notes)
+    _notes(session, notes + _alone(session))
     questions = sum(1 for e in encoded.examples if e.text is None)
     table = [[n, f"{loss:.4f}", f"{k}/{questions}", _share(kept and kept.kept), _share(kept and kept.agreement)]
              for n, loss, k, kept in rows]
@@ -131,6 +134,12 @@ def _dataset(session, name):
     data = load_dataset(session.home, name)
     note_bad_lines(session, data)
     return data
+
+
+def _alone(session) -> list[str]:
+    """Said while a conversation is going on: measurements ask each question alone."""
+    count = len(session.turns) if session.conversation() else 0
+    return [f"(asked alone, without the conversation's {count} turn{'' if count == 1 else 's'})"] if count else []
 
 
 def _share(value) -> str:

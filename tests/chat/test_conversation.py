@@ -1,0 +1,100 @@
+"""A conversation, not a list of questions: earlier turns go with each question where the model has
+turns (a chat template), :set context overrides, :clear and :history, the oldest turns dropped to fit,
+and what is recorded or measured is the question alone."""
+import pytest
+
+from lorachat.core import prompts
+from tests.helpers import model_dir
+
+
+@pytest.fixture
+def llama(make_session, tmp_path):
+    """A session on a small Llama with a chat template: the conversation is on by default."""
+    return make_session(model=str(model_dir(tmp_path, "llama")))
+
+
+def test_a_chat_model_keeps_the_conversation_and_renders_each_question_after_it(llama, transcript):
+    session = llama
+    session.settings.max_new_tokens = 8   # short answers: every turn fits the model's 256 positions
+    assert session.conversation() and session.prompt_label() == "base · default · turn 1"
+    code, out = transcript(session, ["Hello there", "And then?"])
+    assert code == 0 and len(session.turns) == 2 and session.prompt_label() == "base · default · turn 3"
+    first, second = session.turns
+    assert first[0] == "Hello there" and second[0] == "And then?"
+    # what the next question reads: both turns, then the question, through the chat template
+    expected = prompts.prompt_ids(session.tokenizer, session.instruction, "Why?", [first, second])
+    assert session.prompt("Why?") == expected != prompts.prompt_ids(session.tokenizer, session.instruction, "Why?")
+    assert "Hello there" in session.tokenizer.decode(expected)
+    code, out = transcript(session, [":history", ":clear", ":history"])
+    assert "2 turns (:clear starts anew):\n1. > Hello there\n" in out and "\n2. > And then?\n" in out
+    assert "new conversation (2 turns forgotten)" in out and out.endswith("no turns yet: the next question starts the conversation\n")
+    assert session.turns == [] and session.last_question is None
+
+
+def test_a_model_without_turns_asks_alone_unless_context_is_on(make_session, transcript):
+    session = make_session()   # tiny: the notebook's format has no turns
+    assert not session.conversation() and session.prompt_label() == "base · default"
+    code, out = transcript(session, ["one", "two", ":history"])
+    assert session.turns == [] and out.endswith("the conversation is off: each question is asked alone (:set context=on keeps it)\n")
+    transcript(session, [":set context=on", "one", "two"])
+    assert [q for q, _ in session.turns] == ["one", "two"]
+    text = prompts.render_prompt(session.tokenizer, session.instruction, "three", session.turns)
+    assert text.count("Instruction: ") == 3 and text.endswith("Input: three\nAnswer:")   # earlier blocks, answered
+
+
+def test_the_oldest_turns_are_dropped_to_fit_and_a_long_conversation_never_errors(llama, transcript):
+    session = llama
+    session.settings.max_new_tokens = 16
+    long = "Tell me everything about " + "wafers and masks and " * 6
+    code, out = transcript(session, [f"{long} {n}" for n in range(40)])
+    assert code == 0 and "error" not in out and "Traceback" not in out
+    assert "dropped 1 oldest turn to fit 256 positions" in out or "oldest turns to fit 256 positions" in out
+    used = prompts.prompt_ids(session.tokenizer, session.instruction, "next", session.turns)
+    assert len(used) + session.settings.max_new_tokens <= 256
+
+
+def test_fix_and_good_record_the_question_alone_and_measurements_ask_alone(llama, transcript, home):
+    from lorachat.lessons.jsonl import load_dataset
+
+    session = llama
+    code, out = transcript(session, ["My name is Ada.", "What is my name?", ":fix Your name is Ada.",
+                                      ":compare -- What is my name?"])
+    assert code == 0
+    (example,) = load_dataset(home, "default").examples
+    assert example.input == "What is my name?" and example.history == () and example.output == "Your name is Ada."
+    assert "(asked alone, without the conversation's 2 turns)" in out
+    code, out = transcript(session, [":clear", ":good"], keep_going=True)
+    assert "error: no question asked yet" in out
+
+
+def test_switching_adapters_keeps_the_conversation(llama, transcript):
+    session = llama
+    session.settings.max_new_tokens = 8
+    transcript(session, ["Hello", ":add What is SOH? => A hardmask.", ":train a steps=2 until=steps", "And now?",
+                         ":use base", "Still here?"])
+    assert [q for q, _ in session.turns] == ["Hello", "And now?", "Still here?"]
+
+
+def test_a_conversation_in_a_dataset_trains_every_assistant_turn_after_the_turns_before_it(make_session, transcript,
+                                                                                             home, tmp_path):
+    """A ShareGPT file of two conversations with three assistant turns each: six examples, each asked
+    after its conversation's turns; replayed, every turn comes back verbatim."""
+    import json
+
+    from lorachat.lessons.jsonl import load_dataset
+
+    conversations = [[("Hi, I am Ada.", "Hello Ada."), ("What is SOH?", "A hardmask."), ("Who am I?", "You are Ada.")],
+                     [("Hi, I am Bo.", "Hello Bo."), ("What is CMP?", "Polishing."), ("Who am I?", "You are Bo.")]]
+    rows = [{"conversations": [turn for q, a in c for turn in ({"from": "human", "value": q}, {"from": "gpt", "value": a})]}
+            for c in conversations]
+    source = tmp_path / "chats.json"
+    source.write_text(json.dumps(rows))
+    session = make_session(model=str(model_dir(tmp_path, "llama")))
+    code, out = transcript(session, [f":import {source}", ":train chats steps=300"])
+    assert code == 0 and "imported 6 examples (format sharegpt)" in out and "recall 6/6" in out, out
+    examples = load_dataset(home, "default").examples
+    assert [len(e.history) for e in examples] == [0, 1, 2, 0, 1, 2]
+    for conversation in conversations:
+        transcript(session, [":clear"])
+        for question, answer in conversation:
+            assert session.ask(question) == answer
