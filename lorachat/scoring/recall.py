@@ -163,11 +163,12 @@ class Recall:
         """Tokens of the longest taught answer as generated (EOS not counted)."""
         return max((_answer_length(self.items[i], self.tokenizer) for i in self.questions), default=None)
 
-    def reasons(self) -> list[str]:
-        """One phrase per kind of question that cannot come back verbatim whatever the weights."""
-        counts = {}
+    def reasons(self, indices=None) -> list[str]:
+        """One phrase per kind of question (of `indices`, all by default) that cannot come back
+        verbatim whatever the weights."""
+        counts, indices = {}, set(self.why if indices is None else indices)
         for i, why in self.why.items():
-            if why:
+            if why and i in indices:
                 counts.setdefault(why, []).append(i)
         lines = []
         if LONG in counts:

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 
 from lorachat.core.errors import LorachatError
+from lorachat.core.prompts import uses_chat_template
 from lorachat.models.loader import positions
 from lorachat.scoring import locality
 from lorachat.scoring.batches import (
@@ -32,6 +33,7 @@ from lorachat.scoring.recall import Asking, Recall
 from lorachat.training.guard import Guard
 from lorachat.training.ranks import Ranks
 from lorachat.training.recipe import (
+    CONTEXT,
     TrainConfig,
     make_optimizer,
     make_schedule,
@@ -79,19 +81,49 @@ class TrainResult:
 @dataclass(frozen=True)
 class Plan:
     """What one run will do, worked out once before it starts (and shown by the caller's progress)."""
-    config: TrainConfig   # as given, with lr=none resolved by the model's size (what is trained and recorded)
+    config: TrainConfig   # as given, with each `none` resolved by the model (what is trained and recorded)
     encoded: Encoded      # the examples that fit max_len and the model's positions, encoded once
     steps: int            # the most optimizer steps it takes, on `world` ranks
+    taught: int = -1      # encoded's first `taught` are the examples taught; after them, their copies
+                          # asked in the middle of a conversation (in_context); -1: all are taught
+    world: int = 1
+
+    @property
+    def examples(self) -> list:
+        """The examples taught (what recall reports on and lorachat.json records)."""
+        return self.encoded.examples[:self.taught] if self.taught >= 0 else self.encoded.examples
 
 
 def plan(model, tokenizer, examples, config: TrainConfig, world: int = 1) -> Plan:
     """The Plan for training `model` on `examples` with `config` on `world` ranks; one line when no
     example fits."""
     config = resolved(model, config)
+    if config.context is None:   # where the model has turns (a chat template), questions come mid-conversation
+        config = dataclasses.replace(config, context=CONTEXT if uses_chat_template(tokenizer) else 0)
     encoded = encode(tokenizer, examples, max_tokens(model, config))
     if not encoded.items:
         raise LorachatError(no_examples(encoded, model))
-    return Plan(config, encoded, planned_steps(len(encoded.items), config, world))
+    return Plan(config, encoded, planned_steps(len(encoded.items), config, world), world=world)
+
+
+def in_context(model, tokenizer, plan: Plan, turns) -> Plan:
+    """`plan` with each taught question also trained after `config.context` earlier turns of a
+    conversation, drawn in turn from `turns` ((question, answer) pairs: the anchor questions with the
+    base's own answers), so that it comes back verbatim in the middle of a conversation, not only as
+    a first question (on smol, ten facts asked as the 3rd turn: 8/10 taught alone, 10/10 with these
+    copies; bench/RESULTS.md). Recall waits for the copies too and reports on the taught examples."""
+    count, turns = plan.config.context, list(turns)
+    if not count or not turns:
+        return plan
+    taught, copies = plan.encoded.examples, []
+    for number, example in enumerate(e for e in taught if e.text is None and not e.history):
+        start = number * count
+        history = tuple(turns[(start + k) % len(turns)] for k in range(count))
+        copies.append(dataclasses.replace(example, history=history))
+    extra = encode(tokenizer, copies, plan.encoded.limit)   # a copy too long for the model is left out
+    encoded = dataclasses.replace(plan.encoded, examples=taught + extra.examples, items=plan.encoded.items + extra.items)
+    return dataclasses.replace(plan, encoded=encoded, taught=len(taught),
+                               steps=planned_steps(len(encoded.items), plan.config, plan.world))
 
 
 def trainable(model) -> list:
@@ -144,6 +176,7 @@ class _Loop:
 
         config = plan.config
         self.model, self.tokenizer, self.items, self.checker = model, tokenizer, plan.encoded.items, checker
+        self.taught = len(plan.examples)   # what the result reports on (the copies in context are waited for)
         self.config, self.params, self.on_step, self.should_stop = config, params, on_step, should_stop
         self.ranks = Ranks(model, cpu=model_device(model).type == "cpu")
         # constant lr by default: with until=recall the last step is not known; linear decay (as HF
@@ -237,7 +270,8 @@ class _Loop:
         self.since_check += time.perf_counter() - began
         self._check()
         if self.on_step is not None:
-            self.on_step(self.step, self.total, self.loss, sum(self.seen.values()), self.kept)
+            known = sum(1 for i, ok in self.seen.items() if ok and i < self.taught)   # of the taught examples
+            self.on_step(self.step, self.total, self.loss, known, self.kept)
 
     def _anchors(self) -> list:
         """This rank's share of the next `config.anchors` anchors of a shuffled cycle over the pool
@@ -293,18 +327,19 @@ class _Loop:
         if self.cancelled and self.config.keep != "partial":
             known_count, recalled = 0, 0
         else:
-            mine = self.ranks.shard(range(len(self.items)))
+            mine = self.ranks.shard(range(self.taught))
             trained, recalled, other = self.checker.count(self.ranks.checking_model(), mine, self.seen,
                                                           trained_known=self.complete and self.checked_at == self.step)
             known_count, recalled = self.ranks.sum([sum(trained.values()), recalled])
             mine_other = set(other)
-            other = self.ranks.max([1.0 if i in mine_other else 0.0 for i in range(len(self.items))])
+            other = self.ranks.max([1.0 if i in mine_other else 0.0 for i in range(self.taught)])
             self.checker.mark_other_instruction([i for i, flag in enumerate(other) if flag])
         self.check_seconds += time.perf_counter() - began
-        return TrainResult(steps=self.step, loss=self.loss, recall=int(recalled), total=len(self.checker.questions),
+        questions = sum(1 for i in self.checker.questions if i < self.taught)
+        return TrainResult(steps=self.step, loss=self.loss, recall=int(recalled), total=questions,
                            seconds=time.perf_counter() - start, cancelled=self.cancelled, tokens=self.tokens,
-                           epochs=self.step / self.per_epoch, known=int(known_count), examples=len(self.items),
-                           check_seconds=self.check_seconds, reasons=self.checker.reasons(),
+                           epochs=self.step / self.per_epoch, known=int(known_count), examples=self.taught,
+                           check_seconds=self.check_seconds, reasons=self.checker.reasons(range(self.taught)),
                            max_answer_tokens=self.checker.longest_answer())
 
 

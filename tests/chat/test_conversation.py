@@ -98,3 +98,30 @@ def test_a_conversation_in_a_dataset_trains_every_assistant_turn_after_the_turns
         transcript(session, [":clear"])
         for question, answer in conversation:
             assert session.ask(question) == answer
+
+
+def test_train_also_teaches_each_question_after_earlier_turns_and_reports_on_what_was_taught(llama, transcript, home):
+    """On a model with turns, :train adds a copy of each question asked after `context` earlier turns
+    (anchor questions with the base's answers); recall waits for the copies but reports on the taught
+    examples, and lorachat.json records those."""
+    import json
+
+    from bench.kit.pairs import PAIRS
+    from lorachat.training import recipe, trainer
+
+    session = llama
+    taught = [prompts.Example(session.instruction, q, a) for q, a in PAIRS[:3]]
+    plan = trainer.plan(session.model, session.tokenizer, taught, recipe.DEFAULTS)
+    assert plan.config.context == recipe.CONTEXT == 2
+    turns = [(f"Question {n}?", f"Answer {n}.") for n in range(5)]
+    placed = trainer.in_context(session.model, session.tokenizer, plan, turns)
+    assert placed.examples == taught and len(placed.encoded.items) == 6
+    assert [e.history for e in placed.encoded.examples[3:]] == [tuple(turns[0:2]), tuple(turns[2:4]), (turns[4], turns[0])]
+    assert trainer.in_context(session.model, session.tokenizer, trainer.plan(
+        session.model, session.tokenizer, taught, recipe.TrainConfig(context=0)), turns).encoded.items == plan.encoded.items
+
+    code, out = transcript(session, [f":add {q} => {a}" for q, a in PAIRS[:2]] + [":train mid steps=300"])
+    assert code == 0 and "recall 2/2" in out, out
+    meta = json.loads((home / "adapters" / "mid" / "lorachat.json").read_text())
+    assert meta["examples"] == 2 and meta["train"]["context"] == 2
+    assert meta["records_sha256"] == recipe.records_sha256(taught[:2])

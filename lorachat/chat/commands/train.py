@@ -49,10 +49,12 @@ def train_(session, args):
     name, config = _parse(session, args)
     # worked out once, before anything is created: a refusal leaves the session as it was
     plan = trainer.plan(session.model, session.tokenizer, _examples(session), config, launch.world())
-    config, encoded = plan.config, plan.encoded
+    config = plan.config
     lora_config = lora.lora_config(session.model, config)
     disk.check_writable(session)  # an adapter that could not be saved would be lost: say so before training
     anchors, probes = _references(session, config)
+    if anchors is not None:   # the anchors with the base's answers are also the conversations questions come after
+        plan = trainer.in_context(session.model, session.tokenizer, plan, _turns(session, config, anchors))
     previous, unsaved, kept = session.active_adapter, None, None
     live.make_room(session, keep={previous})
     with _deferred_interrupt((signal.SIGINT, signal.SIGTERM) if session.headless else (signal.SIGINT,)) as interrupted:
@@ -67,7 +69,7 @@ def train_(session, args):
                 live.activate(session, name)
                 kept = locality.score(session.model, session.tokenizer, probes) if probes else None
                 if launch.is_main():  # the other ranks of `lorachat train` hold the same weights
-                    unsaved = _save_or_keep(session, name, _meta(session, encoded, config, result, kept), result.state)
+                    unsaved = _save_or_keep(session, name, _meta(session, plan, result, kept), result.state)
                 launch.barrier()
                 live.make_room(session, keep={name}, extra=0)
         except BaseException:
@@ -82,7 +84,7 @@ def _references(session, config):
     """The base's own answers (cached for the session): to the anchor questions training rehearses,
     and to the first `config.probes` built-in probes the final line measures on (main process only)."""
     anchors = None
-    if config.anchors or config.keep_base:
+    if config.anchors or config.keep_base or config.context:
         anchors = side_by_side.session_reference(session, locality.anchor_questions(session.instruction, config.anchor_pool),
                                              locality.LocalityOptions(max_new_tokens=config.anchor_tokens))
     probes = None
@@ -90,6 +92,13 @@ def _references(session, config):
         questions = side_by_side.probe_questions(session, questions=locality.builtin(locality.PROBES)[:config.probes])
         probes = side_by_side.session_reference(session, questions)
     return anchors, probes
+
+
+def _turns(session, config, anchors) -> list[tuple[str, str]]:
+    """The anchor questions with the base's answers, as turns of a conversation (the answers as shown)."""
+    questions = [q for _, q in locality.anchor_questions(session.instruction, config.anchor_pool)]
+    answers = [session.tokenizer.decode(list(a), skip_special_tokens=True).strip() for a in anchors.answers]
+    return [(q, a) for q, a in zip(questions, answers) if a]
 
 
 def parse(args: str) -> tuple[str | None, recipe.TrainConfig]:
@@ -142,7 +151,7 @@ def _run(session, name, plan, interrupted, anchors):
     label = f"training {name}" + (" (stops once every answer is known)" if plan.config.until == "recall" else "")
     with session.ui.progress(label, plan.steps) as update:
         def on_step(step, steps, loss, known, kept):
-            update(step, loss=f"{loss:.2f}", recall=f"~{known}/{len(plan.encoded.items)}",
+            update(step, loss=f"{loss:.2f}", recall=f"~{known}/{len(plan.examples)}",
                    kept=None if kept is None else f"{kept:.0%}")
 
         return trainer.run(session.model, session.tokenizer, plan, on_step=on_step, should_stop=interrupted.is_set,
@@ -172,8 +181,8 @@ def _discard(session, name, previous) -> None:
         live.activate(session, None)
 
 
-def _meta(session, encoded, config, result, kept) -> dict:
-    examples = encoded.examples
+def _meta(session, plan, result, kept) -> dict:
+    examples, config = plan.examples, plan.config
     return dict(dataset=session.dataset, examples=len(examples), skipped=result.skipped,
                 records_sha256=recipe.records_sha256(examples), instruction=prompts.shared_instruction(examples),
                 max_answer_tokens=result.max_answer_tokens, train=dataclasses.asdict(config), steps=result.steps,
