@@ -62,6 +62,7 @@ def test_fix_and_good_record_the_question_alone_and_measurements_ask_alone(llama
     assert code == 0
     (example,) = load_dataset(home, "default").examples
     assert example.input == "What is my name?" and example.history == () and example.output == "Your name is Ada."
+    assert session.turns[-1] == ("What is my name?", "Your name is Ada.")   # the conversation goes on from the fix
     assert "(asked alone, without the conversation's 2 turns)" in out
     code, out = transcript(session, [":clear", ":good"], keep_going=True)
     assert "error: no question asked yet" in out

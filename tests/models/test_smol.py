@@ -123,6 +123,15 @@ def test_a_later_session_with_the_adapter_answers_as_the_base_did(taught, smol):
     assert out.endswith(f"> {PARIS}\n{taught['base'][PARIS]}\n")
 
 
+def test_serve_serves_adapters_made_on_smol_with_the_converted_folder_as_the_base(taught, smol):
+    code, out, err = run(smol.parent, "serve", "--model", "smol", "--home", str(taught["home"]), "--dry-run")
+    assert code == 0, err
+    assert "serve 'r4': r=4" in out
+    assert f"note: the base is {smol.resolve()}, the plain transformers folder lorachat converted" in out
+    command = out.strip().splitlines()[-1]
+    assert f"serve {smol.resolve()} " in command and f"r4={(taught['home'] / 'adapters' / 'r4').resolve()}" in command
+
+
 def test_smol_starts_from_the_cache_offline_and_says_where_it_came_from(smol):
     code, out, err = run(smol.parent, "--model", "smol", "-e", ":info", HF_HUB_OFFLINE="1",
                          PIP_INDEX_URL="http://127.0.0.1:9/simple")   # pip would fail: it is not asked

@@ -135,7 +135,7 @@ def test_lorachat_json_records_what_was_trained(trained):
     meta = json.loads((trained["home"] / "adapters" / "default" / "lorachat.json").read_text())
     assert meta["dataset"] == "default" and meta["examples"] == 10
     assert meta["records_sha256"] == recipe.records_sha256(examples_of(PAIRS))
-    resolved = dataclasses.replace(recipe.DEFAULTS, lr=recipe.SMALL_LR, **recipe.SMALL_ANCHORS)  # the nones resolved
+    resolved = dataclasses.replace(recipe.DEFAULTS, lr=recipe.SMALL_LR, context=0, **recipe.SMALL_ANCHORS)  # the nones resolved
     assert meta["train"] == dataclasses.asdict(resolved)
     assert meta["recall"] == 10 and meta["total"] == 10 and meta["steps"] >= 1 and meta["cancelled"] is False
     assert meta["base_model"] == "tiny" and meta["base_fingerprint"].startswith("sha256:")

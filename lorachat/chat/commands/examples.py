@@ -140,10 +140,16 @@ def good(session, args):
 
 @command("fix", usage=":fix ANSWER")
 def fix(session, args):
-    """Record the last question with ANSWER, the answer it should have had."""
+    """Record the last question with ANSWER, the answer it should have had (also in the conversation).
+
+    The example is the question alone with ANSWER; in a conversation, the last turn now carries
+    ANSWER too, so what is asked next follows the corrected answer, not the one it replaces."""
     if not args.strip():
         raise LorachatError("write :fix ANSWER: the answer the last question should have had")
-    _record(session, _last_question(session), args.strip())
+    question = _last_question(session)
+    _record(session, question, args.strip())
+    if session.turns and session.turns[-1][0] == question:
+        session.turns[-1] = (question, args.strip())
 
 
 def _last_question(session) -> str:
