@@ -39,6 +39,11 @@ What is SOH?
 :export a {export}
 :info
 :set max_new_tokens=16
+:history
+:clear
+:set context=on
+What is CMP?
+:history
 :help train
 :help merge
 What is SOH?
