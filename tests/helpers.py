@@ -139,6 +139,25 @@ def model_dir(tmp_path, arch: str, layers: int = 2, ffn: int = 256, seed: int = 
     return directory
 
 
+def plain_peft(directory, seed, **config):
+    """An adapter made with plain PEFT on the tiny model (non-zero weights; a modules_to_save copy
+    made different from the base's), no lorachat.json."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from lorachat.models.tiny import ensure_tiny
+
+    torch.manual_seed(seed)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(ensure_tiny()),
+                           LoraConfig(**{"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"],
+                                         "init_lora_weights": False, **config}))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if ".modules_to_save." in name:
+                param.add_(torch.randn_like(param) * 0.05)
+    model.save_pretrained(directory)
+
+
 # --- `lorachat train` as a process, alone or under torchrun --------------------------------------
 
 def environment():

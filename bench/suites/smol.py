@@ -10,7 +10,6 @@
 - smol_rss_mb: the resident memory of that fresh process with smol loaded (`:info`).
 Knows nothing about training.
 """
-import os
 import re
 import statistics
 import subprocess
@@ -18,6 +17,7 @@ import sys
 import time
 
 from bench.kit import pairs
+from bench.suites.startup import first_prompt
 
 IMPORTS = "import torch, transformers; from transformers import AutoModelForCausalLM, AutoTokenizer"
 
@@ -29,7 +29,8 @@ def figures(device: str, home, repeats: int, tokens: int, rounds: int) -> dict:
     floor = statistics.median(_process([sys.executable, "-c", IMPORTS]) for _ in range(repeats))
     starts, rss = [], None
     for _ in range(repeats):
-        seconds, out = _first_prompt(device, home)
+        seconds, out = first_prompt(["--model", "smol", "--device", device, "--home", str(home)], [":info", ":quit"],
+                                    HF_HUB_OFFLINE="1")
         starts.append(seconds)
         rss = _resident(out)
     return dict(smol_import_floor_s=round(floor, 3), smol_startup_s=round(statistics.median(starts), 3),
@@ -40,23 +41,6 @@ def _process(argv) -> float:
     start = time.perf_counter()
     subprocess.run(argv, check=True, capture_output=True)
     return time.perf_counter() - start
-
-
-def _first_prompt(device: str, home) -> tuple[float, str]:
-    """Seconds to the echo of the first script line (the moment the prompt would appear), and the output."""
-    argv = [sys.executable, "-m", "lorachat", "--model", "smol", "--device", device, "--home", str(home)]
-    start = time.perf_counter()
-    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1"))
-    proc.stdin.write(":info\n:quit\n")
-    proc.stdin.close()
-    first = proc.stdout.readline()
-    seconds = time.perf_counter() - start
-    rest = proc.stdout.read()
-    proc.wait(timeout=300)
-    if not first.startswith("> :info") or proc.returncode != 0:
-        raise RuntimeError(f"lorachat --model smol did not start (exit {proc.returncode}): {(first + rest + proc.stderr.read())[-500:]}")
-    return seconds, rest
 
 
 def _resident(info: str) -> float | None:

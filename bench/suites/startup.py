@@ -24,18 +24,24 @@ def figures(device: str, home, repeats: int) -> dict:
 
 
 def _once(device: str, home) -> float:
-    argv = [sys.executable, "-m", "lorachat", "--model", "tiny", "--device", device, "--home", str(home)]
+    return first_prompt(["--model", "tiny", "--device", device, "--home", str(home)], [":quit"])[0]
+
+
+def first_prompt(args: list[str], lines: list[str], **env) -> tuple[float, str]:
+    """A fresh `python -m lorachat ARGS` fed `lines`: seconds to the echo of the first line (the moment
+    the prompt would appear), and what it printed after it."""
+    argv = [sys.executable, "-m", "lorachat", *args]
     with tempfile.TemporaryFile("w+") as errors:
         start = time.perf_counter()
         proc = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors,
-                                text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-        proc.stdin.write(":quit\n")
+                                text=True, env=dict(os.environ, PYTHONUNBUFFERED="1", **env))
+        proc.stdin.write("".join(f"{line}\n" for line in lines))
         proc.stdin.close()
         first = proc.stdout.readline()
         seconds = time.perf_counter() - start
         rest = proc.stdout.read()
-        proc.wait(timeout=120)
+        proc.wait(timeout=300)
         errors.seek(0)
-        if not first.startswith("> :quit") or proc.returncode != 0:
+        if not first.startswith(f"> {lines[0]}") or proc.returncode != 0:
             raise RuntimeError(f"lorachat did not start (exit {proc.returncode}): {(first + rest + errors.read())[-500:]}")
-    return seconds
+    return seconds, rest

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from lorachat.adapters import live
+from tests.helpers import plain_peft
 
 QUESTION = "What is SOH?"
 
@@ -40,25 +41,6 @@ def test_a_failed_mixed_batch_leaves_no_hook_behind(make_session):
     assert {layer: len(layer._forward_pre_hooks) for layer in current.layers} == before
     with torch.inference_mode():
         session.model.generate(input_ids=ids[:1], max_new_tokens=2)  # no leftover hook refuses it
-
-
-def plain_peft(directory, seed, **config):
-    """An adapter made with plain PEFT on the tiny model (non-zero weights; a modules_to_save copy
-    made different from the base's), no lorachat.json."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    from lorachat.models.tiny import ensure_tiny
-
-    torch.manual_seed(seed)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(ensure_tiny()),
-                           LoraConfig(**{"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"],
-                                         "init_lora_weights": False, **config}))
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if ".modules_to_save." in name:
-                param.add_(torch.randn_like(param) * 0.05)
-    model.save_pretrained(directory)
 
 
 def peft_logits(directory=None):
