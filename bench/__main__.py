@@ -115,7 +115,7 @@ def _suites(mode: Mode, device: str, home: Path, only, start: float):
     """(name, zero-argument measure) in run order; decode and switch share one session."""
     import torch
 
-    from bench.kit import pairs, shapes
+    from bench.kit import pairs, seeding, shapes
     from bench.kit.workspace import trained_session
     from bench.suites import (
         dataset,
@@ -135,7 +135,7 @@ def _suites(mode: Mode, device: str, home: Path, only, start: float):
 
     def train():
         state.clear()  # the decode/switch session's model and adapters: not needed any more
-        train_suite.free(device)
+        seeding.free(device)
         base = shapes.build(shape, device, dtype)
         out, skips = train_suite.figures(base, shapes.tokenizer(), pairs.examples(), mode, device, home / "train",
                                         log=lambda text: _log(start, text))

@@ -64,14 +64,21 @@ def seed_tokenizer(tokenizer):
     return mine
 
 
+def trained_tokens(tokenizer, examples, recipe: Recipe) -> float:
+    """The non-pad tokens the recipe's `steps` train on: rows of the mean pair's length (truncated), as sampled."""
+    lengths = [min(len(tokenizer(text(e))["input_ids"]), recipe.max_length) for e in examples]
+    return recipe.steps * recipe.batch * recipe.grad_accum * sum(lengths) / len(lengths)
+
+
 def rows(tokenizer, examples, recipe: Recipe) -> list[dict]:
     encoded = [tokenizer(text(e), padding="max_length", max_length=recipe.max_length, truncation=True) for e in examples]
     return [{"input_ids": r["input_ids"], "attention_mask": r["attention_mask"]} for r in encoded]
 
 
-def train(model, tokenizer, examples, recipe: Recipe, device: str, check=None, every: int = 0) -> Run:
+def train(model, tokenizer, examples, recipe: Recipe, device: str, check=None, every: int = 0, stop=None) -> Run:
     """Train a LoRA adapter on `model` (wrapped in place) the seed's way. With `check` (model -> value),
-    call it every `every` steps with the clock stopped; a value of True stops training there."""
+    call it every `every` steps with the clock stopped; training stops there when `stop(step, value,
+    seconds so far)` says so (default: a value of True)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import (
@@ -91,7 +98,7 @@ def train(model, tokenizer, examples, recipe: Recipe, device: str, check=None, e
         torch.manual_seed(recipe.seed)
         peft_model = get_peft_model(model, config)
     run = Run(peft_model, 0.0)
-    callbacks = [_Checks(check, every, run, start)] if check is not None and every else []
+    callbacks = [_Checks(check, every, run, start, stop)] if check is not None and every else []
     with tempfile.TemporaryDirectory(prefix="bench-seed-") as out:
         args = TrainingArguments(output_dir=out, per_device_train_batch_size=recipe.batch,
                                  gradient_accumulation_steps=recipe.grad_accum, max_steps=recipe.steps,
@@ -110,10 +117,12 @@ def train(model, tokenizer, examples, recipe: Recipe, device: str, check=None, e
 
 
 class _Checks(TrainerCallback):
-    """Every `every` steps: stop the clock, run `check` on the model in eval mode, record it."""
+    """Every `every` steps: stop the clock, run `check` on the model in eval mode, record it, and end
+    training when `stop` (step, value, seconds -> bool; None: value is True) says so."""
 
-    def __init__(self, check, every: int, run: Run, start: float):
+    def __init__(self, check, every: int, run: Run, start: float, stop=None):
         self.check, self.every, self.run, self.start, self.paused = check, every, run, start, 0.0
+        self.stop = stop or (lambda step, value, seconds: value is True)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step % self.every:
@@ -122,7 +131,8 @@ class _Checks(TrainerCallback):
         model.eval()
         value = self.check(model)
         model.train()
-        self.run.checks.append((state.global_step, value, round(stopped - self.start - self.paused, 3)))
-        if value is True:
+        seconds = round(stopped - self.start - self.paused, 3)
+        self.run.checks.append((state.global_step, value, seconds))
+        if self.stop(state.global_step, value, seconds):
             control.should_training_stop = True
         self.paused += time.perf_counter() - stopped

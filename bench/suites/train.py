@@ -9,10 +9,9 @@ copies of one base and are scored by bench/baseline/scoring.py. Knows nothing ab
 """
 import copy
 import dataclasses
-import gc
 
-from bench.baseline import notebook, scoring
-from bench.kit import shapes, teaching
+from bench.baseline import notebook
+from bench.kit import seeding, shapes, teaching
 
 # Dense bf16 peak of the GPUs this project is lent (vendor datasheets, SXM parts), for MFU.
 BF16_PEAK = {"H200": 989e12, "H100": 989e12, "A100": 312e12}
@@ -25,12 +24,12 @@ def figures(base, tokenizer, examples, plan, device: str, home, log=lambda text:
     recipe = dataclasses.replace(notebook.SEED, steps=plan.steps)
     out, skipped = dict(seed_recipe=recipe.summary(), train_steps=plan.steps), {}
     log(f"seed recipe: {plan.steps} steps at lr {recipe.lr:g}")
-    main = _seed_run(base, tokenizer, examples, recipe, device, recall=True)
+    main = seeding.run(base, tokenizer, examples, recipe, device, recall=True)
     log(f"seed recipe: {main['seconds']} s, loss {main['loss']}, recall {main['recall']}")
     sweep = {recipe.lr: main}
     for lr in plan.sweep:
         if lr != recipe.lr:
-            sweep[lr] = _seed_run(base, tokenizer, examples, dataclasses.replace(recipe, lr=lr), device)
+            sweep[lr] = seeding.run(base, tokenizer, examples, dataclasses.replace(recipe, lr=lr), device)
             log(f"seed recipe at lr {lr:g}: {sweep[lr]['seconds']} s, loss {sweep[lr]['loss']}")
     best = min(sweep, key=lambda lr: sweep[lr]["loss"])
     out.update(_seed_figures(recipe, main, sweep, best, tokenizer, examples))
@@ -59,19 +58,8 @@ def figures(base, tokenizer, examples, plan, device: str, home, log=lambda text:
     return out, skipped
 
 
-def _seed_run(base, tokenizer, examples, recipe, device, recall: bool = False) -> dict:
-    run = notebook.train(copy.deepcopy(base), tokenizer, examples, recipe, device)
-    out = dict(seconds=round(run.seconds, 3), loss=round(scoring.answer_loss(run.model, tokenizer, examples), 4))
-    if recall:
-        out["recall"] = f"{scoring.recall(run.model, tokenizer, examples)}/{len(examples)}"
-    del run
-    free(device)
-    return out
-
-
 def _seed_figures(recipe, main, sweep, best, tokenizer, examples) -> dict:
-    lengths = [min(len(tokenizer(notebook.text(e))["input_ids"]), recipe.max_length) for e in examples]
-    tokens = recipe.steps * recipe.batch * recipe.grad_accum * sum(lengths) / len(lengths)  # non-pad, as sampled
+    tokens = notebook.trained_tokens(tokenizer, examples, recipe)
     return dict(seed_recall=main["recall"], seed_recall_after_100=main["recall"] if recipe.steps == 100 else None,
                 train_seed_s=main["seconds"], train_seed_loss=main["loss"],
                 train_seed_tokens_per_s=round(tokens / main["seconds"], 1),
@@ -84,22 +72,11 @@ def _seed_figures(recipe, main, sweep, best, tokenizer, examples) -> dict:
 def _seed_teach(base, tokenizer, examples, recipe, plan, device, log) -> dict:
     """The seed's recipe run for plan.seed_cap steps (its lr decaying over those), recall checked
     every plan.check_every steps with the clock stopped, stopping at the first n/n."""
-    n = len(examples)
-    checks = []
-
-    def check(model):
-        checks.append(scoring.recall(model, tokenizer, examples))
-        return checks[-1] == n
-
     log(f"seed recipe: up to {plan.seed_cap} steps, recall every {plan.check_every}")
-    run = notebook.train(copy.deepcopy(base), tokenizer, examples, dataclasses.replace(recipe, steps=plan.seed_cap),
-                     device, check=check, every=plan.check_every)
-    done = next(((step, seconds) for step, value, seconds in run.checks if value is True), None)
-    del run
-    free(device)
-    return dict(seed_teach_cap=plan.seed_cap, seed_teach_steps=done[0] if done else None,
-                seed_teach_seconds=done[1] if done else None,
-                seed_recall_checks=[[plan.check_every * (i + 1), k] for i, k in enumerate(checks)])
+    run = seeding.until_recall(base, tokenizer, examples, dataclasses.replace(recipe, steps=plan.seed_cap), device,
+                               plan.check_every)
+    return dict(seed_teach_cap=plan.seed_cap, seed_teach_steps=run["steps"],
+                seed_teach_seconds=run["seconds"] if run["reached"] else None, seed_recall_checks=run["recall_checks"])
 
 
 def _lorachat_figures(lora, main, best, recipe, steps) -> dict:
@@ -125,11 +102,3 @@ def _mfu(parameters: int, rate: float) -> dict:
     name = torch.cuda.get_device_name()
     peak = next((v for k, v in BF16_PEAK.items() if k in name), None)
     return dict(gpu=name, mfu=round(4 * parameters * rate / peak, 4) if peak else None, bf16_peak_flops=peak)
-
-
-def free(device: str) -> None:
-    gc.collect()
-    if device == "cuda":
-        import torch
-
-        torch.cuda.empty_cache()
