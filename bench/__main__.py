@@ -12,8 +12,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-# the long one last: a run cut short still leaves the other figures in the JSON (written after each suite)
-SUITES = ("startup", "smol", "recall", "dataset", "ddp", "decode", "switch", "locality", "train")
+# smol_train (the headline on real weights) early, the long random-weight train suite last: a run cut short
+# still leaves the other figures in the JSON (written after each suite)
+SUITES = ("startup", "smol", "smol_train", "recall", "dataset", "ddp", "decode", "switch", "locality", "train")
 
 
 @dataclass(frozen=True)
@@ -30,17 +31,22 @@ class Mode:
     seed_cap: int = 0     # steps of the seed's run checking recall (0: skipped)
     check_every: int = 10
     teach: bool = False   # lorachat's :train until recall on the train suite's model
-    recall_steps: int | None = None  # cap of both :train until recall runs (smoke only)
+    recall_steps: int | None = None  # cap of every :train until recall run (smoke only)
+    smol_cap: int = 0     # smol_train: the seed's steps per lr of `sweep` to 10/10 on smol (0: the two facts only)
+    first_cap: int = 40   # smol_train: the seed's steps to 2/2 on its two facts
+    ddp: bool = True      # the ddp suite (two torchrun launches)
     shape: str | None = None         # model shape override (smoke only)
 
 
 MODES = {
     "full": Mode("full", steps=100, decode_tokens=64, decode_rounds=12, switches=25, loaded=50,
-                 sweep=(1e-4, 2e-4, 5e-4, 1e-3, 5e-3), seed_cap=400, teach=True),
-    "quick": Mode("quick", steps=3, decode_tokens=32, decode_rounds=4, switches=10, loaded=50, dataset_steps=10),
+                 sweep=(1e-4, 2e-4, 5e-4, 1e-3, 5e-3), seed_cap=400, teach=True, smol_cap=400),
+    # under 3 minutes with smol_train's two facts: 300 generated rows instead of 1,000, no ddp
+    "quick": Mode("quick", steps=3, decode_tokens=32, decode_rounds=4, switches=10, loaded=50, dataset_steps=10,
+                  dataset_rows=300, ddp=False),
     # the smoke test: every code path, nothing worth reading
     "smoke": Mode("smoke", steps=1, decode_tokens=4, decode_rounds=1, switches=2, loaded=4, dataset_steps=1, dataset_rows=40,
-                  sweep=(5e-3,), seed_cap=2, check_every=1, teach=True, recall_steps=1, shape="tiny"),
+                  sweep=(5e-3,), seed_cap=2, check_every=1, teach=True, recall_steps=1, shape="tiny", smol_cap=2, first_cap=2),
 }
 SHAPE = {"cpu": "opt-125m", "cuda": "opt-2.7b"}
 
@@ -124,6 +130,7 @@ def _suites(mode: Mode, device: str, home: Path, only, start: float):
         locality,
         recall,
         smol,
+        smol_train,
         startup,
         switch,
     )
@@ -151,12 +158,14 @@ def _suites(mode: Mode, device: str, home: Path, only, start: float):
         "startup": lambda: startup.figures(device, home / "startup", 1 if mode.name != "full" else 3),
         "smol": lambda: smol.figures(device, home / "smol", 1 if mode.name != "full" else 3, mode.decode_tokens,
                                      mode.decode_rounds),
+        "smol_train": lambda: smol_train.figures(device, home / "smol_train", mode, log=lambda text: _log(start, text)),
         "train": train,
         "decode": lambda: decode.figures(session(), "bench", mode.decode_tokens, mode.decode_rounds),
         "switch": lambda: switch.figures(session(), "bench", mode.loaded, mode.switches),
         "recall": lambda: recall.figures(device, home / "recall", mode.recall_steps),
         "dataset": lambda: dataset.figures(device, mode.dataset_steps, mode.dataset_rows),
-        "ddp": lambda: ddp.figures(device, home / "ddp", mode.name),
+        "ddp": lambda: ddp.figures(device, home / "ddp", mode.name) if mode.ddp else
+        ({}, {"ddp_token_speedup": "not in this mode (--quick stays under 3 minutes)"}),
         "locality": lambda: locality.figures(mode.steps, None if mode.name == "full" else 32, device,
                                               log=lambda text: _log(start, text)),
     }

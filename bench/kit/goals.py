@@ -6,7 +6,22 @@ Knows nothing about how figures are measured.
 """
 
 TARGETS = [
-    # the headline (issue 17): against the seed's own recipe (bench/baseline/notebook.py), what a user feels
+    # the headline on real weights (issue 26): SmolLM2-135M-Instruct, the seed's recipe against :train (bench/suites/smol_train.py)
+    ("smol_teach_speedup_best_lr", ">= 3 (moonshot 10): the seed's time to 10/10 at its best lr / smol_teach_seconds",
+     lambda f: f["smol_teach_speedup_best_lr"] >= 3),
+    ("smol_teach_speedup_seed_lr", "(the same at the seed's lr 1e-4; a lower bound where it never gets 10/10)", None),
+    ("smol_teach_seconds", "(:train defaults, ten pairs, Enter to the next prompt, 10/10 as asked)", None),
+    ("smol_seed_teach_seconds_seed_lr", "(the seed to 10/10 at lr 1e-4; its 400 steps where smol_seed_teach_reached_seed_lr is false)", None),
+    ("smol_seed_teach_seconds_best_lr", "(the same at smol_seed_best_lr)", None),
+    ("smol_seed_best_lr", "(the sweep's fastest to 10/10)", None),
+    ("smol_seed_recall_after_100", "(the seed's recipe exactly: lr 1e-4, 100 steps)", None),
+    ("smol_first_answer_seconds", "<= 10 (:train r=4 on the seed's two facts, 2/2 as asked)", lambda f: f["smol_first_answer_seconds"] <= 10),
+    ("smol_seed_first_answer_seconds", "(the seed at lr 5e-3 to 2/2 on its two facts)", None),
+    ("smol_token_speedup", ">= 2 (non-pad training tokens/s, lorachat / the seed)", lambda f: f["smol_token_speedup"] >= 2),
+    ("smol_tokens_per_s", "(lorachat on smol, non-pad tokens/s)", None),
+    ("smol_seed_tokens_per_s", "(the seed on smol, non-pad tokens/s)", None),
+    ("smol_equal_loss_speedup_seed_lr", "(detail: to the seed's 100-step answer loss)", None),
+    # the headline on random weights (issue 17): against the seed's own recipe (bench/baseline/notebook.py), what a user feels
     ("teach_seconds", "10/10 recalled; <= seed_teach_seconds where the seed gets there",
      lambda f: f["teach_seconds"] > 0 and (f.get("seed_teach_seconds") is None or f["teach_seconds"] <= f["seed_teach_seconds"])),
     ("seed_recall_after_100", "(the seed after its 100 steps)", None),

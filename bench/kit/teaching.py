@@ -2,11 +2,12 @@
 
 `to_loss` drives lorachat.train.run (the loop `:train` runs) with lorachat's defaults, or with
 `changes` to them (how bench/research/candidates.py measures other settings), and scores with bench/baseline/scoring.py
-every few steps with the clock stopped. `teach` is the user's `:train` command, timed whole.
+every few steps with the clock stopped. `teach` and `timed` are the user's `:train` command, timed whole.
 Knows nothing about the seed's recipe.
 """
 import copy
 import dataclasses
+import json
 import re
 import time
 
@@ -55,10 +56,20 @@ def to_loss(base, tokenizer, examples, targets: dict, at: int, cap: int, every: 
 def teach(model, tokenizer, examples, device: str, home, steps: int | None = None, keys: str = "") -> dict:
     """`:train` with lorachat's defaults (or `keys`) in a fresh session over `model` (wrapped in place),
     timed whole: adapter creation, training with its recall checks, saving. `steps` caps it (smoke only)."""
-    seconds, steps, known, total = timed_train(make_session(model, tokenizer, "bench-base", device, home),
-                                               "teach", examples, steps, keys)
-    return dict(teach_seconds=round(seconds, 3) if known == total else None, teach_steps=steps,
-                teach_recall=f"{known}/{total}", teach_train_s=round(seconds, 3))
+    run = timed(make_session(model, tokenizer, "bench-base", device, home), "teach", examples, steps, keys)
+    return dict(teach_seconds=run["seconds"] if run["recalled"] else None, teach_steps=run["steps"],
+                teach_recall=run["recall"], teach_train_s=run["seconds"])
+
+
+def timed(session, name: str, examples, steps: int | None = None, keys: str = "") -> dict:
+    """`timed_train` with what `:train` recorded in adapters/NAME/lorachat.json: {seconds, steps, recall
+    "k/n", recalled (n/n), tokens_per_s (non-pad tokens its training passes took, per second of its loop)}."""
+    from lorachat.adapters import paths, provenance
+
+    seconds, done, known, total = timed_train(session, name, examples, steps, keys)
+    meta = json.loads((paths.adapter_path(session, name) / provenance.META_FILE).read_text(encoding="utf-8"))
+    return dict(seconds=round(seconds, 3), steps=done, recall=f"{known}/{total}", recalled=known == total,
+                tokens_per_s=round(meta["tokens"] / meta["seconds"], 1) if meta.get("seconds") else None)
 
 
 def timed_train(session, name: str, examples, steps: int | None = None, keys: str = "") -> tuple:

@@ -23,9 +23,7 @@ IMPORTS = "import torch, transformers; from transformers import AutoModelForCaus
 
 
 def figures(device: str, home, repeats: int, tokens: int, rounds: int) -> dict:
-    from lorachat.models import converted
-
-    folder = converted.ensure_smol(progress=lambda line: print(f"  {line}", file=sys.stderr, flush=True))
+    folder = smol_folder()
     floor = statistics.median(_process([sys.executable, "-c", IMPORTS]) for _ in range(repeats))
     starts, rss = [], None
     for _ in range(repeats):
@@ -35,6 +33,13 @@ def figures(device: str, home, repeats: int, tokens: int, rounds: int) -> dict:
         rss = _resident(out)
     return dict(smol_import_floor_s=round(floor, 3), smol_startup_s=round(statistics.median(starts), 3),
                 smol_rss_mb=rss, **_decode(folder, device, tokens, rounds))
+
+
+def smol_folder():
+    """smol's converted folder in the cache, made first (fetch and conversion, once) where it is not there."""
+    from lorachat.models import converted
+
+    return converted.ensure_smol(progress=lambda line: print(f"  {line}", file=sys.stderr, flush=True))
 
 
 def _process(argv) -> float:
