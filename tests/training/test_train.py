@@ -335,6 +335,50 @@ def test_clip_bounds_the_gradient_norm_the_optimizer_sees(make_session):
     assert norms[0.0] > 1e-2 and norms[1e-3] == pytest.approx(1e-3, rel=1e-4)
 
 
+def test_rows_of_very_different_lengths_go_through_in_separate_passes_with_the_same_gradient(make_session, monkeypatch):
+    """One process cuts a batch by length (less padding); the step's gradient, loss and hints are
+    those of the single padded pass, anchor rows (KL to the base) riding along included."""
+    import torch
+    from peft import get_peft_model
+
+    session = make_session()
+    model = get_peft_model(session.model, lora.lora_config(session.model, recipe.DEFAULTS))
+    params = trainer.trainable(model)
+    long = (PAIRS[0][0] + " Please explain it in detail, as to a newcomer to the field. " * 4, PAIRS[0][1])
+    encoded = trainer.encode(session.tokenizer, examples_of([long, *PAIRS[1:4]]), 512).items
+    group = [[(i, item) for i, item in enumerate(encoded)]]
+    riders = trainer.encode(session.tokenizer, examples_of(PAIRS[5:7]), 512).items
+    assert len(steps.passes(group[0], list(enumerate(riders)))) > 1
+    with torch.no_grad():
+        *_, base = collate_logprobs(model, session.tokenizer, riders)
+    out = {}
+    for spread in (steps.SPREAD, 1e9):
+        monkeypatch.setattr(steps, "SPREAD", spread)
+        optimizer = torch.optim.SGD(params, lr=0.0)
+        grads = []
+        optimizer.step = lambda closure=None: grads.append([p.grad.clone() for p in params])
+        loss, tokens, hints = steps.one_step(model, session.tokenizer, group, optimizer, ranks.Ranks(model, cpu=True), 0.0,
+                                             steps.answer_tokens(group), riders, steps.answer_tokens([list(enumerate(riders))]),
+                                             1.0, base)
+        out[spread] = (loss, hints, grads[0])
+    (loss, hints, grads), (one_loss, one_hints, one_grads) = out.values()
+    assert loss == pytest.approx(one_loss, rel=1e-5) and hints == one_hints
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(grads, one_grads))
+    assert steps.passes(group[0], [], world=2) == [(group[0], [])]
+
+
+def collate_logprobs(model, tokenizer, items):
+    """The model's log-probabilities at the answer positions of `items`, padded together (what the
+    trainer's base distribution for anchor_loss=kl is)."""
+    import torch
+
+    from lorachat.scoring.batches import answer_logits, collate, padding_id
+
+    input_ids, labels, mask = collate(items, padding_id(tokenizer), "cpu")
+    logits, targets, rows = answer_logits(model, input_ids, labels, mask)
+    return logits, targets, torch.log_softmax(logits, -1)
+
+
 def test_linear_schedule_decays_to_zero_over_the_planned_steps():
     import torch
 
