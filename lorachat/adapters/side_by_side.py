@@ -2,17 +2,26 @@
 dataset's loss and recall as asked, and what each adapter keeps of the base's answers to probe
 questions), and the session's cache of the base's answers those measurements compare with. The
 maths is scoring/'s; this module switches adapters (live.py) and knows nothing about terminals.
+The base's answers are also kept on disk (base_answers), so a new session over the same checkpoint
+does not generate them again.
 """
+import contextlib
+import hashlib
+import json
+
 from lorachat.adapters import live
 from lorachat.adapters.paths import BASE
-from lorachat.core import prompts
+from lorachat.core import cache as app_cache
+from lorachat.core import durable, prompts
 from lorachat.core.errors import LorachatError
 from lorachat.core.names import check_name
+from lorachat.models import fingerprint
 from lorachat.scoring import locality
 from lorachat.scoring.recall import Recall
 
 MIXED_BASE = "__base__"  # PEFT's name for "no adapter" in a mixed-adapter batch
 CACHE_SIZE = 4  # base references kept per session: the probes, the anchors, a dataset or two
+BASE_ANSWERS_VERSION = 1   # of how lorachat makes the base's answers (locality.greedy): a change makes new files
 
 
 def compare(session, names: list[str], question: str) -> tuple[list[str], list[tuple[str, str]]]:
@@ -105,16 +114,56 @@ def session_reference(session, questions, options: locality.LocalityOptions = lo
     if key in cache:
         cache[key] = cache.pop(key)  # most recently used last
         return cache[key]
-    previous = session.active_adapter
-    live.activate(session, None)
-    try:
-        ref = locality.reference(session.model, session.tokenizer, questions, options, on_batch)
-    finally:
-        live.activate(session, previous)
+    stored = _stored(session, questions, options)
+    ref = _read(stored, session.tokenizer, questions) if stored is not None else None
+    if ref is None:
+        previous = session.active_adapter
+        live.activate(session, None)
+        try:
+            ref = locality.reference(session.model, session.tokenizer, questions, options, on_batch)
+        finally:
+            live.activate(session, previous)
+        if stored is not None:
+            _write(stored, ref)
     cache[key] = ref
     while len(cache) > CACHE_SIZE:
         cache.pop(next(iter(cache)))
     return ref
+
+
+def _stored(session, questions, options):
+    """Where the base's answers to `questions` are kept on disk: one file per checkpoint (its weight
+    files' fingerprint), dtype, device kind, library versions and question list; None for a model
+    that has no weight files (built in memory: nothing on disk says which one it is)."""
+    import torch
+    import transformers
+
+    loaded = session.loaded
+    if not fingerprint.weight_files(getattr(loaded, "folder", None)):
+        return None
+    base = live.base_fingerprint(session).removeprefix("sha256:")
+    what = json.dumps([BASE_ANSWERS_VERSION, str(loaded.dtype), torch.device(loaded.device).type, torch.__version__,
+                       transformers.__version__, options.max_new_tokens, [list(q) for q in questions]])
+    return app_cache.cache_dir() / "base-answers" / base / (hashlib.sha256(what.encode()).hexdigest()[:32] + ".json")
+
+
+def _read(path, tokenizer, questions):
+    """The Reference kept at `path`, or None (not there, unreadable, or its prompts are not what the
+    tokenizer makes of `questions` now: then it is made again)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        ref = locality.Reference(tuple(map(tuple, data["prompts"])), tuple(map(tuple, data["answers"])))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    now = tuple(tuple(prompts.prompt_ids(tokenizer, i, q)) for i, q in questions)
+    return ref if ref.prompts == now and len(ref.answers) == len(now) else None
+
+
+def _write(path, ref) -> None:
+    """Keep `ref` at `path`; a cache that cannot be written is only slower next time."""
+    with contextlib.suppress(OSError, LorachatError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        durable.replace_file(path, durable.json_bytes({"prompts": ref.prompts, "answers": ref.answers}))
 
 
 def probe_questions(session, extra=(), questions=None) -> list[tuple[str, str]]:

@@ -46,6 +46,24 @@ def test_exact_is_what_greedy_decoding_returns(make_session):
     assert scored.exact / 24 < scored.agreement < 1
 
 
+def test_the_bases_answers_are_made_once_per_checkpoint_and_kept_on_disk(make_session, monkeypatch):
+    """A new session over the same weight files reads the base's answers from the cache folder instead
+    of generating them; a damaged file, or prompts the tokenizer no longer makes, are made again."""
+    questions = [(DEFAULT_INSTRUCTION, q) for q in locality.builtin(locality.PROBES)[:6]]
+    made = side_by_side.session_reference(make_session(), questions)
+    stored = list(side_by_side.app_cache.cache_dir().joinpath("base-answers").rglob("*.json"))
+    generated = []
+    real = locality.greedy
+    monkeypatch.setattr(locality, "greedy", lambda *a, **k: generated.append(1) or real(*a, **k))
+    assert side_by_side.session_reference(make_session(), questions) == made and not generated
+    for path in stored:
+        path.write_text("{not json", encoding="utf-8")
+    assert side_by_side.session_reference(make_session(), questions) == made and generated == [1]
+    other = [(DEFAULT_INSTRUCTION + " Be brief.", q) for _, q in questions]
+    side_by_side.session_reference(make_session(), other)
+    assert generated == [1, 1]
+
+
 def test_eval_shows_kept_and_agree_untrained_keeps_all_trained_keeps_less(make_session, transcript, home):
     write_dataset(home, "default", [SOH, SION])
     write_dataset(home, "kitchen", [("How do I cook couscous?", "Pour boiling water over it."),
