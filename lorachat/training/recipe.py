@@ -54,7 +54,7 @@ class TrainConfig:
     anchor_loss: Optional[str] = field(default=None, metadata={"help": "ce: cross-entropy on the base's greedy answer tokens; kl: KL to the base's whole next-token distribution along that answer (none: ce below 50M parameters, else kl)", "choices": ("ce", "kl")})
     context: Optional[int] = field(default=None, metadata={"help": f"each question is also trained after this many earlier turns of a conversation (anchor questions with the base's answers), so it comes back mid-conversation (0: alone only; none: {CONTEXT} on models with a chat template, else 0)", "min": 0, "max": 16})
     anchor_pool: int = field(default=64, metadata={"help": "how many of the built-in anchor questions (their base answers made once)", "min": 1, "max": 100_000})
-    probes: int = field(default=100, metadata={"help": "built-in probe questions the final line's kept share is measured on (0: not measured; :eval uses all)", "min": 0, "max": 100_000})
+    probes: int = field(default=32, metadata={"help": "built-in probe questions the final line's kept share is measured on (0: not measured; :eval uses all 303)", "min": 0, "max": 100_000})
     keep_base: Optional[float] = field(default=None, metadata={"help": "until=recall also waits until this share of the anchors is answered as the base did (none: recall alone)", "positive": True, "max": 1})
     checkpointing: bool = field(default=False, metadata={"help": "gradient checkpointing: less memory, ~30% slower"})
     until: str = field(default="recall", metadata={"help": "recall: stop when every answer comes back verbatim; steps: run them all", "choices": ("recall", "steps")})

@@ -9,6 +9,7 @@ import dataclasses
 import math
 import signal
 import threading
+import time
 
 from lorachat.adapters import disk, live, paths, side_by_side
 from lorachat.chat import options
@@ -46,6 +47,7 @@ def train_(session, args):
     Training stops as soon as every example's answer comes back verbatim (until=recall).
     Ctrl-C stops at the next step: the adapter is discarded (keep=partial saves it), the session goes on.
     """
+    began = time.perf_counter()   # the final line's time: from Enter to the next prompt
     name, config = _parse(session, args)
     # worked out once, before anything is created: a refusal leaves the session as it was
     plan = trainer.plan(session.model, session.tokenizer, _examples(session), config, launch.world())
@@ -75,7 +77,7 @@ def train_(session, args):
         except BaseException:
             _discard(session, name, previous)
             raise
-    _report(session, name, result, config, kept, _stopped_by(interrupted))
+    _report(session, name, result, config, kept, _stopped_by(interrupted), time.perf_counter() - began)
     if unsaved is not None:
         raise unsaved
 
@@ -202,10 +204,11 @@ def _stopped_by(interrupted) -> str:
     return "by another process of this run"   # its stop reached this one through the step's all-reduce
 
 
-def _report(session, name, result, config, kept=None, how="Ctrl-C") -> None:
+def _report(session, name, result, config, kept, how, seconds) -> None:
+    """The final line; `seconds`: the whole command's, from Enter to the next prompt."""
     share = f"kept {kept.kept:.0%} of base answers, " if kept is not None else ""
     summary = (f"{result.steps} steps, loss {result.loss:.2f}, recall {result.recall}/{result.total}, {share}"
-               f"{result.seconds:.1f} s")
+               f"{seconds:.1f} s")
     skipped = (f" ({result.skipped} example{'s' if result.skipped != 1 else ''} longer than "
                f"{recipe.describe_limit(result.limit, session.model)} skipped)") if result.skipped else ""
     active = "" if session.headless else " — now active"  # nothing is active once `lorachat train` ends
