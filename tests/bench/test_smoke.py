@@ -37,7 +37,7 @@ def test_bench_smoke_writes_the_figures_and_targets(tmp_path, monkeypatch, capsy
     assert results["skipped"] == {} and results["seed_recall_after_100"] is None  # a 1-step run
     assert 0 < results["decode_ratio"] < 10 and 0 < results["adapter_file_mb"] < 1
     # the seconds are rounded to 1 ms, which moves a ratio of ~0.1 s times by up to ~1 %
-    assert results["train_speedup"] == pytest.approx(results["train_seed_s"] / results["train_lorachat_s"], rel=0.02)
+    assert results["train_speedup"] == pytest.approx(results["train_seed_s"] / results["train_lorachat_s"], rel=0.02, abs=0.005)  # rounded to 2 places
     rows = {row["figure"]: row for row in results["targets"]}
     names = list(rows)  # the headline on smol first (not run here: its checked rows fail), then on random weights
     assert names[0] == "smol_teach_speedup_best_lr" and rows["smol_first_answer_seconds"]["met"] is False
