@@ -22,7 +22,7 @@ from pathlib import Path
 
 from lorachat.core.errors import LorachatError
 
-# hidden leftovers of an interrupted write or delete: `.NAME.tmp-PID` (a file), `.NAME.tmp-PID-XXXX`
+# hidden leftovers of an interrupted write or delete: `.NAME.tmp-PID` (a file), `.NAME.tmp-PID-RANDOM`
 # (a folder), `.NAME.deleted-PID-NS`
 _LEFTOVER = re.compile(r"^\..+\.(?:tmp|deleted)-(\d+)(?:-|$)")
 

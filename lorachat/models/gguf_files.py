@@ -183,7 +183,7 @@ def dequantisable_types(architecture: str) -> set[str]:
             continue
         try:                                    # one block of zeros: microseconds, and exactly what it does
             quants.dequantize(np.zeros((1, nbytes), dtype=np.uint8), qtype)
-        except Exception:                       # NotImplementedError, or a type that cannot even be tried
+        except Exception:                       # gguf has no dequantizer for this type, or it cannot even be tried
             continue
         types.add(qtype.name)
     return types
