@@ -225,9 +225,12 @@ def train(argv) -> int:
 
     parser = train_parser()
     main_rank = launch.is_main()
-    if not main_rank:  # the main rank says what is wrong with the command line, once
+    if not main_rank:
+        # The main rank says what is wrong, once, and exits with the status. The other ranks leave
+        # without a word and with 0: a rank that exits non-zero first makes the launcher (torchrun,
+        # accelerate) stop the main rank, sometimes before it has printed the line.
         parser.print_usage = lambda file=None: None
-        parser.exit = lambda status=0, message=None: sys.exit(status)
+        parser.exit = lambda status=0, message=None: sys.exit(0)
     args = parser.parse_args(argv)
     try:  # the whole command line before the model (minutes to load): a usage error exits 2
         if bad := options.split_kv(args.keys)[0]:
@@ -251,7 +254,7 @@ def train(argv) -> int:
         run_command(session, f":train {shlex.join([*([args.name] if args.name else []), *args.keys])}")
     except LorachatError as exc:
         ui.error(str(exc))
-        return 1
+        return 1 if main_rank else 0  # the main rank's status and line are the run's (see above)
     except Exception as exc:
         if not launch.peer_lost(exc):
             raise
