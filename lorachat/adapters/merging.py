@@ -102,10 +102,12 @@ def merge(session, sources: list[str], name: str, options: MergeOptions) -> tupl
 
 def _asking_of(session, sources) -> dict:
     """What asking a merge needs, from its sources' lorachat.json: their instruction when they
-    share one (None otherwise), and the longest answer any of them was taught (what `lorachat
-    serve` tells clients)."""
+    share one (None otherwise), the longest answer any of them was taught (what `lorachat
+    serve` tells clients), and the questions they were taught (the gate's)."""
     metas = [provenance.read_meta(adapter_path(session, s)) or {} for s in sources]
     instructions = {m.get("instruction") for m in metas}
     longest = [m["max_answer_tokens"] for m in metas if isinstance(m.get("max_answer_tokens"), int)]
+    asked = [m.get("questions") for m in metas]   # the gate's: all the sources were taught, or none (every question)
+    questions = sorted({q for qs in asked for q in qs}) if all(isinstance(qs, list) for qs in asked) else None
     return dict(instruction=instructions.pop() if len(instructions) == 1 else None,
-                max_answer_tokens=max(longest, default=None))
+                max_answer_tokens=max(longest, default=None), questions=questions)

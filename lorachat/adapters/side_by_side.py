@@ -9,7 +9,7 @@ import contextlib
 import hashlib
 import json
 
-from lorachat.adapters import live
+from lorachat.adapters import gate, live
 from lorachat.adapters.paths import BASE
 from lorachat.core import cache as app_cache
 from lorachat.core import durable, prompts
@@ -26,7 +26,8 @@ BASE_ANSWERS_VERSION = 1   # of how lorachat makes the base's answers (locality.
 
 def compare(session, names: list[str], question: str) -> tuple[list[str], list[tuple[str, str]]]:
     """Greedy answers to `question` from each of `names` ('base' for none), in one mixed-adapter
-    batch where PEFT supports it, else one adapter at a time through the switch. Returns (notes,
+    batch where PEFT supports it, else one adapter at a time through the switch; under the gate an
+    adapter answers only a question near one it was taught, as asking would. Returns (notes,
     [(name, answer)])."""
     import torch
 
@@ -36,6 +37,11 @@ def compare(session, names: list[str], question: str) -> tuple[list[str], list[t
     if len(extra) > session.settings.max_loaded:
         raise LorachatError(f"can compare at most max_loaded={session.settings.max_loaded} adapters at once")
     notes = live.load_all(session, names)
+    based = [n for n in extra if not gate.routed(session, n, question)]   # the gate leaves these to the base
+    if based:
+        notes.append(f"the gate leaves this question to the base for {', '.join(based)} "
+                     f"(not near a taught question; :set gate=off shows the adapter's own answer)")
+    answering = [BASE if n in based else n for n in names]
     ids = prompts.prompt_ids(session.tokenizer, session.instruction, question)
     settings = session.settings
     generation = dict(max_new_tokens=settings.max_new_tokens, do_sample=False, repetition_penalty=settings.repetition_penalty,
@@ -46,7 +52,7 @@ def compare(session, names: list[str], question: str) -> tuple[list[str], list[t
         if model is None:  # no adapter was ever loaded: only the base can answer
             rows = session.model.generate(input_ids=batch, attention_mask=torch.ones_like(batch), **generation)
         else:
-            labels = [MIXED_BASE if n == BASE else n for n in names]
+            labels = [MIXED_BASE if n == BASE else n for n in answering]
             try:
                 with live.switch(session).unmerged(enabled=True):
                     rows = model.generate(input_ids=batch, attention_mask=torch.ones_like(batch), adapter_names=labels,
@@ -56,7 +62,7 @@ def compare(session, names: list[str], question: str) -> tuple[list[str], list[t
                 # (batch x seq) rows, not the batch (OPT's fc1/fc2), DoRA, a layer type without
                 # mixed batches; a modules_to_save copy that not every adapter has is a KeyError.
                 # The first forward fails, so this costs one prompt's pass.
-                rows = _one_at_a_time(session, names, batch[:1], generation)
+                rows = _one_at_a_time(session, answering, batch[:1], generation)
     return notes, [(n, decode_answer(session.tokenizer, row[len(ids):].tolist())) for n, row in zip(names, rows)]
 
 
@@ -91,12 +97,21 @@ def evaluate(session, names: list[str], encoded, on_batch=None, probes=(), optio
     notes = live.load_all(session, names)
     checker = Recall(session.tokenizer, encoded.examples, encoded.items, session.asking())
     ref = session_reference(session, list(probes), options) if probes else None
-    previous, rows = session.active_adapter, []
+    asked = {i: prompts.asked(encoded.examples[i])[1] for i in checker.questions}
+    previous, rows, base = session.active_adapter, [], None
     try:
-        for n in names:
+        for n in [BASE] + [n for n in names if n != BASE]:   # the base first: the gate answers some with it
             live.activate(session, None if n == BASE else n)
-            kept = locality.score(session.model, session.tokenizer, ref, options) if ref else None
-            rows.append((n, *checker.evaluate(session.model, on_batch), kept))
+            kept = None if not ref else locality.score(session.model, session.tokenizer, ref, options) if n == BASE \
+                else gate.kept(session, n, [q for _, q in probes], ref, options)
+            loss, flags = checker.evaluate_each(session.model, on_batch)
+            if n == BASE:
+                base = flags
+            else:   # as asked: a question the gate leaves to the base is recalled as the base recalls it
+                near = dict(zip(asked, gate.routed_each(session, n, list(asked.values()))))
+                flags = {i: ok if near[i] else base[i] for i, ok in flags.items()}
+            if n in names:
+                rows.append((n, loss, sum(flags.values()), kept))
     finally:
         live.activate(session, previous if previous in live.loaded_names(session) else None)
     return notes, rows

@@ -6,6 +6,8 @@ through `self.read_text` (None in scripts).
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lorachat.adapters import gate
+from lorachat.adapters.gate import GATE_AT
 from lorachat.chat.streaming import answer
 from lorachat.core import prompts
 from lorachat.core.errors import LorachatError
@@ -25,6 +27,8 @@ class Settings:
     seed: int = field(default=0, metadata={"help": "seed set before each sampled answer", "min": 0, "max": 2**32 - 1})
     max_loaded: int = field(default=8, metadata={"help": "adapters kept in memory (least recently used unloaded)", "min": 1, "max": 1000})
     context: str = field(default="auto", metadata={"help": "keep the conversation: ask each question after the earlier turns (auto: on for models with a chat template)", "choices": ("auto", "on", "off")})
+    gate: str = field(default="auto", metadata={"help": "the active adapter answers only questions near one it was taught, the base the rest (auto: on from 50M parameters)", "choices": ("auto", "on", "off")})
+    gate_at: float = field(default=GATE_AT, metadata={"help": "similarity (cosine, -1..1) to a taught question at which the adapter answers", "min": -1, "max": 1})
 
     def generation_kwargs(self) -> dict:
         kwargs = dict(max_new_tokens=self.max_new_tokens, do_sample=self.do_sample,
@@ -78,7 +82,8 @@ class Session:
             if show is not None:
                 show(piece)
 
-        answer(self.model, self.tokenizer, ids, shown, **generation)
+        with gate.answering(self, question):
+            answer(self.model, self.tokenizer, ids, shown, **generation)
         self.last_answer_complete = True
         if self.conversation():
             self.turns.append((question, self.last_answer))

@@ -29,6 +29,17 @@ class LoadedModel:
     source: dict | None = None  # what a converted model was made from (models/converted.py), else None
 
 
+# below this many parameters lorachat's size rules (the lr, the anchors, the ask-time gate) take a
+# model to be the small random kind its tests build; tiny is under it, SmolLM2-135M over it
+SMALL_MODEL = 50_000_000
+
+
+def base_size(model) -> int:
+    """The base model's parameters, adapters (PEFT's `lora_` weights) not counted."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return sum(p.numel() for name, p in base.named_parameters() if "lora_" not in name)
+
+
 def positions(model) -> int | None:
     """The most tokens the model attends to (prompt and answer), where its config says."""
     config = model.config

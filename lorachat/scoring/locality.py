@@ -123,28 +123,6 @@ def greedy(model, tokenizer, prompts: list[list[int]], options: LocalityOptions 
     return answers
 
 
-def score(model, tokenizer, ref: Reference, options: LocalityOptions = DEFAULTS) -> Locality:
-    """Exact and token agreement of `model` (as it is now) with the reference answers: one
-    teacher-forced forward pass per batch, eval mode, no generation."""
-    import torch
-
-    items = sorted(items_of(ref), key=lambda item: len(item[0]))
-    exact = agree = 0
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), autocast(model):
-            for start in range(0, len(items), options.batch):
-                batch = items[start:start + options.batch]
-                input_ids, labels, mask = collate(batch, padding_id(tokenizer), model_device(model))
-                logits, targets, rows = answer_logits(model, input_ids, labels, mask)
-                exact += int(known(logits, targets, rows, len(batch)).sum())
-                agree += int((logits.argmax(-1) == targets).sum())
-    finally:
-        model.train(was_training)
-    return Locality(exact=exact, questions=len(items), agree=agree, tokens=sum(len(a) for a in ref.answers))
-
-
 def anchor_questions(instruction: str, pool: int) -> list[tuple[str, str]]:
     """The first `pool` built-in anchor questions, asked under `instruction` (what training rehearses)."""
     return [(instruction, q) for q in builtin(ANCHORS)[:pool]]
@@ -156,6 +134,48 @@ def anchor_reference(model, tokenizer, instruction: str, pool: int, options: Loc
     return reference(model, tokenizer, anchor_questions(instruction, pool), options)
 
 
+def as_turns(tokenizer, questions, ref: Reference) -> list[tuple[str, str]]:
+    """`questions` with the base's answers in `ref` (in order) as turns of a conversation, the answers
+    as shown; those the base left empty are left out."""
+    turns = [(q, tokenizer.decode(list(a), skip_special_tokens=True).strip()) for q, a in zip(questions, ref.answers)]
+    return [(q, a) for q, a in turns if a]
+
+
 def items_of(ref: Reference) -> list[tuple[list[int], list[int]]]:
     """(input_ids, labels) per reference answer: prompt masked, the base's answer carries the loss."""
     return [(list(p) + list(a), [IGNORE] * len(p) + list(a)) for p, a in zip(ref.prompts, ref.answers)]
+
+
+def score(model, tokenizer, ref: Reference, options: LocalityOptions = DEFAULTS) -> Locality:
+    """Exact and token agreement of `model` (as it is now) with the reference answers: one
+    teacher-forced forward pass per batch, eval mode, no generation."""
+    exact, agree = _scored(model, tokenizer, ref, options)
+    return Locality(exact=sum(exact), questions=len(exact), agree=agree, tokens=sum(len(a) for a in ref.answers))
+
+
+def exact_each(model, tokenizer, ref: Reference, options: LocalityOptions = DEFAULTS) -> list[bool]:
+    """Per reference question, in order: does `model` answer it exactly as the base did (`score`'s exact)?"""
+    return _scored(model, tokenizer, ref, options)[0]
+
+
+def _scored(model, tokenizer, ref: Reference, options: LocalityOptions) -> tuple[list[bool], int]:
+    """(exact per question in `ref`'s order, answer tokens that are the argmax)."""
+    import torch
+
+    items = items_of(ref)
+    order = sorted(range(len(items)), key=lambda i: len(items[i][0]))
+    exact, agree = [False] * len(items), 0
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), autocast(model):
+            for start in range(0, len(order), options.batch):
+                rows = order[start:start + options.batch]
+                input_ids, labels, mask = collate([items[i] for i in rows], padding_id(tokenizer), model_device(model))
+                logits, targets, positions = answer_logits(model, input_ids, labels, mask)
+                for i, ok in zip(rows, known(logits, targets, positions, len(rows)).tolist()):
+                    exact[i] = bool(ok)
+                agree += int((logits.argmax(-1) == targets).sum())
+    finally:
+        model.train(was_training)
+    return exact, agree

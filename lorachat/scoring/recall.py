@@ -143,6 +143,12 @@ class Recall:
     def evaluate(self, model, on_batch=None) -> tuple[float, int]:
         """(mean answer-token loss, questions recalled), both as asked, from one forward pass over
         length-sorted batches: what :eval shows. `on_batch(rows)` after each batch."""
+        loss, flags = self.evaluate_each(model, on_batch)
+        return loss, sum(flags.values())
+
+    def evaluate_each(self, model, on_batch=None) -> tuple[float, dict]:
+        """(mean answer-token loss, {question index: recalled}) as `evaluate`; a question that can
+        never come back whole is not recalled."""
         import torch.nn.functional as F
 
         items = [self.asked.get(i, item) for i, item in enumerate(self.items)]
@@ -156,7 +162,7 @@ class Recall:
                 flags[i] = ok
             if on_batch is not None:
                 on_batch(len(group))
-        return loss / max(tokens, 1), sum(1 for i in self.questions if self.why[i] is None and flags[i])
+        return loss / max(tokens, 1), {i: self.why[i] is None and flags[i] for i in self.questions}
 
     # --- what to tell the user ------------------------------------------------------------------
     def longest_answer(self) -> int | None:

@@ -54,7 +54,7 @@ def quit_(session, args):
 def info(session, args):
     """Show the model, device, dtype, parameters, memory, active adapter, dataset and workspace."""
     no_args("info", args)
-    from lorachat.adapters import live
+    from lorachat.adapters import gate, live
 
     loaded = session.loaded
     base = extra = 0
@@ -69,6 +69,7 @@ def info(session, args):
     rows = [["model", loaded.name], ["path", loaded.path], *made_from, ["device", loaded.device],
             ["dtype", str(loaded.dtype).replace("torch.", "")], ["parameters", params],
             ["memory", _memory(loaded.device)], ["adapter", session.active_adapter or "base (none)"],
+            ["gate", gate.describe(session, session.active_adapter)],
             ["dataset", session.dataset], ["instruction", session.instruction],
             ["workspace", str(session.home.resolve())], ["lorachat", __version__]]
     session.ui.table(["", ""], rows)

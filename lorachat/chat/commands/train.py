@@ -11,7 +11,7 @@ import signal
 import threading
 import time
 
-from lorachat.adapters import disk, live, paths, side_by_side
+from lorachat.adapters import disk, gate, live, paths, side_by_side
 from lorachat.chat import options
 from lorachat.chat.commands import command
 from lorachat.core import launch, prompts
@@ -69,7 +69,8 @@ def train_(session, args):
                 _discard(session, name, previous)
             else:
                 live.activate(session, name)
-                kept = locality.score(session.model, session.tokenizer, probes) if probes else None
+                gate.remember(session, name, gate.taught_questions(plan.examples))
+                kept = gate.kept(session, name, *probes) if probes else None
                 if launch.is_main():  # the other ranks of `lorachat train` hold the same weights
                     unsaved = _save_or_keep(session, name, _meta(session, plan, result, kept), result.state)
                 launch.barrier()
@@ -84,7 +85,8 @@ def train_(session, args):
 
 def _references(session, config):
     """The base's own answers (cached for the session): to the anchor questions training rehearses,
-    and to the first `config.probes` built-in probes the final line measures on (main process only)."""
+    and to the first `config.probes` built-in probes the final line measures on (main process only:
+    (the questions, their Reference))."""
     anchors = None
     if config.anchors or config.keep_base or config.context:
         anchors = side_by_side.session_reference(session, locality.anchor_questions(session.instruction, config.anchor_pool),
@@ -92,15 +94,14 @@ def _references(session, config):
     probes = None
     if config.probes and launch.is_main():
         questions = side_by_side.probe_questions(session, questions=locality.builtin(locality.PROBES)[:config.probes])
-        probes = side_by_side.session_reference(session, questions)
+        probes = [q for _, q in questions], side_by_side.session_reference(session, questions)
     return anchors, probes
 
 
 def _turns(session, config, anchors) -> list[tuple[str, str]]:
     """The anchor questions with the base's answers, as turns of a conversation (the answers as shown)."""
     questions = [q for _, q in locality.anchor_questions(session.instruction, config.anchor_pool)]
-    answers = [session.tokenizer.decode(list(a), skip_special_tokens=True).strip() for a in anchors.answers]
-    return [(q, a) for q, a in zip(questions, answers) if a]
+    return locality.as_turns(session.tokenizer, questions, anchors)
 
 
 def parse(args: str) -> tuple[str | None, recipe.TrainConfig]:
@@ -192,7 +193,7 @@ def _meta(session, plan, result, kept) -> dict:
                 total=result.total, seconds=round(result.seconds, 3), cancelled=result.cancelled,
                 world_size=result.world, global_batch=config.batch * config.grad_accum * result.world,
                 kept=None if kept is None else round(kept.kept, 4), agree=None if kept is None else round(kept.agreement, 4),
-                probes=None if kept is None else kept.questions)
+                probes=None if kept is None else kept.questions, questions=gate.taught_questions(examples))
 
 
 def _stopped_by(interrupted) -> str:

@@ -1,0 +1,53 @@
+"""The ask-time gate (adapters/gate.py) on tiny, turned on by hand (auto leaves it off under 50M
+parameters): an adapter answers only questions near the ones lorachat.json says it was taught."""
+import json
+
+from lorachat.adapters import paths
+
+TAUGHT = "What is SOH?"
+OTHER = "Who wrote Hamlet?"
+
+
+def answer_of(transcript, session, lines) -> str:
+    return transcript(session, lines)[1].rstrip("\n").splitlines()[-1]
+
+
+def teach(session, name, questions):
+    """Record in adapter `name`'s lorachat.json that it was taught `questions` (what :train writes)."""
+    meta = paths.adapter_path(session, name) / "lorachat.json"
+    meta.write_text(json.dumps(json.loads(meta.read_text()) | {"questions": questions}))
+
+
+def test_the_gate_leaves_other_questions_to_the_base_and_measures_as_it_asks(shelved, transcript, make_session):
+    session = shelved
+    teach(session, "a", [TAUGHT])
+    transcript(session, [":set max_new_tokens=12"])
+    base = {q: answer_of(transcript, session, [":use base", q]) for q in (TAUGHT, OTHER)}
+    own = {q: answer_of(transcript, session, [":use a", q]) for q in (TAUGHT, OTHER)}   # auto: off on tiny
+    assert own[OTHER] != base[OTHER], "the random adapter must change the answer for the gate to show"
+    assert "off (auto: a model under 50M parameters)" in transcript(session, [":info"])[1]
+
+    transcript(session, [":set gate=on", ":set gate_at=0.99"])
+    assert answer_of(transcript, session, [OTHER]) == base[OTHER]
+    assert answer_of(transcript, session, [TAUGHT]) == own[TAUGHT]   # 1.0 from itself
+    assert "on at 0.99: 'a' answers questions near its 1 taught one, the base the rest" in transcript(session, [":info"])[1]
+    code, out = transcript(session, [f":compare a b -- {OTHER}"])
+    assert code == 0 and "the gate leaves this question to the base for a " in out, out
+    lines = out.rstrip("\n").splitlines()
+    assert lines[lines.index("[a]") + 1] == base[OTHER]
+    b_own = lines[lines.index("[b]") + 1]   # b has no record of its questions: it answers everything
+    assert answer_of(transcript, session, [":use b", OTHER]) == b_own != base[OTHER]
+
+    # :eval: no probe is near "What is SOH?" at 0.99, so a keeps every base answer; without the gate it does not
+    transcript(session, [f":add {TAUGHT} => A film.", f":add {OTHER} => Shakespeare."])
+    kept = {}
+    for setting in ("on", "off"):
+        out = transcript(session, [f":set gate={setting}", ":eval a builtin=8"])[1]
+        kept[setting] = next(line.split()[3] for line in out.splitlines() if line.startswith("a "))
+        assert "error" not in out, out
+    assert kept["on"] == "100.0%" and kept["off"] != "100.0%", kept
+
+    later = make_session(workspace=session.home)   # a new session reads the questions from lorachat.json
+    transcript(later, [":set max_new_tokens=12", ":set gate=on", ":set gate_at=0.99"])
+    assert answer_of(transcript, later, [":use a", OTHER]) == base[OTHER]
+    assert answer_of(transcript, later, [TAUGHT]) == own[TAUGHT]
