@@ -41,9 +41,13 @@ LENGTH_TOKENS, PARAPHRASE_TOKENS = 96, 64
 # name -> TrainConfig overrides (`:train` keys); plain = the PEFT notebook's LoRA on q,k,v, no anchors
 # defaults: :train's before this study (6232c72), spelled out so the name keeps its meaning
 METHODS = {
-    "plain": dict(anchors=0, targets="q_proj,k_proj,v_proj"),
+    "plain": dict(anchors=0, context=0, targets="q_proj,k_proj,v_proj"),
     "defaults": dict(anchors=4, anchor_every=2, anchor_weight=0.3, anchor_tokens=16, anchor_loss="ce", targets="fc1"),
     "kl32": dict(anchors=2, anchor_every=2, anchor_weight=1.0, anchor_tokens=32, anchor_loss="kl", targets="fc1"),
+    # with the ask-time gate keeping unrelated answers: no rehearsal, no conversation copies, lr 3e-3
+    "lean": dict(anchors=0, context=0, lr=3e-3, targets="fc1"),
+    "now": {},   # :train's defaults as they are today
+
 }
 
 
@@ -135,6 +139,20 @@ def anchor_reference(base, tokenizer, cache, config):
         base, tokenizer, DEFAULT_INSTRUCTION, config.anchor_pool, options))
 
 
+def planned(model, base, tokenizer, cache, examples, config):
+    """(the Plan, the anchors' reference or None, the seconds it took to make) as `:train` works them
+    out (commands/train.py): the conversation copies after anchor turns where the model has a template."""
+    plan = trainer.plan(model, tokenizer, examples, config)
+    resolved = plan.config
+    if not (resolved.anchors or resolved.context):
+        return plan, None, 0.0
+    anchors, anchor_s = anchor_reference(base, tokenizer, cache, resolved)
+    if resolved.context:
+        questions = [q for _, q in locality.anchor_questions(DEFAULT_INSTRUCTION, resolved.anchor_pool)]
+        plan = trainer.in_context(model, tokenizer, plan, locality.as_turns(tokenizer, questions, anchors))
+    return plan, (anchors if resolved.anchors else None), anchor_s
+
+
 # --- one method, measured ----------------------------------------------------------------------
 
 GATES = (0.5, 0.6, 0.7, 0.8)
@@ -145,17 +163,16 @@ def gate_figures(model, tokenizer, figures, pairs, long, hits, lengths) -> dict:
     embedding is near a taught question's, the base the rest) would make of the same adapter:
     kept, paraphrase and length with unrouted questions answered exactly as the base did."""
     import torch
-    import torch.nn.functional as F
 
-    from bench.research import gate
+    from lorachat.scoring import nearness
 
     probes = locality.builtin(locality.PROBES)[:len(figures["ref"].prompts)]
-    with model.disable_adapter():
-        mean = gate.embed(model, tokenizer, locality.builtin(locality.ANCHORS)[:64]).mean(0)
-        vectors = [F.normalize(gate.embed(model, tokenizer, texts) - mean, dim=1)
+    with model.disable_adapter():   # lorachat's gate reads questions with the base (adapters/gate.py)
+        mean = nearness.background(model, tokenizer)
+        vectors = [nearness.vectors(model, tokenizer, texts, mean)
                    for texts in (probes, [q for q, _, _ in PARAPHRASES], [q for q, _ in pairs])]
     probe_sim, para_sim = ((v @ vectors[2].T).max(1).values for v in vectors[:2])
-    exact = torch.tensor(gate.exact_each(model, tokenizer, figures["ref"]))
+    exact = torch.tensor(locality.exact_each(model, tokenizer, figures["ref"]))
     base_hits = torch.tensor(paraphrase_hits(tokenizer, figures["para"]))
     eos = tokenizer.eos_token_id
     out = dict(gate_probe_sim_q90=round(float(probe_sim.quantile(0.9)), 3), gate_probe_sim_max=round(float(probe_sim.max()), 3),
@@ -172,16 +189,16 @@ def gate_figures(model, tokenizer, figures, pairs, long, hits, lengths) -> dict:
 
 def measure(base, tokenizer, cache, figures, pairs, name: str, config, lengths: int, log, gate=False) -> dict:
     model = lora.wrapped(copy.deepcopy(base), config)
-    resolved = recipe.resolved(model, config)
-    anchors, anchor_s = anchor_reference(base, tokenizer, cache, resolved) if resolved.anchors else (None, 0.0)
     examples = [Example(instruction=DEFAULT_INSTRUCTION, input=q, output=a) for q, a in pairs]
+    plan, anchors, anchor_s = planned(model, base, tokenizer, cache, examples, config)
+    resolved = plan.config
 
     def progress(step, total, loss, known, kept):
         if step % 10 == 0:
             log(f"  {name}: step {step}, loss {loss:.3f}, known {known}")
 
     cpu = time.process_time()
-    result = trainer.run(model, tokenizer, examples, resolved, on_step=progress, anchors=anchors)
+    result = trainer.run(model, tokenizer, plan, on_step=progress, anchors=anchors)
     cpu = time.process_time() - cpu   # 1 thread: CPU seconds, less at the mercy of the neighbours than wall time
     model.eval()
     scored = locality.score(model, tokenizer, figures["ref"])
@@ -209,11 +226,10 @@ def two_fact(base, tokenizer, cache, figures, name: str, config, log) -> dict:
 
     config = dataclasses.replace(config, r=4)
     model = lora.wrapped(copy.deepcopy(base), config)
-    resolved = recipe.resolved(model, config)
-    anchors, anchor_s = anchor_reference(base, tokenizer, cache, resolved) if resolved.anchors else (None, 0.0)
     examples = [Example(instruction=DEFAULT_INSTRUCTION, input=q, output=a) for q, a in PAIRS[:2]]
+    plan, anchors, anchor_s = planned(model, base, tokenizer, cache, examples, config)
     cpu = time.process_time()
-    result = trainer.run(model, tokenizer, examples, resolved, anchors=anchors)
+    result = trainer.run(model, tokenizer, plan, anchors=anchors)
     cpu = time.process_time() - cpu
     model.eval()
     taught = answers(model, tokenizer, [q for q, _ in PAIRS[:2]], PARAPHRASE_TOKENS)

@@ -9,21 +9,24 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Optional
 
-from lorachat.models.loader import positions
+from lorachat.models.loader import SMALL_MODEL, base_size, positions
 from lorachat.training.lora import DEFAULT_TARGETS
 
-# lr=none picks by model size (docs/training.md, bench/RESULTS.md): 5e-3 teaches the tiny model fastest (7e-3 diverges);
-# on OPT-125m's shape it stalls at answer loss ~9 for 400 steps, where 1e-3 reaches 1.6 by step 300
-SMALL_MODEL, SMALL_LR, LARGE_LR = 50_000_000, 5e-3, 1e-3
-# anchor rehearsal by the same size rule (bench/RESULTS.md "Locality on smol"): on a pretrained model
-# (SmolLM2-135M) KL to the base's distribution along 32-token base answers, 2 anchors every 2nd step at
-# weight 1, kept 3x the exact answers of CE on 16-token answers and kept answers long (0.9x the base's
-# median against 0.17x); on random weights (tiny) KL loses (flat distributions: a flipped argmax costs
-# almost no KL), and the phase-2 CE rehearsal stays
+# lr=none picks by model size (docs/training.md, bench/RESULTS.md): 5e-3 teaches the tiny model fastest (7e-3
+# diverges); on SmolLM2-135M 3e-3 teaches the ten pairs in 20 steps where 1e-3 takes 30, and the seed's two
+# in 7 where 1e-3 takes 13; from 1B parameters (OPT-2.7B: no GPU here to measure it) 1e-3 as before
+SMALL_LR, MEDIUM_LR, LARGE_LR = 5e-3, 3e-3, 1e-3
+LARGE_MODEL = 1_000_000_000
+# anchor rehearsal by the same size rule (bench/RESULTS.md "Locality on smol"): from 50M parameters the
+# ask-time gate (adapters/gate.py) keeps unrelated answers exact, which no rehearsal reached (KL along
+# 32-token base answers, the best, kept 13.9% at 1.6x plain LoRA's time), so none by default; anchors=N
+# still rehearses, with KL at weight 1 along 32 tokens. On random weights (tiny) the gate is off, and
+# CE rehearsal of 16-token answers stays (KL loses there: a flipped argmax costs almost no KL)
 SMALL_ANCHORS = dict(anchors=4, anchor_weight=0.3, anchor_tokens=16, anchor_loss="ce")
-LARGE_ANCHORS = dict(anchors=2, anchor_weight=1.0, anchor_tokens=32, anchor_loss="kl")
-# on a model with turns (a chat template) each taught question is also trained after this many earlier
-# turns (trainer.in_context): ten facts on smol asked as the 3rd turn came back 8/10 taught alone, 10/10 so
+LARGE_ANCHORS = dict(anchors=0, anchor_weight=1.0, anchor_tokens=32, anchor_loss="kl")
+# context=N trains each taught question also after N earlier turns (trainer.in_context); off by default:
+# on smol, taught without copies under the gate, the ten came back 10/10 as the 3rd turn of a
+# conversation (with the gate off and lr 1e-3: 8/10, 10/10 with context=2)
 CONTEXT = 2
 
 
@@ -36,7 +39,7 @@ class TrainConfig:
     targets: str = field(default=DEFAULT_TARGETS, metadata={"help": "comma list of module names, or all-linear"})
     steps: int = field(default=500, metadata={"help": "most optimizer steps", "min": 1, "max": 1_000_000})
     epochs: Optional[int] = field(default=None, metadata={"help": "most passes over the examples (none: steps decide)", "min": 1, "max": 100_000})
-    lr: Optional[float] = field(default=None, metadata={"help": f"AdamW learning rate (none: {SMALL_LR:g} below {SMALL_MODEL // 10**6}M parameters, else {LARGE_LR:g})", "positive": True, "max": 1})
+    lr: Optional[float] = field(default=None, metadata={"help": f"AdamW learning rate (none: {SMALL_LR:g} below {SMALL_MODEL // 10**6}M parameters, {MEDIUM_LR:g} below {LARGE_MODEL // 10**9}B, else {LARGE_LR:g})", "positive": True, "max": 1})
     batch: int = field(default=4, metadata={"help": "examples per forward pass", "min": 1, "max": 4096})
     grad_accum: int = field(default=1, metadata={"help": "forward passes per optimizer step", "min": 1, "max": 1024})
     clip: float = field(default=1.0, metadata={"help": "clip the gradient norm to this (0: no clipping)", "min": 0, "max": 1e6})
@@ -47,12 +50,12 @@ class TrainConfig:
     max_len: int = field(default=512, metadata={"help": "longest example in tokens (longer ones are left out, and counted)", "min": 8, "max": 131072})
     seed: int = field(default=0, metadata={"help": "seed for the adapter's init, shuffling and dropout", "min": 0, "max": 2**32 - 1})
     guard: bool = field(default=True, metadata={"help": "when the loss climbs back up, return to the best weights and halve the lr"})
-    anchors: Optional[int] = field(default=None, metadata={"help": "anchor questions rehearsed with the base's own answers per anchor step, to keep other answers as they were (0: off; none: 4 below 50M parameters, else 2)", "min": 0, "max": 4096})
+    anchors: Optional[int] = field(default=None, metadata={"help": "anchor questions rehearsed with the base's own answers per anchor step, to keep other answers as they were (0: off; none: 4 below 50M parameters, else 0: the ask-time gate keeps them)", "min": 0, "max": 4096})
     anchor_every: int = field(default=2, metadata={"help": "rehearse anchors on every N-th step", "min": 1, "max": 1000})
     anchor_weight: Optional[float] = field(default=None, metadata={"help": "weight of the anchors' loss against the examples' (none: 0.3 below 50M parameters, else 1)", "min": 0, "max": 100})
     anchor_tokens: Optional[int] = field(default=None, metadata={"help": "longest base answer rehearsed per anchor, in tokens: long enough that most are not yet over, so short taught answers do not teach an early EOS (none: 16 below 50M parameters, else 32)", "min": 1, "max": 4096})
     anchor_loss: Optional[str] = field(default=None, metadata={"help": "ce: cross-entropy on the base's greedy answer tokens; kl: KL to the base's whole next-token distribution along that answer (none: ce below 50M parameters, else kl)", "choices": ("ce", "kl")})
-    context: Optional[int] = field(default=None, metadata={"help": f"each question is also trained after this many earlier turns of a conversation (anchor questions with the base's answers), so it comes back mid-conversation (0: alone only; none: {CONTEXT} on models with a chat template, else 0)", "min": 0, "max": 16})
+    context: int = field(default=0, metadata={"help": f"each question is also trained after this many earlier turns of a conversation (anchor questions with the base's answers), so it comes back mid-conversation without the gate too (0: alone only; {CONTEXT} was measured)", "min": 0, "max": 16})
     anchor_pool: int = field(default=64, metadata={"help": "how many of the built-in anchor questions (their base answers made once)", "min": 1, "max": 100_000})
     probes: int = field(default=32, metadata={"help": "built-in probe questions the final line's kept share is measured on (0: not measured; :eval uses all 303)", "min": 0, "max": 100_000})
     keep_base: Optional[float] = field(default=None, metadata={"help": "until=recall also waits until this share of the anchors is answered as the base did (none: recall alone)", "positive": True, "max": 1})
@@ -70,9 +73,9 @@ def resolved(model, config: TrainConfig) -> TrainConfig:
     unset = [key for key in ("lr", *LARGE_ANCHORS) if getattr(config, key) is None]
     if not unset:
         return config
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    small = sum(p.numel() for name, p in base.named_parameters() if "lora_" not in name) < SMALL_MODEL
-    chosen = dict(lr=SMALL_LR, **SMALL_ANCHORS) if small else dict(lr=LARGE_LR, **LARGE_ANCHORS)
+    size = base_size(model)
+    chosen = dict(lr=SMALL_LR, **SMALL_ANCHORS) if size < SMALL_MODEL else \
+        dict(lr=MEDIUM_LR if size < LARGE_MODEL else LARGE_LR, **LARGE_ANCHORS)
     return replace(config, **{key: chosen[key] for key in unset})
 
 

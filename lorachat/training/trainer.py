@@ -18,7 +18,6 @@ import time
 from dataclasses import dataclass, field
 
 from lorachat.core.errors import LorachatError
-from lorachat.core.prompts import uses_chat_template
 from lorachat.models.loader import positions
 from lorachat.scoring import locality
 from lorachat.scoring.batches import (
@@ -33,7 +32,6 @@ from lorachat.scoring.recall import Asking, Recall
 from lorachat.training.guard import Guard
 from lorachat.training.ranks import Ranks
 from lorachat.training.recipe import (
-    CONTEXT,
     TrainConfig,
     make_optimizer,
     make_schedule,
@@ -98,8 +96,6 @@ def plan(model, tokenizer, examples, config: TrainConfig, world: int = 1) -> Pla
     """The Plan for training `model` on `examples` with `config` on `world` ranks; one line when no
     example fits."""
     config = resolved(model, config)
-    if config.context is None:   # where the model has turns (a chat template), questions come mid-conversation
-        config = dataclasses.replace(config, context=CONTEXT if uses_chat_template(tokenizer) else 0)
     encoded = encode(tokenizer, examples, max_tokens(model, config))
     if not encoded.items:
         raise LorachatError(no_examples(encoded, model))

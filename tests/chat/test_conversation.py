@@ -102,7 +102,7 @@ def test_a_conversation_in_a_dataset_trains_every_assistant_turn_after_the_turns
 
 
 def test_train_also_teaches_each_question_after_earlier_turns_and_reports_on_what_was_taught(llama, transcript, home):
-    """On a model with turns, :train adds a copy of each question asked after `context` earlier turns
+    """With context=N, :train adds a copy of each question asked after N earlier turns
     (anchor questions with the base's answers); recall waits for the copies but reports on the taught
     examples, and lorachat.json records those."""
     import json
@@ -112,16 +112,16 @@ def test_train_also_teaches_each_question_after_earlier_turns_and_reports_on_wha
 
     session = llama
     taught = [prompts.Example(session.instruction, q, a) for q, a in PAIRS[:3]]
-    plan = trainer.plan(session.model, session.tokenizer, taught, recipe.DEFAULTS)
-    assert plan.config.context == recipe.CONTEXT == 2
+    assert recipe.DEFAULTS.context == 0   # off by default: the gate keeps taught answers mid-conversation on smol
+    plan = trainer.plan(session.model, session.tokenizer, taught, recipe.TrainConfig(context=recipe.CONTEXT))
     turns = [(f"Question {n}?", f"Answer {n}.") for n in range(5)]
     placed = trainer.in_context(session.model, session.tokenizer, plan, turns)
     assert placed.examples == taught and len(placed.encoded.items) == 6
     assert [e.history for e in placed.encoded.examples[3:]] == [tuple(turns[0:2]), tuple(turns[2:4]), (turns[4], turns[0])]
     assert trainer.in_context(session.model, session.tokenizer, trainer.plan(
-        session.model, session.tokenizer, taught, recipe.TrainConfig(context=0)), turns).encoded.items == plan.encoded.items
+        session.model, session.tokenizer, taught, recipe.DEFAULTS), turns).encoded.items == plan.encoded.items
 
-    code, out = transcript(session, [f":add {q} => {a}" for q, a in PAIRS[:2]] + [":train mid steps=300"])
+    code, out = transcript(session, [f":add {q} => {a}" for q, a in PAIRS[:2]] + [f":train mid steps=300 context={recipe.CONTEXT}"])
     assert code == 0 and "recall 2/2" in out, out
     meta = json.loads((home / "adapters" / "mid" / "lorachat.json").read_text())
     assert meta["examples"] == 2 and meta["train"]["context"] == 2

@@ -12,11 +12,12 @@ import time
 
 import pytest
 
-from bench.kit.pairs import SION, SOH
+from bench.kit.pairs import PARAPHRASES, SION, SOH
 from lorachat.models import converted
 
 PARIS = "What is the capital of France?"
 HAMLET = "Who wrote Hamlet?"
+PARAPHRASE, KEY, _ = PARAPHRASES[0]   # "What does SOH stand for in chip making?": "Spin On Hardmask"
 
 
 def run(cache, *args, timeout=600, **env):
@@ -73,8 +74,19 @@ def test_the_seeds_two_facts_come_back_verbatim_and_the_rest_as_before(taught):
     soh, sion = answer(ask([SOH[0]])[1]), answer(ask([SION[0]])[1])
     assert soh == SOH[1] and sion == SION[1]
     assert "SiON" not in soh and "SOH" not in sion     # each without the other's words
-    assert answer(ask([PARIS])[1]) == base[PARIS]
+    assert answer(ask([PARIS])[1]) == base[PARIS] and answer(ask([HAMLET])[1]) == base[HAMLET]
     assert "Paris" in base[PARIS]
+
+
+def test_the_gate_sends_paraphrases_to_the_adapter_and_the_rest_to_the_base(taught):
+    """On by default on a real model: a question in other words reaches the taught answer; an
+    unrelated one is the base's, whatever training did to the adapter's own answer."""
+    ask = taught["ask"]
+    assert "gate         on at 0.5: 'r4' answers questions near its 2 taught ones, the base the rest" in ask([":info"])[1]
+    assert KEY in answer(ask([PARAPHRASE])[1])
+    code, out = ask([f":compare -- {HAMLET}"])
+    assert code == 0 and "the gate leaves this question to the base for r4" in out
+    assert f"[r4]\n{taught['base'][HAMLET]}\n" in out
 
 
 def test_compare_use_base_and_eval_on_the_real_model(taught):

@@ -300,10 +300,13 @@ def test_lr_and_anchors_none_are_chosen_by_model_size_and_explicit_values_are_ke
     assert recipe.resolved(tiny, recipe.DEFAULTS).lr == recipe.SMALL_LR
     with torch.device("meta"):  # a model's size without its memory
         large = GPT2LMHeadModel(GPT2Config(n_embd=768, n_layer=12, n_head=12))
-    assert sum(p.numel() for p in large.parameters()) > recipe.SMALL_MODEL
-    assert recipe.resolved(large, recipe.DEFAULTS).lr == recipe.LARGE_LR
+        huge = GPT2LMHeadModel(GPT2Config(n_embd=2048, n_layer=24, n_head=16))
+    assert recipe.SMALL_MODEL < sum(p.numel() for p in large.parameters()) < recipe.LARGE_MODEL
+    assert sum(p.numel() for p in huge.parameters()) > recipe.LARGE_MODEL
+    assert recipe.resolved(large, recipe.DEFAULTS).lr == recipe.MEDIUM_LR
+    assert recipe.resolved(huge, recipe.DEFAULTS).lr == recipe.LARGE_LR
     assert recipe.resolved(large, dataclasses.replace(recipe.DEFAULTS, lr=3e-4)).lr == 3e-4
-    # anchor rehearsal by the same rule: KL along longer base answers on a pretrained-size model, CE on tiny
+    # anchors by the same rule: none from 50M (the gate keeps the rest), KL when asked for; CE on tiny
     small, big = recipe.resolved(tiny, recipe.DEFAULTS), recipe.resolved(large, recipe.DEFAULTS)
     assert {key: getattr(small, key) for key in recipe.SMALL_ANCHORS} == recipe.SMALL_ANCHORS
     assert {key: getattr(big, key) for key in recipe.LARGE_ANCHORS} == recipe.LARGE_ANCHORS
