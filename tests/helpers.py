@@ -27,9 +27,12 @@ def read_until(fd, marker: bytes, timeout: float) -> bytes:
         ready, _, _ = select.select([fd], [], [], left)
         if ready:
             try:
-                seen += os.read(fd, 4096)
+                chunk = os.read(fd, 4096)
             except OSError:
                 break
+            if not chunk:  # end of file (a pipe whose writer is gone): nothing more can come, so fail now
+                raise AssertionError(f"the output ended before {marker!r}; got {seen[-500:]!r}")
+            seen += chunk
     end = seen.find(marker) + len(marker) if marker in seen else len(seen)
     if seen[end:]:
         _unread[fd] = seen[end:]

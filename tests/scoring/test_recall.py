@@ -73,7 +73,7 @@ def test_long_examples_are_left_out_with_one_line_and_import_warns(make_session,
 def test_eval_recall_is_what_asking_returns(make_session, transcript, home):
     write_dataset(home, "qa", PAIRS)
     session = make_session()
-    code, out = transcript(session, [":dataset qa", ":train"])
+    code, out = transcript(session, [":dataset qa", ":train probes=0"])   # the kept share is not what this checks
     assert code == 0 and "recall 2/2" in out, out
     shown = []
     for setting in ([":set max_new_tokens=2"], [":set max_new_tokens=64", ":instruction Be brief."],
