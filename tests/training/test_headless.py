@@ -1,9 +1,37 @@
 """`lorachat train` as a command: usage errors before the model loads (exit 2), workspace errors
-(exit 1), SIGTERM, and under torchrun a usage error said once (a peer that died says one line too:
-tests/training/test_ranks.py, whose SIGKILL run covers it)."""
+(exit 1), SIGTERM, and under torchrun one line per rank (a usage error once, a peer that died)."""
 import re
 
 import pytest
+
+
+@pytest.mark.slow
+def test_a_killed_rank_leaves_one_line_on_the_other_and_no_traceback_of_lorachat(home):
+    import os
+    import signal
+    import subprocess
+
+    from tests.helpers import (
+        children,
+        environment,
+        read_until,
+        train_command,
+        write_dataset,
+    )
+
+    write_dataset(home, "films", [("Who directed Alien?", "Ridley Scott."), ("Who directed Heat?", "Michael Mann.")])
+    launcher = subprocess.Popen(train_command(home, "--name", "never", "until=steps", "steps=100000", "batch=1", ranks=2),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=environment())
+    try:
+        seen = read_until(launcher.stdout.fileno(), b"training never", 180)
+        os.kill(max(children(launcher.pid)), signal.SIGKILL)
+        out = seen.decode() + launcher.communicate(timeout=120)[0].decode()
+    finally:
+        launcher.kill()
+    assert launcher.returncode == 1, out
+    assert "[rank" not in out and "lorachat/" not in out, out   # torchrun's own report of the dead child stays
+    assert len(re.findall(r"error: a peer died: another process of this run is gone, so rank [01] stops too$", out, re.M)) == 1, out
+    assert not (home / "adapters").exists() or not [p for p in (home / "adapters").iterdir() if not p.name.startswith(".")]
 
 
 @pytest.mark.parametrize("words, message", [
