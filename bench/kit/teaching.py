@@ -22,7 +22,7 @@ def to_loss(base, tokenizer, examples, targets: dict, at: int, cap: int, every: 
     below every value in `targets` and `at` steps are done, at most `cap` steps; loss checked every
     `every` steps (and at `at`) with the clock stopped. reached: {name: (steps, seconds)}."""
 
-    from lorachat.training import lora, recipe, trainer
+    from lorachat.training import lora, planning, recipe, trainer
 
     model = copy.deepcopy(base)
     config = recipe.resolved(model, dataclasses.replace(recipe.DEFAULTS, steps=cap, until="steps", **(changes or {})))
@@ -47,7 +47,7 @@ def to_loss(base, tokenizer, examples, targets: dict, at: int, cap: int, every: 
     def should_stop():
         return state["step"] >= at and len(state["reached"]) == len(targets)
 
-    result = trainer.run(model, tokenizer, trainer.plan(model, tokenizer, examples, config), on_step=on_step,
+    result = trainer.run(model, tokenizer, planning.plan(model, tokenizer, examples, config), on_step=on_step,
                          should_stop=should_stop)
     return dict(state, lr=config.lr, r=config.r, alpha=config.alpha, targets=config.targets, batch=config.batch,
                 grad_accum=config.grad_accum, tokens_per_s=round(result.tokens / state["seconds"], 1))

@@ -120,13 +120,13 @@ def _copy(model):
 def _lorachat_step(base, tokenizer, examples, keys: str, steps: int) -> float:
     import dataclasses
 
-    from lorachat.training import lora, recipe, trainer
+    from lorachat.training import lora, planning, recipe, trainer
 
     model = _copy(base)
     config = recipe.resolved(model, dataclasses.replace(recipe.DEFAULTS, steps=6 + steps, until="steps", **changes(keys)))
     model = lora.wrapped(model, config)
     stamps = {}
-    trainer.run(model, tokenizer, trainer.plan(model, tokenizer, examples, config),
+    trainer.run(model, tokenizer, planning.plan(model, tokenizer, examples, config),
                 on_step=lambda step, *_: stamps.setdefault(step, time.perf_counter()))
     return (stamps[5 + steps] - stamps[5]) / steps
 

@@ -26,7 +26,7 @@ from bench.research.gate import gated
 from bench.research.protect import Method, teach
 from lorachat.core.prompts import DEFAULT_INSTRUCTION
 from lorachat.scoring import batches, locality
-from lorachat.training import lora, recipe, trainer
+from lorachat.training import lora, planning, recipe, trainer
 
 # --- one method, measured -------------------------------------------------------------------------
 
@@ -46,7 +46,7 @@ def measure(base, tokenizer, examples, method: Method, probes, anchor_questions,
         if wanted else None
     reference_s = time.perf_counter() - began
     if not (method.anchors or method.null or method.keep_base or method.name == "loop"):  # trainer.py's own loop
-        result = trainer.run(model, tokenizer, trainer.plan(model, tokenizer, examples, config),
+        result = trainer.run(model, tokenizer, planning.plan(model, tokenizer, examples, config),
                              anchors=anchors if config.anchors else None)
         out = dict(steps=result.steps, seconds=round(result.seconds, 2), loss=round(result.loss, 4),
                    recall=result.recall, total=result.total, anchor_kept=None)

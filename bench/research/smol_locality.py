@@ -32,7 +32,7 @@ from pathlib import Path
 from bench.kit.pairs import PARAPHRASES
 from lorachat.core.prompts import DEFAULT_INSTRUCTION, Example, prompt_ids
 from lorachat.scoring import locality
-from lorachat.training import lora, recipe, trainer
+from lorachat.training import lora, planning, recipe, trainer
 
 # the two-fact check: the seed's facts at r=4, and two questions whose answers must not move
 UNCHANGED = ["What is the capital of France?", "Who wrote Hamlet?"]
@@ -142,14 +142,14 @@ def anchor_reference(base, tokenizer, cache, config):
 def planned(model, base, tokenizer, cache, examples, config):
     """(the Plan, the anchors' reference or None, the seconds it took to make) as `:train` works them
     out (commands/train.py): the conversation copies after anchor turns where the model has a template."""
-    plan = trainer.plan(model, tokenizer, examples, config)
+    plan = planning.plan(model, tokenizer, examples, config)
     resolved = plan.config
     if not (resolved.anchors or resolved.context):
         return plan, None, 0.0
     anchors, anchor_s = anchor_reference(base, tokenizer, cache, resolved)
     if resolved.context:
         questions = [q for _, q in locality.anchor_questions(DEFAULT_INSTRUCTION, resolved.anchor_pool)]
-        plan = trainer.in_context(model, tokenizer, plan, locality.as_turns(tokenizer, questions, anchors))
+        plan = planning.in_context(model, tokenizer, plan, locality.as_turns(tokenizer, questions, anchors))
     return plan, (anchors if resolved.anchors else None), anchor_s
 
 

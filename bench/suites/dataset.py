@@ -41,7 +41,7 @@ def figures(device: str, steps: int, count: int = ROWS) -> dict:
 
     from lorachat.models.loader import load_model
     from lorachat.scoring import batches
-    from lorachat.training import lora, recipe, trainer
+    from lorachat.training import lora, planning, recipe, trainer
 
     loaded = load_model("tiny", device)
     examples = rows(count)
@@ -54,7 +54,7 @@ def figures(device: str, steps: int, count: int = ROWS) -> dict:
     for until in ("steps", "recall"):
         with_torch_reset(model, start)
         run_config = _config(config, steps, until)
-        plan = trainer.Plan(run_config, encoded, recipe.planned_steps(len(encoded.items), run_config))
+        plan = planning.Plan(run_config, encoded, recipe.planned_steps(len(encoded.items), run_config))
         result = trainer.run(model, loaded.tokenizer, plan)
         out[f"dataset_{until}_tokens_per_s"] = round(result.tokens / result.seconds, 1)
         out[f"dataset_{until}_s"] = round(result.seconds, 2)

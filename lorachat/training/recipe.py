@@ -24,7 +24,7 @@ LARGE_MODEL = 1_000_000_000
 # CE rehearsal of 16-token answers stays (KL loses there: a flipped argmax costs almost no KL)
 SMALL_ANCHORS = dict(anchors=4, anchor_weight=0.3, anchor_tokens=16, anchor_loss="ce")
 LARGE_ANCHORS = dict(anchors=0, anchor_weight=1.0, anchor_tokens=32, anchor_loss="kl")
-# context=N trains each taught question also after N earlier turns (trainer.in_context); off by default:
+# context=N trains each taught question also after N earlier turns (planning.in_context); off by default:
 # on smol, taught without copies under the gate, the ten came back 10/10 as the 3rd turn of a
 # conversation (with the gate off and lr 1e-3: 8/10, 10/10 with context=2)
 CONTEXT = 2

@@ -108,17 +108,17 @@ def test_train_also_teaches_each_question_after_earlier_turns_and_reports_on_wha
     import json
 
     from bench.kit.pairs import PAIRS
-    from lorachat.training import recipe, trainer
+    from lorachat.training import planning, recipe
 
     session = llama
     taught = [prompts.Example(session.instruction, q, a) for q, a in PAIRS[:3]]
     assert recipe.DEFAULTS.context == 0   # off by default: the gate keeps taught answers mid-conversation on smol
-    plan = trainer.plan(session.model, session.tokenizer, taught, recipe.TrainConfig(context=recipe.CONTEXT))
+    plan = planning.plan(session.model, session.tokenizer, taught, recipe.TrainConfig(context=recipe.CONTEXT))
     turns = [(f"Question {n}?", f"Answer {n}.") for n in range(5)]
-    placed = trainer.in_context(session.model, session.tokenizer, plan, turns)
+    placed = planning.in_context(session.model, session.tokenizer, plan, turns)
     assert placed.examples == taught and len(placed.encoded.items) == 6
     assert [e.history for e in placed.encoded.examples[3:]] == [tuple(turns[0:2]), tuple(turns[2:4]), (turns[4], turns[0])]
-    assert trainer.in_context(session.model, session.tokenizer, trainer.plan(
+    assert planning.in_context(session.model, session.tokenizer, planning.plan(
         session.model, session.tokenizer, taught, recipe.DEFAULTS), turns).encoded.items == plan.encoded.items
 
     code, out = transcript(session, [f":add {q} => {a}" for q, a in PAIRS[:2]] + [f":train mid steps=300 context={recipe.CONTEXT}"])

@@ -118,7 +118,7 @@ def test_rehearsal_keeps_more_of_the_base_and_recall_is_unchanged():
     import dataclasses
 
     from lorachat.models.loader import load_model
-    from lorachat.training import recipe, trainer
+    from lorachat.training import planning, recipe, trainer
 
     examples = examples_of([SOH, SION])
     probes_asked = [(DEFAULT_INSTRUCTION, q) for q in locality.builtin(locality.PROBES)[:16]]
@@ -128,7 +128,7 @@ def test_rehearsal_keeps_more_of_the_base_and_recall_is_unchanged():
         config = recipe.resolved(loaded.model, dataclasses.replace(recipe.DEFAULTS, steps=200, anchors=anchors, anchor_pool=16))
         model = lora.wrapped(loaded.model, config)
         probes = locality.reference(model, loaded.tokenizer, probes_asked)  # B = 0: the base's answers
-        result = trainer.run(model, loaded.tokenizer, trainer.plan(model, loaded.tokenizer, examples, config))
+        result = trainer.run(model, loaded.tokenizer, planning.plan(model, loaded.tokenizer, examples, config))
         scores[anchors] = (result.recall, locality.score(model, loaded.tokenizer, probes).agreement)
     assert scores[0][0] == scores[4][0] == 2
     assert scores[4][1] > scores[0][1] + 0.2, scores

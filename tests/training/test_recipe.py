@@ -6,7 +6,7 @@ import math
 import pytest
 
 from lorachat.core.prompts import DEFAULT_INSTRUCTION, Example
-from lorachat.training import lora, recipe, trainer
+from lorachat.training import lora, planning, recipe, trainer
 
 PAIRS = [("Who wrote Hamlet?", "William Shakespeare wrote Hamlet around 1600."),
          ("What is the capital of France?", "Paris is the capital of France.")]
@@ -60,7 +60,7 @@ def test_loraplus_gives_the_b_matrices_lr_times_the_ratio(make_session):
     examples = [Example(DEFAULT_INSTRUCTION, q, a) for q, a in PAIRS]
     tokenizer = make_session().tokenizer
     config = dataclasses.replace(config, steps=2, until="steps", anchors=0)
-    result = trainer.run(model, tokenizer, trainer.plan(model, tokenizer, examples, config))
+    result = trainer.run(model, tokenizer, planning.plan(model, tokenizer, examples, config))
     assert result.steps == 2 and math.isfinite(result.loss)
 
 

@@ -15,7 +15,7 @@ from bench.kit.pairs import PAIRS, SION, SOH
 from lorachat.core.errors import LorachatError
 from lorachat.core.prompts import IGNORE
 from lorachat.scoring import batches
-from lorachat.training import lora, ranks, recipe, steps, trainer
+from lorachat.training import lora, planning, ranks, recipe, steps, trainer
 from tests.helpers import (
     examples_of,
     read_until,
@@ -289,7 +289,7 @@ def test_out_of_memory_is_one_line_naming_what_to_lower():
     with pytest.raises(LorachatError, match=r"out of GPU memory .*lower batch .*checkpointing=on"):
         # anchors=0: this stand-in model cannot generate the anchors' base answers
         config = dataclasses.replace(recipe.DEFAULTS, anchors=0)
-        trainer.run(Exhausted(), build_tokenizer(), trainer.plan(Exhausted(), build_tokenizer(), examples_of(PAIRS[:2]), config))
+        trainer.run(Exhausted(), build_tokenizer(), planning.plan(Exhausted(), build_tokenizer(), examples_of(PAIRS[:2]), config))
 
 
 def test_lr_and_anchors_none_are_chosen_by_model_size_and_explicit_values_are_kept(make_session):

@@ -1,8 +1,10 @@
-"""Recording and managing examples: :dataset, :datasets, :add, :good, :fix, :examples, :drop, :undo, :import.
+"""Recording and managing examples: :dataset, :datasets, :add, :good, :fix, :examples, :drop, :undo
+(:import is in importing.py).
 
 Every recorded example is on disk (fsync'd) before its acknowledgement is printed. The examples
 recorded in this session are remembered in `session.extensions["recorded"]` as jsonl.Mark (file,
-offset and bytes of the line written) so :undo removes exactly those lines, never an equal one. Knows nothing about training or adapters.
+offset and bytes of the line written) so :undo removes exactly those lines, never an equal one.
+Knows nothing about training or adapters.
 """
 import os
 import re
@@ -13,7 +15,6 @@ from lorachat.core.errors import LorachatError
 from lorachat.core.names import check_name
 from lorachat.core.prompts import Example, asked, example_ids, shared_instruction
 from lorachat.lessons import jsonl
-from lorachat.lessons.importers import FORMATS, ImportOptions, import_examples
 
 ARROW = "=>"
 SEPARATOR = re.compile(r"(?:^|\s)=>(?:\s|$)")   # :add's: the first '=>' between white space
@@ -54,13 +55,13 @@ def dataset(session, args):
     else:
         current = jsonl.load_dataset(session.home, session.dataset)
     new = "" if os.path.lexists(current.path) else " (new: the file is written with the first example)"
-    session.ui.line(f"dataset {current.name}: {_count(len(current.examples))} in {current.path}{new}")
+    session.ui.line(f"dataset {current.name}: {how_many(len(current.examples))} in {current.path}{new}")
     note_bad_lines(session, current)
     if words:
-        _take_instruction(session, current)
+        take_instruction(session, current)
 
 
-def _take_instruction(session, current: jsonl.DatasetFile) -> None:
+def take_instruction(session, current: jsonl.DatasetFile) -> None:
     """A dataset whose questions are all asked under one instruction puts it in force, so that
     what is asked is what was taught (docs/prompt.md)."""
     shared = shared_instruction(current.examples)
@@ -162,7 +163,7 @@ def _record(session, question: str, answer: str) -> None:
     example = Example(session.instruction, question, answer)
     count, mark = jsonl.append_marked(session.home, session.dataset, example)
     session.extensions.setdefault("recorded", []).append(mark)
-    session.ui.line(f"added to {session.dataset} ({_count(count)}): {_clip(question, 60)} {ARROW} {_clip(answer, 60)}")
+    session.ui.line(f"added to {session.dataset} ({how_many(count)}): {_clip(question, 60)} {ARROW} {_clip(answer, 60)}")
     _warn_if_too_long(session, example, count)
 
 
@@ -185,7 +186,7 @@ def examples(session, args):
     shown = total if words == ["all"] else min(total, int(words[0]) if words else SHOWN)
     first = total - shown
     rows = [[str(first + i + 1), *_fields(e)] for i, e in enumerate(current.examples[first:])]
-    session.ui.line(f"dataset {current.name}: {_count(total)}" + (f", showing the last {shown}" if shown < total else ""))
+    session.ui.line(f"dataset {current.name}: {how_many(total)}" + (f", showing the last {shown}" if shown < total else ""))
     if session.ui.interactive:
         session.ui.table(["#", "instruction", "question", "answer"], [[_printable(c) for c in row] for row in rows])
     else:
@@ -220,7 +221,7 @@ def drop(session, args):
         raise LorachatError(f"write :drop N, with N an example number from :examples (got {args[:40]!r})")
     removed, left = jsonl.remove_example(session.home, session.dataset, int(words[0]),
                                             session.extensions.get("recorded", ()))
-    session.ui.line(f"dropped {words[0]} from {session.dataset} ({_count(left)} left): {_describe(removed)}")
+    session.ui.line(f"dropped {words[0]} from {session.dataset} ({how_many(left)} left): {_describe(removed)}")
 
 
 @command("undo")
@@ -239,46 +240,7 @@ def undo(session, args):
         recorded.pop()  # it can never come back: the next :undo goes on to the one before
         raise
     recorded.pop()
-    session.ui.line(f"removed from {mark.name} ({_count(left)} left): {_describe(removed)}")
-
-
-def _import_details(session):
-    session.ui.table(["key", "default", "meaning"], [list(r) for r in options.describe(ImportOptions())])
-
-
-@command("import", usage=f":import SOURCE [format={'|'.join(FORMATS)}] [limit=N] [split=SPLIT]", details=_import_details)
-def import_(session, args):
-    """Append examples from a local .json/.jsonl/.csv/.parquet file or a hub dataset id to the current dataset.
-
-    Formats: alpaca (instruction/input/output), prompt-completion, messages (OpenAI style),
-    sharegpt (conversations from/value), text, piqa (goal, sol1/sol2, label); auto picks one from
-    the fields. Rows that cannot be mapped are skipped, with the reason.
-    """
-    positional, pairs = options.split_kv(options.split_words(args))
-    if len(positional) != 1:
-        raise LorachatError(f"write :import SOURCE [key=value ...] with one SOURCE (got {len(positional)})")
-    settings = options.apply_kv(ImportOptions(), pairs)
-    check_name(session.dataset, "dataset")
-    result = import_examples(positional[0], settings, session.instruction)
-    if settings.format == "auto":
-        session.ui.note(f"format auto: chose {result.format} (fields {', '.join(result.columns)})")
-    if not result.examples:
-        raise LorachatError(f"nothing imported from {positional[0]} (format {result.format}); {result.describe_skipped()}")
-    jsonl.append_examples(session.home, session.dataset, result.examples)
-    session.ui.line(f"imported {_count(len(result.examples))} (format {result.format}) into {session.dataset}; "
-                    f"{result.describe_skipped()}")
-    _warn_long(session, result.examples)
-    _take_instruction(session, jsonl.load_dataset(session.home, session.dataset))
-
-
-def _warn_long(session, examples) -> None:
-    """Examples the loaded model cannot train on (too many tokens for its positions) are kept,
-    and :train will leave them out: say so now."""
-    limit = session.context_length()
-    long = sum(1 for e in examples if len(example_ids(session.tokenizer, e)[0]) > limit)
-    if long:
-        session.ui.note(f"warning: {long} of these examples are longer than the model's {limit} positions; "
-                        ":train leaves them out")
+    session.ui.line(f"removed from {mark.name} ({how_many(left)} left): {_describe(removed)}")
 
 
 def _describe(example: Example) -> str:
@@ -298,5 +260,6 @@ def _printable(text: str) -> str:
     return text if text.isprintable() else "".join(c if c.isprintable() or c == "\n" else "\ufffd" for c in text)
 
 
-def _count(n: int) -> str:
+def how_many(n: int) -> str:
+    """'3 examples', '1 example'."""
     return f"{n} example" + ("" if n == 1 else "s")

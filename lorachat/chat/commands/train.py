@@ -17,7 +17,7 @@ from lorachat.chat.commands import command
 from lorachat.core import launch, prompts
 from lorachat.core.errors import LorachatError
 from lorachat.scoring import locality
-from lorachat.training import lora, recipe, trainer
+from lorachat.training import lora, planning, recipe, trainer
 
 
 def _details(session):
@@ -50,13 +50,13 @@ def train_(session, args):
     began = time.perf_counter()   # the final line's time: from Enter to the next prompt
     name, config = _parse(session, args)
     # worked out once, before anything is created: a refusal leaves the session as it was
-    plan = trainer.plan(session.model, session.tokenizer, _examples(session), config, launch.world())
+    plan = planning.plan(session.model, session.tokenizer, _examples(session), config, launch.world())
     config = plan.config
     lora_config = lora.lora_config(session.model, config)
     disk.check_writable(session)  # an adapter that could not be saved would be lost: say so before training
     anchors, probes = _references(session, config)
     if anchors is not None:   # the anchors with the base's answers are also the conversations questions come after
-        plan = trainer.in_context(session.model, session.tokenizer, plan, _turns(session, config, anchors))
+        plan = planning.in_context(session.model, session.tokenizer, plan, _turns(session, config, anchors))
     previous, unsaved, kept = session.active_adapter, None, None
     live.make_room(session, keep={previous})
     with _deferred_interrupt((signal.SIGINT, signal.SIGTERM) if session.headless else (signal.SIGINT,)) as interrupted:
