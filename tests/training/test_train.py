@@ -321,7 +321,7 @@ def test_clip_bounds_the_gradient_norm_the_optimizer_sees(make_session):
     session = make_session()
     model = get_peft_model(session.model, lora.lora_config(session.model, recipe.DEFAULTS))
     params = trainer.trainable(model)
-    encoded = trainer.encode(session.tokenizer, examples_of(PAIRS[:3]), 512).items
+    encoded = batches.encode(session.tokenizer, examples_of(PAIRS[:3]), 512).items
     group = [[(i, item) for i, item in enumerate(encoded)]]
 
     class Recording(torch.optim.SGD):
@@ -348,9 +348,9 @@ def test_rows_of_very_different_lengths_go_through_in_separate_passes_with_the_s
     model = get_peft_model(session.model, lora.lora_config(session.model, recipe.DEFAULTS))
     params = trainer.trainable(model)
     long = (PAIRS[0][0] + " Please explain it in detail, as to a newcomer to the field. " * 4, PAIRS[0][1])
-    encoded = trainer.encode(session.tokenizer, examples_of([long, *PAIRS[1:4]]), 512).items
+    encoded = batches.encode(session.tokenizer, examples_of([long, *PAIRS[1:4]]), 512).items
     group = [[(i, item) for i, item in enumerate(encoded)]]
-    riders = trainer.encode(session.tokenizer, examples_of(PAIRS[5:7]), 512).items
+    riders = batches.encode(session.tokenizer, examples_of(PAIRS[5:7]), 512).items
     assert len(steps.passes(group[0], list(enumerate(riders)))) > 1
     with torch.no_grad():
         *_, base = collate_logprobs(model, session.tokenizer, riders)
