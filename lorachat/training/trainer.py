@@ -194,8 +194,8 @@ class _Loop:
                                     step_tokens, riders, anchor_tokens, self.config.anchor_weight, base)
         self.schedule.step()
         self.step += 1
-        # after it: the loss and the hints, the same on every rank
-        summed = self.ranks.sum([loss, tokens])
+        # after it: the loss, the hints and the step's seconds, the same on every rank
+        summed = self.ranks.sum([loss, tokens, time.perf_counter() - began])
         if self.ranks.world > 1:   # every rank's hints, on every rank
             merged = self.ranks.max([hints.get(i, 0.0) for i in range(len(self.items))])
             hints = {i: h for i, h in enumerate(merged) if h}
@@ -203,7 +203,7 @@ class _Loop:
         self.seen.update((i, h == KNOWN) for i, h in hints.items())
         if self.config.guard:
             self.guard.after_step(self.step, self.loss)
-        self.since_check += time.perf_counter() - began
+        self.since_check += summed[2] / self.ranks.world
         self._check()
         if self.on_step is not None:
             known = sum(1 for i, ok in self.seen.items() if ok and i < self.taught)   # of the taught examples
@@ -236,7 +236,10 @@ class _Loop:
         training passes themselves got every example right (their argmax is the hint, exact with
         dropout 0 but one update behind), and every CHECK_EVERY steps in case dropout hides it,
         then only while checks stay under a tenth of the training time. A failing check stops
-        at its first unknown example, the likely ones checked first. Each rank checks its share."""
+        at its first unknown example, the likely ones checked first. Each rank checks its share.
+        Whether a check is due is decided from times agreed across ranks (summed, or the slowest
+        rank's), never one rank's own clock: ranks that disagreed would part ways in their
+        collectives and wait for each other for ever."""
         if self.config.until != "recall" or self.step >= self.total or self.cancelled:
             return  # the last step's check is the final one, in _result
         hinted = len(self.seen) == len(self.items) and all(self.seen.values())
@@ -252,7 +255,7 @@ class _Loop:
         self.checked_at = self.step
         if self.complete and self.config.keep_base is not None:
             self.kept = locality.score(self.ranks.checking_model(), self.tokenizer, self.anchors).kept
-        self.last_check = time.perf_counter() - began
+        self.last_check = self.ranks.max([time.perf_counter() - began])[0]
         self.check_seconds += self.last_check
         self.since_check = 0.0
 
