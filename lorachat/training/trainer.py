@@ -143,7 +143,7 @@ class _Loop:
 
         start = time.perf_counter()
         if self.config.checkpointing:
-            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            _checkpointing(self.model, True)
         self.model.train()
         try:
             while self.step < self.total and not self._done():
@@ -162,7 +162,7 @@ class _Loop:
         finally:
             self.optimizer.zero_grad(set_to_none=True)
             if self.config.checkpointing:
-                self.model.gradient_checkpointing_disable()
+                _checkpointing(self.model, False)
             self.model.eval()
         notes = self.guard.describe()
         if self.config.guard and not self.cancelled and self.guard.finish():
@@ -280,6 +280,21 @@ class _Loop:
                            epochs=self.step / self.per_epoch, known=int(known_count), examples=self.taught,
                            check_seconds=self.check_seconds, reasons=self.checker.reasons(range(self.taught)),
                            max_answer_tokens=self.checker.longest_answer())
+
+
+def _checkpointing(model, on: bool) -> None:
+    """Activation (gradient) checkpointing on or off for one run, and off leaves the model as it was:
+    transformers turns on gradients for the embeddings' output with it (enable_input_require_grads)
+    and does not turn them off again for a PeftModel. transformers 5.24 calls it activation
+    checkpointing (the gradient_* names warn and go in v6); 5.17 has only the old names."""
+    new = getattr(model, "activation_checkpointing_enable", None) is not None
+    if on and new:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    elif on:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        (model.activation_checkpointing_disable if new else model.gradient_checkpointing_disable)()
+        model.disable_input_require_grads()
 
 
 def _out_of_memory(config) -> str:

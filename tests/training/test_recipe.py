@@ -72,3 +72,28 @@ def test_rslora_scales_by_alpha_over_the_root_of_r(make_session):
     rs, _ = peft_model(make_session(), rslora=True)
     layer = next(m for n, m in rs.named_modules() if n.endswith("fc1") and hasattr(m, "scaling"))
     assert layer.scaling["default"] == pytest.approx(32 / 4)
+
+
+def test_checkpointing_trains_as_without_it_warns_nothing_and_is_undone_after(make_session):
+    import warnings
+
+    import torch
+
+    examples = [Example(DEFAULT_INSTRUCTION, q, a) for q, a in PAIRS]
+    ids = torch.tensor([[5, 6, 7]])
+    runs = {}
+    for on in (False, True):
+        session = make_session()
+        torch.manual_seed(0)   # the same LoRA A matrices on both sides
+        model, config = peft_model(session, checkpointing=on, steps=2, until="steps", anchors=0)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = trainer.run(model, session.tokenizer, planning.plan(model, session.tokenizer, examples, config))
+        assert [str(w.message) for w in caught if "checkpointing" in str(w.message).lower()] == []
+        assert not any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
+        with torch.enable_grad():   # no hook left making the embeddings' output need a gradient
+            assert not model.get_input_embeddings()(ids).requires_grad
+        runs[on] = (result.loss, {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad})
+    assert runs[True][0] == pytest.approx(runs[False][0], rel=1e-5)
+    for name, weight in runs[False][1].items():
+        torch.testing.assert_close(runs[True][1][name], weight, rtol=1e-4, atol=1e-6)
