@@ -12,6 +12,7 @@ Optionally checks the model every N steps with the clock stopped. Knows nothing 
 import copy
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 
 from transformers import TrainerCallback
@@ -79,6 +80,12 @@ def train(model, tokenizer, examples, recipe: Recipe, device: str, check=None, e
     """Train a LoRA adapter on `model` (wrapped in place) the seed's way. With `check` (model -> value),
     call it every `every` steps with the clock stopped; training stops there when `stop(step, value,
     seconds so far)` says so (default: a value of True)."""
+    with warnings.catch_warnings():   # the notebook's calls, which transformers 5.24 renamed (FutureWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning, message=".*checkpointing.* is deprecated")
+        return _train(model, tokenizer, examples, recipe, device, check, every, stop)
+
+
+def _train(model, tokenizer, examples, recipe, device, check, every, stop) -> Run:
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import (
