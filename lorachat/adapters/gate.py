@@ -18,11 +18,14 @@ from dataclasses import dataclass
 from lorachat.adapters import live
 from lorachat.adapters.paths import adapter_path
 from lorachat.adapters.provenance import read_meta
+from lorachat.core import durable
+from lorachat.core.errors import LorachatError
 from lorachat.core.prompts import asked
 from lorachat.models.loader import SMALL_MODEL, base_size
 from lorachat.scoring import locality, nearness
 
 KEY = "gate"          # session.extensions: the gate's state; lorachat.json: the taught questions
+BACKGROUND_VERSION = 1   # of how nearness reads the background: a change makes new files on disk
 GATE_AT = 0.5         # `:set gate_at`'s default: on smol it routes 19 of 20 paraphrases and 28 of 303 probes
 
 
@@ -157,5 +160,28 @@ def _vectors(session, questions: list[str]):
     state, current = _state(session), live.switch(session)
     with current.disabled() if current is not None else contextlib.nullcontext():
         if "mean" not in state:
-            state["mean"] = nearness.background(session.model, session.tokenizer)
+            state["mean"] = _background(session)
         return nearness.vectors(session.model, session.tokenizer, questions, state["mean"])
+
+
+def _background(session):
+    """nearness.background of the base, made once per checkpoint and kept on disk (a second each
+    session on smol otherwise, before the first gated answer); a file that cannot be read, or
+    holds something else, is made again."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load, save
+
+    path = live.base_cache_file(session, "gate", [BACKGROUND_VERSION, nearness.background_questions()],
+                                ".safetensors")
+    device = next(session.model.parameters()).device
+    with contextlib.suppress(OSError, SafetensorError, KeyError, ValueError):
+        if path is not None:
+            mean = load(path.read_bytes())["mean"]
+            if mean.shape == (session.model.config.get_text_config().hidden_size,) and mean.isfinite().all():
+                return mean.to(device)
+    mean = nearness.background(session.model, session.tokenizer)
+    if path is not None:
+        with contextlib.suppress(OSError, LorachatError):   # a cache that cannot be written is only slower
+            path.parent.mkdir(parents=True, exist_ok=True)
+            durable.replace_file(path, save({"mean": mean.detach().float().cpu().contiguous()}))
+    return mean

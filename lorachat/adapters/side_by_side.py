@@ -6,16 +6,13 @@ The base's answers are also kept on disk (base_answers), so a new session over t
 does not generate them again.
 """
 import contextlib
-import hashlib
 import json
 
 from lorachat.adapters import gate, live
 from lorachat.adapters.paths import BASE
-from lorachat.core import cache as app_cache
 from lorachat.core import durable, prompts
 from lorachat.core.errors import LorachatError
 from lorachat.core.names import check_name
-from lorachat.models import fingerprint
 from lorachat.scoring import locality
 from lorachat.scoring.recall import Recall
 
@@ -147,19 +144,9 @@ def session_reference(session, questions, options: locality.LocalityOptions = lo
 
 
 def _stored(session, questions, options):
-    """Where the base's answers to `questions` are kept on disk: one file per checkpoint (its weight
-    files' fingerprint), dtype, device kind, library versions and question list; None for a model
-    that has no weight files (built in memory: nothing on disk says which one it is)."""
-    import torch
-    import transformers
-
-    loaded = session.loaded
-    if not fingerprint.weight_files(getattr(loaded, "folder", None)):
-        return None
-    base = live.base_fingerprint(session).removeprefix("sha256:")
-    what = json.dumps([BASE_ANSWERS_VERSION, str(loaded.dtype), torch.device(loaded.device).type, torch.__version__,
-                       transformers.__version__, options.max_new_tokens, [list(q) for q in questions]])
-    return app_cache.cache_dir() / "base-answers" / base / (hashlib.sha256(what.encode()).hexdigest()[:32] + ".json")
+    """Where the base's answers to `questions` are kept on disk (live.base_cache_file), or None."""
+    return live.base_cache_file(session, "base-answers", [BASE_ANSWERS_VERSION, options.max_new_tokens,
+                                                         [list(q) for q in questions]], ".json")
 
 
 def _read(path, tokenizer, questions):

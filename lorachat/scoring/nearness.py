@@ -8,7 +8,7 @@ mean off spreads them (on SmolLM2-135M, paraphrases of a question land at 0.5 an
 unrelated questions below; bench/RESULTS.md). Model-level: the caller decides which adapter, if
 any, is on (the gate reads with the base). Knows nothing about sessions or adapters.
 """
-from lorachat.scoring.batches import model_device, padding_id
+from lorachat.scoring.batches import model_device, padding_id, takes_logits_to_keep
 
 BACKGROUND = 64       # anchor questions whose mean vector is taken off
 
@@ -23,22 +23,30 @@ def embed(model, tokenizer, questions: list[str]):
     device = model_device(model)
     ids = torch.tensor([r + [padding_id(tokenizer)] * (width - len(r)) for r in rows], device=device)
     mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=device)
+    # the vocabulary projection at one position only, where the model takes that knob: its logits
+    # are not read (on smol a fifth of the pass)
+    keep = {"logits_to_keep": 1} if takes_logits_to_keep(model) else {}
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            hidden = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[-1].float()
+            hidden = model(input_ids=ids, attention_mask=mask, output_hidden_states=True, **keep).hidden_states[-1].float()
     finally:
         model.train(was_training)
     weights = mask.unsqueeze(-1).to(hidden.dtype)
     return (hidden * weights).sum(1) / weights.sum(1)
 
 
-def background(model, tokenizer):
-    """The mean vector of the first BACKGROUND built-in anchor questions."""
+def background_questions() -> list[str]:
+    """The first BACKGROUND built-in anchor questions."""
     from lorachat.scoring import locality
 
-    return embed(model, tokenizer, locality.builtin(locality.ANCHORS)[:BACKGROUND]).mean(0)
+    return locality.builtin(locality.ANCHORS)[:BACKGROUND]
+
+
+def background(model, tokenizer):
+    """The mean vector of the background questions."""
+    return embed(model, tokenizer, background_questions()).mean(0)
 
 
 def vectors(model, tokenizer, questions: list[str], mean):

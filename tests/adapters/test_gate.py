@@ -51,3 +51,29 @@ def test_the_gate_leaves_other_questions_to_the_base_and_measures_as_it_asks(she
     transcript(later, [":set max_new_tokens=12", ":set gate=on", ":set gate_at=0.99"])
     assert answer_of(transcript, later, [":use a", OTHER]) == base[OTHER]
     assert answer_of(transcript, later, [TAUGHT]) == own[TAUGHT]
+
+
+def test_the_gates_background_is_made_once_per_checkpoint_and_kept_on_disk(shelved, transcript, make_session, monkeypatch):
+    """The base's background vector (what nearness takes off every question's) is made by the first
+    session over these weight files and read by later ones; a damaged file is made again."""
+    import torch
+
+    from lorachat.adapters import gate, live
+    from lorachat.scoring import nearness
+
+    path = live.base_cache_file(shelved, "gate", [gate.BACKGROUND_VERSION, nearness.background_questions()], ".safetensors")
+    path.unlink(missing_ok=True)   # the cache folder is this test run's, shared by its tests
+    made, real = [], nearness.background
+    monkeypatch.setattr(nearness, "background", lambda *args: made.append(1) or real(*args))
+    teach(shelved, "a", [TAUGHT])
+    lines = [":set max_new_tokens=4", ":set gate=on", ":set gate_at=0.99", ":use a", OTHER]
+    answers, means = [], []
+    for session in (shelved, make_session(workspace=shelved.home), None):
+        if session is None:
+            path.write_bytes(b"not a safetensors file")
+            session = make_session(workspace=shelved.home)
+        answers.append(answer_of(transcript, session, lines))
+        means.append(gate._state(session)["mean"])
+    assert made == [1, 1] and path.is_file()   # made, read, made again over the damaged file
+    assert torch.equal(means[0], means[1]) and torch.allclose(means[0], means[2])
+    assert answers[0] == answers[1] == answers[2]

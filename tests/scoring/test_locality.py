@@ -7,6 +7,7 @@ import pytest
 
 from bench.kit.pairs import SION, SOH
 from lorachat.adapters import disk, live, side_by_side
+from lorachat.core import cache as app_cache
 from lorachat.core.prompts import DEFAULT_INSTRUCTION
 from lorachat.scoring import locality
 from lorachat.training import lora
@@ -51,7 +52,7 @@ def test_the_bases_answers_are_made_once_per_checkpoint_and_kept_on_disk(make_se
     of generating them; a damaged file, or prompts the tokenizer no longer makes, are made again."""
     questions = [(DEFAULT_INSTRUCTION, q) for q in locality.builtin(locality.PROBES)[:6]]
     made = side_by_side.session_reference(make_session(), questions)
-    stored = list(side_by_side.app_cache.cache_dir().joinpath("base-answers").rglob("*.json"))
+    stored = list(app_cache.cache_dir().joinpath("base-answers").rglob("*.json"))
     generated = []
     real = locality.greedy
     monkeypatch.setattr(locality, "greedy", lambda *a, **k: generated.append(1) or real(*a, **k))
