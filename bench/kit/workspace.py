@@ -48,3 +48,18 @@ def trained_session(base, tokenizer, examples, name: str, device: str, home, ste
     session.dataset = name
     command(session, f":train {name} steps={steps} until=steps probes=0")  # probes: the kept share is locality's
     return session
+
+
+def taught_session(folder, count: int, keys: str = ""):
+    """A fresh session over the model folder `folder` (fp32, CPU) that has taught the first `count`
+    pairs of bench/kit/pairs.py with `:train taught KEYS`; (session, :train's final line)."""
+    import tempfile
+
+    from bench.kit import pairs
+    from lorachat.lessons import jsonl
+    from lorachat.models.loader import load_model
+
+    session = session_for(load_model(str(folder), device="cpu", dtype="float32"), tempfile.mkdtemp())
+    jsonl.append_examples(session.home, "taught", pairs.examples()[:count])
+    session.dataset = "taught"
+    return session, command(session, f":train taught {keys}").strip().splitlines()[0]

@@ -1,13 +1,12 @@
 """python -m bench.research.gate_cost: what the ask-time gate costs each question on smol.
 
-Teaches the seed's two facts (`:train two r=4`, a fresh session over `--model smol` from
+Teaches the seed's two facts (`:train taught r=4`, a fresh session over `--model smol` from
 $LORACHAT_CACHE), then times the gate's decision (adapters/gate.py `routed`: one forward pass of the
 question through the base, the taught questions' vectors already made) on 18 questions, and asking
 6 questions for 16 tokens each with the gate on and off, twice in turn. Measures only.
 """
 import statistics
 import sys
-import tempfile
 import time
 
 QUESTIONS = ["What is the capital of Spain?", "Who painted the Mona Lisa?", "How many legs does a spider have?",
@@ -15,22 +14,17 @@ QUESTIONS = ["What is the capital of Spain?", "Who painted the Mona Lisa?", "How
 
 
 def main(argv=None) -> int:
-    from bench.kit import pairs
-    from bench.kit.workspace import command, session_for
+    from bench.kit.workspace import taught_session
     from bench.suites.smol import smol_folder
     from lorachat.adapters import gate
-    from lorachat.lessons import jsonl
-    from lorachat.models.loader import load_model
 
-    session = session_for(load_model(str(smol_folder()), device="cpu", dtype="float32"), tempfile.mkdtemp())
-    jsonl.append_examples(session.home, "two", pairs.examples()[:2])
-    session.dataset = "two"
-    print(command(session, ":train two r=4").strip().splitlines()[0])
-    gate.routed(session, "two", QUESTIONS[0])    # the background mean and the taught vectors, made once
+    session, final = taught_session(smol_folder(), 2, "r=4")
+    print(final)
+    gate.routed(session, "taught", QUESTIONS[0])    # the background mean and the taught vectors, made once
     times = []
     for question in QUESTIONS * 3:
         began = time.perf_counter()
-        gate.routed(session, "two", question)
+        gate.routed(session, "taught", question)
         times.append(1000 * (time.perf_counter() - began))
     print(f"the gate's decision: median {statistics.median(times):.1f} ms, most {max(times):.1f} ms "
           f"({len(times)} questions)")

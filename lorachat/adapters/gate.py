@@ -15,11 +15,9 @@ vLLM apply an adapter to every question. Knows nothing about terminals, training
 import contextlib
 from dataclasses import dataclass
 
-from lorachat.adapters import live
+from lorachat.adapters import base_cache, live
 from lorachat.adapters.paths import adapter_path
 from lorachat.adapters.provenance import read_meta
-from lorachat.core import durable
-from lorachat.core.errors import LorachatError
 from lorachat.core.prompts import asked
 from lorachat.models.loader import SMALL_MODEL, base_size
 from lorachat.scoring import locality, nearness
@@ -171,8 +169,7 @@ def _background(session):
     from safetensors import SafetensorError
     from safetensors.torch import load, save
 
-    path = live.base_cache_file(session, "gate", [BACKGROUND_VERSION, nearness.background_questions()],
-                                ".safetensors")
+    path = base_cache.path(session, "gate", [BACKGROUND_VERSION, nearness.background_questions()], ".safetensors")
     device = next(session.model.parameters()).device
     with contextlib.suppress(OSError, SafetensorError, KeyError, ValueError):
         if path is not None:
@@ -181,7 +178,5 @@ def _background(session):
                 return mean.to(device)
     mean = nearness.background(session.model, session.tokenizer)
     if path is not None:
-        with contextlib.suppress(OSError, LorachatError):   # a cache that cannot be written is only slower
-            path.parent.mkdir(parents=True, exist_ok=True)
-            durable.replace_file(path, save({"mean": mean.detach().float().cpu().contiguous()}))
+        base_cache.write(path, save({"mean": mean.detach().float().cpu().contiguous()}))
     return mean

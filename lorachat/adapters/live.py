@@ -63,29 +63,6 @@ def base_fingerprint(session) -> str:
     return kept.fingerprint
 
 
-def base_cache_file(session, folder: str, what: list, suffix: str):
-    """Where something made from the base alone (its answers, its reading of questions) is kept on
-    disk, for every later session over the same weight files: `$LORACHAT_CACHE/folder/` by the
-    checkpoint's fingerprint, then one file per dtype, device kind, torch and transformers versions and
-    `what` (JSON-able). None for a model with no weight files (built in memory: nothing on disk says
-    which one it is)."""
-    import hashlib
-    import json
-
-    import torch
-    import transformers
-
-    from lorachat.core import cache as app_cache
-
-    loaded = session.loaded
-    if not fingerprint.weight_files(getattr(loaded, "folder", None)):
-        return None
-    base = base_fingerprint(session).removeprefix("sha256:")
-    key = json.dumps([str(loaded.dtype), torch.device(loaded.device).type, torch.__version__,
-                      transformers.__version__, what])
-    return app_cache.cache_dir() / folder / base / (hashlib.sha256(key.encode()).hexdigest()[:32] + suffix)
-
-
 def legacy_fingerprint(session) -> str:
     """The fingerprint older lorachats stored (config and loaded weights), computed once, on demand."""
     kept = state(session)

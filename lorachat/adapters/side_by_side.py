@@ -5,10 +5,9 @@ maths is scoring/'s; this module switches adapters (live.py) and knows nothing a
 The base's answers are also kept on disk (base_answers), so a new session over the same checkpoint
 does not generate them again.
 """
-import contextlib
 import json
 
-from lorachat.adapters import gate, live
+from lorachat.adapters import base_cache, gate, live
 from lorachat.adapters.paths import BASE
 from lorachat.core import durable, prompts
 from lorachat.core.errors import LorachatError
@@ -144,9 +143,9 @@ def session_reference(session, questions, options: locality.LocalityOptions = lo
 
 
 def _stored(session, questions, options):
-    """Where the base's answers to `questions` are kept on disk (live.base_cache_file), or None."""
-    return live.base_cache_file(session, "base-answers", [BASE_ANSWERS_VERSION, options.max_new_tokens,
-                                                         [list(q) for q in questions]], ".json")
+    """Where the base's answers to `questions` are kept on disk (base_cache.py), or None."""
+    return base_cache.path(session, "base-answers", [BASE_ANSWERS_VERSION, options.max_new_tokens,
+                                                    [list(q) for q in questions]], ".json")
 
 
 def _read(path, tokenizer, questions):
@@ -162,10 +161,7 @@ def _read(path, tokenizer, questions):
 
 
 def _write(path, ref) -> None:
-    """Keep `ref` at `path`; a cache that cannot be written is only slower next time."""
-    with contextlib.suppress(OSError, LorachatError):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        durable.replace_file(path, durable.json_bytes({"prompts": ref.prompts, "answers": ref.answers}))
+    base_cache.write(path, durable.json_bytes({"prompts": ref.prompts, "answers": ref.answers}))
 
 
 def probe_questions(session, extra=(), questions=None) -> list[tuple[str, str]]:

@@ -283,15 +283,12 @@ class _Loop:
 
 
 def _checkpointing(model, on: bool) -> None:
-    """Activation (gradient) checkpointing on or off for one run, and off leaves the model as it was:
-    transformers turns on gradients for the embeddings' output with it (enable_input_require_grads)
-    and does not turn them off again for a PeftModel. transformers 5.24 calls it activation
-    checkpointing (the gradient_* names warn and go in v6); 5.17 has only the old names."""
-    new = getattr(model, "activation_checkpointing_enable", None) is not None
-    if on and new:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    elif on:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    """Activation checkpointing on or off for one run (transformers 5.24's names; 5.17 has only the
+    gradient_* ones, which 5.24 deprecates); off also removes the hook on the embeddings' output it
+    adds, which transformers leaves on a PeftModel."""
+    new = hasattr(model, "activation_checkpointing_enable")
+    if on:
+        (model.activation_checkpointing_enable if new else model.gradient_checkpointing_enable)({"use_reentrant": False})
     else:
         (model.activation_checkpointing_disable if new else model.gradient_checkpointing_disable)()
         model.disable_input_require_grads()

@@ -58,10 +58,10 @@ def test_the_gates_background_is_made_once_per_checkpoint_and_kept_on_disk(shelv
     session over these weight files and read by later ones; a damaged file is made again."""
     import torch
 
-    from lorachat.adapters import gate, live
+    from lorachat.adapters import base_cache, gate
     from lorachat.scoring import nearness
 
-    path = live.base_cache_file(shelved, "gate", [gate.BACKGROUND_VERSION, nearness.background_questions()], ".safetensors")
+    path = base_cache.path(shelved, "gate", [gate.BACKGROUND_VERSION, nearness.background_questions()], ".safetensors")
     path.unlink(missing_ok=True)   # the cache folder is this test run's, shared by its tests
     made, real = [], nearness.background
     monkeypatch.setattr(nearness, "background", lambda *args: made.append(1) or real(*args))
