@@ -21,6 +21,7 @@ from lorachat.adapters.provenance import read_meta
 from lorachat.core.prompts import asked
 from lorachat.models.loader import SMALL_MODEL, base_size
 from lorachat.scoring import locality, nearness
+from lorachat.scoring.batches import model_device
 
 KEY = "gate"          # session.extensions: the gate's state; lorachat.json: the taught questions
 BACKGROUND_VERSION = 1   # of how nearness reads the background: a change makes new files on disk
@@ -170,12 +171,11 @@ def _background(session):
     from safetensors.torch import load, save
 
     path = base_cache.path(session, "gate", [BACKGROUND_VERSION, nearness.background_questions()], ".safetensors")
-    device = next(session.model.parameters()).device
     with contextlib.suppress(OSError, SafetensorError, KeyError, ValueError):
         if path is not None:
             mean = load(path.read_bytes())["mean"]
             if mean.shape == (session.model.config.get_text_config().hidden_size,) and mean.isfinite().all():
-                return mean.to(device)
+                return mean.to(model_device(session.model))
     mean = nearness.background(session.model, session.tokenizer)
     if path is not None:
         base_cache.write(path, save({"mean": mean.detach().float().cpu().contiguous()}))
