@@ -57,6 +57,7 @@ def merge(session, sources: list[str], name: str, options: MergeOptions) -> tupl
 
     for source in sources:
         check_name(source, "adapter")
+        disk.check_own(session, source)   # its folder's record (the gate's questions) must be this adapter's
     check_loadable_name(name)
     if len(set(sources)) != len(sources):
         raise LorachatError("each source adapter may be named once")
@@ -91,10 +92,11 @@ def merge(session, sources: list[str], name: str, options: MergeOptions) -> tupl
     meta = dict(merged_from=sources, method=options.method, weights=weights, density=options.density,
                 ranks=ranks, **({"scales": scales} if scales else {}), **_asking_of(session, sources))
     try:
-        path = disk.save(session, name, meta)
+        name = disk.save_new(session, name, meta)
     except LorachatError:
         live.remove(session, name)
         raise
+    path = adapter_path(session, name)
     live.activate(session, name)
     live.make_room(session, keep={name}, extra=0)
     return notes, path
