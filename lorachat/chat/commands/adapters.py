@@ -134,6 +134,8 @@ def _merge_details(session):
 def merge(session, args):
     """Merge adapters into a new one with PEFT's add_weighted_adapter; it is saved and becomes active.
 
+    It says how many of the questions the sources were taught it answers verbatim, and names those it does not.
+
     :merge films music as both                     cat: the exact sum of the deltas (any ranks)
     :merge a b as ab method=ties density=0.5 weights=1,0.5
     Methods: cat, linear (equal ranks), svd, ties, dare_linear, dare_ties, magnitude_prune (these four need density).
@@ -148,9 +150,21 @@ def merge(session, args):
     if len(rest) != 1:
         raise LorachatError(":merge needs exactly one new name after 'as'" + (f" (got {rest[1][:40]!r} too)" if rest else ""))
     opts = options.apply_kv(merging.MERGE_DEFAULTS, pairs)
-    notes, path = merging.merge(session, sources, rest[0], opts)
-    _notes(session, notes)
-    session.ui.line(f"merged {' + '.join(sources)} ({opts.method}) into '{path.name}', saved to {path}; now active")
+    merged = merging.merge(session, sources, rest[0], opts)
+    _notes(session, merged.notes)
+    name, recall = merged.path.name, ""
+    if merged.recall is not None:
+        recall = f"; recall {merged.recall}/{merged.total} of the questions {_and(sources)} were taught"
+    session.ui.line(f"merged {' + '.join(sources)} ({opts.method}) into '{name}', saved to {merged.path}{recall}; now active")
+    if merged.lost:
+        count = merged.total - merged.recall
+        shown = ", ".join(f"{q} ({source})" for q, source in merged.lost[:3]) + (", ..." if len(merged.lost) > 3 else "")
+        session.ui.note(f"note: {count} taught answer{'s do' if count != 1 else ' does'} not come back verbatim "
+                        f"from '{name}': {shown}")
+
+
+def _and(names) -> str:
+    return " and ".join(names) if len(names) <= 2 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
 @command("scale", usage=":scale NAME [FACTOR]", complete=_names)
