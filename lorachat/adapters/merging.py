@@ -11,7 +11,7 @@ from lorachat.adapters import disk, live, provenance
 from lorachat.adapters.paths import adapter_path, check_loadable_name
 from lorachat.core.errors import LorachatError
 from lorachat.core.names import check_name
-from lorachat.core.prompts import asked
+from lorachat.core.prompts import DEFAULT_INSTRUCTION, asked
 
 METHODS = ("cat", "linear", "svd", "ties", "dare_linear", "dare_ties", "magnitude_prune")
 NEEDS_DENSITY = ("ties", "dare_linear", "dare_ties", "magnitude_prune")
@@ -167,10 +167,11 @@ def _recall(session, found: dict) -> Merged:
 
 def _asking_of(session, sources) -> dict:
     """What asking a merge needs, from its sources' lorachat.json: their instruction when they
-    share one (None otherwise), the longest answer any of them was taught (what `lorachat
+    share one (None otherwise; a source without a record, made with plain PEFT, is asked and
+    served under the default one), the longest answer any of them was taught (what `lorachat
     serve` tells clients), and the questions they were taught (the gate's)."""
     metas = [provenance.read_meta(adapter_path(session, s)) or {} for s in sources]
-    instructions = {m.get("instruction") for m in metas}
+    instructions = {m.get("instruction", DEFAULT_INSTRUCTION) for m in metas}
     longest = [m["max_answer_tokens"] for m in metas if isinstance(m.get("max_answer_tokens"), int)]
     records = [m.get("questions") for m in metas]   # the gate's: all the sources were taught, or none (every question)
     questions = sorted({q for qs in records for q in qs}) if all(isinstance(qs, list) for qs in records) else None
