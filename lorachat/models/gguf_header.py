@@ -144,7 +144,7 @@ class _Reader:
 
 def readable_architectures() -> set[str] | None:
     """The GGUF `general.architecture` values this transformers loads as a causal LM (llama.cpp's
-    spelling), or None when its GGUF internals are not where transformers 5.17-5.24 keeps them."""
+    spelling), or None when its GGUF internals are not where transformers 5.17-5.25 keeps them."""
     names = set()
     try:
         from transformers.modeling_gguf_pytorch_utils import (
