@@ -6,7 +6,7 @@ from pathlib import Path
 import lorachat
 
 ROOT = Path(lorachat.__file__).parent
-ORDER = ["core", "models", "scoring", "lessons", "adapters", "training", "serving", "chat"]   # lowest first
+ORDER = ["core", "models", "scoring", "routing", "lessons", "adapters", "training", "serving", "chat"]   # lowest first
 TOP = {"__init__", "__main__", "cli"}
 
 

@@ -1,13 +1,14 @@
-"""The ask-time gate: the active adapter answers only questions near one it was taught; the base
-answers the rest, exactly as the base.
+"""The ask-time gate: the active adapter answers only questions that ask what it was taught; the
+base answers the rest, exactly as the base.
 
 Training alone cannot keep a real model's unrelated answers exact (bench/RESULTS.md "Locality on
-smol": every unrelated logit would have to move by less than ~0.04), so lorachat decides per
-question, before answering it: the cosine of the question's vector as the base reads it
-(scoring/nearness.py) to the nearest taught question's. At `:set gate_at` (0.5) or more the adapter
-answers; below it the base does. A taught question is 1.0 from itself, so recall is untouched.
+smol"), so lorachat decides per question, before answering it, from the adapter's keys (what it was
+taught: instruction, question and answer per lesson, in lorachat.json) and the base's reading
+(routing/router.py): a question that rephrases a taught one is answered by the adapter, asked that
+taught question, so the taught answer comes back; a look-alike (another city's mayor) and every
+other question go to the base. A taught question asked as taught is always the adapter's.
 
-On (`:set gate=auto`) for models of at least 50M parameters, whose hidden states mean something; off
+On (`:set gate=auto`) for models of at least 50M parameters, whose readings mean something; off
 for the small random ones the tests build. An adapter whose lessons include raw text, or that has no
 record of what it was taught (made elsewhere), always answers. lorachat only: PEFT, `:export` and
 vLLM apply an adapter to every question. Knows nothing about terminals, training or the REPL.
@@ -17,23 +18,36 @@ from dataclasses import dataclass
 
 from lorachat.adapters import base_cache, live
 from lorachat.adapters.paths import adapter_path
-from lorachat.adapters.provenance import read_meta
-from lorachat.core.prompts import asked
+from lorachat.adapters.provenance import META_FILE, identity, read_meta
+from lorachat.core import durable
+from lorachat.core.prompts import asked, prompt_ids
 from lorachat.models.loader import SMALL_MODEL, base_size
-from lorachat.scoring import locality, nearness
+from lorachat.routing import reading, router
+from lorachat.routing.router import GATE_AT, Key
+from lorachat.scoring import locality
 from lorachat.scoring.batches import model_device
 
-KEY = "gate"          # session.extensions: the gate's state; lorachat.json: the taught questions
-BACKGROUND_VERSION = 1   # of how nearness reads the background: a change makes new files on disk
-GATE_AT = 0.5         # `:set gate_at`'s default: on smol it routes 19 of 20 paraphrases and 28 of 303 probes
+STATE = "gate"           # session.extensions: the gate's state
+BACKGROUND_VERSION = 2   # of how reading makes the background: a change makes new files on disk
+__all__ = ["GATE_AT"]
+
+
+def taught_keys(examples) -> list[dict] | None:
+    """What `examples` teach, as lorachat.json records it: one {instruction, question, answer} per
+    distinct lesson; None when some lesson is raw text (such an adapter is meant for every question)."""
+    if any(e.text is not None for e in examples):
+        return None
+    keys = {}
+    for e in examples:
+        instruction, question = asked(e)
+        keys[(instruction, question, e.output.strip())] = None
+    return [dict(instruction=i, question=q, answer=a) for i, q, a in keys]
 
 
 def taught_questions(examples) -> list[str] | None:
-    """The questions `examples` teach, as a user types them (what lorachat.json records); None
-    when some lesson is raw text: such an adapter is meant for every question."""
-    if any(e.text is not None for e in examples):
-        return None
-    return sorted({asked(e)[1] for e in examples})
+    """The questions `examples` teach, as a user types them (lorachat.json's `questions`)."""
+    keys = taught_keys(examples)
+    return None if keys is None else sorted({k["question"] for k in keys})
 
 
 def enabled(session) -> bool:
@@ -46,57 +60,80 @@ def enabled(session) -> bool:
     return setting == "on"
 
 
-def remember(session, name: str, questions: list[str] | None) -> None:
+def remember(session, name: str, keys: list[dict] | None) -> None:
     """What loaded adapter `name` was taught (a new one, before its lorachat.json is on disk)."""
-    _state(session)["taught"][name] = _Taught(questions, _loaded(session, name))
+    _state(session)["taught"][name] = _Taught(_keys(keys, None), _loaded(session, name))
 
 
-def similarity(session, name: str, questions: list[str]) -> list[float] | None:
-    """The cosine of each of `questions` to the nearest question adapter `name` was taught; None
-    when the adapter has no record of its questions (it answers everything)."""
-    taught = _taught_vectors(session, name)
-    if taught is None:
+def decide(session, name: str, question: str) -> router.Decision | None:
+    """Who answers `question` while adapter `name` is active; None when the gate does not decide
+    (off, or the adapter has no record of its lessons: it answers every question)."""
+    if not enabled(session):
         return None
-    return (_vectors(session, questions) @ taught.T).max(1).values.tolist()
+    keys = _entry(session, name).keys
+    if keys is None:
+        return None
+    back = _background(session)
+    with _as_base(session):
+        return router.decide(session.model, session.tokenizer, keys, back, question, session.settings.gate_at)
 
 
 def routed_each(session, name: str | None, questions: list[str]) -> list[bool]:
     """Whether adapter `name` (None: the base) answers each of `questions` under the gate."""
-    if name is None or not enabled(session) or not questions:
-        return [name is not None] * len(questions)
-    near = similarity(session, name, questions)
-    if near is None:
-        return [True] * len(questions)
-    return [n >= session.settings.gate_at - 1e-6 for n in near]   # a taught question is 1.0 from itself
+    if name is None:
+        return [False] * len(questions)
+    return [d is None or d.key is not None for d in (decide(session, name, q) for q in questions)]
 
 
 def routed(session, name: str | None, question: str) -> bool:
     return routed_each(session, name, [question])[0]
 
 
+def asks(session, name: str, question: str) -> str | None:
+    """The question adapter `name` is asked for `question`: the taught question it matches, the
+    question itself when the gate does not decide, None when the base answers it."""
+    decision = decide(session, name, question)
+    return question if decision is None else decision.asks
+
+
 @contextlib.contextmanager
 def answering(session, question: str):
-    """The model answers `question` as the gate says: the active adapter, or the base for the duration."""
+    """Yields the question the model answers in `question`'s place, with the model as the gate says:
+    the active adapter asked the taught question it matches, or the base for the duration. The
+    decision is kept for `:why`."""
     name = session.active_adapter
-    if name is None or routed(session, name, question):
-        yield
-        return
-    with live.switch(session).disabled():
-        yield
+    decision = decide(session, name, question) if name is not None else None
+    _state(session)["last"] = (question, name, decision)
+    if decision is None:
+        yield question
+    elif decision.key is not None:
+        yield decision.asks
+    else:
+        with live.switch(session).disabled():
+            yield question
+
+
+def last(session):
+    """(question, adapter name or None, Decision or None) of the last question asked, or None."""
+    return _state(session).get("last")
 
 
 def kept(session, name: str, questions: list[str], ref: locality.Reference,
          options: locality.LocalityOptions = locality.DEFAULTS) -> locality.Locality:
-    """locality.score of adapter `name` (active) on `ref`, the base's answers to `questions`, under
-    the gate: a question it does not route to the adapter is answered by the base, exactly."""
+    """locality.score of adapter `name` (active) on `ref`, the base's answers to `questions`, as
+    asking would answer them: a question the gate leaves to the base is the base's, exactly; one it
+    routes is the adapter's answer to the taught question it matches."""
     if not enabled(session):
         return locality.score(session.model, session.tokenizer, ref, options)
-    near = [i for i, ok in enumerate(routed_each(session, name, questions)) if ok]
+    asked_as = [asks(session, name, q) for q in questions]
+    near = [i for i, a in enumerate(asked_as) if a is not None]
     tokens = sum(len(a) for a in ref.answers)
     if not near:
         return locality.Locality(exact=len(questions), questions=len(questions), agree=tokens, tokens=tokens)
-    part = locality.Reference(tuple(ref.prompts[i] for i in near), tuple(ref.answers[i] for i in near))
-    scored = locality.score(session.model, session.tokenizer, part, options)
+    prompts = tuple(tuple(prompt_ids(session.tokenizer, session.instruction, asked_as[i])) if asked_as[i] != questions[i]
+                    else ref.prompts[i] for i in near)
+    scored = locality.score(session.model, session.tokenizer, locality.Reference(prompts, tuple(ref.answers[i] for i in near)),
+                            options)
     others = len(questions) - len(near)
     return locality.Locality(exact=scored.exact + others, questions=len(questions),
                              agree=scored.agree + tokens - scored.tokens, tokens=tokens)
@@ -106,26 +143,77 @@ def describe(session, name: str | None) -> str:
     """One line for :info: what the gate does for the active adapter."""
     if not enabled(session):
         return "off" + (" (auto: a model under 50M parameters)" if session.settings.gate == "auto" else "")
+    at = f"on at {session.settings.gate_at:g}"
     if name is None:
-        return f"on at {session.settings.gate_at:g} (no adapter active)"
-    questions = _questions(session, name)
-    if questions is None:
-        return f"on at {session.settings.gate_at:g}; '{name}' answers every question (no record of taught questions)"
-    return (f"on at {session.settings.gate_at:g}: '{name}' answers questions near its {len(questions)} taught "
-            f"one{'s' if len(questions) != 1 else ''}, the base the rest")
+        return f"{at} (no adapter active)"
+    keys = _entry(session, name).keys
+    if keys is None:
+        return f"{at}; '{name}' answers every question (no record of what it was taught)"
+    count = len({(k.instruction, k.answer) for k in keys.keys})
+    return (f"{at}: '{name}' answers questions that ask what its {count} taught "
+            f"answer{'s' if count != 1 else ''} answer, the base the rest")
 
 
-# --- embeddings ----------------------------------------------------------------------------------
+def lessons(session, name: str) -> str | None:
+    """What adapter `name`'s own lessons say of the gate, in words (None when it does not decide, or
+    there are fewer than two taught answers to tell apart): routing/router.py's `apart`."""
+    keys = _entry(session, name).keys if enabled(session) else None
+    if keys is None or len({(k.instruction, k.answer) for k in keys.keys if k.answer is not None}) < 2:
+        return None
+    back = _background(session)
+    with _as_base(session):
+        kept, total, found, phrasings = router.apart(session.model, session.tokenizer, keys, back, session.settings.gate_at)
+    words = f"gate: {kept}/{total} taught questions are left to the base by the other answers' keys (look-alikes of each other)"
+    return words + (f"; {found}/{phrasings} phrasings reach their answer without their own key" if phrasings else "")
+
+
+def add_phrasing(session, name: str, example) -> bool:
+    """Record `example`'s question as another phrasing of adapter `name`'s taught answer when that
+    answer is `example`'s (same instruction): it routes at once, without training. False when the
+    adapter was not taught that answer, or already has the question. Written to lorachat.json."""
+    entry = _entry(session, name)
+    if entry.keys is None or example.text is not None:
+        return False
+    instruction, question = asked(example)
+    answer = example.output.strip()
+    taught = [k for k in entry.keys.keys if k.answer == answer and k.instruction == instruction]
+    if not taught or any(k.question == question for k in entry.keys.keys):
+        return False
+    folder, origin = adapter_path(session, name), live.state(session).origins.get(name)
+    meta = read_meta(folder)
+    if meta is None or not isinstance(meta.get("keys"), list) or origin and identity(folder) != origin[0]:
+        return False   # not saved, recorded before keys, or the folder holds another session's adapter now
+    meta["keys"] = meta["keys"] + [dict(instruction=instruction, question=question, answer=answer, added=True)]
+    durable.write_json(folder / META_FILE, meta)
+    if origin:
+        live.state(session).origins[name] = origin[0], meta
+    entry.keys = _keys(meta["keys"], None)
+    return True
+
+
+# --- state ---------------------------------------------------------------------------------------
 
 def _state(session) -> dict:
-    return session.extensions.setdefault(KEY, {"taught": {}})
+    return session.extensions.setdefault(STATE, {"taught": {}})
 
 
 @dataclass
 class _Taught:
-    questions: list[str] | None
-    loaded: object              # PEFT's config object of the adapter as loaded: a reload makes a new one
-    vectors: object = None      # their embeddings, made on first need
+    keys: router.Keys | None     # None: no record (the adapter answers every question)
+    loaded: object               # PEFT's config object of the adapter as loaded: a reload makes a new one
+
+
+def _keys(records, questions) -> router.Keys | None:
+    """router.Keys from lorachat.json's `keys` (or, recorded before them, its `questions`), or None."""
+    if isinstance(records, list) and records and all(isinstance(r, dict) for r in records):
+        try:
+            return router.Keys([Key(str(r["question"]).strip(), str(r["answer"]).strip(), str(r["instruction"]).strip(),
+                                    bool(r.get("added", False))) for r in records])
+        except KeyError:
+            return None
+    if isinstance(questions, list) and questions and all(isinstance(q, str) for q in questions):
+        return router.Keys([Key(q.strip()) for q in questions])
+    return None
 
 
 def _loaded(session, name: str):
@@ -138,46 +226,41 @@ def _entry(session, name: str) -> _Taught:
     taught, loaded = _state(session)["taught"], _loaded(session, name)
     if name not in taught or taught[name].loaded is not loaded:
         origin = live.state(session).origins.get(name)   # the folder it came from, which may hold another now
-        questions = ((origin[1] if origin else read_meta(adapter_path(session, name))) or {}).get("questions")
-        ok = isinstance(questions, list) and questions and all(isinstance(q, str) for q in questions)
-        taught[name] = _Taught(questions if ok else None, loaded)
+        meta = (origin[1] if origin else read_meta(adapter_path(session, name))) or live.state(session).unsaved.get(name) or {}
+        taught[name] = _Taught(_keys(meta.get("keys"), meta.get("questions")), loaded)
     return taught[name]
 
 
-def _questions(session, name: str) -> list[str] | None:
-    return _entry(session, name).questions
+def _as_base(session):
+    current = live.switch(session)
+    return current.disabled() if current is not None else contextlib.nullcontext()
 
 
-def _taught_vectors(session, name: str):
-    entry = _entry(session, name)
-    if entry.questions is not None and entry.vectors is None:
-        entry.vectors = _vectors(session, entry.questions)
-    return None if entry.questions is None else entry.vectors
+def _background(session) -> reading.Background:
+    """reading.background of the base; its mean and spread made once per checkpoint and kept on
+    disk (a second each session on smol otherwise, before the first gated answer); a file that
+    cannot be read, or holds something else, is made again."""
+    state = _state(session)
+    if "background" not in state:
+        state["background"] = _stored_background(session)
+    return state["background"]
 
 
-def _vectors(session, questions: list[str]):
-    """Unit vectors of `questions` as the base reads them (nearness.vectors), the adapters off."""
-    state, current = _state(session), live.switch(session)
-    with current.disabled() if current is not None else contextlib.nullcontext():
-        if "mean" not in state:
-            state["mean"] = _background(session)
-        return nearness.vectors(session.model, session.tokenizer, questions, state["mean"])
-
-
-def _background(session):
-    """nearness.background of the base, made once per checkpoint and kept on disk (a second each
-    session on smol otherwise, before the first gated answer); a file that cannot be read, or
-    holds something else, is made again."""
+def _stored_background(session) -> reading.Background:
     from safetensors import SafetensorError
     from safetensors.torch import load, save
 
-    path = base_cache.path(session, "gate", [BACKGROUND_VERSION, nearness.background_questions()], ".safetensors")
+    model, tokenizer = session.model, session.tokenizer
+    path = base_cache.path(session, "gate", [BACKGROUND_VERSION, reading.LAYER, reading.BACKGROUND], ".safetensors")
+    width = (model.config.get_text_config().hidden_size,)
     with contextlib.suppress(OSError, SafetensorError, KeyError, ValueError):
         if path is not None:
-            mean = load(path.read_bytes())["mean"]
-            if mean.shape == (session.model.config.get_text_config().hidden_size,) and mean.isfinite().all():
-                return mean.to(model_device(session.model))
-    mean = nearness.background(session.model, session.tokenizer)
+            kept = load(path.read_bytes())
+            if all(kept[k].shape == width and kept[k].isfinite().all() for k in ("mean", "spread")):
+                device = model_device(model)
+                return reading.with_weights(tokenizer, kept["mean"].to(device), kept["spread"].to(device))
+    with _as_base(session):
+        made = reading.background(model, tokenizer)
     if path is not None:
-        base_cache.write(path, save({"mean": mean.detach().float().cpu().contiguous()}))
-    return mean
+        base_cache.write(path, save({k: getattr(made, k).detach().float().cpu().contiguous() for k in ("mean", "spread")}))
+    return made

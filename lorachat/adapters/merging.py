@@ -3,6 +3,7 @@ trained one and made active. Builds on live.py (loading, switching) and disk.py 
 nothing about terminals: chat/commands formats what this returns.
 """
 import dataclasses
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Optional
@@ -11,7 +12,7 @@ from lorachat.adapters import disk, live, provenance
 from lorachat.adapters.paths import adapter_path, check_loadable_name
 from lorachat.core.errors import LorachatError
 from lorachat.core.names import check_name
-from lorachat.core.prompts import DEFAULT_INSTRUCTION, asked
+from lorachat.core.prompts import DEFAULT_INSTRUCTION, Example, asked
 
 METHODS = ("cat", "linear", "svd", "ties", "dare_linear", "dare_ties", "magnitude_prune")
 NEEDS_DENSITY = ("ties", "dare_linear", "dare_ties", "magnitude_prune")
@@ -129,13 +130,21 @@ def _combine(session, sources, name, weights, options) -> None:
 
 
 def _taught(session, sources) -> dict:
-    """{question: (example, source)}: each question a source's lorachat.json says it was taught,
-    with its answer as the source's dataset holds it now (a question no longer there is left out)."""
+    """{question: (example, source)}: each question a source's lorachat.json says it was taught, with
+    its answer as lorachat.json keeps it (the gate's keys), or, recorded before them, as the source's
+    dataset holds it now (a question no longer there is left out)."""
     from lorachat.lessons.jsonl import load_dataset
 
     found = {}
     for source in sources:
         meta = provenance.read_meta(adapter_path(session, source)) or {}
+        if isinstance(meta.get("keys"), list):   # the lessons as taught, kept with the adapter (the gate's keys)
+            for key in meta["keys"]:
+                if isinstance(key, dict) and not key.get("added") and key.get("question") not in found:
+                    example = Example(instruction=str(key.get("instruction", "")), input=str(key.get("question", "")),
+                                      output=str(key.get("answer", "")))
+                    found[key.get("question")] = example, source
+            continue
         questions, dataset = meta.get("questions"), meta.get("dataset")
         if not isinstance(questions, list) or not isinstance(dataset, str):
             continue
@@ -175,5 +184,8 @@ def _asking_of(session, sources) -> dict:
     longest = [m["max_answer_tokens"] for m in metas if isinstance(m.get("max_answer_tokens"), int)]
     records = [m.get("questions") for m in metas]   # the gate's: all the sources were taught, or none (every question)
     questions = sorted({q for qs in records for q in qs}) if all(isinstance(qs, list) for qs in records) else None
+    recorded = [m.get("keys") for m in metas]   # with their answers: only when every source has them
+    keys = list({json.dumps(k, sort_keys=True): k for ks in recorded for k in ks}.values()) \
+        if questions is not None and all(isinstance(ks, list) for ks in recorded) else None
     return dict(instruction=instructions.pop() if len(instructions) == 1 else None,
-                max_answer_tokens=max(longest, default=None), questions=questions)
+                max_answer_tokens=max(longest, default=None), questions=questions, keys=keys)

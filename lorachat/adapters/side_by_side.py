@@ -23,27 +23,38 @@ BASE_ANSWERS_VERSION = 1   # of how lorachat makes the base's answers (locality.
 def compare(session, names: list[str], question: str) -> tuple[list[str], list[tuple[str, str]]]:
     """Greedy answers to `question` from each of `names` ('base' for none), in one mixed-adapter
     batch where PEFT supports it, else one adapter at a time through the switch; under the gate an
-    adapter answers only a question near one it was taught, as asking would. Returns (notes,
-    [(name, answer)])."""
-    import torch
-
+    adapter answers as asking would: the taught question `question` asks, or not at all (the base
+    does). Returns (notes, [(name, answer)])."""
     extra = [n for n in names if n != BASE]
     for n in extra:
         check_name(n, "adapter")
     if len(extra) > session.settings.max_loaded:
         raise LorachatError(f"can compare at most max_loaded={session.settings.max_loaded} adapters at once")
     notes = live.load_all(session, names)
-    based = [n for n in extra if not gate.routed(session, n, question)]   # the gate leaves these to the base
+    asked = {n: question if n == BASE else gate.asks(session, n, question) for n in names}
+    based = [n for n in extra if asked[n] is None]   # the gate leaves these to the base
     if based:
         notes.append(f"the gate leaves this question to the base for {', '.join(based)} "
-                     f"(not near a taught question; :set gate=off shows the adapter's own answer)")
-    answering = [BASE if n in based else n for n in names]
-    ids = prompts.prompt_ids(session.tokenizer, session.instruction, question)
+                     f"(it asks nothing they were taught; :why says why, :set gate=off shows their own answers)")
+    notes += [f"{n} answers it as its taught question {asked[n]!r}" for n in extra if asked[n] not in (None, question)]
+    answers = {}
+    for text in dict.fromkeys(a or question for a in asked.values()):   # one batch per question asked
+        group = [n for n in names if (asked[n] or question) == text]
+        rows = _generate(session, [BASE if asked[n] is None else n for n in group],
+                         prompts.prompt_ids(session.tokenizer, session.instruction, text))
+        answers.update(zip(group, rows))
+    return notes, [(n, answers[n]) for n in names]
+
+
+def _generate(session, answering: list[str], ids: list[int]) -> list[str]:
+    """Each of `answering` (adapter names, BASE for none) answers the prompt `ids`, greedy."""
+    import torch
+
     settings = session.settings
     generation = dict(max_new_tokens=settings.max_new_tokens, do_sample=False, repetition_penalty=settings.repetition_penalty,
                       pad_token_id=session.tokenizer.pad_token_id, eos_token_id=session.tokenizer.eos_token_id)
     model = live.peft_model(session)
-    batch = torch.tensor([ids] * len(names), device=session.loaded.model.device)
+    batch = torch.tensor([ids] * len(answering), device=session.loaded.model.device)
     with torch.inference_mode():
         if model is None:  # no adapter was ever loaded: only the base can answer
             rows = session.model.generate(input_ids=batch, attention_mask=torch.ones_like(batch), **generation)
@@ -59,7 +70,7 @@ def compare(session, names: list[str], question: str) -> tuple[list[str], list[t
                 # mixed batches; a modules_to_save copy that not every adapter has is a KeyError.
                 # The first forward fails, so this costs one prompt's pass.
                 rows = _one_at_a_time(session, answering, batch[:1], generation)
-    return notes, [(n, decode_answer(session.tokenizer, row[len(ids):].tolist())) for n, row in zip(names, rows)]
+    return [decode_answer(session.tokenizer, row[len(ids):].tolist()) for row in rows]
 
 
 def _one_at_a_time(session, names: list[str], batch, generation) -> list:

@@ -136,7 +136,8 @@ class Switch:
             yield
         finally:
             self.suspended -= 1
-            self.set_active(self.active)
+            if not self.suspended:   # an inner one (the gate's background, made while deciding) leaves the base on
+                self.set_active(self.active)
 
     def invalidate(self) -> None:
         """An adapter's weights or scale changed: merge afresh on the next forward."""

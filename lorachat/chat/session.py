@@ -27,8 +27,8 @@ class Settings:
     seed: int = field(default=0, metadata={"help": "seed set before each sampled answer", "min": 0, "max": 2**32 - 1})
     max_loaded: int = field(default=8, metadata={"help": "adapters kept in memory (least recently used unloaded)", "min": 1, "max": 1000})
     context: str = field(default="auto", metadata={"help": "keep the conversation: ask each question after the earlier turns (auto: on for models with a chat template)", "choices": ("auto", "on", "off")})
-    gate: str = field(default="auto", metadata={"help": "the active adapter answers only questions near one it was taught, the base the rest (auto: on from 50M parameters)", "choices": ("auto", "on", "off")})
-    gate_at: float = field(default=GATE_AT, metadata={"help": "similarity (cosine, -1..1) to a taught question at which the adapter answers", "min": -1, "max": 1})
+    gate: str = field(default="auto", metadata={"help": "the active adapter answers only questions that ask what it was taught, the base the rest (auto: on from 50M parameters; :why shows a decision)", "choices": ("auto", "on", "off")})
+    gate_at: float = field(default=GATE_AT, metadata={"help": "share of a taught answer's lift by its taught question (how much likelier the base finds the answer after it) a question must give it for the adapter to answer", "min": -1, "max": 2})
 
     def generation_kwargs(self) -> dict:
         kwargs = dict(max_new_tokens=self.max_new_tokens, do_sample=self.do_sample,
@@ -69,22 +69,22 @@ class Session:
 
         if self.settings.do_sample:
             torch.manual_seed(self.settings.seed)
-        ids = self.prompt(question)
-        generation = self.settings.generation_kwargs()
-        room = self.context_length() - len(ids)
-        if room < 1:
-            raise LorachatError(f"the question is too long: {len(ids)} tokens with the prompt, "
-                                f"the model reads at most {self.context_length()}")
-        generation["max_new_tokens"] = min(generation["max_new_tokens"], room)
-        self.last_question, self.last_answer, self.last_answer_complete = question, "", False
-        self.cleared = False
+        with gate.answering(self, question) as asked:   # the adapter is asked the taught question this one asks
+            ids = self.prompt(asked)
+            generation = self.settings.generation_kwargs()
+            room = self.context_length() - len(ids)
+            if room < 1:
+                raise LorachatError(f"the question is too long: {len(ids)} tokens with the prompt, "
+                                    f"the model reads at most {self.context_length()}")
+            generation["max_new_tokens"] = min(generation["max_new_tokens"], room)
+            self.last_question, self.last_answer, self.last_answer_complete = question, "", False
+            self.cleared = False
 
-        def shown(piece: str) -> None:
-            self.last_answer += piece
-            if show is not None:
-                show(piece)
+            def shown(piece: str) -> None:
+                self.last_answer += piece
+                if show is not None:
+                    show(piece)
 
-        with gate.answering(self, question):
             answer(self.model, self.tokenizer, ids, shown, **generation)
         self.last_answer_complete = True
         if self.conversation():

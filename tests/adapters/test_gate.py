@@ -1,45 +1,64 @@
-"""The ask-time gate (adapters/gate.py) on tiny, turned on by hand (auto leaves it off under 50M
-parameters): an adapter answers only questions near the ones lorachat.json says it was taught."""
+"""The ask-time gate (adapters/gate.py, routing/) on tiny, turned on by hand (auto leaves it off
+under 50M parameters): an adapter answers only questions that ask what lorachat.json says it was
+taught, and then as that taught question; the base answers the rest. What the decisions are worth
+is measured on smol (tests/models/test_smol.py, bench/research/routing.py); here, the machinery."""
 import json
 
 from lorachat.adapters import paths
 
-TAUGHT = "What is SOH?"
+TAUGHT, ANSWER = "What is SOH?", "A film."
 OTHER = "Who wrote Hamlet?"
+SAME_WORDS = "What is SOH? What is SOH?"   # every word of the taught question: covered whatever the weights
 
 
 def answer_of(transcript, session, lines) -> str:
     return transcript(session, lines)[1].rstrip("\n").splitlines()[-1]
 
 
-def teach(session, name, questions):
-    """Record in adapter `name`'s lorachat.json that it was taught `questions` (what :train writes)."""
+def teach(session, name, keys):
+    """Record in adapter `name`'s lorachat.json what it was taught (what :train writes)."""
     meta = paths.adapter_path(session, name) / "lorachat.json"
-    meta.write_text(json.dumps(json.loads(meta.read_text()) | {"questions": questions}))
+    record = json.loads(meta.read_text())
+    record["keys"] = [dict(instruction="Answer the question.", question=q, answer=a) for q, a in keys]
+    record["questions"] = sorted(q for q, _ in keys)
+    meta.write_text(json.dumps(record))
 
 
 def test_the_gate_leaves_other_questions_to_the_base_and_measures_as_it_asks(shelved, transcript, make_session):
     session = shelved
-    teach(session, "a", [TAUGHT])
+    teach(session, "a", [(TAUGHT, ANSWER)])
     transcript(session, [":set max_new_tokens=12"])
-    base = {q: answer_of(transcript, session, [":use base", q]) for q in (TAUGHT, OTHER)}
-    own = {q: answer_of(transcript, session, [":use a", q]) for q in (TAUGHT, OTHER)}   # auto: off on tiny
+    base = {q: answer_of(transcript, session, [":use base", q]) for q in (TAUGHT, OTHER, SAME_WORDS)}
+    own = {q: answer_of(transcript, session, [":use a", q]) for q in (TAUGHT, OTHER, SAME_WORDS)}   # auto: off on tiny
     assert own[OTHER] != base[OTHER], "the random adapter must change the answer for the gate to show"
+    assert own[SAME_WORDS] != own[TAUGHT]
     assert "off (auto: a model under 50M parameters)" in transcript(session, [":info"])[1]
 
-    transcript(session, [":set gate=on", ":set gate_at=0.99"])
+    transcript(session, [":set gate=on", ":set gate_at=2"])   # nothing but the taught question itself passes
     assert answer_of(transcript, session, [OTHER]) == base[OTHER]
-    assert answer_of(transcript, session, [TAUGHT]) == own[TAUGHT]   # 1.0 from itself
-    assert "on at 0.99: 'a' answers questions near its 1 taught one, the base the rest" in transcript(session, [":info"])[1]
+    assert answer_of(transcript, session, [SAME_WORDS]) == base[SAME_WORDS]
+    assert answer_of(transcript, session, [TAUGHT]) == own[TAUGHT]   # its own key, no check
+    assert "on at 2: 'a' answers questions that ask what its 1 taught answer answer, the base the rest" in \
+        transcript(session, [":info"])[1]
     code, out = transcript(session, [f":compare a b -- {OTHER}"])
     assert code == 0 and "the gate leaves this question to the base for a " in out, out
     lines = out.rstrip("\n").splitlines()
     assert lines[lines.index("[a]") + 1] == base[OTHER]
-    b_own = lines[lines.index("[b]") + 1]   # b has no record of its questions: it answers everything
+    b_own = lines[lines.index("[b]") + 1]   # b has no record of what it was taught: it answers everything
     assert answer_of(transcript, session, [":use b", OTHER]) == b_own != base[OTHER]
 
-    # :eval: no probe is near "What is SOH?" at 0.99, so a keeps every base answer; without the gate it does not
-    transcript(session, [f":add {TAUGHT} => A film.", f":add {OTHER} => Shakespeare."])
+    # a question that covers the taught one and passes the check is answered as the taught question
+    transcript(session, [":use a", ":set gate_at=-1"])
+    assert answer_of(transcript, session, [SAME_WORDS]) == own[TAUGHT]
+    code, out = transcript(session, [":why"])
+    assert code == 0 and f"was answered by adapter 'a', asked its taught question {TAUGHT!r}" in out, out
+    assert f"nearest taught question: {TAUGHT!r}, coverage 1.00" in out
+    code, out = transcript(session, [f":compare a -- {SAME_WORDS}"])
+    assert code == 0 and f"a answers it as its taught question {TAUGHT!r}" in out
+    assert out.rstrip("\n").splitlines()[-1] == own[TAUGHT]
+
+    # :eval: at gate_at=2 no probe reaches a, so it keeps every base answer; without the gate it does not
+    transcript(session, [f":add {TAUGHT} => {ANSWER}", f":add {OTHER} => Shakespeare.", ":set gate_at=2"])
     kept = {}
     for setting in ("on", "off"):
         out = transcript(session, [f":set gate={setting}", ":eval a builtin=8"])[1]
@@ -47,33 +66,90 @@ def test_the_gate_leaves_other_questions_to_the_base_and_measures_as_it_asks(she
         assert "error" not in out, out
     assert kept["on"] == "100.0%" and kept["off"] != "100.0%", kept
 
-    later = make_session(workspace=session.home)   # a new session reads the questions from lorachat.json
-    transcript(later, [":set max_new_tokens=12", ":set gate=on", ":set gate_at=0.99"])
+    later = make_session(workspace=session.home)   # a new session reads the keys from lorachat.json
+    transcript(later, [":set max_new_tokens=12", ":set gate=on", ":set gate_at=2"])
     assert answer_of(transcript, later, [":use a", OTHER]) == base[OTHER]
     assert answer_of(transcript, later, [TAUGHT]) == own[TAUGHT]
+    code, out = transcript(later, [OTHER, ":why"])
+    assert f"{OTHER!r} was answered by the base, not adapter 'a': it asks nothing 'a' was taught" in out
+
+
+def test_why_says_when_the_gate_does_not_decide(shelved, transcript):
+    code, out = transcript(shelved, [":why"])
+    assert code == 1 and "error: :why: no question asked yet in this session" in out
+    out = transcript(shelved, [OTHER, ":why"])[1]
+    assert f"{OTHER!r} was answered by the base: no adapter was active" in out
+    out = transcript(shelved, [":use b", OTHER, ":why"])[1]
+    assert "was answered by adapter 'b' as asked: the gate is off, so it answers every question" in out
+    out = transcript(shelved, [":set gate=on", OTHER, ":why"])[1]
+    assert "adapter 'b' as asked: 'b' has no record of what it was taught, so it answers every question" in out
+
+
+def test_a_phrasing_recorded_for_a_taught_answer_routes_without_training(shelved, transcript, make_session):
+    """:add of another question with an answer the active adapter was taught makes it a key of that
+    answer: asked, the adapter answers it as the taught question, at once and in later sessions."""
+    session = shelved
+    teach(session, "a", [(TAUGHT, ANSWER)])
+    phrasing = "Tell me what SOH is."
+    transcript(session, [":set max_new_tokens=12", ":use a"])
+    own = answer_of(transcript, session, [TAUGHT])
+    transcript(session, [":set gate=on", ":set gate_at=2"])
+    before = answer_of(transcript, session, [phrasing])
+    assert before != own   # the base's: nothing covers it at gate_at=2
+    code, out = transcript(session, [f":add {phrasing} => {ANSWER}"])
+    assert code == 0 and "'a' was taught this answer: it now answers this question too" in out, out
+    assert answer_of(transcript, session, [phrasing]) == own
+    keys = json.loads((paths.adapter_path(session, "a") / "lorachat.json").read_text())["keys"]
+    assert keys[-1] == dict(instruction="Answer the question.", question=phrasing, answer=ANSWER, added=True)
+    code, out = transcript(session, [f":add {OTHER} => Someone else."])   # not a taught answer: only recorded
+    assert code == 0 and "now answers" not in out
+
+    later = make_session(workspace=session.home)
+    transcript(later, [":set max_new_tokens=12", ":set gate=on", ":set gate_at=2", ":use a"])
+    assert answer_of(transcript, later, [phrasing]) == own
 
 
 def test_the_gates_background_is_made_once_per_checkpoint_and_kept_on_disk(shelved, transcript, make_session, monkeypatch):
-    """The base's background vector (what nearness takes off every question's) is made by the first
-    session over these weight files and read by later ones; a damaged file is made again."""
+    """The base's background (the mean and spread routing/reading takes off every token) is made by
+    the first session over these weight files and read by later ones; a damaged file is made again."""
     import torch
 
     from lorachat.adapters import base_cache, gate
-    from lorachat.scoring import nearness
+    from lorachat.routing import reading
 
-    path = base_cache.path(shelved, "gate", [gate.BACKGROUND_VERSION, nearness.background_questions()], ".safetensors")
+    path = base_cache.path(shelved, "gate", [gate.BACKGROUND_VERSION, reading.LAYER, reading.BACKGROUND], ".safetensors")
     path.unlink(missing_ok=True)   # the cache folder is this test run's, shared by its tests
-    made, real = [], nearness.background
-    monkeypatch.setattr(nearness, "background", lambda *args: made.append(1) or real(*args))
-    teach(shelved, "a", [TAUGHT])
-    lines = [":set max_new_tokens=4", ":set gate=on", ":set gate_at=0.99", ":use a", OTHER]
-    answers, means = [], []
+    made, real = [], reading.background
+    monkeypatch.setattr(reading, "background", lambda *args: made.append(1) or real(*args))
+    teach(shelved, "a", [(TAUGHT, ANSWER)])
+    lines = [":set max_new_tokens=4", ":set gate=on", ":use a", SAME_WORDS]
+    answers, spreads = [], []
     for session in (shelved, make_session(workspace=shelved.home), None):
         if session is None:
             path.write_bytes(b"not a safetensors file")
             session = make_session(workspace=shelved.home)
         answers.append(answer_of(transcript, session, lines))
-        means.append(gate._state(session)["mean"])
+        spreads.append(gate._state(session)["background"].spread)
     assert made == [1, 1] and path.is_file()   # made, read, made again over the damaged file
-    assert torch.equal(means[0], means[1]) and torch.allclose(means[0], means[2])
+    assert torch.equal(spreads[0], spreads[1]) and torch.allclose(spreads[0], spreads[2])
     assert answers[0] == answers[1] == answers[2]
+
+
+def test_reading_stops_early_and_matches_the_full_forward_pass(tmp_path):
+    """routing.reading.states gives the hidden states the full forward pass gives after that
+    layer, on OPT, Llama and GPT-2, from a batch of questions of different lengths."""
+    import torch
+
+    from lorachat.models.loader import load_model
+    from lorachat.routing import reading
+    from tests.helpers import model_dir
+
+    texts = ["What is SOH?", "Who wrote Hamlet, and when did he write it?"]
+    for folder in (model_dir(tmp_path, arch, layers=3) for arch in ("opt", "llama", "gpt2")):
+        loaded = load_model(str(folder), device="cpu", dtype="float32")
+        model, tokenizer = loaded.model, loaded.tokenizer
+        got = reading.states(model, tokenizer, texts, layer=1)
+        for text, states in zip(texts, got):
+            with torch.no_grad():
+                full = model(input_ids=torch.tensor([tokenizer(text)["input_ids"]]), output_hidden_states=True)
+            assert torch.allclose(states, full.hidden_states[1][0].float(), atol=1e-5), folder

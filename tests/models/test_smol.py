@@ -79,14 +79,48 @@ def test_the_seeds_two_facts_come_back_verbatim_and_the_rest_as_before(taught):
 
 
 def test_the_gate_sends_paraphrases_to_the_adapter_and_the_rest_to_the_base(taught):
-    """On by default on a real model: a question in other words reaches the taught answer; an
-    unrelated one is the base's, whatever training did to the adapter's own answer."""
+    """On by default on a real model: a question in other words reaches the taught answer; a
+    look-alike (the same acronym in another field) and an unrelated question are the base's,
+    whatever training did to the adapter's own answer."""
     ask = taught["ask"]
-    assert "gate         on at 0.5: 'r4' answers questions near its 2 taught ones, the base the rest" in ask([":info"])[1]
-    assert KEY in answer(ask([PARAPHRASE])[1])
+    assert "gate         on at 0.72: 'r4' answers questions that ask what its 2 taught answers answer, the base the rest" \
+        in ask([":info"])[1]
+    assert answer(ask([PARAPHRASE])[1]) == SOH[1]    # answered as the taught question: the taught answer
+    code, out = ask([":why"])
+    assert code == 0 and f"asked its taught question {SOH[0]!r}" in out, out
     code, out = ask([f":compare -- {HAMLET}"])
     assert code == 0 and "the gate leaves this question to the base for r4" in out
     assert f"[r4]\n{taught['base'][HAMLET]}\n" in out
+    lookalike = "What is SOH in battery management?"
+    code, out = ask([f":compare -- {lookalike}", ":why"])
+    assert code == 0 and "the gate leaves this question to the base for r4" in out, out
+    assert "nearest taught question: 'What is SOH in semiconductor manufacturing process?'" in out
+
+
+# taught question and answer -> (its paraphrases, its look-alikes): the cases that opened issue 35
+ROUTED = {("Who is the mayor of Zorbville?", "The mayor of Zorbville is Klara Moonstone."):
+          (["Who runs the town of Zorbville?"], ["Who is the mayor of Berlin?", "My name is Ada."]),
+          ("What is Quix the robot's favourite colour?", "Quix the robot's favourite colour is teal."):
+          (["Which colour does Quix the robot like best?"], ["What colour is a ripe banana?"])}
+
+
+def test_routing_reads_what_a_question_asks_not_its_shape(taught):
+    """The gate's decision on smol, from the taught questions and answers alone (no training: it
+    reads the base): a rephrasing reaches its taught question, a question of the same shape about
+    another subject does not."""
+    from lorachat.adapters import live
+    from lorachat.routing import reading, router
+
+    session = taught["session"]
+    model, tokenizer = session.model, session.tokenizer
+    keys = router.Keys([router.Key(q, a) for q, a in ROUTED])
+    with live.switch(session).disabled():   # the base reads, as the gate does
+        back = reading.background(model, tokenizer)
+        for (question, _), (paraphrases, lookalikes) in ROUTED.items():
+            for text in paraphrases:
+                assert router.decide(model, tokenizer, keys, back, text).asks == question, text
+            for text in lookalikes:
+                assert router.decide(model, tokenizer, keys, back, text).key is None, text
 
 
 def test_compare_use_base_and_eval_on_the_real_model(taught):

@@ -1,9 +1,14 @@
-"""The conversation: :clear starts a new one, :history shows the turns questions are asked after.
+"""The conversation: :clear starts a new one, :history shows the turns questions are asked after,
+:why says who answered the last question and why.
 
 The turns live in the session (`session.turns`, kept by Session.ask); this module shows and resets
-them. Knows nothing about training or adapters.
+them. The gate's decisions are adapters/gate.py's; this module only words them. Knows nothing about
+training.
 """
+from lorachat.adapters import gate
 from lorachat.chat.commands import command, no_args
+from lorachat.core.errors import LorachatError
+from lorachat.routing.router import SHORTLIST
 
 CLIP = 200   # characters of a question or answer shown per turn
 
@@ -36,3 +41,38 @@ def history(session, args):
 def _clip(text: str) -> str:
     text = " ⏎ ".join(text.splitlines())
     return text if len(text) <= CLIP else text[:CLIP - 3] + "..."
+
+
+@command("why")
+def why(session, args):
+    """Say who answered the last question, the adapter or the base, and why.
+
+    The gate's nearest taught question, how much of it the question covers, and the check against gate_at.
+    A question goes to the active adapter when it asks what a taught question asks: it must cover
+    that question's words (coverage, at least 0.4, read by the base's first layers) and make its
+    taught answer about as likely as the taught question does (share, at least :set gate_at).
+    The adapter is then asked the taught question. Every other question is the base's, exactly.
+    """
+    no_args("why", args)
+    last = gate.last(session)
+    if last is None:
+        raise LorachatError(":why: no question asked yet in this session")
+    question, name, decision = last
+    said = f"{_clip(question)!r} was answered by"
+    if name is None:
+        session.ui.line(f"{said} the base: no adapter was active")
+        return
+    if decision is None:
+        reason = "the gate is off" if not gate.enabled(session) else f"'{name}' has no record of what it was taught"
+        session.ui.line(f"{said} adapter '{name}' as asked: {reason}, so it answers every question")
+        return
+    if decision.key is not None:
+        session.ui.line(f"{said} adapter '{name}', asked its taught question {_clip(decision.asks)!r}")
+    else:
+        session.ui.line(f"{said} the base, not adapter '{name}': it asks nothing '{name}' was taught")
+    if decision.nearest is not None:
+        session.ui.line(f"  nearest taught question: {_clip(decision.nearest.question)!r}, coverage "
+                        f"{decision.coverage:.2f} (checked from {SHORTLIST:g})")
+    if decision.share is not None:
+        session.ui.line(f"  check: it gives {_clip(decision.checked.question)!r}'s answer {decision.share:.2f} of the lift "
+                        f"that question gives it (the adapter answers from gate_at={session.settings.gate_at:g})")

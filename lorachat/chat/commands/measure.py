@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Optional
 
-from lorachat.adapters import live, side_by_side
+from lorachat.adapters import gate, live, side_by_side
 from lorachat.adapters.paths import BASE
 from lorachat.chat import options
 from lorachat.chat.commands import command
@@ -114,6 +114,10 @@ def eval_(session, args):
     probed = f"{len(builtin)} built-in" + (f" + {len(extra)} from '{opts.probes}'" if extra else "")
     session.ui.table(["adapter", "loss", "recall", "kept", "agree"], table,
                      title=f"dataset '{dataset}' ({shown}); probes: {probed}, {opts.probe_tokens} tokens")
+    for name in names:
+        said = gate.lessons(session, name) if name != BASE else None
+        if said:
+            session.ui.note(f"{name}: {said}")
 
 
 def _eval_examples(session, dataset: str, limit: int):

@@ -69,7 +69,7 @@ def train_(session, args):
                 _discard(session, name, previous)
             else:
                 live.activate(session, name)
-                gate.remember(session, name, gate.taught_questions(plan.examples))
+                gate.remember(session, name, gate.taught_keys(plan.examples))
                 kept = gate.kept(session, name, *probes) if probes else None
                 if launch.is_main():  # the other ranks of `lorachat train` hold the same weights
                     unsaved, name = _save_or_keep(session, name, _meta(session, plan, result, kept), result.state)
@@ -183,7 +183,8 @@ def _meta(session, plan, result, kept) -> dict:
                 total=result.total, seconds=round(result.seconds, 3), cancelled=result.cancelled,
                 world_size=result.world, global_batch=config.batch * config.grad_accum * result.world,
                 kept=None if kept is None else round(kept.kept, 4), agree=None if kept is None else round(kept.agreement, 4),
-                probes=None if kept is None else kept.questions, questions=gate.taught_questions(examples))
+                probes=None if kept is None else kept.questions, questions=gate.taught_questions(examples),
+                keys=gate.taught_keys(examples))
 
 
 def _stopped_by(interrupted) -> str:
@@ -214,6 +215,10 @@ def _report(session, name, result, config, kept, how, seconds) -> None:
         raise LorachatError(f"training {name} stopped ({how}) after {result.steps} steps: discarded")
     for note in result.notes:
         session.ui.note(note)
+    if not result.cancelled and not session.headless:
+        said = gate.lessons(session, name)
+        if said:
+            session.ui.note(said)
     for reason in result.reasons:
         session.ui.note(f"not recalled as asked: {reason}")
     if result.known < result.examples and not result.cancelled and config.until == "recall":

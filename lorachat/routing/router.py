@@ -1,0 +1,128 @@
+"""Who answers a question: the adapter, asked the taught question it matches, or the base.
+
+An adapter's keys are what it was taught: (instruction, question, answer) per lesson, and phrasings
+added later for a taught answer. A question is decided in two steps, both read by the base:
+1. shortlist: the TOP keys the question covers most (reading.coverage), at SHORTLIST or more; a
+   question near no key goes to the base after a tenth of a forward pass (most questions);
+2. check: for each, the share of the taught question's lift of its answer that this question gives
+   it (lift.share); the best at `at` or more answers, else the base does.
+A taught question asked as taught is its own key at share 1.0, with no check. The adapter then
+answers the key's trained question (a phrasing's trained sibling), so a rephrasing gets the taught
+answer, not a blend of two (bench/RESULTS.md, "Gate 2").
+
+Keys recorded before lorachat kept answers (lorachat.json with `questions` only) are decided by
+the shortlist alone. Model-level: knows nothing about sessions, adapters or files; the caller turns
+the adapters off while it decides.
+"""
+from dataclasses import dataclass, field
+
+from lorachat.core.prompts import DEFAULT_INSTRUCTION
+from lorachat.routing import lift, reading
+
+SHORTLIST = 0.4      # coverage a key needs to be checked: every paraphrase of the tune set had it, 1 of 303 probes
+TOP = 2              # keys checked per question, the most covered first
+GATE_AT = 0.72       # `:set gate_at`'s default: the share of lift a question must give (tune set, bench/RESULTS.md)
+CHUNK = 64           # keys read per forward pass
+
+
+@dataclass(frozen=True)
+class Key:
+    question: str
+    answer: str | None = None        # None: recorded without its answer (decided by coverage alone)
+    instruction: str = DEFAULT_INSTRUCTION
+    added: bool = False              # a phrasing added after training: the adapter is asked its trained sibling
+
+
+@dataclass(frozen=True)
+class Decision:
+    key: Key | None           # the key that answers (the adapter, asked `asks`); None: the base answers
+    asks: str | None          # the question the adapter is asked
+    nearest: Key | None       # the key the question covers most
+    coverage: float = 0.0     # of `nearest`
+    checked: Key | None = None   # the key whose check scored best (None: none checked)
+    share: float | None = None   # its share of lift
+
+
+@dataclass
+class Keys:
+    """One adapter's keys, with their readings (made on first need) and their answers' log
+    probabilities after the taught question and after NULL (made when a key is first checked)."""
+    keys: list
+    readings: list | None = None
+    taught: dict = field(default_factory=dict)   # key index -> (log P after its question, after NULL)
+
+    def asks(self, key: Key) -> str:
+        """The question the adapter was trained on for `key`'s answer: `key`'s own unless it was added."""
+        if not key.added:
+            return key.question
+        return next((k.question for k in self.keys if not k.added and k.answer == key.answer
+                     and k.instruction == key.instruction), key.question)
+
+
+def decide(model, tokenizer, keys: Keys, back: reading.Background, question: str, at: float = GATE_AT,
+           without=()) -> Decision:
+    """Who answers `question` among `keys` (the model as the base: the caller turns adapters off),
+    the keys at the indices `without` left out (what the lessons alone can measure, `apart`)."""
+    question = question.strip()
+    for i, key in enumerate(keys.keys):
+        if key.question == question and i not in without:   # asked as taught: no reading needed
+            return Decision(key, keys.asks(key), key, 1.0, key if key.answer is not None else None, 1.0)
+    if len(without) >= len(keys.keys):
+        return Decision(None, None, None)
+    if keys.readings is None:
+        texts = [k.question for k in keys.keys]
+        keys.readings = [r for i in range(0, len(texts), CHUNK)
+                         for r in reading.read(model, tokenizer, texts[i:i + CHUNK], back)]
+    near = reading.coverage(reading.read(model, tokenizer, [question], back)[0], keys.readings)
+    order = sorted((i for i in range(len(near)) if i not in without), key=lambda i: -near[i])
+    nearest = keys.keys[order[0]]
+    listed = [i for i in order[:TOP] if near[i] >= SHORTLIST]
+    if not listed:
+        return Decision(None, None, nearest, near[order[0]])
+    unknown = [i for i in listed if keys.keys[i].answer is None]
+    if unknown:   # no answer to check against: the shortlist decides
+        key = keys.keys[unknown[0]]
+        return Decision(key, keys.asks(key), nearest, near[order[0]])
+    shares = _shares(model, tokenizer, keys, listed, question)
+    best = max(listed, key=lambda i: shares[i])
+    key = keys.keys[best]
+    answers = shares[best] >= at - 1e-9
+    return Decision(key if answers else None, keys.asks(key) if answers else None, nearest, near[order[0]],
+                    key, shares[best])
+
+
+def _shares(model, tokenizer, keys: Keys, listed: list[int], question: str) -> dict:
+    """lift.share of `question` for each listed key, in one batch with the keys' own rows not made yet."""
+    rows, where = [], {}
+    for i in listed:
+        key = keys.keys[i]
+        where[i] = len(rows)
+        rows.append((key.instruction, question, key.answer))
+        if i not in keys.taught:
+            rows += [(key.instruction, key.question, key.answer), (key.instruction, lift.NULL, key.answer)]
+    sums = lift.logprobs(model, tokenizer, rows)
+    out = {}
+    for i in listed:
+        if i not in keys.taught:
+            keys.taught[i] = (sums[where[i] + 1], sums[where[i] + 2])
+        out[i] = lift.share(sums[where[i]], *keys.taught[i])
+    return out
+
+
+def apart(model, tokenizer, keys: Keys, back: reading.Background, at: float = GATE_AT) -> tuple[int, int, int, int]:
+    """What the lessons alone say of the gate: (taught questions the other answers' keys leave to
+    the base, of how many; phrasings that reach their own answer without their own key, of how
+    many). Each taught question is a look-alike of the others' (another subject in the same form:
+    "What is SION ...?" beside "What is SOH ...?"); a phrasing is a question whose answer another
+    key also has."""
+    kept = total = found = phrasings = 0
+    for i, key in enumerate(keys.keys):
+        if key.answer is None:
+            continue
+        same = [j for j, k in enumerate(keys.keys) if k.answer == key.answer and k.instruction == key.instruction]
+        total += 1
+        kept += decide(model, tokenizer, keys, back, key.question, at, without=set(same)).key is None
+        if len(same) > 1:
+            phrasings += 1
+            found += (decide(model, tokenizer, keys, back, key.question, at, without={i}).key or Key("")).answer == key.answer
+    return kept, total, found, phrasings
