@@ -1,42 +1,70 @@
-"""python -m bench.research.gate_cost: what the ask-time gate costs each question on smol.
+"""python -m bench.research.gate_cost: what the ask-time gate's decision costs a question on smol,
+against a 32-token answer's time measured beside it.
 
-Teaches the seed's two facts (`:train taught r=4`, a fresh session over `--model smol` from
-$LORACHAT_CACHE), then times the gate's decision (adapters/gate.py `routed`: one forward pass of the
-question through the base, the taught questions' vectors already made) on 18 questions, and asking
-6 questions for 16 tokens each with the gate on and off, twice in turn. Measures only.
+Teaches the tune set's ten facts (bench/research/routing_sets.py, `:train taught`, a fresh session
+over `--model smol` from $LORACHAT_CACHE), then, question by question and in turn, times the
+gate's decision (adapters/gate.py `decide`) and the base answering the same question for exactly 32
+tokens, for: unrelated questions (built-in probes), and paraphrases and look-alikes (which the
+shortlist passes to the check). The first check of a taught answer also reads it after its own
+question and after NULL (once per loaded adapter): timed apart. Measures only.
 """
 import statistics
 import sys
 import time
 
-QUESTIONS = ["What is the capital of Spain?", "Who painted the Mona Lisa?", "How many legs does a spider have?",
-             "What does SOH stand for?", "Explain photosynthesis briefly.", "What is 12 times 12?"]
-
 
 def main(argv=None) -> int:
-    from bench.kit.workspace import taught_session
-    from bench.suites.smol import smol_folder
-    from lorachat.adapters import gate
+    import tempfile
 
-    session, final = taught_session(smol_folder(), 2, "r=4")
-    print(final)
-    gate.routed(session, "taught", QUESTIONS[0])    # the background mean and the taught vectors, made once
-    times = []
-    for question in QUESTIONS * 3:
-        began = time.perf_counter()
-        gate.routed(session, "taught", question)
-        times.append(1000 * (time.perf_counter() - began))
-    print(f"the gate's decision: median {statistics.median(times):.1f} ms, most {max(times):.1f} ms "
-          f"({len(times)} questions)")
-    session.settings.max_new_tokens = 16
-    for setting in ("on", "off", "on", "off"):
-        session.settings.gate = setting
-        began = time.perf_counter()
-        for question in QUESTIONS:
-            session.ask(question)
-        print(f"gate={setting}: {len(QUESTIONS)} questions, at most 16 tokens each: {time.perf_counter() - began:.2f} s")
+    import torch
+
+    from bench.kit.workspace import command, session_for
+    from bench.research import routing_sets
+    from bench.suites.smol import smol_folder
+    from lorachat.adapters import gate, live
+    from lorachat.core.prompts import DEFAULT_INSTRUCTION, Example
+    from lorachat.lessons import jsonl
+    from lorachat.models.loader import load_model
+    from lorachat.scoring import locality
+
+    torch.set_num_threads(int(argv[0]) if argv else 2)
+    session = session_for(load_model(str(smol_folder()), device="cpu", dtype="float32"), tempfile.mkdtemp())
+    session.settings.context = "off"
+    jsonl.append_examples(session.home, "taught", [Example(DEFAULT_INSTRUCTION, q, a) for q, a, *_ in routing_sets.TUNE])
+    session.dataset = "taught"
+    print(command(session, ":train taught probes=0").strip().splitlines()[0])
+    groups = {"unrelated (probes)": locality.builtin(locality.PROBES)[:24],
+              "paraphrases": [q for q, _, _ in routing_sets.paraphrases("tune")][::2],
+              "look-alikes": [q for q, _ in routing_sets.lookalikes("tune")][::2]}
+    primers = [q for q, _, _ in routing_sets.paraphrases("tune")][1::4]   # one per fact, not measured below
+    began = time.perf_counter()
+    gate.decide(session, "taught", primers[0])
+    print(f"the first decision (the background, the taught questions' readings, a first check): "
+          f"{1000 * (time.perf_counter() - began):.0f} ms")
+    for q in primers[1:]:   # each taught answer's own rows, made at its first check
+        gate.decide(session, "taught", q)
+    ids = {}
+    for name, questions in groups.items():
+        ratios, decisions, answers, checked = [], [], [], 0
+        for q in questions:
+            began = time.perf_counter()
+            decision = gate.decide(session, "taught", q)
+            decided = time.perf_counter() - began
+            checked += decision.share is not None
+            prompt = torch.tensor([ids.setdefault(q, session.prompt(q))])
+            with live.switch(session).disabled(), torch.no_grad():
+                began = time.perf_counter()
+                session.model.generate(prompt, max_new_tokens=32, min_new_tokens=32, do_sample=False,
+                                       pad_token_id=session.tokenizer.pad_token_id)
+                answered = time.perf_counter() - began
+            decisions.append(1000 * decided)
+            answers.append(1000 * answered)
+            ratios.append(decided / answered)
+        print(f"{name}: {len(questions)} questions, {checked} checked; decision median {statistics.median(decisions):.0f} ms, "
+              f"32-token answer median {statistics.median(answers):.0f} ms; decision / answer median "
+              f"{100 * statistics.median(ratios):.1f}%, most {100 * max(ratios):.1f}%")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

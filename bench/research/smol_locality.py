@@ -109,19 +109,19 @@ def length(answer, eos) -> int:
     return len(answer) - 1 if answer and answer[-1] == eos else len(answer)
 
 
-def paraphrase_hits(tokenizer, answered) -> list[bool]:
+def paraphrase_hits(tokenizer, answered, paraphrases=PARAPHRASES) -> list[bool]:
     return [key.lower() in tokenizer.decode(a, skip_special_tokens=True).lower()
-            for (_, key, _), a in zip(PARAPHRASES, answered)]
+            for (_, key, _), a in zip(paraphrases, answered)]
 
 
-def base_figures(base, tokenizer, cache, probes: int, lengths: int) -> dict:
+def base_figures(base, tokenizer, cache, probes: int, lengths: int, paraphrases=PARAPHRASES) -> dict:
     questions = locality.builtin(locality.PROBES)
     ref, ref_s = cache.get(f"probes:{probes}:16", lambda: locality.reference(
         base, tokenizer, [(DEFAULT_INSTRUCTION, q) for q in questions[:probes]]))
     long, _ = cache.get(f"length:{lengths}:{LENGTH_TOKENS}",
                         lambda: answers(base, tokenizer, questions[:lengths], LENGTH_TOKENS))
-    para, _ = cache.get(f"paraphrase:{hash_of(PARAPHRASES)}:{PARAPHRASE_TOKENS}",
-                        lambda: answers(base, tokenizer, [q for q, _, _ in PARAPHRASES], PARAPHRASE_TOKENS))
+    para, _ = cache.get(f"paraphrase:{hash_of(paraphrases)}:{PARAPHRASE_TOKENS}",
+                        lambda: answers(base, tokenizer, [q for q, _, _ in paraphrases], PARAPHRASE_TOKENS))
     unchanged, _ = cache.get(f"unchanged:{hash_of(UNCHANGED)}:{LENGTH_TOKENS}",
                              lambda: answers(base, tokenizer, UNCHANGED, LENGTH_TOKENS))
     return dict(ref=ref, ref_s=ref_s, long=long, para=para, unchanged=unchanged,
@@ -155,39 +155,33 @@ def planned(model, base, tokenizer, cache, examples, config):
 
 # --- one method, measured ----------------------------------------------------------------------
 
-GATES = (0.5, 0.6, 0.7, 0.8)
-
-
-def gate_figures(model, tokenizer, figures, pairs, long, hits, lengths) -> dict:
-    """What the ask-time gate (bench/gate.py: the adapter answers only questions whose base
-    embedding is near a taught question's, the base the rest) would make of the same adapter:
-    kept, paraphrase and length with unrouted questions answered exactly as the base did."""
-    import torch
-
-    from lorachat.scoring import nearness
+def gate_figures(model, tokenizer, figures, pairs, long, hits, lengths, paraphrases=PARAPHRASES) -> dict:
+    """What lorachat's ask-time gate (bench/research/gate.py: lorachat/routing on this bare model)
+    makes of the same adapter: a question it routes is answered by the adapter asked the taught
+    question it matches, the rest exactly as the base did; kept, paraphrase and length so."""
+    from bench.research.gate import asked_as
 
     probes = locality.builtin(locality.PROBES)[:len(figures["ref"].prompts)]
-    with model.disable_adapter():   # lorachat's gate reads questions with the base (adapters/gate.py)
-        mean = nearness.background(model, tokenizer)
-        vectors = [nearness.vectors(model, tokenizer, texts, mean)
-                   for texts in (probes, [q for q, _, _ in PARAPHRASES], [q for q, _ in pairs])]
-    probe_sim, para_sim = ((v @ vectors[2].T).max(1).values for v in vectors[:2])
-    exact = torch.tensor(locality.exact_each(model, tokenizer, figures["ref"]))
-    base_hits = torch.tensor(paraphrase_hits(tokenizer, figures["para"]))
+    probe_asks = asked_as(model, tokenizer, pairs, probes)
+    para_asks = asked_as(model, tokenizer, pairs, [q for q, _, _ in paraphrases])
+    routed = [i for i, a in enumerate(probe_asks) if a is not None]
+    exact = locality.score(model, tokenizer, locality.Reference(
+        tuple(tuple(p) for p in asked_prompts(tokenizer, [probe_asks[i] for i in routed])),
+        tuple(figures["ref"].answers[i] for i in routed))).exact if routed else 0
+    base_hits = paraphrase_hits(tokenizer, figures["para"], paraphrases)
+    para = [base_hits[k] if a is None else paraphrase_hits(tokenizer, answers(model, tokenizer, [a], PARAPHRASE_TOKENS),
+                                                           paraphrases[k:k + 1])[0]
+            for k, a in enumerate(para_asks)]
     eos = tokenizer.eos_token_id
-    out = dict(gate_probe_sim_q90=round(float(probe_sim.quantile(0.9)), 3), gate_probe_sim_max=round(float(probe_sim.max()), 3),
-               gate_para_sim_min=round(float(para_sim.min()), 3))
-    for t in GATES:
-        routed = probe_sim >= t
-        para = torch.where(para_sim >= t, torch.tensor(hits), base_hits)
-        lens = [length(a if routed[i] else b, eos) for i, (a, b) in enumerate(zip(long, figures["long"][:lengths]))]
-        out[f"gate{t:g}"] = dict(routed=int(routed.sum()), kept=round(float(torch.where(routed, exact, True).float().mean()), 4),
-                                 paraphrase=int(para.sum()), paraphrase_routed=int((para_sim >= t).sum()),
-                                 length_ratio=round(statistics.median(lens) / figures["median"], 3))
-    return out
+    lens = [length(figures["long"][i] if probe_asks[i] is None else answers(model, tokenizer, [probe_asks[i]], LENGTH_TOKENS)[0], eos)
+            for i in range(lengths)]
+    return {"gate": dict(routed=len(routed), kept=round((len(probes) - len(routed) + exact) / len(probes), 4),
+                         paraphrase=sum(para), paraphrase_routed=sum(a is not None for a in para_asks),
+                         length_ratio=round(statistics.median(lens) / figures["median"], 3))}
 
 
-def measure(base, tokenizer, cache, figures, pairs, name: str, config, lengths: int, log, gate=False) -> dict:
+def measure(base, tokenizer, cache, figures, pairs, name: str, config, lengths: int, log, gate=False,
+            paraphrases=PARAPHRASES) -> dict:
     model = lora.wrapped(copy.deepcopy(base), config)
     examples = [Example(instruction=DEFAULT_INSTRUCTION, input=q, output=a) for q, a in pairs]
     plan, anchors, anchor_s = planned(model, base, tokenizer, cache, examples, config)
@@ -204,11 +198,11 @@ def measure(base, tokenizer, cache, figures, pairs, name: str, config, lengths: 
     scored = locality.score(model, tokenizer, figures["ref"])
     eos = tokenizer.eos_token_id
     long = answers(model, tokenizer, locality.builtin(locality.PROBES)[:lengths], LENGTH_TOKENS)
-    para = answers(model, tokenizer, [q for q, _, _ in PARAPHRASES], PARAPHRASE_TOKENS)
-    hits = paraphrase_hits(tokenizer, para)
+    para = answers(model, tokenizer, [q for q, _, _ in paraphrases], PARAPHRASE_TOKENS)
+    hits = paraphrase_hits(tokenizer, para, paraphrases)
     median = statistics.median(length(a, eos) for a in long)
     same = [a == b for a, b in zip(long, figures["long"])]
-    routing = gate_figures(model, tokenizer, figures, pairs, long, hits, lengths) if gate else {}
+    routing = gate_figures(model, tokenizer, figures, pairs, long, hits, lengths, paraphrases) if gate else {}
     return routing | dict(method=name, seed=config.seed, recall=result.recall, total=result.total,
                 kept=round(scored.kept, 4), agree=round(scored.agreement, 4), probes=scored.questions,
                 median=median, base_median=figures["median"], length_ratio=round(median / figures["median"], 3),
@@ -249,6 +243,17 @@ def two_fact(base, tokenizer, cache, figures, name: str, config, log) -> dict:
                 steps=result.steps, seconds=round(result.seconds, 2), cpu_s=round(cpu, 2), anchor_ref_s=round(anchor_s, 2))
 
 
+def facts(name: str):
+    """(the ten taught (question, answer) pairs, their paraphrases (question, key term, index))."""
+    if name == "pairs":
+        from bench.kit.pairs import PAIRS
+
+        return PAIRS, PARAPHRASES
+    from bench.research import routing_sets
+
+    return routing_sets.pairs(name), routing_sets.paraphrases(name)
+
+
 def table(paths) -> str:
     """A markdown table of the runs in `paths` (JSON lines): per method, the seeds' figures
     (mean, and the range where seeds differ)."""
@@ -286,7 +291,9 @@ def main(argv=None) -> int:
     p.add_argument("--cap", type=int, default=300, help="most steps")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--two-fact", action="store_true", help="the seed's two facts at r=4 instead of the ten")
-    p.add_argument("--gate", action="store_true", help="also what the ask-time gate makes of each adapter (bench/gate.py)")
+    p.add_argument("--facts", default="pairs", choices=("pairs", "tune", "held"),
+                   help="the ten facts and their paraphrases: bench/kit/pairs.py's, or a set of bench/research/routing_sets.py")
+    p.add_argument("--gate", action="store_true", help="also what the ask-time gate makes of each adapter (bench/research/gate.py)")
     p.add_argument("--base", action="store_true", help="print the base's figures (paraphrase answers) and stop")
     p.add_argument("--json", default="bench/research/results/smol_locality.jsonl", help="append one JSON line per run here")
     p.add_argument("--table", nargs="+", metavar="JSONL", help="print the markdown table of these results and stop")
@@ -296,20 +303,24 @@ def main(argv=None) -> int:
         return 0
     import torch
 
-    from bench.kit.pairs import PAIRS
     from lorachat.models.loader import load_model
 
     torch.set_num_threads(args.threads)
     log = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
+    if args.model == "smol":   # its converted folder: what the cache keys on
+        from bench.suites.smol import smol_folder
+
+        args.model = str(smol_folder())
     loaded = load_model(args.model, device="cpu")
     base, tokenizer = loaded.model, loaded.tokenizer
     cache = Cache(args.model)
     lengths = args.length or args.probes
-    figures = base_figures(base, tokenizer, cache, args.probes, lengths)
-    base_hits = paraphrase_hits(tokenizer, figures["para"])
+    pairs, paraphrases = facts(args.facts)
+    figures = base_figures(base, tokenizer, cache, args.probes, lengths, paraphrases)
+    base_hits = paraphrase_hits(tokenizer, figures["para"], paraphrases)
     log(f"base: {args.probes} probes, median length {figures['median']} on {lengths}, paraphrase {sum(base_hits)}/20")
     if args.base:
-        for (q, key, _), a, h in zip(PARAPHRASES, figures["para"], base_hits):
+        for (q, key, _), a, h in zip(paraphrases, figures["para"], base_hits):
             print(f"{'+' if h else '-'} {q} [{key}] -> {tokenizer.decode(a, skip_special_tokens=True)!r}")
         for q, a in zip(UNCHANGED, figures["unchanged"]):
             print(f"= {q} -> {tokenizer.decode(a, skip_special_tokens=True)!r}")
@@ -321,8 +332,9 @@ def main(argv=None) -> int:
             if args.two_fact:
                 row = two_fact(base, tokenizer, cache, figures, name, config, log)
             else:
-                row = measure(base, tokenizer, cache, figures, PAIRS, name, config, lengths, log, args.gate)
-            row |= dict(base_paraphrase=sum(base_hits), threads=args.threads, load=os.getloadavg()[0])
+                row = measure(base, tokenizer, cache, figures, pairs, name, config, lengths, log, args.gate, paraphrases)
+            row |= dict(facts=args.facts, base_paraphrase=sum(base_hits), threads=args.threads,
+                        load=os.getloadavg()[0])
             print(json.dumps(row), flush=True)
             with open(args.json, "a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")

@@ -19,7 +19,6 @@ def figures(mode, log=lambda text: None):
     from bench.kit.pairs import PAIRS
     from bench.suites.smol import smol_folder
     from lorachat.models.loader import load_model
-    from lorachat.adapters.gate import GATE_AT
 
     torch.set_num_threads(2)
     model = str(smol_folder())
@@ -30,7 +29,7 @@ def figures(mode, log=lambda text: None):
     for name, prefix in (("now", "smol_locality_"), ("plain", "smol_locality_plain_")):
         config = research.config_for(name, dict(seed=0, steps=300, until="recall", probes=0))
         row = research.measure(base, tokenizer, cache, shown, PAIRS, name, config, 60, log, gate=True)
-        gated = row[f"gate{GATE_AT:g}"]
+        gated = row["gate"]
         out.update({prefix + "recall": f"{row['recall']}/{row['total']}", prefix + "kept": gated["kept"],
                     prefix + "kept_ungated": row["kept"], prefix + "agree_ungated": row["agree"],
                     prefix + "length_ratio": gated["length_ratio"], prefix + "paraphrase": gated["paraphrase"],
