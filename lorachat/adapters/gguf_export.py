@@ -61,8 +61,9 @@ def export_gguf(session, name: str, file: Path, form: str = "merged", quant: str
         write_files([(target, write), (model_file, lambda temp: temp.write_text(text, encoding="utf-8"))],
                     f"the GGUF export of '{name}' to {target}")
     _check_written(target)
-    size = target.stat().st_size / 1e6
-    return notes, [f"exported '{name}' {described} to {target} ({size:,.1f} MB, {QUANTS[quant][0]})",
+    size = target.stat().st_size
+    shown = f"{size / 1e6:,.1f} MB" if size >= 1e6 else f"{size / 1e3:,.0f} KB"
+    return notes, [f"exported '{name}' {described} to {target} ({shown}, {QUANTS[quant][0]})",
                    f"Ollama: {model_file} (ollama create {name} -f {model_file}); llama.cpp: "
                    + (f"llama-cli -m BASE.gguf --lora {target}" if form == "adapter" else f"llama-cli -m {target}"),
                    travel.gate_line(name, meta)]
@@ -176,7 +177,7 @@ def _adapter(session, name, config, quant, target, meta, notes):
     base, hint = _base_gguf(session)
     text, more = modelfile.build(session.tokenizer, base, meta.get("instruction"), f"./{target.name}", hint)
     notes.extend(more)
-    return write, f"as a LoRA adapter GGUF ({architecture}, {len(planned) // 2} layers, alpha {alpha:g})", text
+    return write, f"as a LoRA adapter GGUF ({architecture}, {len(planned) // 2} matrices, alpha {alpha:g})", text
 
 
 def _lora_tensors(session, name, config) -> tuple[float, list[Planned]]:

