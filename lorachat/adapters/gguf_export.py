@@ -27,7 +27,6 @@ from lorachat.core.names import check_name
 from lorachat.models import converted, gguf_header, gguf_metadata, gguf_names, gguf_writing
 from lorachat.models.gguf_writing import QUANTS, Planned
 
-FORMS = ("merged", "adapter")
 CHANGES_ANSWERS = ("bf16", "q8_0")
 
 
@@ -60,10 +59,7 @@ def export_gguf(session, name: str, file: Path, form: str = "merged", quant: str
             write, described, text = _merged(session, name, config, quant, target, meta, notes, Path(work), progress)
         write_files([(target, write), (model_file, lambda temp: temp.write_text(text, encoding="utf-8"))],
                     f"the GGUF export of '{name}' to {target}")
-    _check_written(target)
-    size = target.stat().st_size
-    shown = f"{size / 1e6:,.1f} MB" if size >= 1e6 else f"{size / 1e3:,.0f} KB"
-    return notes, [f"exported '{name}' {described} to {target} ({shown}, {QUANTS[quant][0]})",
+    return notes, [f"exported '{name}' {described} to {target} ({_checked_size(target)}, {QUANTS[quant][0]})",
                    f"Ollama: {model_file} (ollama create {name} -f {model_file}); llama.cpp: "
                    + (f"llama-cli -m BASE.gguf --lora {target}" if form == "adapter" else f"llama-cli -m {target}"),
                    travel.gate_line(name, meta)]
@@ -228,8 +224,9 @@ def _base_gguf(session) -> tuple[str, str | None]:
     return "./BASE.gguf", f"a GGUF of {session.loaded.name} (llama.cpp's convert_hf_to_gguf.py makes one)"
 
 
-def _check_written(target: Path) -> None:
-    """The file reads back as GGUF to its last tensor byte (milliseconds: the header only)."""
+def _checked_size(target: Path) -> str:
+    """The written file's size, once it reads back as GGUF to its last tensor byte (the header only: milliseconds)."""
     header = gguf_header.read_header(target)
     if not header.tensor_names:
         raise LorachatError(f"{target} was written without tensors")
+    return f"{header.size / 1e6:,.1f} MB" if header.size >= 1e6 else f"{header.size / 1e3:,.0f} KB"

@@ -73,8 +73,9 @@ def _vocabulary(writer, tokenizer, vocab_size: int) -> list[str]:
         raise LorachatError("GGUF export writes byte-level BPE tokenizers (GPT-2, SmolLM, Llama 3, Qwen2 style); "
                             "this base's is not one: export the adapter alone (`:export NAME FILE.gguf adapter`) "
                             "and load it over a GGUF of the base made by llama.cpp's convert_hf_to_gguf.py")
-    tokens, types = _tokens(tokenizer, vocab_size)
-    pre, notes = _pre_tokenizer(backend.get("pre_tokenizer"))
+    tokens, types, notes = _tokens(tokenizer, vocab_size)
+    pre, more = _pre_tokenizer(backend.get("pre_tokenizer"))
+    notes += more
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre(pre)
     writer.add_token_list(tokens)
@@ -82,7 +83,7 @@ def _vocabulary(writer, tokenizer, vocab_size: int) -> list[str]:
     writer.add_token_merges([" ".join(m) if isinstance(m, list) else m for m in model.get("merges") or []])
     for kind in ("bos", "eos", "unk", "pad"):
         token_id = getattr(tokenizer, f"{kind}_token_id", None)
-        if isinstance(token_id, int):
+        if isinstance(token_id, int) and 0 <= token_id < vocab_size:
             getattr(writer, f"add_{kind}_token_id")(token_id)
     ids = tokenizer("a")["input_ids"]            # what tokenizing adds, as llama.cpp must add it too
     writer.add_add_bos_token(tokenizer.bos_token_id is not None and ids[:1] == [tokenizer.bos_token_id])
@@ -92,12 +93,10 @@ def _vocabulary(writer, tokenizer, vocab_size: int) -> list[str]:
     return notes
 
 
-def _tokens(tokenizer, vocab_size: int) -> tuple[list[str], list[int]]:
-    """Every embedding row's token text and type; rows no token uses become `[PADn]`, unused."""
+def _tokens(tokenizer, vocab_size: int) -> tuple[list[str], list[int], list[str]]:
+    """Every embedding row's token text and type (rows no token uses become `[PADn]`, unused), and
+    notes: tokens past the rows (which the model cannot read or write) are left out, and said so."""
     by_id = {i: text for text, i in tokenizer.get_vocab().items()}
-    if by_id and max(by_id) >= vocab_size:
-        raise LorachatError(f"GGUF export: the tokenizer has token id {max(by_id)}, past the model's "
-                            f"{vocab_size} embedding rows")
     added = tokenizer.added_tokens_decoder
     tokens, types = [], []
     for i in range(vocab_size):
@@ -110,7 +109,10 @@ def _tokens(tokenizer, vocab_size: int) -> tuple[list[str], list[int]]:
         else:
             tokens.append(by_id[i])
             types.append(NORMAL)
-    return tokens, types
+    beyond = sorted(text for i, text in by_id.items() if i >= vocab_size)
+    notes = [f"note: the tokenizer's {', '.join(beyond[:3])}{' ...' if len(beyond) > 3 else ''} (id {vocab_size} or "
+             f"more) has no embedding row in the model: left out of the GGUF's vocabulary"] if beyond else []
+    return tokens, types, notes
 
 
 def _pre_tokenizer(pre: dict | None) -> tuple[str, list[str]]:

@@ -114,6 +114,22 @@ def test_from_a_gguf_base_the_metadata_is_the_sources_and_the_adapter_form_adds_
     assert f"FROM {source.resolve()}\nADAPTER ./lora.gguf\n" in modelfile
 
 
+def test_from_the_converted_folder_the_source_is_found_by_its_hash_and_without_it_the_config_speaks(
+        make_session, transcript, tmp_path):
+    from lorachat.models import converted
+
+    source = write_gguf(tmp_path / "tiny-llama.gguf", ffn=96)     # bytes no other test's file has (the cache's index is shared)
+    session = make_session(model=str(converted.ensure_gguf(source, progress=lambda line: None)))
+    shelve(session, ["a"])
+    code, out = transcript(session, [f":export a {tmp_path / 'one' / 'a.gguf'}"])
+    assert code == 0 and "metadata copied from tiny-llama.gguf" in out, out
+    source.rename(tmp_path / "moved.gguf")
+    code, out = transcript(session, [f":export a {tmp_path / 'two' / 'a.gguf'}"])
+    assert code == 0, out
+    assert "note: tiny-llama.gguf (sha256 " in out and ") is not at hand: the metadata is written from the tokenizer and config" in out
+    assert "merged into the base (llama, metadata from its config and tokenizer)" in out
+    assert fields(tmp_path / "two" / "a.gguf")["tokenizer.ggml.pre"] == "gpt2"      # the converted tokenizer's ByteLevel
+
 def test_the_modelfile_has_from_template_stop_and_system(make_session, transcript, tmp_path):
     session = make_session(model=str(model_dir(tmp_path, "llama")))
     shelve(session, ["a"])
