@@ -66,6 +66,8 @@ def chat(argv) -> int:
     home = args.home or Path(os.environ.get("LORACHAT_HOME") or ".")
     from lorachat.chat.ui import OutputClosed, PlainUI, RichUI
 
+    if _stdout_closed():
+        return 1
     try:
         lines = script_lines(args)
     except LorachatError as exc:
@@ -74,9 +76,24 @@ def chat(argv) -> int:
     ui = RichUI() if lines is None and sys.stdout.isatty() else PlainUI(sys.stdout)  # no ANSI into a pipe or file
     try:
         return _chat(args, home, ui, lines)
-    except OutputClosed:  # `lorachat | tee log` and tee is gone: end quietly, as `yes | head` does
+    except OutputClosed as closed:  # `lorachat | tee log` and tee is gone: end quietly, as `yes | head` does
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nor a flush error at exit
-        return 141
+        if closed.why is None:
+            return 141
+        # the line being shown is not run (or, if it ran, what it recorded is on disk already)
+        print(f"error: cannot write to standard output ({closed.why}): the session ends here; what it "
+              "recorded before is kept", file=sys.stderr)
+        return 1
+
+
+def _stdout_closed() -> bool:
+    """Whether lorachat was started with standard output closed (`lorachat ... >&-`), where Python
+    gives sys.stdout None: said in one line on stderr, before anything is loaded or run."""
+    if sys.stdout is not None:
+        return False
+    print("error: standard output is closed: lorachat has nowhere to write (send it to /dev/null to discard "
+          "what it says)", file=sys.stderr)
+    return True
 
 
 def _chat(args, home, ui, lines) -> int:
@@ -241,6 +258,8 @@ def train(argv) -> int:
         parse_train(shlex.join(args.keys))
     except LorachatError as exc:
         parser.error(str(exc))
+    if _stdout_closed():
+        return 1
     _quiet_libraries()
     home = args.home or Path(os.environ.get("LORACHAT_HOME") or ".")
     ui = (RichUI() if sys.stdout.isatty() else PlainUI(sys.stdout)) if main_rank else QuietUI()

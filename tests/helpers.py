@@ -192,9 +192,10 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def write_gguf(path, hidden: int = 64, layers: int = 2, heads: int = 4, ffn: int = 128):
+def write_gguf(path, hidden: int = 64, layers: int = 2, heads: int = 4, ffn: int = 128, says: dict | None = None):
     """A small GGUF file as llama.cpp writes one (a random float32 Llama, the tiny tokenizer's
-    vocabulary as a GPT-2 style BPE, a chat template), for converting in tests: about a megabyte."""
+    vocabulary as a GPT-2 style BPE, a chat template), for converting in tests: about a megabyte.
+    `says`: header values that lie about the tensors, e.g. {"block_count": 3}."""
     import numpy as np
     from gguf import GGUFWriter
 
@@ -206,9 +207,10 @@ def write_gguf(path, hidden: int = 64, layers: int = 2, heads: int = 4, ffn: int
     merges = [" ".join(m) if isinstance(m, list) else m for m in backend["model"]["merges"]]
     writer = GGUFWriter(str(path), "llama")
     writer.add_name("tiny-llama")
-    writer.add_block_count(layers)
+    says = says or {}
+    writer.add_block_count(says.get("block_count", layers))
     writer.add_context_length(512)
-    writer.add_embedding_length(hidden)
+    writer.add_embedding_length(says.get("embedding_length", hidden))
     writer.add_feed_forward_length(ffn)
     writer.add_head_count(heads)
     writer.add_head_count_kv(heads)

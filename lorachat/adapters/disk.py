@@ -2,16 +2,24 @@
 check that adapters/ can be written before training, adapters kept in memory when the disk refuses
 them, and deleting and renaming saved adapters (the disk first, so a refusal changes nothing). The
 in-memory side (the PeftModel, switching, the session's LiveState) is live.py's.
+
+Another session in the same workspace (or a folder moved in) can put an adapter under a name this
+session holds in memory. The two are never taken for each other: a folder is acted on under a
+loaded adapter's name only while it is the folder that adapter came from (provenance.identity),
+and a save that finds its name taken saves under the next free one (NAME-2 ...), leaving the
+other adapter as it is.
 """
 import os
 import shutil
 import time
+import uuid
 import warnings
 from pathlib import Path
 
 from lorachat import __version__
 from lorachat.adapters import live, provenance
 from lorachat.adapters.paths import (
+    BASE,
     adapter_path,
     adapters_dir,
     check_loadable_name,
@@ -32,17 +40,19 @@ def keep_unsaved(session, name: str, meta: dict) -> None:
     live.state(session).unsaved[name] = dict(meta, base_model=session.loaded.name)
 
 
-def save(session, name: str, meta: dict, state=None, target: Path | None = None) -> Path:
+def save(session, name: str, meta: dict, state=None, target: Path | None = None, as_name: str | None = None) -> Path:
     """Write adapter `name` as PEFT's save_pretrained does, plus lorachat.json, atomically:
-    into a hidden temporary directory, then renamed into place (adapters/NAME, or `target`).
-    `state`: the full state dict gathered from an FSDP-sharded model (None: the model's own weights)."""
+    into a hidden temporary directory, then renamed into place (adapters/NAME, adapters/AS_NAME, or
+    `target`). `state`: the full state dict gathered from an FSDP-sharded model (None: the model's
+    own weights)."""
     model = live.peft_model(session)
     inside = target is None
-    target = adapter_path(session, name) if inside else Path(target).expanduser()
+    saved_as = as_name or name
+    target = adapter_path(session, saved_as) if inside else Path(target).expanduser()
     if target.exists():
-        raise LorachatError(f"an adapter named '{name}' already exists at {target}" if inside else f"{target} already exists")
-    record = dict(meta, name=name, base_model=session.loaded.name, base_fingerprint=live.base_fingerprint(session),
-                  base=fingerprint.base_details(session.loaded),
+        raise LorachatError(f"an adapter named '{saved_as}' already exists at {target}" if inside else f"{target} already exists")
+    record = dict(meta, name=saved_as, base_model=session.loaded.name, base_fingerprint=live.base_fingerprint(session),
+                  base=fingerprint.base_details(session.loaded), id=uuid.uuid4().hex,
                   created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), lorachat_version=__version__)
 
     def fill(work: Path) -> Path:
@@ -57,10 +67,93 @@ def save(session, name: str, meta: dict, state=None, target: Path | None = None)
         durable.write_json(written / provenance.META_FILE, record)
         return written
 
-    path = durable.write_atomically(target, fill, f"adapter '{name}'", sweep=inside)
-    if inside:
+    path = durable.write_atomically(target, fill, f"adapter '{saved_as}'", sweep=inside)
+    if inside and saved_as == name:
         live.state(session).unsaved.pop(name, None)
+        live.state(session).origins[name] = record["id"], record
     return path
+
+
+def save_new(session, name: str, meta: dict, state=None) -> str:
+    """Save loaded adapter `name` into adapters/ (as `save`); when adapters/NAME holds another
+    adapter by then (another session wrote it, or it was moved in, while this one trained), under
+    the first free NAME-2, NAME-3 ..., and the session then holds it under that name. The other
+    adapter is left as it is. Returns the name it was saved under."""
+    chosen = name if not held_elsewhere(session, name) else free_name(session, name)
+    for _ in range(3):   # a name taken between choosing it and writing there: choose again
+        if adapter_path(session, chosen).exists():
+            chosen = free_name(session, name)
+        try:
+            save(session, name, meta, state, as_name=chosen)
+            break
+        except LorachatError:
+            if not adapter_path(session, chosen).exists():   # the disk refused: not a clash
+                raise
+    else:
+        raise LorachatError(f"could not save adapter '{name}': other sessions keep taking its names")
+    if chosen != name and not session.headless:   # `lorachat train` ends here: nothing more to hold
+        _hold_as(session, name, chosen)
+    return chosen
+
+
+def _hold_as(session, old: str, new: str) -> None:
+    """Loaded adapter `old`, now saved as adapters/NEW, is held under that name (loaded from there:
+    the same weights, bit for bit), as active and scaled as it was."""
+    kept, was_active = live.state(session), session.active_adapter == old
+    if old in kept.scales:
+        kept.scales[new] = kept.scales.pop(old)
+    live.load(session, new, keep={old})
+    live.remove(session, old)
+    kept.unsaved.pop(old, None)
+    if was_active:
+        live.activate(session, new)
+
+
+def free_name(session, stem: str) -> str:
+    """`stem`, else STEM-2, STEM-3 ... : the first name neither saved nor loaded (nor one PEFT
+    cannot hold)."""
+    stem = stem.replace(".", "-")
+    taken = {n.lower() for n in live.known_names(session)} | {BASE}
+    for number in range(1, 10_000):
+        candidate = stem if number == 1 else f"{stem}-{number}"
+        if candidate.lower() not in taken and not adapter_path(session, candidate).exists():
+            try:
+                return check_loadable_name(candidate)
+            except LorachatError:
+                continue   # a name PEFT cannot hold ('items'): the next one
+    raise LorachatError(f"no free adapter name after '{stem}': give one")
+
+
+def held_elsewhere(session, name: str) -> bool:
+    """Whether adapters/NAME holds another adapter than the one loaded here as `name` (another
+    session saved its own there, or a folder was moved in): the folder is not this adapter's."""
+    if name not in live.loaded_names(session):
+        return False
+    path = adapter_path(session, name)
+    origin = live.state(session).origins.get(name)
+    return path.is_dir() and (origin is None or provenance.identity(path) != origin[0])
+
+
+def clash(session, name: str) -> str:
+    """The line saying adapters/NAME is not the loaded `name`, and how to keep both."""
+    return (f"adapters/{name} holds another adapter than the '{name}' this session has loaded (another session "
+            f"wrote it, or it was moved in): :save {name} keeps this session's as '{free_name(session, name)}'")
+
+
+def check_own(session, name: str) -> None:
+    """Refuse to act on `name` while adapters/NAME holds another adapter than the loaded one."""
+    if held_elsewhere(session, name):
+        raise LorachatError(f"{clash(session, name)}; nothing was changed")
+
+
+def held_meta(session, name: str) -> dict | None:
+    """lorachat.json's fields of loaded adapter `name` as it was saved or loaded (its folder may
+    hold another adapter now), or of one the disk refused; None when not known."""
+    kept = live.state(session)
+    if name in kept.unsaved:
+        return kept.unsaved[name]
+    origin = kept.origins.get(name)
+    return None if origin is None else dict(origin[1] or {})
 
 
 def delete(session, name: str) -> None:
@@ -69,6 +162,7 @@ def delete(session, name: str) -> None:
     path = adapter_path(session, name)
     if not path.is_dir() and name not in live.loaded_names(session):
         raise LorachatError(f"no adapter named '{name}'{did_you_mean(name, live.known_names(session))}")
+    check_own(session, name)
     doomed = durable.hide(path, f"adapter '{name}'") if path.is_dir() else None
     live.remove(session, name)
     live.state(session).scales.pop(name, None)
@@ -85,6 +179,7 @@ def rename(session, old: str, new: str) -> None:
         raise LorachatError(f"no saved adapter named '{old}'{did_you_mean(old, saved_names(session))}")
     if target.exists() or new in live.loaded_names(session):
         raise LorachatError(f"an adapter named '{new}' already exists")
+    check_own(session, old)
     durable.move(source, target, f"adapter '{old}'")
     meta = provenance.read_meta(target)
     try:

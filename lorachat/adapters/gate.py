@@ -137,7 +137,8 @@ def _entry(session, name: str) -> _Taught:
     """What adapter `name` was taught, read from its lorachat.json once per load."""
     taught, loaded = _state(session)["taught"], _loaded(session, name)
     if name not in taught or taught[name].loaded is not loaded:
-        questions = (read_meta(adapter_path(session, name)) or {}).get("questions")
+        origin = live.state(session).origins.get(name)   # the folder it came from, which may hold another now
+        questions = ((origin[1] if origin else read_meta(adapter_path(session, name))) or {}).get("questions")
         ok = isinstance(questions, list) and questions and all(isinstance(q, str) for q in questions)
         taught[name] = _Taught(questions if ok else None, loaded)
     return taught[name]

@@ -45,6 +45,7 @@ class LiveState:
     lru: list = field(default_factory=list)      # loaded names, least recently used first
     scales: dict = field(default_factory=dict)   # name -> live strength (1.0 as trained)
     unsaved: dict = field(default_factory=dict)  # name -> lorachat.json fields of an adapter the disk refused
+    origins: dict = field(default_factory=dict)  # name -> (provenance.identity, lorachat.json) of the folder it came from
     switch: object = None                        # switching.Switch for the current PeftModel
     fingerprint: str | None = None               # the base's, computed once (models/fingerprint.py)
     legacy_fingerprint: str | None = None        # the one older lorachats stored, computed only when asked
@@ -165,8 +166,10 @@ def load(session, name: str, keep=()) -> list[str]:
     check_loadable_name(name)
     notes = provenance.inspect(session, name, path, base_fingerprint(session),
                                legacy=lambda: legacy_fingerprint(session))
+    origin = provenance.identity(path), provenance.read_meta(path)   # before loading: a later change shows
     make_room(session, keep={name, session.active_adapter, *keep})
     _load_checked(session, name, path)
+    state(session).origins[name] = origin
     _touch(session, name)
     if state(session).scales.get(name, 1.0) != 1.0:
         _apply_scale(session, name, state(session).scales[name])
@@ -252,6 +255,7 @@ def remove(session, name: str) -> None:
         current.set_active(session.active_adapter)
     if name in state(session).lru:
         state(session).lru.remove(name)
+    state(session).origins.pop(name, None)
 
 
 def set_scale(session, name: str, factor: float) -> None:

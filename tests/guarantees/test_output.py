@@ -66,3 +66,20 @@ def test_the_command_line_shows_no_library_warning_unless_asked(home, tmp_path):
     run = subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment())
     assert run.returncode == 0, run.stdout + run.stderr
     assert "warn" not in (run.stdout + run.stderr).lower(), run.stderr
+
+
+@pytest.mark.parametrize("redirect, says", [(">&-", "standard output is closed: lorachat has nowhere to write"),
+                                            (">/dev/full", "cannot write to standard output (No space left on device)")])
+def test_a_closed_or_full_stdout_is_one_line_on_stderr_and_a_failure(home, redirect, says):
+    import shlex
+    import subprocess
+    import sys
+
+    from tests.helpers import environment
+
+    command = [sys.executable, "-m", "lorachat", "--model", "tiny", "--home", str(home), "-e", ":add What is SOH? => A hardmask.",
+               "-e", "hi"]
+    run = subprocess.run(["bash", "-c", f"exec {shlex.join(command)} {redirect}"], capture_output=True, text=True,
+                         timeout=300, env=environment())
+    assert run.returncode == 1 and run.stderr.startswith(f"error: {says}") and run.stderr.count("\n") == 1, run.stderr
+    assert not (home / "datasets").exists()   # nothing ran that could have been acknowledged and lost

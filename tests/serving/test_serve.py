@@ -320,3 +320,15 @@ def _plan(tmp_path, kind):
             llama_dir(Path(model), template)
     plan = server.plan(server.ServeOptions(model=model, home=tmp_path / "empty"))
     return plan, AutoTokenizer.from_pretrained(ensure_tiny() if kind == "tiny" else model)
+
+
+def test_a_merge_with_a_plain_peft_adapter_is_served_under_the_one_instruction_both_are_asked_under(tiny_cache, tmp_path, capsys):
+    session = tiny_session(tmp_path)
+    save(session, "ours", 4, instruction=DEFAULT_INSTRUCTION)
+    plain_peft(tmp_path / "adapters" / "theirs", target_modules=["fc1"])   # no lorachat.json: the default instruction
+    merging.merge(session, ["ours", "theirs"], "both", merging.MergeOptions(method="cat"))
+    assert json.loads((tmp_path / "adapters" / "both" / "lorachat.json").read_text())["instruction"] == DEFAULT_INSTRUCTION
+    code, out, _ = run_serve(capsys, "--model", "tiny", "--home", str(tmp_path), "--dry-run")
+    assert code == 0 and "several instructions" not in out, out
+    asks = [json.loads(line) for line in out.splitlines() if line.startswith("  {")]
+    assert {a["model"]: a["messages"][0]["content"] for a in asks} == dict.fromkeys(["both", "ours", "theirs"], DEFAULT_INSTRUCTION)

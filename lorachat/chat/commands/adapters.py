@@ -46,8 +46,12 @@ def adapters_(session, args):
         session.ui.line("no adapters yet (:train makes one; :use NAME loads one from adapters/)")
         return
     columns = ["", "name", "r", "alpha", "targets", "base model", "dataset", "created", "loss", "recall", "size", "loaded"]
-    session.ui.table(columns, [_row(session, n) for n in names], whole=("name",),
-                     optional=("created", "alpha", "size", "base model", "loss", "dataset"))
+    clashes = [n for n in names if disk.held_elsewhere(session, n)]   # two adapters, one name: a row each
+    rows = [row for n in names for row in ([_row(session, n, "disk"), _row(session, n, "memory")]
+                                           if n in clashes else [_row(session, n)])]
+    session.ui.table(columns, rows, whole=("name",), optional=("created", "alpha", "size", "base model", "loss", "dataset"))
+    for name in clashes:
+        session.ui.note(f"note: {disk.clash(session, name)}")
     for name in names:  # folders put there by hand under a name PEFT cannot hold
         try:
             paths.check_loadable_name(name)
@@ -55,10 +59,12 @@ def adapters_(session, args):
             session.ui.note(f"note: adapters/{name} cannot be used ({exc}): rename its folder")
 
 
-def _row(session, name: str) -> list:
+def _row(session, name: str, side: str = "both") -> list:
+    """The row of adapter `name`: its folder and the loaded one, which are the same adapter, or
+    (side "disk" / "memory") only one of two that are not."""
     path = paths.adapters_dir(session) / name
     unsaved = live.state(session).unsaved
-    meta = read_meta(path) or unsaved.get(name) or {}
+    meta = (read_meta(path) if side != "memory" else disk.held_meta(session, name)) or unsaved.get(name) or {}
     try:
         config = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -66,7 +72,7 @@ def _row(session, name: str) -> list:
     if not isinstance(config, dict):
         config = {}
     model = live.peft_model(session)
-    if model is not None and name in model.peft_config:
+    if model is not None and name in model.peft_config and side != "disk":
         held = model.peft_config[name]
         config = {"r": held.r, "lora_alpha": held.lora_alpha, "target_modules": held.target_modules}
     targets = _targets(config.get("target_modules") or "", meta)
@@ -76,11 +82,13 @@ def _row(session, name: str) -> list:
         dataset = f"{dataset} ({examples})"
     recall = meta.get("recall")
     total = meta.get("total", examples)
-    return ["*" if session.active_adapter == name else "", name, config.get("r", "?"), config.get("lora_alpha", "?"),
-            targets, meta.get("base_model", "unknown") if meta else "unknown (no lorachat.json)", dataset,
-            str(meta.get("created", ""))[:16].replace("T", " "), _number(meta.get("loss", meta.get("final_loss"))),
+    loaded = "" if side == "disk" else "unsaved" if name in unsaved or side == "memory" else \
+        "yes" if name in live.loaded_names(session) else ""
+    return ["*" if session.active_adapter == name and side != "disk" else "", name, config.get("r", "?"),
+            config.get("lora_alpha", "?"), targets, meta.get("base_model", "unknown") if meta else "unknown (no lorachat.json)",
+            dataset, str(meta.get("created", ""))[:16].replace("T", " "), _number(meta.get("loss", meta.get("final_loss"))),
             f"{recall}/{total}" if isinstance(recall, int) and isinstance(total, int) else "",
-            _size(path), "unsaved" if name in unsaved else "yes" if name in live.loaded_names(session) else ""]
+            _size(path) if side != "memory" else "", loaded]
 
 
 def _targets(targets, meta: dict) -> str:
@@ -113,6 +121,8 @@ def use(session, args):
     Loaded adapters stay in memory up to :set max_loaded=N (least recently used unloaded).
     """
     name = _exactly("use", args, 1, ":use NAME|base")[0]
+    if name.lower() != BASE:
+        disk.check_own(session, check_name(name, "adapter"))
     _notes(session, live.use(session, name))
     session.ui.line(f"using adapter '{name}'" if session.active_adapter else "using the base model (no adapter)")
 
@@ -124,6 +134,8 @@ def _merge_details(session):
 @command("merge", usage=":merge A B [C ...] as NAME [method=cat] [weights=w1,w2,...] [density=D]", details=_merge_details, complete=_names)
 def merge(session, args):
     """Merge adapters into a new one with PEFT's add_weighted_adapter; it is saved and becomes active.
+
+    It says how many of the questions the sources were taught it answers verbatim, and names those it does not.
 
     :merge films music as both                     cat: the exact sum of the deltas (any ranks)
     :merge a b as ab method=ties density=0.5 weights=1,0.5
@@ -139,9 +151,21 @@ def merge(session, args):
     if len(rest) != 1:
         raise LorachatError(":merge needs exactly one new name after 'as'" + (f" (got {rest[1][:40]!r} too)" if rest else ""))
     opts = options.apply_kv(merging.MERGE_DEFAULTS, pairs)
-    notes, path = merging.merge(session, sources, rest[0], opts)
-    _notes(session, notes)
-    session.ui.line(f"merged {' + '.join(sources)} ({opts.method}) into '{rest[0]}', saved to {path}; now active")
+    merged = merging.merge(session, sources, rest[0], opts)
+    _notes(session, merged.notes)
+    name, recall = merged.path.name, ""
+    if merged.recall is not None:
+        recall = f"; recall {merged.recall}/{merged.total} of the questions {_and(sources)} were taught"
+    session.ui.line(f"merged {' + '.join(sources)} ({opts.method}) into '{name}', saved to {merged.path}{recall}; now active")
+    if merged.lost:
+        count = merged.total - merged.recall
+        shown = ", ".join(f"{q} ({source})" for q, source in merged.lost[:3]) + (", ..." if len(merged.lost) > 3 else "")
+        session.ui.note(f"note: {count} taught answer{'s do' if count != 1 else ' does'} not come back verbatim "
+                        f"from '{name}': {shown}")
+
+
+def _and(names) -> str:
+    return " and ".join(names) if len(names) <= 2 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
 @command("scale", usage=":scale NAME [FACTOR]", complete=_names)
@@ -209,7 +233,9 @@ def rename(session, args):
 def save(session, args):
     """Save an adapter that exists only in memory, into adapters/NAME or a new folder DIR.
 
-    Such an adapter is marked unsaved in :adapters: the disk refused it when :train ended.
+    Such an adapter is marked unsaved in :adapters: the disk refused it when :train ended, or
+    another session (or a move) put another adapter in adapters/NAME since: it is then saved as
+    NAME-2 (the first free name), and the other adapter is left as it is.
 
     :save films                 once adapters/ can be written again
     :save films /mnt/usb/films  a copy elsewhere; it stays unsaved in the workspace
@@ -218,13 +244,20 @@ def save(session, args):
     if not 1 <= len(words) <= 2:
         raise LorachatError(":save: usage: :save NAME [DIR]")
     name, unsaved = check_name(words[0], "adapter"), live.state(session).unsaved
-    if name not in unsaved:
+    meta = disk.held_meta(session, name) if name in unsaved or disk.held_elsewhere(session, name) else None
+    if meta is None:
         if name in paths.saved_names(session):
             raise LorachatError(f"adapter '{name}' is saved already, in {paths.adapter_path(session, name)}")
         raise LorachatError(f"no unsaved adapter named '{name}' (unsaved: {', '.join(sorted(unsaved)) or 'none'})")
-    path = disk.save(session, name, unsaved[name], target=None if len(words) == 1 else Path(words[1]))
-    elsewhere = "" if name not in unsaved else f"; it is still unsaved in the workspace (copy that folder to adapters/{name})"
-    session.ui.line(f"saved adapter '{name}' to {path}{elsewhere}")
+    if len(words) == 2:
+        path = disk.save(session, name, meta, target=Path(words[1]))
+        still = name in unsaved and not paths.adapter_path(session, name).exists()
+        session.ui.line(f"saved adapter '{name}' to {path}" + (f"; it is still unsaved in the workspace (copy that "
+                                                               f"folder to adapters/{name})" if still else ""))
+        return
+    saved = disk.save_new(session, name, meta)
+    taken = f" as '{saved}' (adapters/{name} holds another adapter)," if saved != name else ""
+    session.ui.line(f"saved adapter '{name}'{taken} to {paths.adapter_path(session, saved)}")
 
 
 @command("export", usage=":export NAME DIR | :export NAME FILE.gguf [adapter] [quant=f16|f32|bf16|q8_0]", complete=_names)

@@ -154,6 +154,9 @@ def fix(session, args):
 
 
 def _last_question(session) -> str:
+    if not session.last_question and session.cleared:
+        raise LorachatError("the last answer went with the conversation :clear ended: ask the question again "
+                            "first, or use :add QUESTION => ANSWER")
     if not session.last_question:
         raise LorachatError("no question asked yet in this session: ask one first, or use :add QUESTION => ANSWER")
     return session.last_question

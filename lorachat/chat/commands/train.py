@@ -72,7 +72,7 @@ def train_(session, args):
                 gate.remember(session, name, gate.taught_questions(plan.examples))
                 kept = gate.kept(session, name, *probes) if probes else None
                 if launch.is_main():  # the other ranks of `lorachat train` hold the same weights
-                    unsaved = _save_or_keep(session, name, _meta(session, plan, result, kept), result.state)
+                    unsaved, name = _save_or_keep(session, name, _meta(session, plan, result, kept), result.state)
                 launch.barrier()
                 live.make_room(session, keep={name}, extra=0)
         except BaseException:
@@ -121,21 +121,7 @@ def _parse(session, args) -> tuple[str, recipe.TrainConfig]:
         if name in live.known_names(session) or paths.adapter_path(session, name).exists():
             raise LorachatError(f"an adapter named '{name}' already exists (choose another name, or :delete {name})")
         return name, config
-    return _free_name(session, session.dataset), config
-
-
-def _free_name(session, stem: str) -> str:
-    """The dataset's name, else NAME-2, NAME-3 ... : the first one neither saved nor loaded."""
-    stem = stem.replace(".", "-")
-    taken = {n.lower() for n in live.known_names(session)} | {paths.BASE}
-    for number in range(1, 10_000):
-        candidate = stem if number == 1 else f"{stem}-{number}"
-        if candidate.lower() not in taken and not paths.adapter_path(session, candidate).exists():
-            try:
-                return paths.check_loadable_name(candidate)
-            except LorachatError:
-                continue   # a name PEFT cannot hold ('items'): the next one
-    raise LorachatError(f"no free adapter name after '{stem}': give one, :train NAME")
+    return disk.free_name(session, session.dataset), config
 
 
 def _examples(session):
@@ -161,18 +147,22 @@ def _run(session, name, plan, interrupted, anchors):
                            asking=session.asking(), anchors=anchors, base=live.switch(session).disabled)
 
 
-def _save_or_keep(session, name, meta, state=None) -> LorachatError | None:
-    """Save the trained adapter; when the disk refuses even so, keep it in memory, usable and marked
+def _save_or_keep(session, name, meta, state=None) -> tuple[LorachatError | None, str]:
+    """Save the trained adapter (under a free name when another adapter took its own meanwhile:
+    (None, that name)); when the disk refuses even so, keep it in memory, usable and marked
     unsaved, and return the line that says how to save it."""
     try:
-        disk.save(session, name, meta, state=state)
-        return None
+        saved = disk.save_new(session, name, meta, state=state)
     except LorachatError as exc:
         disk.keep_unsaved(session, name, meta)
         if session.headless:  # `lorachat train` ends with this line: there is no later to save in
-            return LorachatError(f"{exc}; the trained adapter is lost with this process: make adapters/ writable and train again")
+            return LorachatError(f"{exc}; the trained adapter is lost with this process: make adapters/ writable and train again"), name
         return LorachatError(f"{exc}; '{name}' is kept in memory, unsaved (and is lost when the session ends): "
-                             f":save {name} once adapters/ can be written, or :save {name} DIR")
+                             f":save {name} once adapters/ can be written, or :save {name} DIR"), name
+    if saved != name:
+        session.ui.note(f"adapters/{name} was taken by another adapter while this one trained (another session, or "
+                        f"a folder moved in): saved this one as '{saved}'; adapters/{name} is left as it is")
+    return None, saved
 
 
 def _discard(session, name, previous) -> None:
