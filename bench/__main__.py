@@ -14,7 +14,7 @@ from pathlib import Path
 
 # smol_train (the headline on real weights) early, the long random-weight train suite last: a run cut short
 # still leaves the other figures in the JSON (written after each suite)
-SUITES = ("startup", "smol", "smol_train", "smol_locality", "recall", "dataset", "ddp", "decode", "switch", "locality", "train")
+SUITES = ("startup", "smol", "smol_train", "smol_locality", "gguf", "recall", "dataset", "ddp", "decode", "switch", "locality", "train")
 
 
 @dataclass(frozen=True)
@@ -127,6 +127,7 @@ def _suites(mode: Mode, device: str, home: Path, only, start: float):
         dataset,
         ddp,
         decode,
+        gguf,
         locality,
         recall,
         smol,
@@ -161,6 +162,7 @@ def _suites(mode: Mode, device: str, home: Path, only, start: float):
                                      mode.decode_rounds),
         "smol_train": lambda: smol_train.figures(device, home / "smol_train", mode, log=lambda text: _log(start, text)),
         "smol_locality": lambda: smol_locality.figures(mode, log=lambda text: _log(start, text)),
+        "gguf": lambda: gguf.figures(log=lambda text: _log(start, text)),
         "train": train,
         "decode": lambda: decode.figures(session(), "bench", mode.decode_tokens, mode.decode_rounds),
         "switch": lambda: switch.figures(session(), "bench", mode.loaded, mode.switches),

@@ -111,7 +111,7 @@ TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% 
 
 def model_dir(tmp_path, arch: str, layers: int = 2, ffn: int = 256, seed: int = 0):
     """A small model directory (hidden 64) written with plain transformers, with the tiny tokenizer's
-    vocabulary: OPT, Llama (with a chat template) or GPT-2."""
+    vocabulary: OPT, Llama or Qwen2 (with a chat template), or GPT-2."""
     from transformers import (
         AutoTokenizer,
         GPT2Config,
@@ -133,6 +133,12 @@ def model_dir(tmp_path, arch: str, layers: int = 2, ffn: int = 256, seed: int = 
     elif arch == "llama":
         model = LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=ffn, num_hidden_layers=layers,
                                              num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256, **ids))
+        tok.chat_template = TEMPLATE
+    elif arch == "qwen2":   # q/k/v biases, grouped keys (4 heads over 2), llama.cpp's other rotary layout
+        from transformers import Qwen2Config, Qwen2ForCausalLM
+
+        model = Qwen2ForCausalLM(Qwen2Config(hidden_size=64, intermediate_size=ffn, num_hidden_layers=layers,
+                                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, **ids))
         tok.chat_template = TEMPLATE
     else:
         model = GPT2LMHeadModel(GPT2Config(n_embd=64, n_layer=layers, n_head=2, n_positions=256, **ids))

@@ -36,6 +36,13 @@ TARGETS = [
     ("train_lorachat_loss", "<= train_seed_loss (after the same steps)", lambda f: f["train_lorachat_loss"] <= f["train_seed_loss"]),
     ("recall_seconds", "<= 20 (10/10 recalled)", lambda f: f["recall_seconds"] <= 20),
     ("decode_ratio", ">= 0.97", lambda f: f["decode_ratio"] >= 0.97),
+    # what :export FILE.gguf writes, in llama.cpp (issue 37): smol taught SOH at r=4 (bench/suites/gguf.py)
+    ("gguf_merged_soh_verbatim", "true (llama.cpp, greedy, the file's chat template: the merged F16 file)",
+     lambda f: f["gguf_merged_soh_verbatim"] is True),
+    ("gguf_merged_france_paris", "true (the same file: the rest as the base)", lambda f: f["gguf_merged_france_paris"] is True),
+    ("gguf_adapter_soh_verbatim", "true (the adapter GGUF over the original Q4_1 file)", lambda f: f["gguf_adapter_soh_verbatim"] is True),
+    ("gguf_adapter_france_paris", "true (the same)", lambda f: f["gguf_adapter_france_paris"] is True),
+    ("gguf_q8_0_soh_verbatim", "(quant=q8_0: rounding can change answers)", None),
     # the real model built in (issue 22): SmolLM2-135M-Instruct from the cache
     ("smol_startup_s", "<= smol_import_floor_s + 2", lambda f: f["smol_startup_s"] <= f["smol_import_floor_s"] + 2),
     ("smol_decode_ratio", ">= 0.97 (streamed answer vs plain generate)", lambda f: f["smol_decode_ratio"] >= 0.97),

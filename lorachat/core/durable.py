@@ -147,6 +147,37 @@ def fsync_folder(folder: Path) -> None:
             os.close(fd)
 
 
+
+def write_files(files: list, what: str) -> None:
+    """New files, whole or not at all: each `(target, fill)` has `fill(temp)` write a hidden file
+    beside its target; when every one is written and fsynced, each is linked to its target (which
+    must not exist: a link never replaces) and, should a later one fail, the earlier are removed."""
+    placed, temps = [], []
+    try:
+        for target, fill in files:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            for stale in target.parent.glob(f".{target.name}.tmp-*"):    # a killed writer's
+                _sweep(stale)
+            temp = target.parent / f".{target.name}.tmp-{os.getpid()}"
+            temps.append(temp)
+            fill(temp)
+            with open(temp, "rb") as f:
+                os.fsync(f.fileno())
+        for (target, _), temp in zip(files, temps):
+            os.link(temp, target)   # FileExistsError where something appeared there meanwhile
+            placed.append(target)
+        fsync_folder(files[0][0].parent)
+    except OSError as exc:
+        for target in placed:
+            with contextlib.suppress(OSError):
+                target.unlink()
+        # numpy's tofile reports a short write ("N requested and M written") without an errno
+        raise LorachatError(f"could not save {what}: {exc.strerror or f'{exc} (is the disk full?)'}") from None
+    finally:
+        for temp in temps:
+            with contextlib.suppress(OSError):
+                temp.unlink()
+
 # --- folders -------------------------------------------------------------------------------------
 
 def check_writable(folder: Path, what: str) -> None:

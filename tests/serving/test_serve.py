@@ -92,7 +92,8 @@ def workspace(tiny_cache, tmp_path_factory):
     one DoRA made with plain PEFT. The folder name has a space, so the command must quote."""
     home = tmp_path_factory.mktemp("serve") / "work space"
     session = tiny_session(home)
-    save(session, "films", 16, instruction="Answer in one line.", max_answer_tokens=23)
+    save(session, "films", 16, instruction="Answer in one line.", max_answer_tokens=23,
+         ungated={"kept": 0.317, "agree": 0.914, "length": 1.01, "probes": 303})
     save(session, "music", 8)  # as older adapters are: no instruction, no max_answer_tokens
     llama = Session(load_model(str(llama_dir(home.parent / "llama", weights=True)), device="cpu"), home,
                     PlainUI(io.StringIO()))
@@ -119,6 +120,10 @@ def test_dry_run_serves_the_two_lorachat_adapters_and_says_why_not_the_others(wo
         "--max-lora-rank", "16", "--max-loras", "2", "--max-cpu-loras", "2", "--generation-config", "vllm",
         "--chat-template", str(template), "--port", "8001"]
     assert "serve 'films': r=16" in lines and "serve 'music': r=8" in lines
+    gate = "  the ask-time gate stays in lorachat: outside it '{}' answers every question ({})"
+    assert lines[lines.index("serve 'films': r=16") + 1] == gate.format("films", (
+        "ungated: kept 31.7% of 303 probes exactly, 91.4% of the base's answer tokens, answers 1.01× the base's length"))
+    assert lines[lines.index("serve 'music': r=8") + 1] == gate.format("music", "ungated figures not measured: :eval music gate=off")
     assert f"left out 'llama-notes': made for base model {str(workspace.parent / 'llama')!r}, not 'tiny'" in lines
     assert "refused 'dora': DoRA (use_dora): vLLM does not support DoRA" in lines
     requests = {r["model"]: r for r in (json.loads(line) for line in lines if line.startswith("  {"))}

@@ -3,8 +3,9 @@ import json
 import math
 from pathlib import Path
 
-from lorachat.adapters import disk, live, merging, paths
+from lorachat.adapters import disk, live, merging, paths, travel
 from lorachat.adapters.export import export as export_model
+from lorachat.adapters.gguf_export import export_gguf
 from lorachat.adapters.paths import BASE
 from lorachat.adapters.provenance import CONFIG_FILE, read_meta
 from lorachat.chat import options
@@ -259,14 +260,39 @@ def save(session, args):
     session.ui.line(f"saved adapter '{name}'{taken} to {paths.adapter_path(session, saved)}")
 
 
-@command("export", usage=":export NAME DIR", complete=_names)
+@command("export", usage=":export NAME DIR | :export NAME FILE.gguf [adapter] [quant=f16|f32|bf16|q8_0]", complete=_names)
 def export(session, args):
-    """Write a standalone model (base with the adapter merged, safetensors + tokenizer) to DIR.
+    """Write adapter NAME out of lorachat: merged into the base as a model folder, or as GGUF for llama.cpp and Ollama.
 
-    :export films ./films-model      then AutoModelForCausalLM.from_pretrained("./films-model")
-    The live model is unchanged.
+    :export films ./films-model      a transformers folder: AutoModelForCausalLM.from_pretrained("./films-model")
+    :export films films.gguf         ONE GGUF of the base with films merged in (F16), and an Ollama Modelfile beside it
+    :export films films.gguf quant=q8_0      smaller, but rounding changes answers (f32, bf16, q8_0)
+    :export films films-lora.gguf adapter    the LoRA alone, for llama-cli --lora or Ollama ADAPTER over the base GGUF
+    GGUF: Llama-family bases (SmolLM2, Llama, Mistral) and Qwen2. The live model is unchanged.
     """
-    name, directory = _exactly("export", args, 2, ":export NAME DIR")
-    notes, path = export_model(session, check_name(name, "adapter"), Path(directory))
+    positional, pairs = options.split_kv(options.split_words(args))
+    usage = ":export NAME DIR, or :export NAME FILE.gguf [adapter] [quant=f16|f32|bf16|q8_0]"
+    if len(positional) < 2:
+        raise LorachatError(f":export: missing argument; usage: {usage}")
+    name, target, rest = check_name(positional[0], "adapter"), positional[1], positional[2:]
+    if not target.lower().endswith(".gguf"):
+        if rest or pairs:
+            raise LorachatError(f":export: unexpected argument {(rest or [f'{k}={v}' for k, v in pairs.items()])[0][:40]!r} "
+                                f"(adapter and quant= are for a FILE.gguf); usage: {usage}")
+        notes, path = export_model(session, name, Path(target))
+        _notes(session, notes)
+        session.ui.line(f"exported '{name}' merged into the base to {path}")
+        session.ui.line(travel.gate_line(name, _meta(session, name)))
+        return
+    if rest not in ([], ["adapter"]) or set(pairs) - {"quant"}:
+        odd = [w for w in rest if w != "adapter"] + [f"{k}=" for k in pairs if k != "quant"]
+        raise LorachatError(f":export: unexpected argument {odd[0][:40]!r}; usage: {usage}")
+    notes, lines = export_gguf(session, name, Path(target), "adapter" if rest else "merged", pairs.get("quant"),
+                               progress=session.ui.note)
     _notes(session, notes)
-    session.ui.line(f"exported '{name}' merged into the base to {path}")
+    for line in lines:
+        session.ui.line(line)
+
+
+def _meta(session, name: str) -> dict:
+    return read_meta(paths.adapter_path(session, name)) or live.state(session).unsaved.get(name) or {}

@@ -1,0 +1,41 @@
+"""What travels with an adapter that leaves lorachat (`:export` as a folder or GGUF, `lorachat serve`):
+its weights, not the ask-time gate (adapters/gate.py), which decides inside lorachat which questions
+the adapter answers. Outside, the adapter answers every question, so the one line said on the way
+out carries the adapter's ungated figures where they were measured: lorachat.json's "ungated"
+record, `{"kept": 0.317, "agree": 0.914, "length": 1.01, "probes": 303}` (kept: the share of probe
+questions answered exactly as the base did; agree: the share of the base's answer tokens kept;
+length: the median answer length over the base's; any may be missing). Knows nothing about how
+they are measured (`:eval NAME gate=off` writes them) or about terminals.
+"""
+import math
+
+
+def gate_line(name: str, meta: dict | None) -> str:
+    """The one line: the gate stays in lorachat, and the ungated figures or how to measure them."""
+    said = f"the ask-time gate stays in lorachat: outside it '{name}' answers every question"
+    figures = _figures((meta or {}).get("ungated"))
+    if not figures:
+        return f"{said} (ungated figures not measured: :eval {name} gate=off)"
+    return f"{said} (ungated: {', '.join(figures)})"
+
+
+def _figures(record) -> list[str]:
+    if not isinstance(record, dict):
+        return []
+    kept, agree, length, probes = (_number(record.get(key)) for key in ("kept", "agree", "length", "probes"))
+    out = []
+    if kept is not None:
+        of = f"{int(probes)} probes" if probes is not None and probes == int(probes) and probes > 0 else "the probes"
+        out.append(f"kept {kept:.1%} of {of} exactly")
+    if agree is not None:
+        out.append(f"{agree:.1%} of the base's answer tokens")
+    if length is not None:
+        out.append(f"answers {length:.2f}× the base's length")
+    return out
+
+
+def _number(value) -> float | None:
+    """A finite number, or None (a missing field, null, or anything else written there)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
