@@ -156,6 +156,22 @@ def held_meta(session, name: str) -> dict | None:
     return None if origin is None else dict(origin[1] or {})
 
 
+def record(session, name: str, fields: dict) -> bool:
+    """Add `fields` to saved adapter `name`'s lorachat.json (atomically), and to what the session
+    holds of it; False, and nothing written, when it is not saved here as the loaded one (unsaved,
+    no lorachat.json, or the folder holds another session's adapter now)."""
+    path = adapter_path(session, name)
+    meta = provenance.read_meta(path)
+    if meta is None or held_elsewhere(session, name):
+        return False
+    meta.update(fields)
+    durable.replace_file(path / provenance.META_FILE, durable.json_bytes(meta), failed=f"could not update {path}")
+    origin = live.state(session).origins.get(name)
+    if origin is not None:
+        live.state(session).origins[name] = origin[0], meta
+    return True
+
+
 def delete(session, name: str) -> None:
     """Unload adapter `name` and remove its directory (hidden first: a crash leaves nothing half-deleted
     in view). The disk goes first: when it refuses, memory is left exactly as it was."""

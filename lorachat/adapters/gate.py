@@ -16,10 +16,9 @@ vLLM apply an adapter to every question. Knows nothing about terminals, training
 import contextlib
 from dataclasses import dataclass
 
-from lorachat.adapters import base_cache, live
+from lorachat.adapters import base_cache, disk, live
 from lorachat.adapters.paths import adapter_path
-from lorachat.adapters.provenance import META_FILE, identity, read_meta
-from lorachat.core import durable
+from lorachat.adapters.provenance import read_meta
 from lorachat.core.prompts import asked, prompt_ids
 from lorachat.models.loader import SMALL_MODEL, base_size
 from lorachat.routing import reading, router
@@ -179,15 +178,13 @@ def add_phrasing(session, name: str, example) -> bool:
     taught = [k for k in entry.keys.keys if k.answer == answer and k.instruction == instruction]
     if not taught or any(k.question == question for k in entry.keys.keys):
         return False
-    folder, origin = adapter_path(session, name), live.state(session).origins.get(name)
-    meta = read_meta(folder)
-    if meta is None or not isinstance(meta.get("keys"), list) or origin and identity(folder) != origin[0]:
-        return False   # not saved, recorded before keys, or the folder holds another session's adapter now
-    meta["keys"] = meta["keys"] + [dict(instruction=instruction, question=question, answer=answer, added=True)]
-    durable.write_json(folder / META_FILE, meta)
-    if origin:
-        live.state(session).origins[name] = origin[0], meta
-    entry.keys = _keys(meta["keys"], None)
+    meta = read_meta(adapter_path(session, name)) or {}
+    if not isinstance(meta.get("keys"), list):
+        return False   # not saved, or recorded before keys
+    keys = meta["keys"] + [dict(instruction=instruction, question=question, answer=answer, added=True)]
+    if not disk.record(session, name, {"keys": keys}):
+        return False
+    entry.keys = _keys(keys, None)
     return True
 
 

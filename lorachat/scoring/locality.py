@@ -33,6 +33,7 @@ from lorachat.scoring.batches import (
 )
 
 PROBES, ANCHORS = "probes", "anchors"
+LENGTH_PROBES, LENGTH_TOKENS = 32, 64   # answer length: greedy answers to the first 32 probes, at most 64 tokens
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,19 @@ def as_turns(tokenizer, questions, ref: Reference) -> list[tuple[str, str]]:
 def items_of(ref: Reference) -> list[tuple[list[int], list[int]]]:
     """(input_ids, labels) per reference answer: prompt masked, the base's answer carries the loss."""
     return [(list(p) + list(a), [IGNORE] * len(p) + list(a)) for p, a in zip(ref.prompts, ref.answers)]
+
+
+def length_ratio(answers, base_answers, eos) -> float:
+    """The median length of `answers` over the median of `base_answers` (token ids each; tokens
+    before EOS, all of them where the answer ran to its limit): how an adapter's answers to
+    unrelated questions compare with the base's in length (0.12: one short line where the base
+    writes a paragraph)."""
+    import statistics
+
+    def length(answer) -> int:
+        return len(answer) - 1 if answer and eos is not None and answer[-1] == eos else len(answer)
+
+    return statistics.median(map(length, answers)) / max(statistics.median(map(length, base_answers)), 1)
 
 
 def score(model, tokenizer, ref: Reference, options: LocalityOptions = DEFAULTS) -> Locality:

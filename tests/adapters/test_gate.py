@@ -153,3 +153,21 @@ def test_reading_stops_early_and_matches_the_full_forward_pass(tmp_path):
             with torch.no_grad():
                 full = model(input_ids=torch.tensor([tokenizer(text)["input_ids"]]), output_hidden_states=True)
             assert torch.allclose(states, full.hidden_states[1][0].float(), atol=1e-5), folder
+
+
+def test_eval_with_the_gate_off_measures_what_travels_and_the_export_says_it(shelved, transcript, tmp_path):
+    """:eval NAME gate=off: every question the adapter's, as :export and vLLM serve it; the answer
+    length joins kept and agree, all three recorded in lorachat.json, and :export says them."""
+    session = shelved
+    transcript(session, [":add What is SOH? => A film.", ":use a"])
+    code, out = transcript(session, [":eval a builtin=8 gate=off"])
+    assert code == 0 and "every question the adapter's (gate=off)" in out, out
+    row = next(line.split() for line in out.splitlines() if line.startswith("a "))
+    kept, agree, length = row[3], row[4], row[5]
+    assert length.endswith("×") and kept != "100.0%"
+    ungated = json.loads((paths.adapter_path(session, "a") / "lorachat.json").read_text())["ungated"]
+    assert ungated["probes"] == 8 and f"{100 * ungated['kept']:.1f}%" == kept and f"{ungated['length']:.2f}×" == length
+    assert f"{100 * ungated['agree']:.1f}%" == agree
+    code, out = transcript(session, [f":export a {tmp_path / 'out'}"])
+    assert code == 0 and f"(ungated: kept {ungated['kept']:.1%} of 8 probes exactly" in out, out
+    assert session.settings.gate == "auto"   # :eval's key is for that measurement only

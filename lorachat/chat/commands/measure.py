@@ -59,13 +59,14 @@ class EvalOptions:
     probes: Optional[str] = field(default=None, metadata={"help": "a dataset whose questions are added to the built-in probes"})
     builtin: Optional[int] = field(default=None, metadata={"help": "how many of the built-in probe questions (none: all; 0: only probes=NAME's)", "min": 0, "max": 100_000})
     probe_tokens: int = field(default=locality.DEFAULTS.max_new_tokens, metadata={"help": "tokens of each base answer compared", "min": 1, "max": 512})
+    gate: Optional[str] = field(default=None, metadata={"help": "off: every adapter answers every question, as :export and vLLM serve it (also measures answer length and records these ungated figures in lorachat.json); none: as :set gate", "choices": ("on", "off")})
 
 
 def _eval_details(session):
     session.ui.table(["key", "default", "meaning"], [list(r) for r in options.describe(EvalOptions())])
 
 
-@command("eval", usage=":eval [NAME ...] [dataset=NAME] [limit=N] [probes=NAME] [builtin=N] [probe_tokens=16]",
+@command("eval", usage=":eval [NAME ...] [dataset=NAME] [limit=N] [probes=NAME] [builtin=N] [probe_tokens=16] [gate=off]",
          details=_eval_details, complete=_names_and_base)
 def eval_(session, args):
     """Measure the base and each adapter: loss and recall on a dataset, and what it keeps of the base.
@@ -79,9 +80,20 @@ def eval_(session, args):
     agree: share of the base's answer tokens the adapter predicts (teacher-forced, EasyEdit's metric).
     Every question is asked alone, without the conversation (a taught example with turns of its own
     is asked after them).
+    :eval NAME gate=off        what NAME does outside lorachat (:export, vLLM, llama.cpp): every
+    question its own, answer length against the base's too; recorded in its lorachat.json
     """
     positional, pairs = options.split_kv(options.split_words(args))
     opts = options.apply_kv(EvalOptions(), pairs)
+    setting = session.settings.gate
+    session.settings.gate = opts.gate or setting
+    try:
+        _evaluate(session, positional, opts)
+    finally:
+        session.settings.gate = setting
+
+
+def _evaluate(session, positional, opts):
     dataset = check_name(opts.dataset or session.dataset, "dataset")
     names = [BASE if w.lower() == BASE else w for w in positional] or live.loaded_names(session)
     names = [BASE] + [n for n in names if n != BASE]
@@ -108,16 +120,41 @@ def eval_(session, args):
         notes, rows = side_by_side.evaluate(session, names, encoded, on_batch, probes, settings)
     _notes(session, notes + _alone(session))
     questions = sum(1 for e in encoded.examples if e.text is None)
+    lengths = _ungated(session, rows) if opts.gate == "off" else {}
     table = [[n, f"{loss:.4f}", f"{k}/{questions}", _share(kept and kept.kept), _share(kept and kept.agreement)]
-             for n, loss, k, kept in rows]
+             + ([f"{lengths[n]:.2f}×" if n in lengths else "1.00×"] if lengths else []) for n, loss, k, kept in rows]
     shown = f"{total} example{'' if total == 1 else 's'}" + (f", {encoded.skipped} longer than the model's {encoded.limit} positions left out" if encoded.skipped else "")
     probed = f"{len(builtin)} built-in" + (f" + {len(extra)} from '{opts.probes}'" if extra else "")
-    session.ui.table(["adapter", "loss", "recall", "kept", "agree"], table,
-                     title=f"dataset '{dataset}' ({shown}); probes: {probed}, {opts.probe_tokens} tokens")
+    session.ui.table(["adapter", "loss", "recall", "kept", "agree"] + (["length"] if lengths else []), table,
+                     title=f"dataset '{dataset}' ({shown}); probes: {probed}, {opts.probe_tokens} tokens"
+                           + (", every question the adapter's (gate=off)" if opts.gate == "off" else ""))
+    if lengths:
+        session.ui.note(f"length: median answer length to the first {locality.LENGTH_PROBES} built-in probes over the "
+                        f"base's (at most {locality.LENGTH_TOKENS} tokens); recorded as each adapter's ungated figures")
     for name in names:
         said = gate.lessons(session, name) if name != BASE else None
         if said:
             session.ui.note(f"{name}: {said}")
+
+
+def _ungated(session, rows) -> dict:
+    """{adapter: answer length over the base's}, each measured active with no gate, and its ungated
+    figures recorded in its lorachat.json (what :export, `lorachat serve` and a GGUF export say they ship)."""
+    from lorachat.adapters import disk
+
+    previous, lengths = session.active_adapter, {}
+    try:
+        for name, _, _, kept in rows:
+            if name == BASE:
+                continue
+            live.activate(session, name)
+            lengths[name] = side_by_side.length_ratio(session)
+            if kept is not None:
+                disk.record(session, name, {"ungated": dict(kept=round(kept.kept, 4), agree=round(kept.agreement, 4),
+                                                            length=round(lengths[name], 3), probes=kept.questions)})
+    finally:
+        live.activate(session, previous if previous in live.loaded_names(session) else None)
+    return lengths
 
 
 def _eval_examples(session, dataset: str, limit: int):
