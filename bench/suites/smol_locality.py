@@ -4,9 +4,9 @@ ten pairs, until every answer comes back verbatim. The measurement is bench/rese
 (its table in bench/RESULTS.md, "Locality on smol"); full runs only (about 10 minutes on 2 cores).
 
 Per method: recall k/10; kept (exact, first 16 tokens, all 303 probes) as asking answers under the
-gate at its default 0.5 and without it (`:set gate=off`, what :export and vLLM serve); agree
-(ungated); median answer length against the base's on the first 60 probes (gated); paraphrases
-carrying the fact's key term (of 20, gated); steps and CPU seconds of training (2 threads).
+gate (lorachat/routing, at its defaults) and without it (`:set gate=off`, what :export and vLLM
+serve); agree (ungated); median answer length against the base's on the first 60 probes (gated);
+paraphrases carrying the fact's key term (of 20, gated); steps and CPU seconds of training (2 threads).
 """
 from bench.research import smol_locality as research
 
