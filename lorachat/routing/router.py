@@ -2,7 +2,7 @@
 
 An adapter's keys are what it was taught: (instruction, question, answer) per lesson, and phrasings
 added later for a taught answer. A question is decided in two steps, both read by the base:
-1. shortlist: the TOP keys the question covers most (reading.coverage), at SHORTLIST or more; a
+1. shortlist: the TOP keys (one) the question covers most (reading.coverage), at SHORTLIST or more; a
    question near no key goes to the base after a tenth of a forward pass (most questions);
 2. check: for each, the share of the taught question's lift of its answer that this question gives
    it (lift.share); the best at `at` or more answers, else the base does.
@@ -20,7 +20,7 @@ from lorachat.core.prompts import DEFAULT_INSTRUCTION
 from lorachat.routing import lift, reading
 
 SHORTLIST = 0.4      # coverage a key needs to be checked: every paraphrase of the tune set had it, 1 of 303 probes
-TOP = 2              # keys checked per question, the most covered first
+TOP = 1              # keys checked per question, the most covered first (2 decided the same on both sets: bench/RESULTS.md)
 GATE_AT = 0.72       # `:set gate_at`'s default: the share of lift a question must give (tune set, bench/RESULTS.md)
 CHUNK = 64           # keys read per forward pass
 
