@@ -124,11 +124,11 @@ def evaluate(session, names: list[str], encoded, on_batch=None, probes=(), optio
     return notes, rows
 
 
-def length_ratio(session) -> float:
+def length_ratio(session, count: int = locality.LENGTH_PROBES) -> float:
     """locality.length_ratio of the active adapter, applied to every question (no gate: what
-    :export and vLLM serve), on the first LENGTH_PROBES built-in probes (the base's answers cached)."""
+    :export and vLLM serve), on the first `count` built-in probes (the base's answers cached)."""
     options = locality.LocalityOptions(max_new_tokens=locality.LENGTH_TOKENS)
-    questions = probe_questions(session, questions=locality.builtin(locality.PROBES)[:locality.LENGTH_PROBES])
+    questions = probe_questions(session, questions=locality.builtin(locality.PROBES)[:count])
     base = session_reference(session, questions, options)
     answers = locality.greedy(session.model, session.tokenizer, [list(p) for p in base.prompts], options)
     return locality.length_ratio(answers, base.answers, session.tokenizer.eos_token_id)

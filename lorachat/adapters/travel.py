@@ -13,13 +13,17 @@ import math
 def gate_line(name: str, meta: dict | None) -> str:
     """The one line: the gate stays in lorachat, and the ungated figures or how to measure them."""
     said = f"the ask-time gate stays in lorachat: outside it '{name}' answers every question"
-    figures = _figures((meta or {}).get("ungated"))
+    figures = described((meta or {}).get("ungated"))
+    trained = (meta or {}).get("train")
+    hint = "; trained for the gate: `:train travel=on` teaches one meant to travel" \
+        if isinstance(trained, dict) and not trained.get("travel") else ""
     if not figures:
-        return f"{said} (ungated figures not measured: :eval {name} gate=off)"
-    return f"{said} (ungated: {', '.join(figures)})"
+        return f"{said} (ungated figures not measured: :eval {name} gate=off){hint}"
+    return f"{said} (ungated: {', '.join(figures)}){hint}"
 
 
-def _figures(record) -> list[str]:
+def described(record) -> list[str]:
+    """The ungated figures of a lorachat.json `ungated` record, in words (none when it holds none)."""
     if not isinstance(record, dict):
         return []
     kept, agree, length, probes = (_number(record.get(key)) for key in ("kept", "agree", "length", "probes"))

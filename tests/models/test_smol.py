@@ -97,6 +97,27 @@ def test_the_gate_sends_paraphrases_to_the_adapter_and_the_rest_to_the_base(taug
     assert "nearest taught question: 'What is SOH in semiconductor manufacturing process?'" in out
 
 
+STAIN = "How do I get a red-wine stain out of a carpet?"
+
+
+def test_an_adapter_taught_to_travel_keeps_the_bases_manner_without_the_gate(taught):
+    """:train travel=on (issue 36): with the gate off, as :export and vLLM serve it, the adapter
+    still answers its taught questions verbatim and an unrelated question at length, where the
+    gate's own adapter answers it in a line (bench/RESULTS.md, "What leaves lorachat")."""
+    ask = taught["ask"]
+    code, out = ask([":train tr r=4 travel=on probes=8"])
+    assert code == 0 and "recall 2/2" in out and "ungated, as :export" in out, out
+    try:
+        ask([":set gate=off"])
+        base = answer(ask([":use base", STAIN])[1])
+        travelled = answer(ask([":use tr", STAIN])[1])
+        assert answer(ask([SOH[0]])[1]) == SOH[1]
+        tokens = taught["session"].tokenizer
+        assert len(tokens(travelled)["input_ids"]) >= 0.5 * len(tokens(base)["input_ids"]), (base, travelled)
+    finally:
+        ask([":set gate=auto", ":use r4"])
+
+
 # taught question and answer -> (its paraphrases, its look-alikes): the cases that opened issue 35
 ROUTED = {("Who is the mayor of Zorbville?", "The mayor of Zorbville is Klara Moonstone."):
           (["Who runs the town of Zorbville?"], ["Who is the mayor of Berlin?", "My name is Ada."]),

@@ -135,7 +135,7 @@ def test_lorachat_json_records_what_was_trained(trained):
     meta = json.loads((trained["home"] / "adapters" / "default" / "lorachat.json").read_text())
     assert meta["dataset"] == "default" and meta["examples"] == 10
     assert meta["records_sha256"] == recipe.records_sha256(examples_of(PAIRS))
-    resolved = dataclasses.replace(recipe.DEFAULTS, lr=recipe.SMALL_LR, context=0, **recipe.SMALL_ANCHORS)  # the nones resolved
+    resolved = dataclasses.replace(recipe.DEFAULTS, lr=recipe.SMALL_LR, context=0, anchor_every=2, **recipe.SMALL_ANCHORS)  # the nones resolved
     assert meta["train"] == dataclasses.asdict(resolved)
     assert meta["recall"] == 10 and meta["total"] == 10 and meta["steps"] >= 1 and meta["cancelled"] is False
     assert meta["base_model"] == "tiny" and meta["base_fingerprint"].startswith("sha256:")
@@ -312,6 +312,27 @@ def test_lr_and_anchors_none_are_chosen_by_model_size_and_explicit_values_are_ke
     assert {key: getattr(big, key) for key in recipe.LARGE_ANCHORS} == recipe.LARGE_ANCHORS
     assert recipe.resolved(large, dataclasses.replace(recipe.DEFAULTS, anchors=0, anchor_loss="ce")).anchors == 0
     assert recipe.resolved(large, dataclasses.replace(recipe.DEFAULTS, anchor_loss="ce")).anchor_loss == "ce"
+    assert small.anchor_every == big.anchor_every == 2
+    # travel=on: rehearsal on every step, whatever the size, and a key given still wins
+    travelling = recipe.resolved(large, dataclasses.replace(recipe.DEFAULTS, travel=True))
+    assert {key: getattr(travelling, key) for key in recipe.TRAVEL} == recipe.TRAVEL
+    assert recipe.resolved(tiny, dataclasses.replace(recipe.DEFAULTS, travel=True, anchors=1)).anchors == 1
+
+
+def test_travel_on_measures_what_the_adapter_serves_and_records_it(make_session, transcript, home):
+    """:train travel=on: the final lines say the adapter's ungated figures (what :export and vLLM
+    serve), lorachat.json keeps them, and :export says them on the way out."""
+    session = make_session()
+    transcript(session, [":add What is SOH? => A hardmask.", ":add What is SiON? => A nitride."])
+    code, out = transcript(session, [":train t travel=on steps=2 until=steps probes=8"])
+    assert code == 0, out
+    meta = json.loads((home / "adapters" / "t" / "lorachat.json").read_text())
+    assert meta["train"]["travel"] is True and meta["train"]["anchors"] == 2 and meta["train"]["anchor_every"] == 1
+    ungated = meta["ungated"]
+    assert ungated["probes"] == 8 and 0 <= ungated["kept"] <= 1 and ungated["length"] > 0
+    assert f"ungated, as :export, lorachat serve and a GGUF export serve it: kept {ungated['kept']:.1%} of 8 probes" in out
+    code, out = transcript(session, [f":export t {home / 'out'}"])
+    assert code == 0 and f"(ungated: kept {ungated['kept']:.1%} of 8 probes exactly" in out and "travel=on" not in out
 
 
 def test_clip_bounds_the_gradient_norm_the_optimizer_sees(make_session):

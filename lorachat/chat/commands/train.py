@@ -11,7 +11,7 @@ import signal
 import threading
 import time
 
-from lorachat.adapters import disk, gate, live, paths, side_by_side
+from lorachat.adapters import disk, gate, live, paths, side_by_side, travel
 from lorachat.chat import options
 from lorachat.chat.commands import command
 from lorachat.core import launch, prompts
@@ -57,7 +57,7 @@ def train_(session, args):
     anchors, probes = _references(session, config)
     if anchors is not None:   # the anchors with the base's answers are also the conversations questions come after
         plan = planning.in_context(session.model, session.tokenizer, plan, _turns(session, config, anchors))
-    previous, unsaved, kept = session.active_adapter, None, None
+    previous, unsaved, kept, ungated = session.active_adapter, None, None, None
     live.make_room(session, keep={previous})
     with _deferred_interrupt((signal.SIGINT, signal.SIGTERM) if session.headless else (signal.SIGINT,)) as interrupted:
         lora.seeded_add(config.seed, lambda: live.add_new(session, name, lora_config))
@@ -71,16 +71,29 @@ def train_(session, args):
                 live.activate(session, name)
                 gate.remember(session, name, gate.taught_keys(plan.examples))
                 kept = gate.kept(session, name, *probes) if probes else None
+                ungated = _ungated(session, probes[1]) if config.travel and probes else None
                 if launch.is_main():  # the other ranks of `lorachat train` hold the same weights
-                    unsaved, name = _save_or_keep(session, name, _meta(session, plan, result, kept), result.state)
+                    meta = dict(_meta(session, plan, result, kept), **({"ungated": ungated} if ungated else {}))
+                    unsaved, name = _save_or_keep(session, name, meta, result.state)
                 launch.barrier()
                 live.make_room(session, keep={name}, extra=0)
         except BaseException:
             _discard(session, name, previous)
             raise
     _report(session, name, result, config, kept, _stopped_by(interrupted), time.perf_counter() - began)
+    if ungated:
+        session.ui.note(f"ungated, as :export, lorachat serve and a GGUF export serve it: {', '.join(travel.described(ungated))}")
     if unsaved is not None:
         raise unsaved
+
+
+def _ungated(session, ref) -> dict:
+    """What the active (new) adapter does to every question, no gate: kept and agree on the probes'
+    base answers `ref`, and its answers' length against the base's (the record :eval gate=off writes)."""
+    scored = locality.score(session.model, session.tokenizer, ref)
+    return dict(kept=round(scored.kept, 4), agree=round(scored.agreement, 4),
+                length=round(side_by_side.length_ratio(session, min(scored.questions, locality.LENGTH_PROBES)), 3),
+                probes=scored.questions)
 
 
 def _references(session, config):
