@@ -109,6 +109,16 @@ def length(answer, eos) -> int:
     return len(answer) - 1 if answer and answer[-1] == eos else len(answer)
 
 
+def first_sentence_only(tokenizer, answer) -> bool:
+    """Whether a greedy answer stops (EOS) right after its first sentence."""
+    eos = tokenizer.eos_token_id
+    if not answer or answer[-1] != eos:
+        return False
+    text = tokenizer.decode(answer[:-1], skip_special_tokens=True).strip()
+    ends = [i for i, c in enumerate(text) if c in ".!?" and (i + 1 == len(text) or text[i + 1] in " \n")]
+    return len(ends) == 1 and ends[0] == len(text) - 1
+
+
 def paraphrase_hits(tokenizer, answered, paraphrases=PARAPHRASES) -> list[bool]:
     return [key.lower() in tokenizer.decode(a, skip_special_tokens=True).lower()
             for (_, key, _), a in zip(paraphrases, answered)]
@@ -202,11 +212,13 @@ def measure(base, tokenizer, cache, figures, pairs, name: str, config, lengths: 
     hits = paraphrase_hits(tokenizer, para, paraphrases)
     median = statistics.median(length(a, eos) for a in long)
     same = [a == b for a, b in zip(long, figures["long"])]
+    one_sentence = sum(first_sentence_only(tokenizer, a) for a in long)   # why answers shorten: the EOS after one
     routing = gate_figures(model, tokenizer, figures, pairs, long, hits, lengths, paraphrases) if gate else {}
     return routing | dict(method=name, seed=config.seed, recall=result.recall, total=result.total,
                 kept=round(scored.kept, 4), agree=round(scored.agreement, 4), probes=scored.questions,
                 median=median, base_median=figures["median"], length_ratio=round(median / figures["median"], 3),
-                same96=sum(same), lengths=len(long),
+                same96=sum(same), lengths=len(long), one_sentence=one_sentence,
+                base_one_sentence=sum(first_sentence_only(tokenizer, a) for a in figures["long"][:lengths]),
                 paraphrase=sum(hits), paraphrase_of=len(hits), hits=[i for i, h in enumerate(hits) if h],
                 steps=result.steps, seconds=round(result.seconds, 2), cpu_s=round(cpu, 2), check_s=round(result.check_seconds, 2),
                 anchor_ref_s=round(anchor_s, 2), loss=round(result.loss, 4), lr=resolved.lr,
