@@ -74,5 +74,6 @@ def why(session, args):
         session.ui.line(f"  nearest taught question: {_clip(decision.nearest.question)!r}, coverage "
                         f"{decision.coverage:.2f} (checked from {SHORTLIST:g})")
     if decision.share is not None:
-        session.ui.line(f"  check: it gives {_clip(decision.checked.question)!r}'s answer {decision.share:.2f} of the lift "
-                        f"that question gives it (the adapter answers from gate_at={session.settings.gate_at:g})")
+        which = "" if decision.checked == decision.nearest else f" of {_clip(decision.checked.question)!r}"
+        session.ui.line(f"  check: it lifts the taught answer{which} {decision.share:.2f} as much as its taught question "
+                        f"does (the adapter answers from gate_at={session.settings.gate_at:g})")
