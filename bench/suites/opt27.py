@@ -12,6 +12,8 @@ beside it, one process at a time: never two copies in memory):
   lorachat's streaming answer against plain transformers `generate`, alternating, the best of each;
 - opt27_train_two_facts_seconds: `:train r=4` on the two facts, Enter to the next prompt (steps capped:
   random weights learn slowly), with its steps, seconds a step and recall;
+- opt27_adapter_decode_tok_s / opt27_base_decode_tok_s: tokens per second as the session answers with
+  the trained adapter and as the base (opt27_adapter_merged: whether the adapter was merged for it);
 - opt27_use_switch_ms / opt27_adapter_load_ms: `:use` between the base and the trained adapter, and the
   first `:use` of a saved copy (a load from disk).
 The measuring process is `python -m bench.suites.opt27 DIR JSON_ARGS` (this module run as a script), so
@@ -156,8 +158,30 @@ def session_figures(folder: str, plan: dict) -> dict:
         loop = json.loads((Path(plan["home"]) / "adapters" / "two" / "lorachat.json").read_text(encoding="utf-8"))
         out.update(train_seconds=two["seconds"], train_steps=two["steps"], train_recall=two["recall"],
                    train_step_seconds=round(loop["seconds"] / max(two["steps"], 1), 3), rss_trained_gb=_memory()["VmRSS"])
+        out.update(_adapter_decode(session, command, plan["tokens"], plan["rounds"]))
         out.update(_switching(session, command, plan["switches"]))
     return out | dict(peak_rss_gb=_memory()["VmHWM"])
+
+
+def _adapter_decode(session, command, tokens: int, rounds: int) -> dict:
+    """Greedy tokens per second as the session answers with the trained adapter and as the base
+    (alternating, the best of each), and whether the adapter was merged for it (switching.py)."""
+    from bench.kit import pairs
+    from lorachat.adapters import live
+    from lorachat.chat.streaming import answer
+    from lorachat.core.prompts import prompt_ids
+
+    ids = prompt_ids(session.tokenizer, pairs.INSTRUCTION, "Tell me about the history of Paris.")
+    best, merged = {"two": float("inf"), "base": float("inf")}, None
+    for round_ in range(rounds):
+        for name in ("two", "base") if round_ % 2 == 0 else ("base", "two"):
+            command(session, f":use {name}")
+            began = time.perf_counter()
+            answer(session.model, session.tokenizer, ids, None, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
+            best[name] = min(best[name], time.perf_counter() - began)
+            merged = live.switch(session).merged if name == "two" else merged
+    return dict(adapter_decode_tok_s=round(tokens / best["two"], 3), base_decode_tok_s=round(tokens / best["base"], 3),
+                adapter_merged=merged)
 
 
 def _switching(session, command, switches: int) -> dict:

@@ -48,6 +48,24 @@ def test_switching_is_exact_and_merges_for_decoding(make_session, transcript):
     assert session.active_adapter is None and base_hash(session) == original
 
 
+def test_a_merge_over_its_byte_limit_is_not_made_and_answers_come_through_peft(make_session, transcript):
+    """On the CPU the merged copies are bounded (switching.CPU_MERGE_BYTES; OPT-2.7B's fc1 copies are
+    1.7 GB): over the limit the adapter answers unmerged, exactly as PEFT's own forward does."""
+    session = make_session(dtype="float32")
+    shelve(session, ["a"])
+    transcript(session, [":use a"])
+    current = live.switch(session)
+    assert current.merge_bytes is None and current.pristine[current.layers[0]].device.type == "cpu"
+    current.merge_bytes = 0   # a session whose copies would be over the limit
+    over = logits(session)
+    assert not current.merged and not current.buffers
+    with current.unmerged():
+        assert torch.equal(logits(session), over)
+    current.merge_bytes = None   # tiny's copies are far under CPU_MERGE_BYTES: merged again
+    transcript(session, [":use base", ":use a"])
+    assert torch.allclose(logits(session), over, atol=1e-5) and current.merged
+
+
 def test_fifty_switches_with_answers_leave_base_bit_identical(shelved, transcript):
     session = shelved
     untrained, original = logits(session), base_hash(session)
