@@ -14,7 +14,8 @@ from pathlib import Path
 
 # smol_train (the headline on real weights) early, the long random-weight train suite last: a run cut short
 # still leaves the other figures in the JSON (written after each suite)
-SUITES = ("startup", "smol", "smol_train", "smol_locality", "gguf", "recall", "dataset", "ddp", "decode", "switch", "locality", "train")
+SUITES = ("startup", "smol", "smol_train", "bf16", "smol_locality", "gguf", "recall", "dataset", "ddp", "decode", "switch", "locality",
+          "opt27", "train")
 
 
 @dataclass(frozen=True)
@@ -124,11 +125,13 @@ def _suites(mode: Mode, device: str, home: Path, only, start: float):
     from bench.kit import pairs, seeding, shapes
     from bench.kit.workspace import trained_session
     from bench.suites import (
+        bf16,
         dataset,
         ddp,
         decode,
         gguf,
         locality,
+        opt27,
         recall,
         smol,
         smol_locality,
@@ -161,6 +164,8 @@ def _suites(mode: Mode, device: str, home: Path, only, start: float):
         "smol": lambda: smol.figures(device, home / "smol", 1 if mode.name != "full" else 3, mode.decode_tokens,
                                      mode.decode_rounds),
         "smol_train": lambda: smol_train.figures(device, home / "smol_train", mode, log=lambda text: _log(start, text)),
+        "bf16": lambda: bf16.figures(device, mode, home / "bf16", log=lambda text: _log(start, text)),
+        "opt27": lambda: opt27.figures(device, mode, home / "opt27", log=lambda text: _log(start, text)),
         "smol_locality": lambda: smol_locality.figures(mode, log=lambda text: _log(start, text)),
         "gguf": lambda: gguf.figures(log=lambda text: _log(start, text)),
         "train": train,

@@ -9,6 +9,7 @@ from pathlib import Path
 from lorachat import __version__
 from lorachat.core.errors import LorachatError
 from lorachat.models.loader import DEFAULT_MODEL
+from lorachat.models.precision import NAMES as DTYPES
 
 MODEL_HELP = ("hub id, local model directory, a .gguf file (converted once), 'smol' (SmolLM2-135M-Instruct, a real "
               "chat model fetched once with pip) or 'tiny' (built in, offline, random weights)")
@@ -18,8 +19,9 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lorachat", description="A chat assistant that learns while you talk to it (LoRA, in-process).")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"{MODEL_HELP}; default {DEFAULT_MODEL}")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when present")
-    p.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], default="auto",
-                   help="auto: bf16 on GPUs that support it, else fp16 on GPU, fp32 on CPU")
+    p.add_argument("--dtype", choices=DTYPES, default="auto",
+                   help="auto: bf16 on GPUs and on CPUs that compute it natively (AMX, AVX512-BF16), fp16 on "
+                        "other GPUs, fp32 on other CPUs; :info says which")
     p.add_argument("--trust-remote-code", action="store_true", help="allow a model's own Python code to run (off by default)")
     p.add_argument("--home", type=Path, default=None, help="workspace holding adapters/ and datasets/ (env LORACHAT_HOME, default: current directory)")
     p.add_argument("--dataset", help="start with this dataset selected")
@@ -217,7 +219,7 @@ def train_parser() -> argparse.ArgumentParser:
                                             "under `torchrun` / `accelerate launch` (batch is per process).")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"{MODEL_HELP}; default {DEFAULT_MODEL}")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when present (each rank its own GPU)")
-    p.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], default="auto")
+    p.add_argument("--dtype", choices=DTYPES, default="auto", help="as lorachat's --dtype")
     p.add_argument("--home", type=Path, default=None, help="workspace holding adapters/ and datasets/ (env LORACHAT_HOME, default: current directory)")
     p.add_argument("--dataset", required=True, help="train on datasets/NAME.jsonl")
     p.add_argument("--name", help="the adapter's name (default: the dataset's, then NAME-2 ...)")

@@ -98,3 +98,14 @@ def shelved(make_session):
     session = make_session()
     shelve(session, ["a", "b", "c"])
     return session
+
+
+@pytest.fixture
+def shelved_float32(make_session):
+    """`shelved` over tiny in float32, whatever `--dtype auto` picks on this CPU: for the equivalence
+    tests, which compare with plain PEFT and transformers to float32's rounding."""
+    from tests.helpers import shelve
+
+    session = make_session(dtype="float32")
+    shelve(session, ["a", "b", "c"])
+    return session

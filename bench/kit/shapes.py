@@ -23,18 +23,24 @@ def tokenizer():
     return AutoTokenizer.from_pretrained(str(ensure_tiny()))
 
 
-def build(shape: str, device: str, dtype=torch.float32):
-    """A fresh OPTForCausalLM of `shape`, random weights from a fixed seed: the same model every call."""
-    from transformers import OPTConfig, OPTForCausalLM
+def config(shape: str):
+    """The OPTConfig of `shape` (the rest of the hub's config.json is OPTConfig's own defaults)."""
+    from transformers import OPTConfig
 
     dims = dict(vocab_size=OPT_VOCAB) | SHAPES[shape]
-    config = OPTConfig(max_position_embeddings=2048, word_embed_proj_dim=dims["hidden_size"],
-                       pad_token_id=1, bos_token_id=2, eos_token_id=2, dropout=0.1, attention_dropout=0.0, **dims)
+    return OPTConfig(max_position_embeddings=2048, word_embed_proj_dim=dims["hidden_size"],
+                     pad_token_id=1, bos_token_id=2, eos_token_id=2, dropout=0.1, attention_dropout=0.0, **dims)
+
+
+def build(shape: str, device: str, dtype=torch.float32):
+    """A fresh OPTForCausalLM of `shape`, random weights from a fixed seed: the same model every call."""
+    from transformers import OPTForCausalLM
+
     state = torch.random.get_rng_state()
     torch.manual_seed(SEED)
     try:
         with torch.device(device):
-            model = OPTForCausalLM(config)
+            model = OPTForCausalLM(config(shape))
     finally:
         torch.random.set_rng_state(state)
     model.generation_config.max_length = None

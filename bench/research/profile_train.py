@@ -1,7 +1,8 @@
-"""python -m bench.research.profile_train [N] [KEYS]: where one `:train` on smol spends its time.
+"""python -m bench.research.profile_train [--dtype=D] [N] [KEYS]: where one `:train` on smol spends its time.
 
-Loads `--model smol` (from $LORACHAT_CACHE, converting it once), teaches the first N pairs of
-bench/kit/pairs.py (default 10) with `:train KEYS` in a fresh session, and prints
+Loads `--model smol` (from $LORACHAT_CACHE, converting it once) in `--dtype D` (default auto, as a
+user starts it), teaches the first N pairs of bench/kit/pairs.py (default 10) with `:train KEYS` in a
+fresh session, and prints
 - by phase: the whole command (Enter to the next prompt), the training loop, its optimizer steps
   (forward, backward and update of the examples, anchors and conversation copies), the base's
   log-probabilities for the KL anchors, the recall checks, the base's answers made (greedy, once per
@@ -18,6 +19,9 @@ import time
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    dtype = "auto"
+    if argv and argv[0].startswith("--dtype="):
+        dtype, argv = argv[0].split("=", 1)[1], argv[1:]
     count, keys = (int(argv[0]) if argv else 10), " ".join(argv[1:])
     from torch.profiler import ProfilerActivity, profile
 
@@ -27,7 +31,8 @@ def main(argv=None) -> int:
     from lorachat.lessons import jsonl
     from lorachat.models.loader import load_model
 
-    loaded = load_model(str(smol_folder()), device="cpu", dtype="float32")
+    loaded = load_model(str(smol_folder()), device="cpu", dtype=dtype)
+    print(f"smol in {str(loaded.dtype).replace('torch.', '')} ({loaded.why})")
     session = session_for(loaded, tempfile.mkdtemp(prefix="lorachat-profile-"))
     phases = _timed_phases()
     jsonl.append_examples(session.home, "facts", pairs.examples()[:count])

@@ -75,10 +75,12 @@ def parse_method(text: str) -> dict:
 # --- the base's answers, cached ----------------------------------------------------------------
 
 class Cache:
-    def __init__(self, model_path: str):
+    def __init__(self, model_path: str, dtype: str = "float32"):
         root = Path(os.environ.get("LORACHAT_CACHE", Path.home() / ".cache" / "lorachat")) / "smol_locality"
         weights = Path(model_path) / "model.safetensors"
         stamp = f"{Path(model_path).resolve()}:{weights.stat().st_size}:{weights.stat().st_mtime_ns}"
+        if dtype != "float32":   # another dtype's base answers differ (float32's key is the one kept before)
+            stamp += f":{dtype}"
         self.root = root / hashlib.sha256(stamp.encode()).hexdigest()[:16]
         self.root.mkdir(parents=True, exist_ok=True)
 
@@ -302,6 +304,7 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", default="0")
     p.add_argument("--cap", type=int, default=300, help="most steps")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--dtype", default="auto", help="what --dtype takes (default auto: lorachat's choice here)")
     p.add_argument("--two-fact", action="store_true", help="the seed's two facts at r=4 instead of the ten")
     p.add_argument("--facts", default="pairs", choices=("pairs", "tune", "held"),
                    help="the ten facts and their paraphrases: bench/kit/pairs.py's, or a set of bench/research/routing_sets.py")
@@ -323,9 +326,10 @@ def main(argv=None) -> int:
         from bench.suites.smol import smol_folder
 
         args.model = str(smol_folder())
-    loaded = load_model(args.model, device="cpu")
+    loaded = load_model(args.model, device="cpu", dtype=args.dtype)
     base, tokenizer = loaded.model, loaded.tokenizer
-    cache = Cache(args.model)
+    dtype = str(loaded.dtype).replace("torch.", "")
+    cache = Cache(loaded.path, dtype)
     lengths = args.length or args.probes
     pairs, paraphrases = facts(args.facts)
     figures = base_figures(base, tokenizer, cache, args.probes, lengths, paraphrases)
@@ -346,7 +350,7 @@ def main(argv=None) -> int:
             else:
                 row = measure(base, tokenizer, cache, figures, pairs, name, config, lengths, log, args.gate, paraphrases)
             row |= dict(facts=args.facts, base_paraphrase=sum(base_hits), threads=args.threads,
-                        load=os.getloadavg()[0])
+                        load=os.getloadavg()[0], dtype=dtype)
             print(json.dumps(row), flush=True)
             with open(args.json, "a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")

@@ -23,7 +23,8 @@ def figures(mode, log=lambda text: None):
     torch.set_num_threads(2)
     model = str(smol_folder())
     loaded = load_model(model, device="cpu")
-    base, tokenizer, cache = loaded.model, loaded.tokenizer, research.Cache(model)
+    base, tokenizer = loaded.model, loaded.tokenizer
+    cache = research.Cache(model, str(loaded.dtype).replace("torch.", ""))
     shown = research.base_figures(base, tokenizer, cache, 303, 60)
     out = {}
     for name, prefix in (("now", "smol_locality_"), ("plain", "smol_locality_plain_")):

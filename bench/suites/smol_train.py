@@ -1,5 +1,7 @@
 """smol_train: the headline on real weights (issue 26), the seed's recipe (bench/baseline/notebook.py)
-against lorachat's `:train` on SmolLM2-135M-Instruct (`--model smol`, fp32), both from one loaded base.
+against lorachat's `:train` on SmolLM2-135M-Instruct (`--model smol`): the seed on the base loaded in
+float32 (the notebook's CPU precision), lorachat on the base as `--dtype auto` loads it (bfloat16 on a
+CPU that computes it natively, models/precision.py; smol_train_dtype says which).
 
 - smol_first_answer_seconds: `:train r=4` on the seed's two facts (SOH, SiON) in a fresh session, Enter
   to the next prompt, both answered verbatim as asked; beside it the seed at lr 5e-3 on the same two
@@ -40,11 +42,13 @@ def figures(device: str, home, plan, log=lambda text: None) -> tuple[dict, dict]
     recall_steps (caps every :train; None: its default). ({figures}, {figure: why skipped})."""
     from lorachat.models.loader import load_model
 
-    loaded = load_model(str(smol_folder()), device, dtype="float32")
+    seed = load_model(str(smol_folder()), device, dtype="float32")
+    loaded = load_model(str(smol_folder()), device, dtype="auto")   # lorachat's side, as a user starts it
     ten, two = pairs.examples(), pairs.examples()[:2]
-    out = _seed_first(loaded, two, plan, device, log)
+    out = _seed_first(seed, two, plan, device, log)
+    out["smol_train_dtype"] = str(loaded.dtype).replace("torch.", "")
     if plan.smol_cap:
-        out.update(_seed_ten(loaded, ten, plan, device, log))
+        out.update(_seed_ten(seed, ten, plan, device, log))
     _warm(loaded, device, home, log)
     first = _timed(loaded, device, home, "first", two, plan.recall_steps, "r=4", log)
     seconds = first["seconds"] if first["recalled"] else None

@@ -4,7 +4,8 @@ Switching sets two flags on each LoRA layer: which adapter it applies, and wheth
 No module walk over every loaded adapter (PEFT's `set_adapter` is O(layers x adapters)), no weight
 copies. For decoding, a lone active plain-LoRA adapter is merged lazily: the first forward pass
 without gradients in eval mode after a switch computes `W + s*B@A` into one reusable buffer per
-touched weight and points the layer at that buffer. The base's own Parameter objects are never
+touched weight and points the layer at that buffer (on the CPU only while those buffers stay under
+CPU_MERGE_BYTES: above, answers go through PEFT's own forward). The base's own Parameter objects are never
 written, so going back to the base (or on to another adapter) is a pointer swap and bit-exact — no
 fp16 merge/unmerge drift. A forward with gradients or in training mode puts the base's weights back
 first, and so do `unmerged()` (mixed-adapter batches, export, merges).
@@ -16,10 +17,18 @@ import contextlib
 
 import torch
 
+# The merged buffers are a copy of every matrix the adapter touches. On the CPU, decoding reads each
+# weight once per token whether merged or not, so merging buys little there and costs those bytes:
+# OPT-2.7B in bf16 with LoRA on fc1 decoded 1.38 tokens/s merged, 1.34 unmerged and 1.37 as the base,
+# for 1.7 GB of copies (a third of the model; bench/RESULTS.md, "OPT-2.7B on this CPU"); smol's copies
+# are 53 MB and buy 4%. Above this many bytes a CPU answers unmerged; a GPU always merges.
+CPU_MERGE_BYTES = 1 << 30
+
 
 class Switch:
-    def __init__(self, peft_model):
+    def __init__(self, peft_model, merge_bytes: int | None = None):
         self.model = peft_model
+        self.merge_bytes = merge_bytes   # the most bytes of merged buffers (None: CPU_MERGE_BYTES on the CPU)
         self.active: str | None = None
         self.merged = False
         self.suspended = 0
@@ -161,7 +170,16 @@ class Switch:
 
         return bool(layers) and self.supported(self.layers) and all(
             type(l) is Linear and name not in getattr(l, "lora_variant", {name: None})
-            and self.pristine[l].dtype.is_floating_point for l in layers)
+            and self.pristine[l].dtype.is_floating_point for l in layers) and self._fits(layers)
+
+    def _fits(self, layers) -> bool:
+        """Whether the merged buffers of `layers` stay within merge_bytes (see CPU_MERGE_BYTES)."""
+        limit = self.merge_bytes
+        if limit is None:
+            if self.pristine[layers[0]].device.type != "cpu":
+                return True
+            limit = CPU_MERGE_BYTES
+        return sum(self.pristine[l].numel() * self.pristine[l].element_size() for l in layers) <= limit
 
     def _merge(self) -> None:
         name = self.active

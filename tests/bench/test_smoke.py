@@ -1,7 +1,7 @@
 """Smoke test of the benchmark harness (bench/, not a benchmark): a tiny model shape, 1 training step
 (2 for the seed's recall run, and a 2-lr sweep), 4 adapters, the dataset, decode, switch and train suites
-(startup and recall, thin wrappers around a subprocess and `:train`, would double the time), so the
-harness cannot rot. The figures themselves live in bench/RESULTS.md."""
+(startup and recall, thin wrappers around a subprocess and `:train`, would double the time), bf16 (on
+tiny) and opt27 (the tiny shape, in this process), so the harness cannot rot. The figures themselves live in bench/RESULTS.md."""
 import json
 import re
 from pathlib import Path
@@ -22,7 +22,7 @@ def test_bench_smoke_writes_the_figures_and_targets(tmp_path, monkeypatch, capsy
     monkeypatch.syspath_prepend(str(ROOT))  # bench/ is a folder of the repository, not an installed package
     from bench.__main__ import main
 
-    assert main(["--smoke", "--only", "dataset,decode,switch,train", "--json", str(tmp_path / "bench.json")]) == 0
+    assert main(["--smoke", "--only", "dataset,decode,switch,train,bf16,opt27", "--json", str(tmp_path / "bench.json")]) == 0
     results = json.loads((tmp_path / "bench.json").read_text())
     assert results["missing"] == {}
     for key in FIGURES:
@@ -34,7 +34,8 @@ def test_bench_smoke_writes_the_figures_and_targets(tmp_path, monkeypatch, capsy
     assert results["train_seed_batch"] == "1x1" and set(results["seed_lr_sweep"]) == {"0.0001", "0.005"}
     assert results["seed_recall_checks"] == [[1, 0], [2, 0]] and results["seed_teach_steps"] is None
     assert re.fullmatch(r"\d+/10", results["seed_recall"]) and results["teach_steps"] == 1
-    assert results["skipped"] == {} and results["seed_recall_after_100"] is None  # a 1-step run
+    assert results["skipped"] == {"opt27_start_seconds": "not in smoke runs (a process of its own)"}
+    assert results["seed_recall_after_100"] is None  # a 1-step run
     assert 0 < results["decode_ratio"] < 10 and 0 < results["adapter_file_mb"] < 1
     # the seconds are rounded to 1 ms, which moves a ratio of ~0.1 s times by up to ~1 %
     assert results["train_speedup"] == pytest.approx(results["train_seed_s"] / results["train_lorachat_s"], rel=0.02, abs=0.005)  # rounded to 2 places
@@ -47,3 +48,8 @@ def test_bench_smoke_writes_the_figures_and_targets(tmp_path, monkeypatch, capsy
     assert "| `decode_ratio` |" in capsys.readouterr().out
     assert results["dataset_rows"] == 40 and results["dataset_trained"] + results["dataset_skipped"] == 40
     assert results["dataset_skipped"] > 0 and results["dataset_eval_ratio"] > 0   # the long tail reaches past 512 tokens
+    # bf16 and opt27 (issue 39) on tiny and on bench/kit/shapes.py's tiny shape saved as a checkpoint
+    assert isinstance(results["bf16_native"], bool) and results["bf16_step_speedup"] > 0
+    assert results["smol_two_facts_seconds"] > 0 and results["smol_two_facts_ratio"] > 0
+    assert results["opt27_shape"] == "tiny" and results["opt27_train_steps"] == 1 and results["opt27_decode_ratio"] > 0
+    assert 0 < results["opt27_weights_gb"] < results["opt27_peak_rss_gb"]

@@ -14,10 +14,12 @@ PAIRS = [("What is SOH?", "A hardmask."), ("What is CMP?", "Polishing the wafer 
 
 def test_repetition_penalty_is_applied_as_generate_applies_it(make_session):
     """Teacher forcing with the penalty picks, at every position, what generate(repetition_penalty)
-    picks: the penalised greedy continuation is known, and it differs from the plain one."""
+    picks: the penalised greedy continuation is known, and it differs from the plain one. In float32:
+    in bf16 one pass over the whole answer and generate's token-by-token passes round differently, which
+    on tiny's random weights flips near-ties (a taught answer's margins are far wider)."""
     import torch
 
-    session = make_session()
+    session = make_session(dtype="float32")
     model, tok = session.model, session.tokenizer
     prompt = prompts.prompt_ids(tok, DEFAULT_INSTRUCTION, "Tell me about wafers and wafers and wafers.")
     ids = torch.tensor([prompt])

@@ -67,12 +67,17 @@ def info(session, args):
     params = f"{base:,}" + (f" + {extra:,} in {count} loaded adapter{'s' if count != 1 else ''}" if count else "")
     made_from = [["source", converted.describe(loaded.source)]] if loaded.source else []
     rows = [["model", loaded.name], ["path", loaded.path], *made_from, ["device", loaded.device],
-            ["dtype", str(loaded.dtype).replace("torch.", "")], ["parameters", params],
+            ["dtype", _dtype(loaded)], ["parameters", params],
             ["memory", _memory(loaded.device)], ["adapter", session.active_adapter or "base (none)"],
             ["gate", gate.describe(session, session.active_adapter)],
             ["dataset", session.dataset], ["instruction", session.instruction],
             ["workspace", str(session.home.resolve())], ["lorachat", __version__]]
     session.ui.table(["", ""], rows)
+
+
+def _dtype(loaded) -> str:
+    name = str(loaded.dtype).replace("torch.", "")
+    return f"{name} ({loaded.why})" if loaded.why else name
 
 
 def _memory(device: str) -> str:
