@@ -4,7 +4,8 @@ an adapter is taught ten facts on smol, under each way of deciding.
     python -m bench.research.routing --sets tune,held --seeds 0,1,2 --json bench/research/results/routing.jsonl
     python -m bench.research.routing --table bench/research/results/routing.jsonl
 
-Per set of bench/research/routing_sets.py and seed: a fresh session over smol (fp32, CPU) teaches
+Per set of bench/research/routing_sets.py and seed: a fresh session over smol (CPU, fp32 unless
+--dtype says otherwise; rows say which) teaches
 the set's ten pairs with `:train`'s defaults, then each method decides every paraphrase (40),
 look-alike (40) and built-in probe (303), and the questions it gives the adapter are answered
 (greedy, 64 tokens, each asked alone); the rest are the base's answers, exactly. Methods:
@@ -34,11 +35,11 @@ COSINE_AT = 0.5
 METHODS = ("gate2", "gate2-asked", "cosine")
 
 
-def fresh_session(model_name: str, home):
+def fresh_session(model_name: str, home, dtype: str = "float32"):
     from bench.kit.workspace import session_for
     from lorachat.models.loader import load_model
 
-    session = session_for(load_model(model_name, device="cpu", dtype="float32"), home)
+    session = session_for(load_model(model_name, device="cpu", dtype=dtype), home)
     session.settings.context = "off"            # every question asked alone
     session.settings.max_new_tokens = TOKENS
     return session
@@ -114,7 +115,7 @@ def measure(args, name: str, seed: int, cache) -> list[dict]:
     facts = routing_sets.FACTS[name]
     para, looks = routing_sets.paraphrases(name), routing_sets.lookalikes(name)
     probes = locality.builtin(locality.PROBES)
-    session = fresh_session(args.model, tempfile.mkdtemp())
+    session = fresh_session(args.model, tempfile.mkdtemp(), args.dtype)
     base = base_answers(session, cache, [q for q, _, _ in para] + [q for q, _ in looks])
     jsonl.append_examples(session.home, "taught", [Example(DEFAULT_INSTRUCTION, q, a) for q, a, *_ in facts])
     session.dataset = "taught"
@@ -144,7 +145,7 @@ def measure(args, name: str, seed: int, cache) -> list[dict]:
         probe_routes = routes[n_para + n_look:]
         routed_probes = [i for i, r in enumerate(probe_routes) if r is not None]
         kept = _kept(session, ref, routed_probes, [taught[probe_routes[i]] for i in routed_probes] if method == "gate2" else None)
-        rows.append(dict(set=name, seed=seed, method=method, final=final, train_s=round(train_s, 2),
+        rows.append(dict(set=name, seed=seed, method=method, dtype=args.dtype, final=final, train_s=round(train_s, 2),
                          paraphrase_routed=sum(1 for (_, _, i), r in zip(para, para_routes) if r == i),
                          paraphrase_carry=sum(carry), paraphrases=n_para,
                          lookalike_routed=sum(1 for r in look_routes if r is not None),
@@ -179,7 +180,8 @@ def table(paths) -> str:
     for path in paths:
         for line in Path(path).read_text(encoding="utf-8").splitlines():
             row = json.loads(line)
-            rows.setdefault((row["set"], row["method"]), []).append(row)
+            method = row["method"] + ("" if row.get("dtype", "float32") == "float32" else f" ({row['dtype']})")
+            rows.setdefault((row["set"], method), []).append(row)
 
     def span(key, runs):
         values = [r[key] for r in runs]
@@ -203,6 +205,7 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", default="0")
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--dtype", default="float32", help="what --dtype takes (the study's rows: float32; auto: lorachat's choice here)")
     p.add_argument("--json", default="bench/research/results/routing.jsonl")
     p.add_argument("--table", nargs="+", metavar="JSONL")
     args = p.parse_args(argv)
@@ -215,7 +218,10 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     args.methods = args.methods.split(",")
-    cache = Cache(str(smol_folder()) if args.model == "smol" else args.model)
+    from lorachat.models import precision
+
+    args.dtype = str(precision.choose(args.dtype, "cpu").dtype).replace("torch.", "")
+    cache = Cache(str(smol_folder()) if args.model == "smol" else args.model, args.dtype)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     for name in args.sets.split(","):
         for seed in [int(s) for s in args.seeds.split(",")]:

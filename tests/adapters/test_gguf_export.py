@@ -51,7 +51,7 @@ def fields(path) -> dict:
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_a_merged_export_loads_back_in_transformers_with_the_live_adapters_logits(arch, make_session, transcript, tmp_path):
     directory = grouped_llama(tmp_path) if arch == "llama" else model_dir(tmp_path, "qwen2")
-    session = make_session(model=str(directory))
+    session = make_session(model=str(directory), dtype="float32")
     shelve(session, ["a"], targets=EVERY_LINEAR)
     expected = live_logits(session, transcript, "a")
     code, out = transcript(session, [f":export a {tmp_path / 'a.gguf'} quant=f32"])
@@ -64,6 +64,20 @@ def test_a_merged_export_loads_back_in_transformers_with_the_live_adapters_logit
     assert tokenizer.chat_template == session.tokenizer.chat_template
     assert tokenizer("What is SOH?")["input_ids"] == session.tokenizer("What is SOH?")["input_ids"]
     assert torch.equal(live_logits(session, transcript, "a"), expected)      # the live model is as it was
+
+
+def test_a_bf16_session_exports_what_it_answers_with(make_session, transcript, tmp_path):
+    """On a CPU with native bf16 `--dtype auto` loads the base in bf16 (models/precision.py): its export
+    is the float32 merge of those weights, so the file answers as the live model to bf16's rounding."""
+    session = make_session(model=str(grouped_llama(tmp_path)), dtype="bfloat16")
+    shelve(session, ["a"], targets=EVERY_LINEAR)
+    expected = live_logits(session, transcript, "a").float()
+    code, out = transcript(session, [f":export a {tmp_path / 'a.gguf'} quant=f32"])
+    assert code == 0, out
+    model, _ = reread(tmp_path / "a.gguf")
+    with torch.no_grad():
+        got = model(input_ids=torch.tensor(IDS)).logits
+    assert (got - expected).abs().max() < 0.02 * expected.abs().max()
 
 
 def test_f16_by_default_and_q8_0_on_request_with_a_warning(make_session, transcript, tmp_path):
@@ -83,7 +97,7 @@ def test_f16_by_default_and_q8_0_on_request_with_a_warning(make_session, transcr
 
 def test_from_a_gguf_base_the_metadata_is_the_sources_and_the_adapter_form_adds_up_to_the_merged(make_session, transcript, tmp_path):
     source = write_gguf(tmp_path / "sha256-5e1f")      # named as Ollama keeps its blobs: known by its bytes
-    session = make_session(model=str(source))
+    session = make_session(model=str(source), dtype="float32")
     torch.manual_seed(5)
     shelve(session, ["a"], targets=("q_proj", "k_proj", "up_proj"))
     expected = live_logits(session, transcript, "a")
