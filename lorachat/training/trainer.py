@@ -22,6 +22,7 @@ from lorachat.models.loader import positions
 from lorachat.scoring import locality
 from lorachat.scoring.batches import answer_logits, collate, model_device, padding_id
 from lorachat.scoring.recall import Asking, Recall
+from lorachat.training import attention
 from lorachat.training.guard import Guard
 from lorachat.training.ranks import Ranks
 from lorachat.training.planning import Plan
@@ -98,7 +99,7 @@ def run(model, tokenizer, plan: Plan, on_step=None, should_stop=None, asking=Non
         anchors = locality.anchor_reference(model, tokenizer, asking.instruction, config.anchor_pool,
                                             locality.LocalityOptions(max_new_tokens=config.anchor_tokens))
     device = model_device(model)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), attention.for_training(model):
         torch.manual_seed(config.seed)
         result = _Loop(model, tokenizer, plan, checker, params, on_step, should_stop, anchors, base).run()
     return dataclasses.replace(result, skipped=encoded.skipped, limit=encoded.limit)

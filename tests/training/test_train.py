@@ -537,3 +537,44 @@ def test_kl_rehearsal_compares_with_the_base_after_a_check_merged_the_adapter(ma
     layers = live.switch(session).layers
     assert all(not layer._disable_adapters for layer in layers)
     assert all(p.requires_grad is False or "kl" in n for n, p in session.model.named_parameters() if "lora_" in n)
+
+
+@pytest.mark.parametrize("arch", ["opt", "llama", "gpt2"])
+def test_on_the_cpu_training_attends_eagerly_and_answering_goes_back_to_sdpa(arch, tmp_path):
+    """training/attention.py: SDPA's CPU backward is the slower kernel for lorachat's short rows, so a
+    run attends eagerly and the model answers with SDPA again afterwards, also after an error; the
+    steps compute what they computed under SDPA (the same loss to float32 rounding)."""
+    import torch
+
+    from lorachat.models.loader import load_model
+    from tests.helpers import model_dir
+
+    loaded = load_model(str(model_dir(tmp_path, arch)), device="cpu", dtype="float32")
+    assert loaded.model.config._attn_implementation == "sdpa"
+    config = dataclasses.replace(recipe.DEFAULTS, steps=2, until="steps", anchors=0, probes=0, lr=1e-3)
+
+    def trained():
+        model = lora.wrapped(loaded.model, config)
+        seen = []
+        plan = planning.plan(model, loaded.tokenizer, examples_of(PAIRS[:2]), config)
+        result = trainer.run(model, loaded.tokenizer, plan,
+                             on_step=lambda *args: seen.append(model.get_base_model().config._attn_implementation))
+        model.unload()
+        return seen, result.loss
+
+    seen, eager_loss = trained()
+    assert seen == ["eager", "eager"] and loaded.model.config._attn_implementation == "sdpa"
+    from lorachat.training import attention
+
+    with pytest.raises(RuntimeError), attention.for_training(loaded.model):
+        raise RuntimeError("a run that failed")
+    assert loaded.model.config._attn_implementation == "sdpa"
+    original = attention.EAGER_ON_CPU
+    attention.EAGER_ON_CPU = "sdpa"
+    try:
+        _, sdpa_loss = trained()
+    finally:
+        attention.EAGER_ON_CPU = original
+    assert abs(eager_loss - sdpa_loss) < 1e-4 * max(1.0, abs(sdpa_loss)), (eager_loss, sdpa_loss)
+    with torch.no_grad():
+        assert loaded.model(input_ids=torch.tensor([[2, 50, 60]])).logits.isfinite().all()
