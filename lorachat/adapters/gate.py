@@ -67,21 +67,24 @@ def remember(session, name: str, keys: list[dict] | None) -> None:
 def decide(session, name: str, question: str) -> router.Decision | None:
     """Who answers `question` while adapter `name` is active; None when the gate does not decide
     (off, or the adapter has no record of its lessons: it answers every question)."""
-    if not enabled(session):
-        return None
-    keys = _entry(session, name).keys
+    return decide_each(session, name, [question])[0]
+
+
+def decide_each(session, name: str, questions: list[str]) -> list:
+    """decide for each of `questions`, read in shared forward passes (router.decide_each)."""
+    keys = _entry(session, name).keys if enabled(session) else None
     if keys is None:
-        return None
+        return [None] * len(questions)
     back = _background(session)
     with _as_base(session):
-        return router.decide(session.model, session.tokenizer, keys, back, question, session.settings.gate_at)
+        return router.decide_each(session.model, session.tokenizer, keys, back, questions, session.settings.gate_at)
 
 
 def routed_each(session, name: str | None, questions: list[str]) -> list[bool]:
     """Whether adapter `name` (None: the base) answers each of `questions` under the gate."""
     if name is None:
         return [False] * len(questions)
-    return [d is None or d.key is not None for d in (decide(session, name, q) for q in questions)]
+    return [d is None or d.key is not None for d in decide_each(session, name, questions)]
 
 
 def routed(session, name: str | None, question: str) -> bool:
@@ -124,7 +127,7 @@ def kept(session, name: str, questions: list[str], ref: locality.Reference,
     routes is the adapter's answer to the taught question it matches."""
     if not enabled(session):
         return locality.score(session.model, session.tokenizer, ref, options)
-    asked_as = [asks(session, name, q) for q in questions]
+    asked_as = [q if d is None else d.asks for q, d in zip(questions, decide_each(session, name, questions))]
     near = [i for i, a in enumerate(asked_as) if a is not None]
     tokens = sum(len(a) for a in ref.answers)
     if not near:

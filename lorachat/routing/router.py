@@ -63,17 +63,39 @@ def decide(model, tokenizer, keys: Keys, back: reading.Background, question: str
            without=()) -> Decision:
     """Who answers `question` among `keys` (the model as the base: the caller turns adapters off),
     the keys at the indices `without` left out (what the lessons alone can measure, `apart`)."""
-    question = question.strip()
-    for i, key in enumerate(keys.keys):
-        if key.question == question and i not in without:   # asked as taught: no reading needed
-            return Decision(key, keys.asks(key), key, 1.0, key if key.answer is not None else None, 1.0)
-    if len(without) >= len(keys.keys):
-        return Decision(None, None, None)
+    return decide_each(model, tokenizer, keys, back, [question], at, without)[0]
+
+
+def decide_each(model, tokenizer, keys: Keys, back: reading.Background, questions: list[str], at: float = GATE_AT,
+                without=()) -> list[Decision]:
+    """decide for each of `questions`, their readings made CHUNK to a forward pass (:eval's and
+    :train's probes: one pass instead of one each)."""
+    questions = [q.strip() for q in questions]
+    taught = {key.question: i for i, key in reversed(list(enumerate(keys.keys))) if i not in without}
+    unread = sorted({q for q in questions if q not in taught})
+    if unread and len(without) < len(keys.keys):
+        _read_keys(model, tokenizer, keys, back)
+        read = dict(zip(unread, (r for i in range(0, len(unread), CHUNK)
+                                 for r in reading.read(model, tokenizer, unread[i:i + CHUNK], back))))
+    else:
+        read = {}
+    return [_decided(model, tokenizer, keys, q, read.get(q), taught.get(q), at, without) for q in questions]
+
+
+def _read_keys(model, tokenizer, keys: Keys, back: reading.Background) -> None:
     if keys.readings is None:
         texts = [k.question for k in keys.keys]
         keys.readings = [r for i in range(0, len(texts), CHUNK)
                          for r in reading.read(model, tokenizer, texts[i:i + CHUNK], back)]
-    near = reading.coverage(reading.read(model, tokenizer, [question], back)[0], keys.readings)
+
+
+def _decided(model, tokenizer, keys: Keys, question: str, read, taught: int | None, at: float, without) -> Decision:
+    if taught is not None:   # asked as taught: no reading needed
+        key = keys.keys[taught]
+        return Decision(key, keys.asks(key), key, 1.0, key if key.answer is not None else None, 1.0)
+    if len(without) >= len(keys.keys):
+        return Decision(None, None, None)
+    near = reading.coverage(read, keys.readings)
     order = sorted((i for i in range(len(near)) if i not in without), key=lambda i: -near[i])
     nearest = keys.keys[order[0]]
     listed = [i for i in order[:TOP] if near[i] >= SHORTLIST]

@@ -171,3 +171,24 @@ def test_eval_with_the_gate_off_measures_what_travels_and_the_export_says_it(she
     code, out = transcript(session, [f":export a {tmp_path / 'out'}"])
     assert code == 0 and f"(ungated: kept {ungated['kept']:.1%} of 8 probes exactly" in out, out
     assert session.settings.gate == "auto"   # :eval's key is for that measurement only
+
+
+def test_questions_decided_together_are_decided_as_each_alone(shelved, transcript):
+    """gate.decide_each (:eval's and :train's probes, read CHUNK to a forward pass) decides every
+    question as deciding it alone does: the same key, the same question asked, the same figures."""
+    from lorachat.adapters import gate
+    from lorachat.scoring import locality
+
+    session = shelved
+    teach(session, "a", [(TAUGHT, ANSWER), ("What is SiON?", "SiON is silicon oxynitride.")])
+    transcript(session, [":use a", ":set gate=on", ":set gate_at=-1"])   # every shortlisted question passes
+    questions = [TAUGHT, SAME_WORDS, OTHER, "  What is SiON?  ", *locality.builtin(locality.PROBES)[:20]]
+    together = gate.decide_each(session, "a", questions)
+    alone = [gate.decide(session, "a", q) for q in questions]
+    assert [d.asks for d in together] == [d.asks for d in alone]
+    assert together[1].key is not None and together[3].asks == "What is SiON?"
+    for a, b in zip(together, alone):
+        assert (a.nearest, a.checked) == (b.nearest, b.checked)
+        # to the rounding of a batch: a padded row's states and log P move in the last bits (bf16 here)
+        assert abs(a.coverage - b.coverage) < 5e-3 and (a.share is None) == (b.share is None)
+        assert a.share is None or abs(a.share - b.share) < 0.02
