@@ -50,7 +50,7 @@ def figures(device: str, mode, home: Path, log=lambda text: None) -> tuple[dict,
         return dict(out, opt27_shape="tiny", opt27_train_two_facts_seconds=out["opt27_train_seconds"]), \
             {"opt27_start_seconds": "not in smoke runs (a process of its own)"}
     folder = checkpoint(log=log)
-    plan = dict(tokens=16, rounds=2, steps=CAP, switches=10)
+    plan = dict(tokens=24, rounds=3, steps=CAP, switches=10)
     out = dict(opt27_shape=SHAPE, opt27_threads=_threads())
     for dtype in ("auto", "float32") if mode.name == "full" else ("auto",):
         out.update(_measured(folder, home, dtype, plan, log))

@@ -64,7 +64,7 @@ def _decode(folder, device: str, tokens: int, rounds: int) -> dict:
 
 def race(model, tokenizer, tokens: int, rounds: int) -> tuple[float, float]:
     """Greedy tokens per second (lorachat's streamed answer, plain `generate`) on one prompt, `tokens`
-    each, alternating for `rounds` rounds (who goes first alternates too); the fastest run of each."""
+    each, alternating for `rounds` rounds (who goes first alternates too); the fastest run of each, after a warm-up pass."""
     import torch
 
     from lorachat.chat.streaming import answer
@@ -87,6 +87,9 @@ def race(model, tokenizer, tokens: int, rounds: int) -> tuple[float, float]:
         assert out.shape[1] == tensor.shape[1] + tokens
         return time.perf_counter() - start
 
+    with torch.inference_mode():   # a first pass reads the weights in (a lazily mapped file): timed by neither side
+        model.generate(input_ids=torch.tensor([ids], device=model.device), max_new_tokens=2, do_sample=False,
+                       pad_token_id=tokenizer.pad_token_id)
     best = {"lorachat": float("inf"), "generate": float("inf")}
     for round_ in range(rounds):
         for name, run in (("lorachat", streamed), ("generate", plain))[::1 if round_ % 2 == 0 else -1]:
