@@ -5,7 +5,7 @@ computes fastest without losing what lorachat promises (bench/RESULTS.md, "bf16 
 - a CPU that computes bf16 natively (Intel AMX-BF16 or AVX512-BF16, Arm BF16; torch's oneDNN kernels
   use them): bfloat16 weights. Training keeps the LoRA matrices and their optimizer state in float32
   (training/trainer.py `trainable`; PEFT's own adapter dtype), so only the frozen base is rounded.
-  Measured on SmolLM2-135M (Sapphire Rapids, 1 thread): a training step 1.6x faster than float32 and
+  Measured on SmolLM2-135M (a Xeon with AMX, 1 thread): a training step 1.6x faster than float32 and
   1.3x faster than float32 under bf16 autocast (which converts every frozen weight on every pass);
   greedy answers 2.4x faster; half the memory;
 - any other CPU: float32. Emulated bf16 is slower than float32 there, never chosen.
