@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from bench.research import routing_sets
-from bench.research.smol_locality import Cache, hash_of
+from bench.research.smol_locality import Cache, hash_of, record
 
 TOKENS = 64
 COSINE_AT = 0.5
@@ -226,9 +226,7 @@ def main(argv=None) -> int:
     for name in args.sets.split(","):
         for seed in [int(s) for s in args.seeds.split(",")]:
             for row in measure(args, name, seed, cache):
-                print(json.dumps(row), flush=True)
-                with open(args.json, "a", encoding="utf-8") as f:
-                    f.write(json.dumps(row) + "\n")
+                record(args.json, row)
     return 0
 
 

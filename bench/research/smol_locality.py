@@ -351,10 +351,15 @@ def main(argv=None) -> int:
                 row = measure(base, tokenizer, cache, figures, pairs, name, config, lengths, log, args.gate, paraphrases)
             row |= dict(facts=args.facts, base_paraphrase=sum(base_hits), threads=args.threads,
                         load=os.getloadavg()[0], dtype=dtype)
-            print(json.dumps(row), flush=True)
-            with open(args.json, "a", encoding="utf-8") as f:
-                f.write(json.dumps(row) + "\n")
+            record(args.json, row)
     return 0
+
+
+def record(path: str, row: dict) -> None:
+    """Print one result row and append it to the JSON-lines file `path`."""
+    print(json.dumps(row), flush=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
 
 
 if __name__ == "__main__":
