@@ -20,7 +20,7 @@ import torch
 # The merged buffers are a copy of every matrix the adapter touches. On the CPU, decoding reads each
 # weight once per token whether merged or not, so merging buys little there and costs those bytes:
 # OPT-2.7B in bf16 with LoRA on fc1 decoded 1.38 tokens/s merged, 1.34 unmerged and 1.37 as the base,
-# for 1.7 GB of copies (a third of the model; bench/RESULTS.md, "OPT-2.7B on this CPU"); smol's copies
+# for 1.7 GB of copies (a third of the model; bench/RESULTS.md, "The default model on this CPU"); smol's copies
 # are 53 MB and buy 4%. Above this many bytes a CPU answers unmerged; a GPU always merges.
 CPU_MERGE_BYTES = 1 << 30
 
