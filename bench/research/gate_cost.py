@@ -7,6 +7,8 @@ gate's decision (adapters/gate.py `decide`) and the base answering the same ques
 tokens, for: unrelated questions (built-in probes), and paraphrases and look-alikes (which the
 shortlist passes to the check). The first check of a taught answer also reads it after its own
 question and after NULL (once per loaded adapter): timed apart. Measures only.
+`python -m bench.research.gate_cost [THREADS [DTYPE]]` (defaults 2, float32; `auto` is lorachat's
+default: bf16 where the CPU has it natively).
 """
 import statistics
 import sys
@@ -27,8 +29,11 @@ def main(argv=None) -> int:
     from lorachat.models.loader import load_model
     from lorachat.scoring import locality
 
+    argv = list(argv or [])
     torch.set_num_threads(int(argv[0]) if argv else 2)
-    session = session_for(load_model(str(smol_folder()), device="cpu", dtype="float32"), tempfile.mkdtemp())
+    dtype = argv[1] if len(argv) > 1 else "float32"   # "auto": bf16 where the CPU has it natively (the default)
+    session = session_for(load_model(str(smol_folder()), device="cpu", dtype=dtype), tempfile.mkdtemp())
+    print(f"dtype {dtype}: {session.model.dtype}, {torch.get_num_threads()} thread(s)")
     session.settings.context = "off"
     jsonl.append_examples(session.home, "taught", [Example(DEFAULT_INSTRUCTION, q, a) for q, a, *_ in routing_sets.TUNE])
     session.dataset = "taught"

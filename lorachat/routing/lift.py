@@ -13,7 +13,7 @@ Model-level: the caller decides which adapter, if any, is on. Knows nothing abou
 adapters or files.
 """
 from lorachat.core.prompts import answer_ids, prompt_ids
-from lorachat.scoring.batches import answer_logits, autocast, collate, model_device, padding_id, sorted_batches
+from lorachat.scoring.batches import answer_logits, autocast, collate, evaluating, model_device, padding_id, sorted_batches
 
 NULL = "Tell me something."   # a question that asks nothing in particular
 FLOOR = 1.0                   # nats: a taught question that lifts its answer less is counted as lifting it this much
@@ -30,19 +30,14 @@ def logprobs(model, tokenizer, rows: list[tuple[str, str, str]]) -> list[float]:
         target = answer_ids(tokenizer, instruction, question, answer, prompt)
         items.append((prompt + target, [-100] * len(prompt) + target))
     out = [0.0] * len(items)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), autocast(model):
-            for group in sorted_batches(range(len(items)), lambda i: len(items[i][0]), max_rows=16):
-                input_ids, labels, mask = collate([items[i] for i in group], padding_id(tokenizer), model_device(model))
-                logits, targets, where = answer_logits(model, input_ids, labels, mask)
-                picked = torch.log_softmax(logits, -1).gather(1, targets[:, None])[:, 0]
-                sums = torch.zeros(len(group), device=picked.device).index_add_(0, where, picked)
-                for row, index in enumerate(group):
-                    out[index] = float(sums[row])
-    finally:
-        model.train(was_training)
+    with evaluating(model), torch.no_grad(), autocast(model):
+        for group in sorted_batches(range(len(items)), lambda i: len(items[i][0]), max_rows=16):
+            input_ids, labels, mask = collate([items[i] for i in group], padding_id(tokenizer), model_device(model))
+            logits, targets, where = answer_logits(model, input_ids, labels, mask)
+            picked = torch.log_softmax(logits, -1).gather(1, targets[:, None])[:, 0]
+            sums = torch.zeros(len(group), device=picked.device).index_add_(0, where, picked)
+            for row, index in enumerate(group):
+                out[index] = float(sums[row])
     return out
 
 

@@ -15,7 +15,7 @@ adapters or answers.
 import math
 from dataclasses import dataclass
 
-from lorachat.scoring.batches import model_device, padding_id
+from lorachat.scoring.batches import evaluating, model_device, padding_id
 
 LAYER = 2             # decoder layers read (of smol's 30); 1..4 measured alike on the tune set
 BACKGROUND = 64       # built-in anchor questions whose token states set the mean and spread
@@ -69,17 +69,14 @@ def states(model, tokenizer, texts: list[str], layer: int = LAYER) -> list:
 
     layers = decoder_layers(model)
     hook = layers[min(layer, len(layers)) - 1].register_forward_hook(stop)
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with evaluating(model), torch.no_grad():
             model(input_ids=ids, attention_mask=mask, use_cache=False)
         raise RuntimeError("the forward pass did not reach the hooked layer")
     except _Stop as stopped:
         hidden = stopped.hidden.float()
     finally:
         hook.remove()
-        model.train(was_training)
     return [hidden[i, :len(r)] for i, r in enumerate(rows)]
 
 

@@ -100,21 +100,35 @@ def takes_logits_to_keep(model) -> bool:
 
 # --- measuring ---------------------------------------------------------------------------------
 
+@contextlib.contextmanager
+def evaluating(model):
+    """`model` in eval mode for the block, and every module back in the mode it had after it.
+    Nothing changes when no module is training: model.eval() and .train() walk every module (~1.4 ms
+    each on smol with an adapter, which was ~6% of a gate decision's two forward passes)."""
+    modules = list(model.modules())
+    modes = [module.training for module in modules]
+    if not any(modes):
+        yield model
+        return
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(modes[0])   # through the model's own train(): transformers keeps its kernels' mode there
+        for module, mode in zip(modules, modes):
+            module.training = mode
+
+
 def eval_batches(model, tokenizer, items, indices=None):
     """For each length-sorted batch of `items` ((input_ids, labels) pairs), in eval mode without
     gradients: (indices in the batch, input_ids, logits, targets, rows, positions) at answer positions."""
     import torch
 
     indices = range(len(items)) if indices is None else indices
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), autocast(model):
-            for group in sorted_batches(indices, lambda i: len(items[i][0])):
-                input_ids, labels, mask = collate([items[i] for i in group], padding_id(tokenizer), model_device(model))
-                yield (group, input_ids, *answer_logits(model, input_ids, labels, mask, positions=True))
-    finally:
-        model.train(was_training)
+    with evaluating(model), torch.no_grad(), autocast(model):
+        for group in sorted_batches(indices, lambda i: len(items[i][0])):
+            input_ids, labels, mask = collate([items[i] for i in group], padding_id(tokenizer), model_device(model))
+            yield (group, input_ids, *answer_logits(model, input_ids, labels, mask, positions=True))
 
 
 def known(logits, targets, rows, count: int):

@@ -27,6 +27,7 @@ from lorachat.scoring.batches import (
     answer_logits,
     autocast,
     collate,
+    evaluating,
     known,
     model_device,
     padding_id,
@@ -102,9 +103,7 @@ def greedy(model, tokenizer, prompts: list[list[int]], options: LocalityOptions 
     pad, eos = padding_id(tokenizer), tokenizer.eos_token_id
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     answers = [None] * len(prompts)
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         for start in range(0, len(order), options.batch):
             rows = order[start:start + options.batch]
             width = max(len(prompts[i]) for i in rows)
@@ -119,8 +118,6 @@ def greedy(model, tokenizer, prompts: list[list[int]], options: LocalityOptions 
                 answers[i] = row[:row.index(eos) + 1] if eos is not None and eos in row else row
             if on_batch is not None:
                 on_batch(start + len(rows))
-    finally:
-        model.train(was_training)
     return answers
 
 
@@ -179,17 +176,12 @@ def _scored(model, tokenizer, ref: Reference, options: LocalityOptions) -> tuple
     items = items_of(ref)
     order = sorted(range(len(items)), key=lambda i: len(items[i][0]))
     exact, agree = [False] * len(items), 0
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), autocast(model):
-            for start in range(0, len(order), options.batch):
-                rows = order[start:start + options.batch]
-                input_ids, labels, mask = collate([items[i] for i in rows], padding_id(tokenizer), model_device(model))
-                logits, targets, positions = answer_logits(model, input_ids, labels, mask)
-                for i, ok in zip(rows, known(logits, targets, positions, len(rows)).tolist()):
-                    exact[i] = bool(ok)
-                agree += int((logits.argmax(-1) == targets).sum())
-    finally:
-        model.train(was_training)
+    with evaluating(model), torch.no_grad(), autocast(model):
+        for start in range(0, len(order), options.batch):
+            rows = order[start:start + options.batch]
+            input_ids, labels, mask = collate([items[i] for i in rows], padding_id(tokenizer), model_device(model))
+            logits, targets, positions = answer_logits(model, input_ids, labels, mask)
+            for i, ok in zip(rows, known(logits, targets, positions, len(rows)).tolist()):
+                exact[i] = bool(ok)
+            agree += int((logits.argmax(-1) == targets).sum())
     return exact, agree

@@ -25,6 +25,7 @@ from lorachat.scoring.batches import (
     autocast,
     collate,
     eval_batches,
+    evaluating,
     known,
     model_device,
     padding_id,
@@ -128,17 +129,12 @@ class Recall:
     def _known(self, model, items) -> list[bool]:
         import torch
 
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad(), autocast(model):
-                input_ids, labels, mask = collate(items, padding_id(self.tokenizer), model_device(model))
-                logits, targets, rows, positions = answer_logits(model, input_ids, labels, mask, positions=True)
-                if self.asking.repetition_penalty != 1.0:
-                    logits = penalized(logits, input_ids, rows, positions, self.asking.repetition_penalty)
-                return known(logits, targets, rows, len(items)).tolist()
-        finally:
-            model.train(was_training)
+        with evaluating(model), torch.no_grad(), autocast(model):
+            input_ids, labels, mask = collate(items, padding_id(self.tokenizer), model_device(model))
+            logits, targets, rows, positions = answer_logits(model, input_ids, labels, mask, positions=True)
+            if self.asking.repetition_penalty != 1.0:
+                logits = penalized(logits, input_ids, rows, positions, self.asking.repetition_penalty)
+            return known(logits, targets, rows, len(items)).tolist()
 
     def evaluate(self, model, on_batch=None) -> tuple[float, int]:
         """(mean answer-token loss, questions recalled), both as asked, from one forward pass over

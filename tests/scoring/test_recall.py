@@ -90,3 +90,35 @@ def test_eval_recall_is_what_asking_returns(make_session, transcript, home):
     assert shown[0] == 0 and shown[1] < 2 and shown[2] == 2
     taught = [Example(DEFAULT_INSTRUCTION, q, a) for q, a in PAIRS]
     assert float(loss) == pytest.approx(batches.answer_loss(session.model, session.tokenizer, taught), abs=1e-4)
+
+
+def test_evaluating_restores_each_module_and_walks_nothing_in_eval_mode():
+    """batches.evaluating: eval mode inside; afterwards each module in the mode it had (a model in
+    train mode with one submodule left in eval, as PEFT leaves a frozen part, comes back so); and a
+    model already in eval mode is not walked by train()/eval() at all (the gate's decisions pay it
+    per question)."""
+    import torch
+
+    calls = []
+
+    class Counted(torch.nn.Sequential):
+        def train(self, mode=True):
+            calls.append(mode)
+            return super().train(mode)
+
+    model = Counted(torch.nn.Linear(2, 2), torch.nn.Dropout(0.5), torch.nn.Linear(2, 2))
+    model.train()
+    model[2].eval()
+    with batches.evaluating(model):
+        assert not any(m.training for m in model.modules())
+    assert [m.training for m in model.modules()] == [True, True, True, False]
+    model.eval()
+    calls.clear()
+    with batches.evaluating(model):
+        assert not any(m.training for m in model.modules())
+    assert calls == [] and not any(m.training for m in model.modules())
+    with pytest.raises(ValueError):          # restored when the block raises too
+        model.train()
+        with batches.evaluating(model):
+            raise ValueError
+    assert all(m.training for m in model.modules())
