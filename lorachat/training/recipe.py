@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from typing import Optional
 
 from lorachat.models.loader import SMALL_MODEL, base_size, positions
-from lorachat.training.lora import DEFAULT_TARGETS
+from lorachat.training.lora import ALPHA, DEFAULT_TARGETS, RANK, TRAVEL_RANK, rank_and_alpha
 
 # lr=none picks by model size (docs/training.md, bench/RESULTS.md): 5e-3 teaches the tiny model fastest (7e-3
 # diverges); on SmolLM2-135M 3e-3 teaches the ten pairs in 20 steps where 1e-3 takes 30, and the seed's two
@@ -25,10 +25,12 @@ LARGE_MODEL = 1_000_000_000
 SMALL_ANCHORS = dict(anchors=4, anchor_weight=0.3, anchor_tokens=16, anchor_loss="ce")
 LARGE_ANCHORS = dict(anchors=0, anchor_weight=1.0, anchor_tokens=32, anchor_loss="kl")
 # travel=on: an adapter meant to leave lorachat (:export, vLLM, llama.cpp), where no gate keeps the other
-# answers, rehearses 2 anchors on every step, KL to the base along their 32-token answers (bench/RESULTS.md,
-# "What leaves lorachat"): on smol ten facts, ungated, 91% of the base's answer tokens kept and answers
-# 1.04x its length where the defaults keep 65% and 0.15x, at 2.7x the defaults' training time
-TRAVEL = dict(anchors=2, anchor_every=1, anchor_weight=1.0, anchor_tokens=32, anchor_loss="kl")
+# answers, rehearses 2 anchors on every step at weight 2, KL to the base along their 64-token answers, with
+# a smaller adapter (lora.TRAVEL_RANK, scale 2) (bench/RESULTS.md, "What leaves lorachat"): on smol's ten
+# held-out facts in bf16, ungated, 35.8% of 303 probes kept exactly, 93.2% of the base's answer tokens and
+# answers 1.02x its length, where the defaults keep 0.7%, 60% and 0.13x, at ~4x the defaults' training time
+TRAVEL = dict(anchors=2, anchor_every=1, anchor_weight=2.0, anchor_tokens=64, anchor_loss="kl")
+
 # context=N trains each taught question also after N earlier turns (planning.in_context); off by default:
 # on smol, taught without copies under the gate, the ten came back 10/10 as the 3rd turn of a
 # conversation (with the gate off and lr 1e-3: 8/10, 10/10 with context=2)
@@ -38,8 +40,8 @@ CONTEXT = 2
 @dataclass
 class TrainConfig:
     """`:train` keys. lr/steps/batch were chosen by measurement (docs/training.md, bench/RESULTS.md)."""
-    r: int = field(default=16, metadata={"help": "LoRA rank", "min": 1, "max": 1024})
-    alpha: float = field(default=32.0, metadata={"help": "LoRA scaling numerator (scale = alpha / r)", "positive": True, "max": 10000})
+    r: Optional[int] = field(default=None, metadata={"help": f"LoRA rank (none: {RANK}; {TRAVEL_RANK} with travel=on)", "min": 1, "max": 1024})
+    alpha: Optional[float] = field(default=None, metadata={"help": f"LoRA scaling numerator, scale = alpha / r (none: {ALPHA:g}; 2r with travel=on)", "positive": True, "max": 10000})
     dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA input", "min": 0, "max": 0.9})
     targets: str = field(default=DEFAULT_TARGETS, metadata={"help": "comma list of module names, or all-linear"})
     steps: int = field(default=500, metadata={"help": "most optimizer steps", "min": 1, "max": 1_000_000})
@@ -57,14 +59,14 @@ class TrainConfig:
     guard: bool = field(default=True, metadata={"help": "when the loss climbs back up, return to the best weights and halve the lr"})
     anchors: Optional[int] = field(default=None, metadata={"help": "anchor questions rehearsed with the base's own answers per anchor step, to keep other answers as they were (0: off; none: 4 below 50M parameters, else 0: the ask-time gate keeps them)", "min": 0, "max": 4096})
     anchor_every: Optional[int] = field(default=None, metadata={"help": "rehearse anchors on every N-th step (none: 2; 1 with travel=on)", "min": 1, "max": 1000})
-    anchor_weight: Optional[float] = field(default=None, metadata={"help": "weight of the anchors' loss against the examples' (none: 0.3 below 50M parameters, else 1)", "min": 0, "max": 100})
-    anchor_tokens: Optional[int] = field(default=None, metadata={"help": "longest base answer rehearsed per anchor, in tokens: long enough that most are not yet over, so short taught answers do not teach an early EOS (none: 16 below 50M parameters, else 32)", "min": 1, "max": 4096})
+    anchor_weight: Optional[float] = field(default=None, metadata={"help": "weight of the anchors' loss against the examples' (none: 0.3 below 50M parameters, else 1; 2 with travel=on)", "min": 0, "max": 100})
+    anchor_tokens: Optional[int] = field(default=None, metadata={"help": "longest base answer rehearsed per anchor, in tokens: long enough that most are not yet over, so short taught answers do not teach an early EOS (none: 16 below 50M parameters, else 32; 64 with travel=on)", "min": 1, "max": 4096})
     anchor_loss: Optional[str] = field(default=None, metadata={"help": "ce: cross-entropy on the base's greedy answer tokens; kl: KL to the base's whole next-token distribution along that answer (none: ce below 50M parameters, else kl)", "choices": ("ce", "kl")})
     context: int = field(default=0, metadata={"help": f"each question is also trained after this many earlier turns of a conversation (anchor questions with the base's answers), so it comes back mid-conversation without the gate too (0: alone only; {CONTEXT} was measured)", "min": 0, "max": 16})
     anchor_pool: int = field(default=64, metadata={"help": "how many of the built-in anchor questions (their base answers made once)", "min": 1, "max": 100_000})
     probes: int = field(default=32, metadata={"help": "built-in probe questions the final line's kept share is measured on (0: not measured; :eval uses all 303)", "min": 0, "max": 100_000})
     keep_base: Optional[float] = field(default=None, metadata={"help": "until=recall also waits until this share of the anchors is answered as the base did (none: recall alone)", "positive": True, "max": 1})
-    travel: bool = field(default=False, metadata={"help": "an adapter meant to leave lorachat (:export, lorachat serve, GGUF), where no gate keeps the other answers: each `none` anchor key as measured best for that (anchors=2 every step, KL along 32 tokens; about 2.7x the time), and the final line measures what it will serve"})
+    travel: bool = field(default=False, metadata={"help": "an adapter meant to leave lorachat (:export, lorachat serve, GGUF), where no gate keeps the other answers: each `none` anchor key, r and alpha as measured best for that (anchors=2 every step at weight 2, KL along 64 tokens, r=4 at alpha 8; about 4x the time), and the final line measures what it will serve"})
     checkpointing: bool = field(default=False, metadata={"help": "gradient checkpointing: less memory, ~30% slower"})
     until: str = field(default="recall", metadata={"help": "recall: stop when every answer comes back verbatim; steps: run them all", "choices": ("recall", "steps")})
     keep: str = field(default="final", metadata={"help": "on Ctrl-C: final discards the adapter, partial saves it", "choices": ("final", "partial")})
@@ -74,8 +76,11 @@ DEFAULTS = TrainConfig()
 
 
 def resolved(model, config: TrainConfig) -> TrainConfig:
-    """`config` with each `none` that means "by model size" (lr and the anchor keys) replaced by the
-    value for this model's size (what is trained and recorded)."""
+    """`config` with each `none` replaced by what it means: by model size (lr and the anchor keys),
+    by travel=on (the anchor keys, r and alpha); what is trained and recorded."""
+    if config.r is None or config.alpha is None:
+        r, alpha = rank_and_alpha(config)
+        config = replace(config, r=r, alpha=alpha)
     unset = [key for key in ("lr", "anchor_every", *LARGE_ANCHORS) if getattr(config, key) is None]
     if not unset:
         return config

@@ -105,7 +105,7 @@ def test_an_adapter_taught_to_travel_keeps_the_bases_manner_without_the_gate(tau
     still answers its taught questions verbatim and an unrelated question at length, where the
     gate's own adapter answers it in a line (bench/RESULTS.md, "What leaves lorachat")."""
     ask = taught["ask"]
-    code, out = ask([":train tr r=4 travel=on probes=8"])
+    code, out = ask([":train tr travel=on probes=8"])   # r=4 at alpha 8: travel=on's own
     assert code == 0 and "recall 2/2" in out and "ungated, as :export" in out, out
     try:
         ask([":set gate=off"])

@@ -138,7 +138,8 @@ def test_lorachat_json_records_what_was_trained(trained):
     meta = json.loads((trained["home"] / "adapters" / "default" / "lorachat.json").read_text())
     assert meta["dataset"] == "default" and meta["examples"] == 10
     assert meta["records_sha256"] == recipe.records_sha256(examples_of(PAIRS))
-    resolved = dataclasses.replace(recipe.DEFAULTS, lr=recipe.SMALL_LR, context=0, anchor_every=2, **recipe.SMALL_ANCHORS)  # the nones resolved
+    resolved = dataclasses.replace(recipe.DEFAULTS, lr=recipe.SMALL_LR, context=0, anchor_every=2, r=16, alpha=32.0,
+                                   **recipe.SMALL_ANCHORS)  # the nones resolved
     assert meta["train"] == dataclasses.asdict(resolved)
     assert meta["recall"] == 10 and meta["total"] == 10 and meta["steps"] >= 1 and meta["cancelled"] is False
     assert meta["base_model"] == "tiny" and meta["base_fingerprint"].startswith("sha256:")
@@ -320,6 +321,11 @@ def test_lr_and_anchors_none_are_chosen_by_model_size_and_explicit_values_are_ke
     travelling = recipe.resolved(large, dataclasses.replace(recipe.DEFAULTS, travel=True))
     assert {key: getattr(travelling, key) for key in recipe.TRAVEL} == recipe.TRAVEL
     assert recipe.resolved(tiny, dataclasses.replace(recipe.DEFAULTS, travel=True, anchors=1)).anchors == 1
+    # and a smaller adapter at scale 2, unless r or alpha is given; without travel r=16 at alpha 32
+    assert (travelling.r, travelling.alpha) == (recipe.TRAVEL_RANK, 2.0 * recipe.TRAVEL_RANK)
+    assert (recipe.resolved(large, dataclasses.replace(recipe.DEFAULTS, travel=True, r=8)).alpha,
+            recipe.resolved(large, dataclasses.replace(recipe.DEFAULTS, travel=True, alpha=4.0)).r) == (16.0, recipe.TRAVEL_RANK)
+    assert (recipe.resolved(large, recipe.DEFAULTS).r, recipe.resolved(large, dataclasses.replace(recipe.DEFAULTS, r=4)).alpha) == (16, 32.0)
 
 
 def test_travel_on_measures_what_the_adapter_serves_and_records_it(make_session, transcript, home):
@@ -331,6 +337,8 @@ def test_travel_on_measures_what_the_adapter_serves_and_records_it(make_session,
     assert code == 0, out
     meta = json.loads((home / "adapters" / "t" / "lorachat.json").read_text())
     assert meta["train"]["travel"] is True and meta["train"]["anchors"] == 2 and meta["train"]["anchor_every"] == 1
+    peft_config = json.loads((home / "adapters" / "t" / "adapter_config.json").read_text())
+    assert (meta["train"]["r"], peft_config["r"], peft_config["lora_alpha"]) == (recipe.TRAVEL_RANK, recipe.TRAVEL_RANK, 8.0)
     ungated = meta["ungated"]
     assert ungated["probes"] == 8 and 0 <= ungated["kept"] <= 1 and ungated["length"] > 0
     assert f"ungated, as :export, lorachat serve and a GGUF export serve it: kept {ungated['kept']:.1%} of 8 probes" in out

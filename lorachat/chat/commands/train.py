@@ -23,7 +23,7 @@ from lorachat.training import lora, planning, recipe, trainer
 def _details(session):
     rows = [list(row) for row in options.describe(recipe.DEFAULTS)]
     try:  # the default targets by the names the loaded model gives them (up_proj, c_fc ...)
-        used = lora.lora_config(session.model, recipe.DEFAULTS).target_modules
+        used = lora.lora_config(session.model, recipe.resolved(session.model, recipe.DEFAULTS)).target_modules
     except LorachatError:
         used = None
     if isinstance(used, (set, list)) and sorted(used) != [recipe.DEFAULTS.targets]:

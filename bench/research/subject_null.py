@@ -1,0 +1,125 @@
+"""Does the gate's check separate "another attribute of the taught subject" when its null question
+names the subject?
+
+    python -m bench.research.subject_null --sets tune,held [--dtype auto]
+
+The check (lorachat/routing/lift.py) measures how much a question lifts the taught answer beyond
+NULL ("Tell me something."). A look-alike that names the taught subject ("What is the population of
+Greyhollow?" beside "Which river flows through the town of Greyhollow?") lifts the answer's copy of
+the subject as the taught question does, and passes (bench/RESULTS.md, "Gate 2"). Variant `subject`
+measures the lift beyond a question that only names the subject, "Tell me about Greyhollow." (its
+words: those of the taught question after the first with a capital letter or a digit; with none,
+its rarest word among the built-in anchor questions), so what counts is what the question asks about the subject:
+share_s = (lift(asked) - lift(subject)) / (lift(taught) - lift(subject)). Decision rules compared:
+the shipped share alone at 0.72; share_s alone; both (share at 0.72 and share_s at a second threshold).
+
+Decisions are read by the base, so no adapter is trained: for each set of routing_sets.py, the
+shortlist as shipped (reading.coverage, SHORTLIST, TOP 1), then the shares for the shortlisted key.
+Prints per rule and threshold the paraphrases routed to their own fact, look-alikes left to the base
+and probes routed (of 303), and the tune set's pick applied to the held set.
+"""
+import argparse
+import json
+import re
+import sys
+
+
+def subject_words(tokenizer, back, question: str) -> list[str]:
+    """The taught question's words that name what it is about: those after the first with a capital
+    letter or a digit; with none, the one word whose tokens are rarest among the anchor questions."""
+    words = [re.sub(r"'s$", "", w) for w in re.findall(r"[A-Za-z0-9][A-Za-z0-9'-]*", question)][1:]
+    named = [w for w in words if any(c.isupper() or c.isdigit() for c in w)]
+    if named or not words:
+        return named
+    rarity = lambda w: sum(back.idf.get(t, back.unseen) for t in tokenizer(" " + w)["input_ids"])  # noqa: E731
+    return [max(words, key=rarity)]
+
+
+def study(model, tokenizer, name: str):
+    from bench.research import routing_sets
+    from lorachat.core.prompts import DEFAULT_INSTRUCTION
+    from lorachat.routing import lift, reading, router
+    from lorachat.scoring import locality
+
+    facts = routing_sets.FACTS[name]
+    keys = [router.Key(q, a, DEFAULT_INSTRUCTION) for q, a, *_ in facts]
+    back = reading.background(model, tokenizer)
+    readings = reading.read(model, tokenizer, [k.question for k in keys], back)
+    subjects = [subject_words(tokenizer, back, k.question) for k in keys]
+    nulls = [f"Tell me about {' '.join(s)}." if s else lift.NULL for s in subjects]
+    own = lift.logprobs(model, tokenizer, [(k.instruction, q, k.answer) for k in keys
+                                          for q in (k.question, lift.NULL, nulls[keys.index(k)])])
+    taught = [(own[3 * i], own[3 * i + 1], own[3 * i + 2]) for i in range(len(keys))]
+    questions = [(q, "para", i) for q, _, i in routing_sets.paraphrases(name)] + \
+                [(q, "look", i) for q, i in routing_sets.lookalikes(name)] + \
+                [(q, "probe", None) for q in locality.builtin(locality.PROBES)]
+    rows = []
+    for question, kind, mine in questions:
+        near = reading.coverage(reading.read(model, tokenizer, [question], back)[0], readings)
+        best = max(range(len(near)), key=lambda i: near[i])
+        row = dict(question=question, kind=kind, own=mine, key=best, coverage=near[best], share=None, subject=None)
+        if near[best] >= router.SHORTLIST:
+            key = keys[best]
+            asked = lift.logprobs(model, tokenizer, [(key.instruction, question, key.answer)])[0]
+            t, null, subject = taught[best]
+            row["share"] = lift.share(asked, t, null)
+            row["subject"] = lift.share(asked, t, subject)
+        rows.append(row)
+    return rows, [dict(question=k.question, subject=n) for k, n in zip(keys, nulls)]
+
+
+RULES = {
+    "share": lambda r, at: r["share"] is not None and r["share"] >= 0.72 if at is None else r["share"] >= at,
+    "subject": lambda r, at: r["subject"] is not None and r["subject"] >= at,
+    "both": lambda r, at: r["share"] is not None and r["share"] >= 0.72 and r["subject"] >= at,
+}
+
+
+def counts(rows, rule, at) -> dict:
+    routed = lambda r: r["share"] is not None and RULES[rule](r, at)   # noqa: E731
+    return dict(para=sum(1 for r in rows if r["kind"] == "para" and routed(r) and r["key"] == r["own"]),
+                look=sum(1 for r in rows if r["kind"] == "look" and not routed(r)),
+                probes=sum(1 for r in rows if r["kind"] == "probe" and routed(r)))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.research.subject_null", description=__doc__.splitlines()[0])
+    p.add_argument("--sets", default="tune,held")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json", default="bench/research/results/subject_null.jsonl")
+    args = p.parse_args(argv)
+    import torch
+
+    from bench.suites.smol import smol_folder
+    from lorachat.models.loader import load_model
+
+    torch.set_num_threads(args.threads)
+    loaded = load_model(str(smol_folder()), device="cpu", dtype=args.dtype)
+    found = {}
+    for name in args.sets.split(","):
+        rows, subjects = study(loaded.model, loaded.tokenizer, name)
+        found[name] = rows
+        print(f"{name} subjects: " + "; ".join(s["subject"] for s in subjects))
+    with open(args.json, "a", encoding="utf-8") as f:
+        for name, rows in found.items():
+            for row in rows:
+                if row["kind"] != "probe" or row["share"] is not None:
+                    f.write(json.dumps(dict(row, set=name, dtype=str(loaded.dtype)[6:])) + "\n")
+    grid = [round(-0.2 + 0.05 * i, 2) for i in range(25)]
+    print("shipped (share at 0.72): " + ", ".join(f"{n} {counts(r, 'share', None)}" for n, r in found.items()))
+    for rule in ("subject", "both"):
+        tune = found.get("tune")
+        if tune:   # the tune set's pick: no probe routed, most of min(paraphrases, look-alikes), then their sum
+            score = lambda a: (counts(tune, rule, a)["probes"] == 0, min(counts(tune, rule, a)["para"], counts(tune, rule, a)["look"]),  # noqa: E731
+                               counts(tune, rule, a)["para"] + counts(tune, rule, a)["look"])
+            at = max(grid, key=score)
+            print(f"{rule}: tune picks {at}: " + ", ".join(f"{n} {counts(r, rule, at)}" for n, r in found.items()))
+        for name, rows in found.items():
+            print(f"  {name} {rule}: " + " ".join(f"{a}:{c['para']}/{c['look']}/{c['probes']}"
+                                                 for a in grid[::2] for c in [counts(rows, rule, a)]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
