@@ -10,8 +10,11 @@ the subject as the taught question does, and passes (bench/RESULTS.md, "Gate 2")
 measures the lift beyond a question that only names the subject, "Tell me about Greyhollow." (its
 words: those of the taught question after the first with a capital letter or a digit; with none,
 its rarest word among the built-in anchor questions), so what counts is what the question asks about the subject:
-share_s = (lift(asked) - lift(subject)) / (lift(taught) - lift(subject)). Decision rules compared:
-the shipped share alone at 0.72; share_s alone; both (share at 0.72 and share_s at a second threshold).
+share_s = (lift(asked) - lift(subject)) / (lift(taught) - lift(subject)). Variant `relation` keeps
+NULL but sums the lift only over the answer's tokens that are not part of the subject's words (for
+the asked and the taught question alike): what the question makes likelier besides the subject's
+name, i.e. the relation it asks about. Decision rules compared: the shipped share alone at 0.72; each
+variant alone; each beside the shipped share (share at 0.72 and the variant at a second threshold).
 
 Decisions are read by the base, so no adapter is trained: for each set of routing_sets.py, the
 shortlist as shipped (reading.coverage, SHORTLIST, TOP 1), then the shares for the shortlisted key.
@@ -35,8 +38,21 @@ def subject_words(tokenizer, back, question: str) -> list[str]:
     return [max(words, key=rarity)]
 
 
+def in_subject(token: str, subject: list[str]) -> bool:
+    """Whether an answer token's text is (part of) one of the subject's words."""
+    piece = re.sub(r"[^a-z0-9]", "", token.lower())
+    words = [re.sub(r"[^a-z0-9]", "", w.lower()) for w in subject]
+    return bool(piece) and any(piece == w or (len(piece) >= 3 and piece in w) for w in words)
+
+
+def relation_share(asked, taught, null, texts, subject, floor=1.0):
+    keep = [i for i, t in enumerate(texts) if not in_subject(t, subject)]
+    return sum(asked[i] - null[i] for i in keep) / max(sum(taught[i] - null[i] for i in keep), floor)
+
+
 def study(model, tokenizer, name: str):
     from bench.research import routing_sets
+    from bench.research.lift_mask import per_token
     from lorachat.core.prompts import DEFAULT_INSTRUCTION
     from lorachat.routing import lift, reading, router
     from lorachat.scoring import locality
@@ -50,6 +66,8 @@ def study(model, tokenizer, name: str):
     own = lift.logprobs(model, tokenizer, [(k.instruction, q, k.answer) for k in keys
                                           for q in (k.question, lift.NULL, nulls[keys.index(k)])])
     taught = [(own[3 * i], own[3 * i + 1], own[3 * i + 2]) for i in range(len(keys))]
+    tokens = [per_token(model, tokenizer, [(k.instruction, k.question, k.answer), (k.instruction, lift.NULL, k.answer)])
+              for k in keys]
     questions = [(q, "para", i) for q, _, i in routing_sets.paraphrases(name)] + \
                 [(q, "look", i) for q, i in routing_sets.lookalikes(name)] + \
                 [(q, "probe", None) for q in locality.builtin(locality.PROBES)]
@@ -57,13 +75,17 @@ def study(model, tokenizer, name: str):
     for question, kind, mine in questions:
         near = reading.coverage(reading.read(model, tokenizer, [question], back)[0], readings)
         best = max(range(len(near)), key=lambda i: near[i])
-        row = dict(question=question, kind=kind, own=mine, key=best, coverage=near[best], share=None, subject=None)
+        row = dict(question=question, kind=kind, own=mine, key=best, coverage=near[best], share=None, subject=None,
+                   relation=None)
         if near[best] >= router.SHORTLIST:
             key = keys[best]
             asked = lift.logprobs(model, tokenizer, [(key.instruction, question, key.answer)])[0]
             t, null, subject = taught[best]
             row["share"] = lift.share(asked, t, null)
             row["subject"] = lift.share(asked, t, subject)
+            (mine_t, texts), = per_token(model, tokenizer, [(key.instruction, question, key.answer)])
+            (taught_t, _), (null_t, _) = tokens[best]
+            row["relation"] = relation_share(mine_t, taught_t, null_t, texts, subjects[best])
         rows.append(row)
     return rows, [dict(question=k.question, subject=n) for k, n in zip(keys, nulls)]
 
@@ -72,6 +94,8 @@ RULES = {
     "share": lambda r, at: r["share"] is not None and r["share"] >= 0.72 if at is None else r["share"] >= at,
     "subject": lambda r, at: r["subject"] is not None and r["subject"] >= at,
     "both": lambda r, at: r["share"] is not None and r["share"] >= 0.72 and r["subject"] >= at,
+    "relation": lambda r, at: r["relation"] is not None and r["relation"] >= at,
+    "share+relation": lambda r, at: r["share"] is not None and r["share"] >= 0.72 and r["relation"] >= at,
 }
 
 
@@ -108,7 +132,7 @@ def main(argv=None) -> int:
                     f.write(json.dumps(dict(row, set=name, dtype=str(loaded.dtype)[6:])) + "\n")
     grid = [round(-0.2 + 0.05 * i, 2) for i in range(25)]
     print("shipped (share at 0.72): " + ", ".join(f"{n} {counts(r, 'share', None)}" for n, r in found.items()))
-    for rule in ("subject", "both"):
+    for rule in ("subject", "both", "relation", "share+relation"):
         tune = found.get("tune")
         if tune:   # the tune set's pick: no probe routed, most of min(paraphrases, look-alikes), then their sum
             score = lambda a: (counts(tune, rule, a)["probes"] == 0, min(counts(tune, rule, a)["para"], counts(tune, rule, a)["look"]),  # noqa: E731
