@@ -47,6 +47,7 @@ METHODS = {
     # with the ask-time gate keeping unrelated answers: no rehearsal, no conversation copies, lr 3e-3
     "lean": dict(anchors=0, context=0, lr=3e-3, targets="fc1"),
     "now": {},   # :train's defaults as they are today
+    "travel": dict(travel=True),   # :train travel=on as it is today (an adapter meant to be served without the gate)
 
 }
 
