@@ -90,19 +90,24 @@ def study(model, tokenizer, name: str):
     return rows
 
 
-def counts(rows, variant: str, at: float) -> dict:
-    routed = lambda r: r[variant] is not None and r[variant] >= at   # noqa: E731
+def counted(rows, routed) -> dict:
+    """Paraphrases routed to their own fact, look-alikes left to the base, probes routed, by `routed(row)`."""
     return dict(para=sum(1 for r in rows if r["kind"] == "para" and routed(r) and r["key"] == r["own"]),
                 look=sum(1 for r in rows if r["kind"] == "look" and not routed(r)),
                 probes=sum(1 for r in rows if r["kind"] == "probe" and routed(r)))
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.research.lift_mask", description=__doc__.splitlines()[0])
+def counts(rows, variant: str, at: float) -> dict:
+    return counted(rows, lambda r: r[variant] is not None and r[variant] >= at)
+
+
+def smol_study(prog: str, doc: str, results: str, argv=None):
+    """(arguments, smol loaded) for a decisions-only study: --sets, --dtype, --threads, --json."""
+    p = argparse.ArgumentParser(prog=prog, description=doc.splitlines()[0])
     p.add_argument("--sets", default="tune,held")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--json", default="bench/research/results/lift_mask.jsonl")
+    p.add_argument("--json", default=results)
     args = p.parse_args(argv)
     import torch
 
@@ -110,24 +115,40 @@ def main(argv=None) -> int:
     from lorachat.models.loader import load_model
 
     torch.set_num_threads(args.threads)
-    loaded = load_model(str(smol_folder()), device="cpu", dtype=args.dtype)
-    grid = [round(0.30 + 0.02 * i, 2) for i in range(31)]
-    found = {name: study(loaded.model, loaded.tokenizer, name) for name in args.sets.split(",")}
-    with open(args.json, "a", encoding="utf-8") as f:
+    return args, load_model(str(smol_folder()), device="cpu", dtype=args.dtype)
+
+
+def write_rows(path: str, found: dict, loaded, checked: str) -> None:
+    """Append every paraphrase and look-alike row, and the probes that reached the check (`checked` set)."""
+    with open(path, "a", encoding="utf-8") as f:
         for name, rows in found.items():
             for row in rows:
-                if row["kind"] != "probe" or row["full"] is not None:
+                if row["kind"] != "probe" or row[checked] is not None:
                     f.write(json.dumps(dict(row, set=name, dtype=str(loaded.dtype)[6:])) + "\n")
+
+
+def report(found: dict, label: str, count, grid: list, every: int) -> None:
+    """The threshold the tune set picks (no probe routed, most of min(paraphrases, look-alikes), then
+    their sum) applied to every set, and each set's counts along the grid; `count(rows, at)`."""
+    tune = found.get("tune")
+    if tune:
+        def score(at):
+            c = count(tune, at)
+            return c["probes"] == 0, min(c["para"], c["look"]), c["para"] + c["look"]
+        at = max(grid, key=score)
+        print(f"{label}: tune picks {at}: " + ", ".join(f"{n} {count(r, at)}" for n, r in found.items()))
+    for name, rows in found.items():
+        print(f"  {name} {label}: " + " ".join(f"{a}:{c['para']}/{c['look']}/{c['probes']}"
+                                               for a in grid[::every] for c in [count(rows, a)]))
+
+
+def main(argv=None) -> int:
+    args, loaded = smol_study("python -m bench.research.lift_mask", __doc__, "bench/research/results/lift_mask.jsonl", argv)
+    grid = [round(0.30 + 0.02 * i, 2) for i in range(31)]
+    found = {name: study(loaded.model, loaded.tokenizer, name) for name in args.sets.split(",")}
+    write_rows(args.json, found, loaded, "full")
     for variant in ("full", "novel"):
-        tune = found.get("tune")
-        if tune:   # the threshold the tune set picks: most of min(paraphrases, look-alikes), no probe routed
-            at = max(grid, key=lambda a: (counts(tune, variant, a)["probes"] == 0,
-                                          min(counts(tune, variant, a)["para"], counts(tune, variant, a)["look"]),
-                                          counts(tune, variant, a)["para"] + counts(tune, variant, a)["look"]))
-            print(f"{variant}: tune picks {at}: " + ", ".join(f"{n} {counts(r, variant, at)}" for n, r in found.items()))
-        for name, rows in found.items():
-            print(f"  {name} {variant}: " + " ".join(f"{a}:{c['para']}/{c['look']}/{c['probes']}"
-                                                    for a in grid[::3] for c in [counts(rows, variant, a)]))
+        report(found, variant, lambda rows, at: counts(rows, variant, at), grid, 3)
     return 0
 
 

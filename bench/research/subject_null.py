@@ -21,10 +21,10 @@ shortlist as shipped (reading.coverage, SHORTLIST, TOP 1), then the shares for t
 Prints per rule and threshold the paraphrases routed to their own fact, look-alikes left to the base
 and probes routed (of 303), and the tune set's pick applied to the held set.
 """
-import argparse
-import json
 import re
 import sys
+
+from bench.research.lift_mask import counted, report, smol_study, write_rows
 
 
 def subject_words(tokenizer, back, question: str) -> list[str]:
@@ -100,48 +100,22 @@ RULES = {
 
 
 def counts(rows, rule, at) -> dict:
-    routed = lambda r: r["share"] is not None and RULES[rule](r, at)   # noqa: E731
-    return dict(para=sum(1 for r in rows if r["kind"] == "para" and routed(r) and r["key"] == r["own"]),
-                look=sum(1 for r in rows if r["kind"] == "look" and not routed(r)),
-                probes=sum(1 for r in rows if r["kind"] == "probe" and routed(r)))
+    return counted(rows, lambda r: r["share"] is not None and RULES[rule](r, at))
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.research.subject_null", description=__doc__.splitlines()[0])
-    p.add_argument("--sets", default="tune,held")
-    p.add_argument("--dtype", default="auto")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--json", default="bench/research/results/subject_null.jsonl")
-    args = p.parse_args(argv)
-    import torch
-
-    from bench.suites.smol import smol_folder
-    from lorachat.models.loader import load_model
-
-    torch.set_num_threads(args.threads)
-    loaded = load_model(str(smol_folder()), device="cpu", dtype=args.dtype)
+    args, loaded = smol_study("python -m bench.research.subject_null", __doc__,
+                              "bench/research/results/subject_null.jsonl", argv)
     found = {}
     for name in args.sets.split(","):
         rows, subjects = study(loaded.model, loaded.tokenizer, name)
         found[name] = rows
         print(f"{name} subjects: " + "; ".join(s["subject"] for s in subjects))
-    with open(args.json, "a", encoding="utf-8") as f:
-        for name, rows in found.items():
-            for row in rows:
-                if row["kind"] != "probe" or row["share"] is not None:
-                    f.write(json.dumps(dict(row, set=name, dtype=str(loaded.dtype)[6:])) + "\n")
-    grid = [round(-0.2 + 0.05 * i, 2) for i in range(25)]
+    write_rows(args.json, found, loaded, "share")
     print("shipped (share at 0.72): " + ", ".join(f"{n} {counts(r, 'share', None)}" for n, r in found.items()))
+    grid = [round(-0.2 + 0.05 * i, 2) for i in range(25)]
     for rule in ("subject", "both", "relation", "share+relation"):
-        tune = found.get("tune")
-        if tune:   # the tune set's pick: no probe routed, most of min(paraphrases, look-alikes), then their sum
-            score = lambda a: (counts(tune, rule, a)["probes"] == 0, min(counts(tune, rule, a)["para"], counts(tune, rule, a)["look"]),  # noqa: E731
-                               counts(tune, rule, a)["para"] + counts(tune, rule, a)["look"])
-            at = max(grid, key=score)
-            print(f"{rule}: tune picks {at}: " + ", ".join(f"{n} {counts(r, rule, at)}" for n, r in found.items()))
-        for name, rows in found.items():
-            print(f"  {name} {rule}: " + " ".join(f"{a}:{c['para']}/{c['look']}/{c['probes']}"
-                                                 for a in grid[::2] for c in [counts(rows, rule, a)]))
+        report(found, rule, lambda rows, at: counts(rows, rule, at), grid, 2)
     return 0
 
 
