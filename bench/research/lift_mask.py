@@ -62,25 +62,36 @@ def shares(asked, taught, null, texts, question, floor=1.0):
     return full, novel
 
 
-def study(model, tokenizer, name: str):
+def shortlisted(model, tokenizer, name: str):
+    """The set's keys, the background, and each of its paraphrases, look-alikes and the 303 probes
+    as (question, kind, own fact or None, its most covered key, that coverage), read as the gate reads."""
     from bench.research import routing_sets
     from lorachat.core.prompts import DEFAULT_INSTRUCTION
-    from lorachat.routing import lift, reading, router
+    from lorachat.routing import reading, router
     from lorachat.scoring import locality
 
-    facts = routing_sets.FACTS[name]
-    keys = [router.Key(q, a, DEFAULT_INSTRUCTION) for q, a, *_ in facts]
+    keys = [router.Key(q, a, DEFAULT_INSTRUCTION) for q, a, *_ in routing_sets.FACTS[name]]
     back = reading.background(model, tokenizer)
     readings = reading.read(model, tokenizer, [k.question for k in keys], back)
     questions = [(q, "para", i) for q, _, i in routing_sets.paraphrases(name)] + \
                 [(q, "look", i) for q, i in routing_sets.lookalikes(name)] + \
                 [(q, "probe", None) for q in locality.builtin(locality.PROBES)]
-    rows = []
+    out = []
     for question, kind, own in questions:
         near = reading.coverage(reading.read(model, tokenizer, [question], back)[0], readings)
         best = max(range(len(near)), key=lambda i: near[i])
-        row = dict(question=question, kind=kind, own=own, key=best, coverage=near[best], full=None, novel=None)
-        if near[best] >= router.SHORTLIST:
+        out.append((question, kind, own, best, near[best]))
+    return keys, back, out
+
+
+def study(model, tokenizer, name: str):
+    from lorachat.routing import lift, router
+
+    keys, _, questions = shortlisted(model, tokenizer, name)
+    rows = []
+    for question, kind, own, best, coverage in questions:
+        row = dict(question=question, kind=kind, own=own, key=best, coverage=coverage, full=None, novel=None)
+        if coverage >= router.SHORTLIST:
             key = keys[best]
             (asked, texts), (taught, _), (null, _) = per_token(model, tokenizer, [
                 (key.instruction, question, key.answer), (key.instruction, key.question, key.answer),

@@ -24,7 +24,7 @@ and probes routed (of 303), and the tune set's pick applied to the held set.
 import re
 import sys
 
-from bench.research.lift_mask import counted, report, smol_study, write_rows
+from bench.research.lift_mask import counted, per_token, report, shortlisted, smol_study, write_rows
 
 
 def subject_words(tokenizer, back, question: str) -> list[str]:
@@ -51,16 +51,9 @@ def relation_share(asked, taught, null, texts, subject, floor=1.0):
 
 
 def study(model, tokenizer, name: str):
-    from bench.research import routing_sets
-    from bench.research.lift_mask import per_token
-    from lorachat.core.prompts import DEFAULT_INSTRUCTION
-    from lorachat.routing import lift, reading, router
-    from lorachat.scoring import locality
+    from lorachat.routing import lift, router
 
-    facts = routing_sets.FACTS[name]
-    keys = [router.Key(q, a, DEFAULT_INSTRUCTION) for q, a, *_ in facts]
-    back = reading.background(model, tokenizer)
-    readings = reading.read(model, tokenizer, [k.question for k in keys], back)
+    keys, back, questions = shortlisted(model, tokenizer, name)
     subjects = [subject_words(tokenizer, back, k.question) for k in keys]
     nulls = [f"Tell me about {' '.join(s)}." if s else lift.NULL for s in subjects]
     own = lift.logprobs(model, tokenizer, [(k.instruction, q, k.answer) for k in keys
@@ -68,16 +61,11 @@ def study(model, tokenizer, name: str):
     taught = [(own[3 * i], own[3 * i + 1], own[3 * i + 2]) for i in range(len(keys))]
     tokens = [per_token(model, tokenizer, [(k.instruction, k.question, k.answer), (k.instruction, lift.NULL, k.answer)])
               for k in keys]
-    questions = [(q, "para", i) for q, _, i in routing_sets.paraphrases(name)] + \
-                [(q, "look", i) for q, i in routing_sets.lookalikes(name)] + \
-                [(q, "probe", None) for q in locality.builtin(locality.PROBES)]
     rows = []
-    for question, kind, mine in questions:
-        near = reading.coverage(reading.read(model, tokenizer, [question], back)[0], readings)
-        best = max(range(len(near)), key=lambda i: near[i])
-        row = dict(question=question, kind=kind, own=mine, key=best, coverage=near[best], share=None, subject=None,
+    for question, kind, mine, best, coverage in questions:
+        row = dict(question=question, kind=kind, own=mine, key=best, coverage=coverage, share=None, subject=None,
                    relation=None)
-        if near[best] >= router.SHORTLIST:
+        if coverage >= router.SHORTLIST:
             key = keys[best]
             asked = lift.logprobs(model, tokenizer, [(key.instruction, question, key.answer)])[0]
             t, null, subject = taught[best]
