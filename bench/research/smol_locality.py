@@ -157,13 +157,13 @@ def planned(model, base, tokenizer, cache, examples, config):
     out (commands/train.py): the conversation copies after anchor turns where the model has a template."""
     plan = planning.plan(model, tokenizer, examples, config)
     resolved = plan.config
-    if not (resolved.anchors or resolved.context):
+    if not (resolved.anchors or resolved.context or resolved.null_space):   # null_space: measured on the anchors
         return plan, None, 0.0
     anchors, anchor_s = anchor_reference(base, tokenizer, cache, resolved)
     if resolved.context:
         questions = [q for _, q in locality.anchor_questions(DEFAULT_INSTRUCTION, resolved.anchor_pool)]
         plan = planning.in_context(model, tokenizer, plan, locality.as_turns(tokenizer, questions, anchors))
-    return plan, (anchors if resolved.anchors else None), anchor_s
+    return plan, (anchors if resolved.anchors or resolved.null_space else None), anchor_s
 
 
 # --- one method, measured ----------------------------------------------------------------------

@@ -16,7 +16,7 @@ def gate_line(name: str, meta: dict | None) -> str:
     figures = described((meta or {}).get("ungated"))
     trained = (meta or {}).get("train")
     hint = "; trained for the gate: `:train travel=on` teaches one meant to travel" \
-        if isinstance(trained, dict) and not trained.get("travel") else ""
+        if isinstance(trained, dict) and not (trained.get("travel") or trained.get("null_space")) else ""
     if not figures:
         return f"{said} (ungated figures not measured: :eval {name} gate=off){hint}"
     return f"{said} (ungated: {', '.join(figures)}){hint}"

@@ -60,12 +60,13 @@ class TrainConfig:
     anchors: Optional[int] = field(default=None, metadata={"help": "anchor questions rehearsed with the base's own answers per anchor step, to keep other answers as they were (0: off; none: 4 below 50M parameters, else 0: the ask-time gate keeps them)", "min": 0, "max": 4096})
     anchor_every: Optional[int] = field(default=None, metadata={"help": "rehearse anchors on every N-th step (none: 2; 1 with travel=on)", "min": 1, "max": 1000})
     anchor_weight: Optional[float] = field(default=None, metadata={"help": "weight of the anchors' loss against the examples' (none: 0.3 below 50M parameters, else 1; 2 with travel=on)", "min": 0, "max": 100})
-    anchor_tokens: Optional[int] = field(default=None, metadata={"help": "longest base answer rehearsed per anchor, in tokens: long enough that most are not yet over, so short taught answers do not teach an early EOS (none: 16 below 50M parameters, else 32; 64 with travel=on)", "min": 1, "max": 4096})
+    anchor_tokens: Optional[int] = field(default=None, metadata={"help": "longest base answer rehearsed per anchor, in tokens: long enough that most are not yet over, so short taught answers do not teach an early EOS (none: 16 below 50M parameters, else 32; 64 with travel=on or null_space)", "min": 1, "max": 4096})
     anchor_loss: Optional[str] = field(default=None, metadata={"help": "ce: cross-entropy on the base's greedy answer tokens; kl: KL to the base's whole next-token distribution along that answer (none: ce below 50M parameters, else kl)", "choices": ("ce", "kl")})
     context: int = field(default=0, metadata={"help": f"each question is also trained after this many earlier turns of a conversation (anchor questions with the base's answers), so it comes back mid-conversation without the gate too (0: alone only; {CONTEXT} was measured)", "min": 0, "max": 16})
     anchor_pool: int = field(default=64, metadata={"help": "how many of the built-in anchor questions (their base answers made once)", "min": 1, "max": 100_000})
     probes: int = field(default=32, metadata={"help": "built-in probe questions the final line's kept share is measured on (0: not measured; :eval uses all 303)", "min": 0, "max": 100_000})
     keep_base: Optional[float] = field(default=None, metadata={"help": "until=recall also waits until this share of the anchors is answered as the base did (none: recall alone)", "positive": True, "max": 1})
+    null_space: float = field(default=0.0, metadata={"help": "keep the adapter off what the base's ordinary text uses: each lora_A held orthogonal to the directions carrying all but this share of its layer's input energy on the anchors (0: off; 0.05 measured on smol: ungated answers keep the base's length, at ~1.6x the time)", "min": 0, "max": 1})
     travel: bool = field(default=False, metadata={"help": "an adapter meant to leave lorachat (:export, lorachat serve, GGUF), where no gate keeps the other answers: each `none` anchor key, r and alpha as measured best for that (anchors=2 every step at weight 2, KL along 64 tokens, r=4 at alpha 8; about 4x the time), and the final line measures what it will serve"})
     checkpointing: bool = field(default=False, metadata={"help": "gradient checkpointing: less memory, ~30% slower"})
     until: str = field(default="recall", metadata={"help": "recall: stop when every answer comes back verbatim; steps: run them all", "choices": ("recall", "steps")})
@@ -87,9 +88,17 @@ def resolved(model, config: TrainConfig) -> TrainConfig:
     size = base_size(model)
     chosen = dict(lr=SMALL_LR, anchor_every=2, **SMALL_ANCHORS) if size < SMALL_MODEL else \
         dict(lr=MEDIUM_LR if size < LARGE_MODEL else LARGE_LR, anchor_every=2, **LARGE_ANCHORS)
+    if config.null_space:   # the anchors' inputs the null space is measured on: 64 tokens of each answer, as measured
+        chosen["anchor_tokens"] = TRAVEL["anchor_tokens"]
     if config.travel:
         chosen.update(TRAVEL)
     return replace(config, **{key: chosen[key] for key in unset})
+
+
+def travels(config) -> bool:
+    """Whether `config` teaches an adapter meant to leave lorachat (travel=on or null_space), whose
+    final line measures it ungated."""
+    return bool(getattr(config, "travel", False) or getattr(config, "null_space", 0))
 
 
 def planned_steps(count: int, config: TrainConfig, world: int = 1) -> int:
@@ -131,6 +140,11 @@ def no_examples(encoded, model) -> str:
     if not encoded.skipped:
         return "no examples to train on"
     return f"all {encoded.skipped} examples are longer than {describe_limit(encoded.limit, model)}: nothing to train on"
+
+
+def out_of_memory(config) -> str:
+    return (f"out of GPU memory while training (batch={config.batch}, max_len={config.max_len}, r={config.r}): "
+            "lower batch (raise grad_accum to keep the same step), max_len or r, or use checkpointing=on")
 
 
 def make_optimizer(model, params, config: TrainConfig):

@@ -22,11 +22,11 @@ from lorachat.models.loader import positions
 from lorachat.scoring import locality
 from lorachat.scoring.batches import answer_logits, collate, model_device, padding_id
 from lorachat.scoring.recall import Asking, Recall
-from lorachat.training import attention
+from lorachat.training import attention, null_space
 from lorachat.training.guard import Guard
 from lorachat.training.ranks import Ranks
 from lorachat.training.planning import Plan
-from lorachat.training.recipe import make_optimizer, make_schedule
+from lorachat.training.recipe import make_optimizer, make_schedule, out_of_memory
 from lorachat.training.steps import (
     KNOWN,
     Shuffled,
@@ -95,7 +95,7 @@ def run(model, tokenizer, plan: Plan, on_step=None, should_stop=None, asking=Non
         raise LorachatError("the model has no trainable (adapter) parameters")
     asking = asking or Asking(context=positions(model) or 1 << 20)
     checker = Recall(tokenizer, encoded.examples, encoded.items, asking)
-    if (config.anchors or config.keep_base) and anchors is None:  # the adapter is still zero: the base answers
+    if (config.anchors or config.keep_base or config.null_space) and anchors is None:  # the adapter is still zero: the base answers
         anchors = locality.anchor_reference(model, tokenizer, asking.instruction, config.anchor_pool,
                                             locality.LocalityOptions(max_new_tokens=config.anchor_tokens))
     device = model_device(model)
@@ -138,6 +138,7 @@ class _Loop:
         self.anchor_draw, self.anchor_cycle = random.Random(config.seed + 1), []
         self.kept = None                                        # share of the anchors kept (keep_base)
         self.base = base                                        # a context answering as the base (anchor_loss=kl)
+        self.projection = null_space.held(model, anchors, config, base, self.ranks.fsdp)   # null_space, or None
 
     def run(self) -> TrainResult:
         import torch
@@ -159,7 +160,7 @@ class _Loop:
         except torch.OutOfMemoryError:
             self.optimizer.zero_grad(set_to_none=True)
             torch.cuda.empty_cache()
-            raise LorachatError(_out_of_memory(self.config)) from None
+            raise LorachatError(out_of_memory(self.config)) from None
         finally:
             self.optimizer.zero_grad(set_to_none=True)
             if self.config.checkpointing:
@@ -193,6 +194,8 @@ class _Loop:
         base = self._base_logprobs(riders) if riders and self.config.anchor_loss == "kl" else None
         loss, tokens, hints = one_step(self.wrapped, self.tokenizer, group, self.optimizer, self.ranks, self.config.clip,
                                     step_tokens, riders, anchor_tokens, self.config.anchor_weight, base)
+        if self.projection is not None:
+            self.projection.project()
         self.schedule.step()
         self.step += 1
         # after it: the loss, the hints and the step's seconds, the same on every rank
@@ -294,7 +297,3 @@ def _checkpointing(model, on: bool) -> None:
         (model.activation_checkpointing_disable if new else model.gradient_checkpointing_disable)()
         model.disable_input_require_grads()
 
-
-def _out_of_memory(config) -> str:
-    return (f"out of GPU memory while training (batch={config.batch}, max_len={config.max_len}, r={config.r}): "
-            "lower batch (raise grad_accum to keep the same step), max_len or r, or use checkpointing=on")

@@ -71,7 +71,7 @@ def train_(session, args):
                 live.activate(session, name)
                 gate.remember(session, name, gate.taught_keys(plan.examples))
                 kept = gate.kept(session, name, *probes) if probes else None
-                ungated = _ungated(session, probes[1]) if config.travel and probes else None
+                ungated = _ungated(session, probes[1]) if recipe.travels(config) and probes else None
                 if launch.is_main():  # the other ranks of `lorachat train` hold the same weights
                     meta = dict(_meta(session, plan, result, kept), **({"ungated": ungated} if ungated else {}))
                     unsaved, name = _save_or_keep(session, name, meta, result.state)
@@ -101,7 +101,7 @@ def _references(session, config):
     and to the first `config.probes` built-in probes the final line measures on (main process only:
     (the questions, their Reference))."""
     anchors = None
-    if config.anchors or config.keep_base or config.context:
+    if config.anchors or config.keep_base or config.context or config.null_space:
         anchors = side_by_side.session_reference(session, locality.anchor_questions(session.instruction, config.anchor_pool),
                                              locality.LocalityOptions(max_new_tokens=config.anchor_tokens))
     probes = None
