@@ -7,8 +7,9 @@ Per method: recall k/10; kept (exact, first 16 tokens, all 303 probes) as asking
 gate (lorachat/routing, at its defaults) and without it (`:set gate=off`, what :export and vLLM
 serve); agree (ungated); median answer length against the base's on the first 60 probes (gated);
 paraphrases carrying the fact's key term (of 20, gated); steps and CPU seconds of training (2 threads).
-And `:train travel=on` without the gate (smol_locality_travel_*: kept, agree, length on the first 60
-probes and paraphrases as typed, all ungated, and its time against the defaults').
+And what leaves lorachat, without the gate: `:train travel=on` (smol_locality_travel_*) and
+`:train null_space=0.05` (smol_locality_null_space_*): kept, agree, length and whole answers unchanged
+on the first 60 probes, paraphrases as typed, and the time against the defaults'.
 """
 from bench.research import smol_locality as research
 
@@ -38,12 +39,14 @@ def figures(mode, log=lambda text: None):
                     prefix + "length_ratio": gated["length_ratio"], prefix + "paraphrase": gated["paraphrase"],
                     prefix + "routed": gated["routed"], prefix + "steps": row["steps"], prefix + "cpu_s": row["cpu_s"]})
     out["smol_locality_time_vs_plain"] = round(out["smol_locality_cpu_s"] / out["smol_locality_plain_cpu_s"], 2)
-    # travel=on, as :export, lorachat serve and a GGUF export serve it: no gate (issue 36)
-    config = research.config_for("travel", dict(seed=0, steps=300, until="recall", probes=0))
-    row = research.measure(base, tokenizer, cache, shown, PAIRS, "travel", config, 60, log)
-    out.update(smol_locality_travel_recall=f"{row['recall']}/{row['total']}", smol_locality_travel_kept_ungated=row["kept"],
-               smol_locality_travel_agree_ungated=row["agree"], smol_locality_travel_length_ratio_ungated=row["length_ratio"],
-               smol_locality_travel_paraphrase_ungated=row["paraphrase"], smol_locality_travel_steps=row["steps"],
-               smol_locality_travel_cpu_s=row["cpu_s"],
-               smol_locality_travel_time_vs_now=round(row["cpu_s"] / out["smol_locality_cpu_s"], 2))
+    # what leaves lorachat (issue 36), as :export, lorachat serve and a GGUF export serve it: no gate;
+    # unchanged: the share of the first 60 probes whose whole greedy answer (96 tokens) is the base's
+    for name, prefix in (("travel", "smol_locality_travel_"), ("null_space=0.05", "smol_locality_null_space_")):
+        config = research.config_for(name, dict(seed=0, steps=300, until="recall", probes=0))
+        row = research.measure(base, tokenizer, cache, shown, PAIRS, name, config, 60, log)
+        out.update({prefix + "recall": f"{row['recall']}/{row['total']}", prefix + "kept_ungated": row["kept"],
+                    prefix + "agree_ungated": row["agree"], prefix + "length_ratio_ungated": row["length_ratio"],
+                    prefix + "unchanged_ungated": round(row["same96"] / row["lengths"], 3),
+                    prefix + "paraphrase_ungated": row["paraphrase"], prefix + "steps": row["steps"],
+                    prefix + "cpu_s": row["cpu_s"], prefix + "time_vs_now": round(row["cpu_s"] / out["smol_locality_cpu_s"], 2)})
     return out, {}
