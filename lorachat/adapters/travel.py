@@ -15,7 +15,7 @@ def gate_line(name: str, meta: dict | None) -> str:
     said = f"the ask-time gate stays in lorachat: outside it '{name}' answers every question"
     figures = described((meta or {}).get("ungated"))
     trained = (meta or {}).get("train")
-    hint = "; trained for the gate: `:train travel=on` teaches one meant to travel" \
+    hint = "; trained for the gate: `:train travel=on` (or the quicker null_space=0.05) teaches one meant to travel" \
         if isinstance(trained, dict) and not (trained.get("travel") or trained.get("null_space")) else ""
     if not figures:
         return f"{said} (ungated figures not measured: :eval {name} gate=off){hint}"
