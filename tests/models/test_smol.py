@@ -100,17 +100,18 @@ def test_the_gate_sends_paraphrases_to_the_adapter_and_the_rest_to_the_base(taug
 STAIN = "How do I get a red-wine stain out of a carpet?"
 
 
-def test_an_adapter_taught_to_travel_keeps_the_bases_manner_without_the_gate(taught):
-    """:train travel=on (issue 36): with the gate off, as :export and vLLM serve it, the adapter
-    still answers its taught questions verbatim and an unrelated question at length, where the
-    gate's own adapter answers it in a line (bench/RESULTS.md, "What leaves lorachat")."""
-    ask = taught["ask"]
-    code, out = ask([":train tr travel=on probes=8"])   # r=4 at alpha 8: travel=on's own
+@pytest.mark.parametrize("keys", ["travel=on", "null_space=0.05"])
+def test_an_adapter_taught_to_travel_keeps_the_bases_manner_without_the_gate(taught, keys):
+    """:train travel=on and :train null_space=0.05 (issue 36): with the gate off, as :export and vLLM
+    serve it, the adapter still answers its taught questions verbatim and an unrelated question at
+    length, where the gate's own adapter answers it in a line (bench/RESULTS.md, "What leaves lorachat")."""
+    ask, name = taught["ask"], keys.split("=")[0]
+    code, out = ask([f":train {name} {keys} probes=8"])   # travel=on: r=4 at alpha 8, its own
     assert code == 0 and "recall 2/2" in out and "ungated, as :export" in out, out
     try:
         ask([":set gate=off"])
         base = answer(ask([":use base", STAIN])[1])
-        travelled = answer(ask([":use tr", STAIN])[1])
+        travelled = answer(ask([f":use {name}", STAIN])[1])
         assert answer(ask([SOH[0]])[1]) == SOH[1]
         tokens = taught["session"].tokenizer
         assert len(tokens(travelled)["input_ids"]) >= 0.5 * len(tokens(base)["input_ids"]), (base, travelled)
