@@ -124,14 +124,23 @@ def evaluate(session, names: list[str], encoded, on_batch=None, probes=(), optio
     return notes, rows
 
 
-def length_ratio(session, count: int = locality.LENGTH_PROBES) -> float:
-    """locality.length_ratio of the active adapter, applied to every question (no gate: what
-    :export and vLLM serve), on the first `count` built-in probes (the base's answers cached)."""
+def whole_answers(session, count: int = locality.LENGTH_PROBES) -> dict:
+    """The active adapter's whole answers, applied to every question (no gate: what :export and
+    vLLM serve), to the first `count` built-in probes against the base's (cached): {"length":
+    locality.length_ratio, "unchanged": locality.unchanged_share, "answers": how many}."""
     options = locality.LocalityOptions(max_new_tokens=locality.LENGTH_TOKENS)
     questions = probe_questions(session, questions=locality.builtin(locality.PROBES)[:count])
     base = session_reference(session, questions, options)
     answers = locality.greedy(session.model, session.tokenizer, [list(p) for p in base.prompts], options)
-    return locality.length_ratio(answers, base.answers, session.tokenizer.eos_token_id)
+    return dict(length=locality.length_ratio(answers, base.answers, session.tokenizer.eos_token_id),
+                unchanged=locality.unchanged_share(answers, base.answers), answers=len(answers))
+
+
+def ungated_record(scored: locality.Locality, whole: dict) -> dict:
+    """lorachat.json's `ungated` record (adapters/travel.py says it on the way out): kept and agree of
+    `scored` (the adapter on the probes, no gate) and its `whole_answers`."""
+    return dict(kept=round(scored.kept, 4), agree=round(scored.agreement, 4), length=round(whole["length"], 3),
+                unchanged=round(whole["unchanged"], 4), answers=whole["answers"], probes=scored.questions)
 
 
 # --- the base's answers, once per session ---------------------------------------------------------

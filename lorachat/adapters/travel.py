@@ -2,9 +2,10 @@
 its weights, not the ask-time gate (adapters/gate.py), which decides inside lorachat which questions
 the adapter answers. Outside, the adapter answers every question, so the one line said on the way
 out carries the adapter's ungated figures where they were measured: lorachat.json's "ungated"
-record, `{"kept": 0.317, "agree": 0.914, "length": 1.01, "probes": 303}` (kept: the share of probe
-questions answered exactly as the base did; agree: the share of the base's answer tokens kept;
-length: the median answer length over the base's; any may be missing). Knows nothing about how
+record, `{"kept": 0.317, "agree": 0.914, "length": 1.01, "unchanged": 0.094, "answers": 32, "probes":
+303}` (kept: the share of probe questions whose first tokens are the base's; agree: the share of the
+base's answer tokens kept; length: the median answer length over the base's; unchanged: the share of
+`answers` whole answers that are the base's to the last token; any may be missing). Knows nothing about how
 they are measured (`:eval NAME gate=off` writes them) or about terminals.
 """
 import math
@@ -26,7 +27,8 @@ def described(record) -> list[str]:
     """The ungated figures of a lorachat.json `ungated` record, in words (none when it holds none)."""
     if not isinstance(record, dict):
         return []
-    kept, agree, length, probes = (_number(record.get(key)) for key in ("kept", "agree", "length", "probes"))
+    kept, agree, length, probes, unchanged, answers = (_number(record.get(key)) for key in
+                                                       ("kept", "agree", "length", "probes", "unchanged", "answers"))
     out = []
     if kept is not None:
         of = f"{int(probes)} probes" if probes is not None and probes == int(probes) and probes > 0 else "the probes"
@@ -35,6 +37,9 @@ def described(record) -> list[str]:
         out.append(f"{agree:.1%} of the base's answer tokens")
     if length is not None:
         out.append(f"answers {length:.2f}× the base's length")
+    if unchanged is not None:
+        of = f"{int(answers)} " if answers is not None and answers == int(answers) and answers > 0 else ""
+        out.append(f"{unchanged:.1%} of {of}whole answers unchanged")
     return out
 
 

@@ -157,6 +157,14 @@ def length_ratio(answers, base_answers, eos) -> float:
     return statistics.median(map(length, answers)) / max(statistics.median(map(length, base_answers)), 1)
 
 
+def unchanged_share(answers, base_answers) -> float:
+    """The share of `answers` (token ids each, greedy, to EOS or their limit) that are the base's
+    answer to the same question token for token: what a user sees unchanged, a stricter test than
+    the first `max_new_tokens` that `score` compares."""
+    pairs = list(zip(answers, base_answers))
+    return sum(list(a) == list(b) for a, b in pairs) / max(len(pairs), 1)
+
+
 def score(model, tokenizer, ref: Reference, options: LocalityOptions = DEFAULTS) -> Locality:
     """Exact and token agreement of `model` (as it is now) with the reference answers: one
     teacher-forced forward pass per batch, eval mode, no generation."""

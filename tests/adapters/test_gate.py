@@ -163,11 +163,15 @@ def test_eval_with_the_gate_off_measures_what_travels_and_the_export_says_it(she
     code, out = transcript(session, [":eval a builtin=8 gate=off"])
     assert code == 0 and "every question the adapter's (gate=off)" in out, out
     row = next(line.split() for line in out.splitlines() if line.startswith("a "))
-    kept, agree, length = row[3], row[4], row[5]
+    kept, agree, length, whole = row[3], row[4], row[5], row[6]
     assert length.endswith("×") and kept != "100.0%"
+    base_row = next(line.split() for line in out.splitlines() if line.startswith("base "))
+    assert base_row[5:7] == ["1.00×", "100.0%"], base_row
     ungated = json.loads((paths.adapter_path(session, "a") / "lorachat.json").read_text())["ungated"]
     assert ungated["probes"] == 8 and f"{100 * ungated['kept']:.1f}%" == kept and f"{ungated['length']:.2f}×" == length
-    assert f"{100 * ungated['agree']:.1f}%" == agree
+    assert f"{100 * ungated['agree']:.1f}%" == agree and f"{100 * ungated['unchanged']:.1f}%" == whole
+    # whole answers unchanged can be no more than the answers whose first tokens are unchanged (8 of the 32)
+    assert ungated["answers"] == 32 and ungated["unchanged"] * 32 <= 24 + ungated["kept"] * 8, ungated
     code, out = transcript(session, [f":export a {tmp_path / 'out'}"])
     assert code == 0 and f"(ungated: kept {ungated['kept']:.1%} of 8 probes exactly" in out, out
     assert session.settings.gate == "auto"   # :eval's key is for that measurement only

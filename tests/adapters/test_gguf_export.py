@@ -229,6 +229,9 @@ def test_the_gate_line_says_the_ungated_figures_or_how_to_measure_them():
     assert gate_line("seed", {"ungated": {"kept": 0.317, "agree": 0.914, "length": 1.01, "probes": 303}}) == (
         f"{said} (ungated: kept 31.7% of 303 probes exactly, 91.4% of the base's answer tokens, answers 1.01× the base's length)")
     assert gate_line("seed", {"ungated": {"kept": 0.5, "length": None}}) == f"{said} (ungated: kept 50.0% of the probes exactly)"
+    assert gate_line("seed", {"ungated": {"kept": 0.5, "unchanged": 0.09375, "answers": 32}}) == (
+        f"{said} (ungated: kept 50.0% of the probes exactly, 9.4% of 32 whole answers unchanged)")
+    assert gate_line("seed", {"ungated": {"unchanged": 0.25, "answers": "n/a"}}) == f"{said} (ungated: 25.0% of whole answers unchanged)"
     for meta in (None, {}, {"ungated": None}, {"ungated": {"kept": None, "length": "n/a"}}, {"ungated": [1]}):
         assert gate_line("seed", meta) == f"{said} (ungated figures not measured: :eval seed gate=off)"
     # an adapter :train made for the gate says how to make one meant to travel; one made with travel=on does not

@@ -120,17 +120,19 @@ def _evaluate(session, positional, opts):
         notes, rows = side_by_side.evaluate(session, names, encoded, on_batch, probes, settings)
     _notes(session, notes + _alone(session))
     questions = sum(1 for e in encoded.examples if e.text is None)
-    lengths = _ungated(session, rows) if opts.gate == "off" else {}
+    whole = _ungated(session, rows) if opts.gate == "off" else {}
     table = [[n, f"{loss:.4f}", f"{k}/{questions}", _share(kept and kept.kept), _share(kept and kept.agreement)]
-             + ([f"{lengths[n]:.2f}×" if n in lengths else "1.00×"] if lengths else []) for n, loss, k, kept in rows]
+             + ([f"{whole[n]['length']:.2f}×", _share(whole[n]["unchanged"])] if n in whole else ["1.00×", _share(1.0)]
+                if whole else []) for n, loss, k, kept in rows]
     shown = f"{total} example{'' if total == 1 else 's'}" + (f", {encoded.skipped} longer than the model's {encoded.limit} positions left out" if encoded.skipped else "")
     probed = f"{len(builtin)} built-in" + (f" + {len(extra)} from '{opts.probes}'" if extra else "")
-    session.ui.table(["adapter", "loss", "recall", "kept", "agree"] + (["length"] if lengths else []), table,
+    session.ui.table(["adapter", "loss", "recall", "kept", "agree"] + (["length", "whole"] if whole else []), table,
                      title=f"dataset '{dataset}' ({shown}); probes: {probed}, {opts.probe_tokens} tokens"
                            + (", every question the adapter's (gate=off)" if opts.gate == "off" else ""))
-    if lengths:
+    if whole:
         session.ui.note(f"length: median answer length to the first {locality.LENGTH_PROBES} built-in probes over the "
-                        f"base's (at most {locality.LENGTH_TOKENS} tokens); recorded as each adapter's ungated figures")
+                        f"base's (at most {locality.LENGTH_TOKENS} tokens); whole: those answers unchanged to the last "
+                        "token; recorded as each adapter's ungated figures")
     for name in names:
         said = gate.lessons(session, name) if name != BASE else None
         if said:
@@ -138,23 +140,22 @@ def _evaluate(session, positional, opts):
 
 
 def _ungated(session, rows) -> dict:
-    """{adapter: answer length over the base's}, each measured active with no gate, and its ungated
+    """{adapter: its side_by_side.whole_answers}, each measured active with no gate, and its ungated
     figures recorded in its lorachat.json (what :export, `lorachat serve` and a GGUF export say they ship)."""
     from lorachat.adapters import disk
 
-    previous, lengths = session.active_adapter, {}
+    previous, whole = session.active_adapter, {}
     try:
         for name, _, _, kept in rows:
             if name == BASE:
                 continue
             live.activate(session, name)
-            lengths[name] = side_by_side.length_ratio(session)
+            whole[name] = side_by_side.whole_answers(session)
             if kept is not None:
-                disk.record(session, name, {"ungated": dict(kept=round(kept.kept, 4), agree=round(kept.agreement, 4),
-                                                            length=round(lengths[name], 3), probes=kept.questions)})
+                disk.record(session, name, {"ungated": side_by_side.ungated_record(kept, whole[name])})
     finally:
         live.activate(session, previous if previous in live.loaded_names(session) else None)
-    return lengths
+    return whole
 
 
 def _eval_examples(session, dataset: str, limit: int):

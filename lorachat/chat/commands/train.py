@@ -89,11 +89,9 @@ def train_(session, args):
 
 def _ungated(session, ref) -> dict:
     """What the active (new) adapter does to every question, no gate: kept and agree on the probes'
-    base answers `ref`, and its answers' length against the base's (the record :eval gate=off writes)."""
+    base answers `ref`, and its whole answers against the base's (the record :eval gate=off writes)."""
     scored = locality.score(session.model, session.tokenizer, ref)
-    return dict(kept=round(scored.kept, 4), agree=round(scored.agreement, 4),
-                length=round(side_by_side.length_ratio(session, min(scored.questions, locality.LENGTH_PROBES)), 3),
-                probes=scored.questions)
+    return side_by_side.ungated_record(scored, side_by_side.whole_answers(session, min(scored.questions, locality.LENGTH_PROBES)))
 
 
 def _references(session, config):
