@@ -57,6 +57,9 @@ class Projection:
             self.dims.append(spare.shape[1])
         if not self.pairs:   # the hooks saw no input: the anchors never reached a LoRA layer
             raise LorachatError("null_space: no anchor reached the adapter's layers")
+        if min(self.dims) == 0:   # lora_A would be held at zero there, and nothing could be learnt
+            raise LorachatError(f"null_space={eps:g} leaves the adapter no direction to learn in (the last {eps:g} of "
+                                "the inputs' energy lies in no whole direction): raise it (0.05 was measured)")
         self.project()
 
     def project(self) -> None:

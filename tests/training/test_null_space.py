@@ -77,6 +77,9 @@ def test_null_space_is_a_train_key_that_asks_for_the_anchors_and_measures_ungate
     assert meta["train"]["null_space"] == 0.05 and meta["train"]["anchor_tokens"] == 64 and meta["ungated"]["probes"] == 8
     code, out = transcript(session, [":train bad null_space=2"])
     assert "error: null_space" in out and "Traceback" not in out, out
+    code, out = transcript(session, [":train none null_space=1e-12 steps=2 until=steps"])
+    assert "error: null_space=1e-12 leaves the adapter no direction to learn in" in out and "Traceback" not in out, out
+    assert not (home / "adapters" / "none").exists()
 
 
 def test_null_space_refuses_fsdp_in_one_line():
