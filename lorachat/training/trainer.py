@@ -80,7 +80,8 @@ def run(model, tokenizer, plan: Plan, on_step=None, should_stop=None, asking=Non
     """Train the model's trainable (LoRA) parameters as `plan` says; the base stays frozen. Recall
     is reported as asking under `asking` would return it. With `config.anchors`, the base's own
     answers to built-in anchor questions are rehearsed (`anchors`: a locality.Reference of them;
-    made here, before the first step, when not given). `on_step(step, total, loss, known, kept)`
+    made here, before the first step, when not given; with `config.null_space` the adapter is held
+    off their inputs, null_space.py). `on_step(step, total, loss, known, kept)`
     after each step. `base()`: a context in which the model answers as the base (anchor_loss=kl
     compares with it; default PEFT's `disable_adapter`, for a model no one else switches).
 
