@@ -18,6 +18,8 @@ from pathlib import Path
 NAMES = ("auto", "float32", "float16", "bfloat16")
 # /proc/cpuinfo flags of bf16 arithmetic units (x86: AMX tiles, AVX-512 BF16; Arm: FEAT_BF16)
 BF16_FLAGS = ("amx_bf16", "avx512_bf16", "bf16")
+X86_UNITS = ("amx_bf16", "avx512_bf16")
+X86 = ("x86_64", "amd64", "i386", "i686")
 
 
 @dataclass(frozen=True)
@@ -34,16 +36,26 @@ class Native:
     flags: tuple = ()
 
 
-def cpu_bf16(cpuinfo: str | None = None) -> Native:
-    """torch's own check (oneDNN: the bf16 kernels it would run are native) and the cpuinfo flags
-    behind it. Flags without oneDNN's yes do not count: torch would emulate them."""
+def cpu_bf16(cpuinfo: str | None = None, machine: str | None = None, onednn: bool | None = None) -> Native:
+    """torch's own check (oneDNN: the bf16 kernels it would run) and the cpuinfo flags behind it.
+    Flags without oneDNN's yes do not count: torch would emulate them. On x86 oneDNN's yes is not
+    enough either: it says yes on every AVX-512 core (Skylake-SP to Ice Lake), where it emulates bf16
+    with integer instructions, so x86 also needs AMX-BF16 or AVX512-BF16 in /proc/cpuinfo; where that
+    cannot be read (macOS, Windows on x86) the answer is no, and float32 runs."""
+    import platform
+
     import torch
 
-    try:
-        native = bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):   # a torch built without oneDNN
-        native = False
-    return Native(native, _flags(cpuinfo))
+    if onednn is None:
+        try:
+            onednn = bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):   # a torch built without oneDNN
+            onednn = False
+    flags = _flags(cpuinfo)
+    machine = (machine or platform.machine()).lower()
+    if machine in X86:
+        onednn = onednn and any(flag in flags for flag in X86_UNITS)
+    return Native(onednn, flags)
 
 
 def _flags(cpuinfo: str | None) -> tuple:

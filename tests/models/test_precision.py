@@ -31,6 +31,25 @@ def test_the_cpuinfo_flags_behind_the_choice(cpuinfo, flags):
     assert precision.cpu_bf16(cpuinfo).flags == flags
 
 
+CASCADE_LAKE = "processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512bw avx512vl avx512_vnni\n"
+SAPPHIRE_RAPIDS = "processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16 amx_tile amx_bf16\n"
+GRAVITON3 = "processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n"
+
+
+@pytest.mark.parametrize("cpuinfo, machine, onednn, native", [
+    (CASCADE_LAKE, "x86_64", True, False),    # AVX-512 without bf16 units: oneDNN says yes, and emulates
+    (SAPPHIRE_RAPIDS, "x86_64", True, True),
+    (SAPPHIRE_RAPIDS, "x86_64", False, False),
+    ("", "AMD64", True, False),               # flags unknown on x86: float32, never slower
+    (GRAVITON3, "aarch64", True, True),       # Arm: oneDNN's own check is by the bf16 feature
+    (GRAVITON3, "aarch64", False, False),
+])
+def test_native_bf16_needs_the_units_not_only_onednns_yes(cpuinfo, machine, onednn, native):
+    found = precision.cpu_bf16(cpuinfo, machine=machine, onednn=onednn)
+    assert found.bf16 is native
+    assert (precision.choose("auto", "cpu", found).dtype == torch.bfloat16) is native
+
+
 def test_info_says_what_runs_and_why(make_session, transcript):
     session = make_session(dtype="float32")
     line = next(l for l in transcript(session, [":info"])[1].splitlines() if l.startswith("dtype"))
