@@ -78,14 +78,20 @@ def chat(argv) -> int:
     ui = RichUI() if lines is None and sys.stdout.isatty() else PlainUI(sys.stdout)  # no ANSI into a pipe or file
     try:
         return _chat(args, home, ui, lines)
-    except OutputClosed as closed:  # `lorachat | tee log` and tee is gone: end quietly, as `yes | head` does
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nor a flush error at exit
-        if closed.why is None:
-            return 141
+    except OutputClosed as closed:
         # the line being shown is not run (or, if it ran, what it recorded is on disk already)
-        print(f"error: cannot write to standard output ({closed.why}): the session ends here; what it "
-              "recorded before is kept", file=sys.stderr)
-        return 1
+        return _output_lost(closed, "the session ends here; what it recorded before is kept")
+
+
+def _output_lost(closed, what: str) -> int:
+    """Standard output went away under a command: its reader is gone (`lorachat | tee log`, and tee
+    is gone: 141, quietly, as `yes | head` ends), or it refuses what is written (`>/dev/full`): one
+    line on stderr saying `what` happens now, and 1."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nor a flush error at exit
+    if closed.why is None:
+        return 141
+    print(f"error: cannot write to standard output ({closed.why}): {what}", file=sys.stderr)
+    return 1
 
 
 def _stdout_closed() -> bool:
@@ -183,6 +189,7 @@ def _positive(text: str) -> int:
 
 def serve(argv) -> int:
     """`lorachat serve`: check every adapter, print the vLLM command, then become that command."""
+    from lorachat.chat.ui import OutputClosed, PlainUI
     from lorachat.serving import server
 
     own, passthrough = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
@@ -192,19 +199,24 @@ def serve(argv) -> int:
     options = server.ServeOptions(model=args.model, home=home, max_loras=args.max_loras,
                                    max_cpu_loras=args.max_cpu_loras, trust_remote_code=args.trust_remote_code,
                                    vllm_args=tuple(passthrough))
+    if _stdout_closed():
+        return 1
+    out = PlainUI(sys.stdout)
     try:
         executable = None if args.dry_run else server.find_vllm()
         plan = server.plan(options, progress=progress)
         for line in server.report(plan):
-            print(line)
+            out.line(line)
         argv = server.command(plan)
         written = server.write_template(plan)
+        if written:
+            out.line(f"chat template: {written}")
+        out.line(server.shown(argv))
     except LorachatError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    if written:
-        print(f"chat template: {written}")
-    print(server.shown(argv), flush=True)
+    except OutputClosed as closed:
+        return _output_lost(closed, "nothing was served")
     if args.dry_run:
         return 0
     os.execv(executable, argv)
@@ -234,13 +246,10 @@ def train(argv) -> int:
     the model, training), 2 usage (a flag, a key, a value: all checked before the model loads)."""
     from lorachat.adapters.paths import check_loadable_name
     from lorachat.chat import options
-    from lorachat.chat.commands import run_command
     from lorachat.chat.commands.train import parse as parse_train
-    from lorachat.chat.session import Session
-    from lorachat.chat.ui import PlainUI, QuietUI, RichUI
+    from lorachat.chat.ui import OutputClosed, PlainUI, QuietUI, RichUI
     from lorachat.core import launch
     from lorachat.core.names import check_name
-    from lorachat.models.loader import load_model
 
     parser = train_parser()
     main_rank = launch.is_main()
@@ -265,6 +274,19 @@ def train(argv) -> int:
     _quiet_libraries()
     home = args.home or Path(os.environ.get("LORACHAT_HOME") or ".")
     ui = (RichUI() if sys.stdout.isatty() else PlainUI(sys.stdout)) if main_rank else QuietUI()
+    try:
+        return _train(args, home, ui, main_rank)
+    except OutputClosed as closed:   # the main rank's output (the others' is QuietUI)
+        return _output_lost(closed, "lorachat train ends here; what it saved before is kept")
+
+
+def _train(args, home: Path, ui, main_rank: bool) -> int:
+    from lorachat.chat.commands import run_command
+    from lorachat.chat.session import Session
+    from lorachat.chat.ui import PlainUI
+    from lorachat.core import launch
+    from lorachat.models.loader import load_model
+
     try:
         _check_workspace(home, args.dataset, args.name)
         loaded = load_model(args.model, args.device, args.dtype, args.trust_remote_code,

@@ -83,3 +83,25 @@ def test_a_closed_or_full_stdout_is_one_line_on_stderr_and_a_failure(home, redir
                          timeout=300, env=environment())
     assert run.returncode == 1 and run.stderr.startswith(f"error: {says}") and run.stderr.count("\n") == 1, run.stderr
     assert not (home / "datasets").exists()   # nothing ran that could have been acknowledged and lost
+
+
+@pytest.mark.parametrize("command", ["train", "serve"])
+@pytest.mark.parametrize("redirect, says", [(">&-", "standard output is closed: lorachat has nowhere to write"),
+                                            (">/dev/full", "cannot write to standard output (No space left on device)")])
+def test_the_subcommands_end_on_a_closed_or_full_stdout_with_one_line_too(home, command, redirect, says):
+    """`lorachat train` and `lorachat serve --dry-run` write their own output (a traceback, or for serve
+    under >&- nothing and status 0, before)."""
+    import shlex
+    import subprocess
+    import sys
+
+    from tests.helpers import environment
+
+    (home / "datasets").mkdir()
+    (home / "datasets" / "d.jsonl").write_text('{"instruction": "What is SOH?", "output": "A hardmask."}\n')
+    given = {"train": ["--dataset", "d", "steps=2", "until=steps"], "serve": ["--dry-run"]}[command]
+    argv = [sys.executable, "-m", "lorachat", command, "--model", "tiny", "--home", str(home), *given]
+    run = subprocess.run(["bash", "-c", f"exec {shlex.join(argv)} {redirect}"], capture_output=True, text=True,
+                         timeout=300, env=environment())
+    assert run.returncode == 1 and run.stderr.startswith(f"error: {says}") and run.stderr.count("\n") == 1, run.stderr
+    assert "Traceback" not in run.stderr
