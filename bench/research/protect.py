@@ -148,7 +148,7 @@ def _draw(state, draw, count, method):
 
 
 def _pool(anchors, method):
-    return locality.Reference(anchors.prompts[:method.pool], anchors.answers[:method.pool])
+    return anchors.part(range(min(method.pool, len(anchors.prompts))))
 
 
 def _anchor_rows(anchors, method):

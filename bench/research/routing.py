@@ -168,9 +168,8 @@ def _kept(session, ref, routed: list[int], asks: list[str] | None) -> int:
 
     if not routed:
         return len(ref.prompts)
-    prompts = tuple(tuple(prompt_ids(session.tokenizer, session.instruction, a)) for a in asks) if asks \
-        else tuple(ref.prompts[i] for i in routed)
-    part = locality.Reference(prompts, tuple(ref.answers[i] for i in routed))
+    prompts = tuple(tuple(prompt_ids(session.tokenizer, session.instruction, a)) for a in asks) if asks else None
+    part = ref.part(routed, prompts)
     return len(ref.prompts) - len(routed) + locality.score(session.model, session.tokenizer, part).exact
 
 

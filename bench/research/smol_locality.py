@@ -129,7 +129,7 @@ def paraphrase_hits(tokenizer, answered, paraphrases=PARAPHRASES) -> list[bool]:
 
 def base_figures(base, tokenizer, cache, probes: int, lengths: int, paraphrases=PARAPHRASES) -> dict:
     questions = locality.builtin(locality.PROBES)
-    ref, ref_s = cache.get(f"probes:{probes}:16", lambda: locality.reference(
+    ref, ref_s = cache.get(f"probes:{probes}:16:predicted", lambda: locality.reference(
         base, tokenizer, [(DEFAULT_INSTRUCTION, q) for q in questions[:probes]]))
     long, _ = cache.get(f"length:{lengths}:{LENGTH_TOKENS}",
                         lambda: answers(base, tokenizer, questions[:lengths], LENGTH_TOKENS))
@@ -178,9 +178,8 @@ def gate_figures(model, tokenizer, figures, pairs, long, hits, lengths, paraphra
     probe_asks = asked_as(model, tokenizer, pairs, probes)
     para_asks = asked_as(model, tokenizer, pairs, [q for q, _, _ in paraphrases])
     routed = [i for i, a in enumerate(probe_asks) if a is not None]
-    exact = locality.score(model, tokenizer, locality.Reference(
-        tuple(tuple(p) for p in asked_prompts(tokenizer, [probe_asks[i] for i in routed])),
-        tuple(figures["ref"].answers[i] for i in routed))).exact if routed else 0
+    exact = locality.score(model, tokenizer, figures["ref"].part(
+        routed, [tuple(p) for p in asked_prompts(tokenizer, [probe_asks[i] for i in routed])])).exact if routed else 0
     base_hits = paraphrase_hits(tokenizer, figures["para"], paraphrases)
     para = [base_hits[k] if a is None else paraphrase_hits(tokenizer, answers(model, tokenizer, [a], PARAPHRASE_TOKENS),
                                                            paraphrases[k:k + 1])[0]

@@ -134,8 +134,7 @@ def kept(session, name: str, questions: list[str], ref: locality.Reference,
         return locality.Locality(exact=len(questions), questions=len(questions), agree=tokens, tokens=tokens)
     prompts = tuple(tuple(prompt_ids(session.tokenizer, session.instruction, asked_as[i])) if asked_as[i] != questions[i]
                     else ref.prompts[i] for i in near)
-    scored = locality.score(session.model, session.tokenizer, locality.Reference(prompts, tuple(ref.answers[i] for i in near)),
-                            options)
+    scored = locality.score(session.model, session.tokenizer, ref.part(near, prompts), options)
     others = len(questions) - len(near)
     return locality.Locality(exact=scored.exact + others, questions=len(questions),
                              agree=scored.agree + tokens - scored.tokens, tokens=tokens)

@@ -183,15 +183,17 @@ def _read(path, tokenizer, questions):
     tokenizer makes of `questions` now: then it is made again)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        ref = locality.Reference(tuple(map(tuple, data["prompts"])), tuple(map(tuple, data["answers"])))
+        ref = locality.Reference(tuple(map(tuple, data["prompts"])), tuple(map(tuple, data["answers"])),
+                                 tuple(map(tuple, data["predicted"])))   # a file from before `predicted`: made again
     except (OSError, ValueError, KeyError, TypeError):
         return None
     now = tuple(tuple(prompts.prompt_ids(tokenizer, i, q)) for i, q in questions)
-    return ref if ref.prompts == now and len(ref.answers) == len(now) else None
+    fits = ref.prompts == now and len(ref.answers) == len(now) == len(ref.predicted)
+    return ref if fits and all(len(a) == len(p) for a, p in zip(ref.answers, ref.predicted)) else None
 
 
 def _write(path, ref) -> None:
-    base_cache.write(path, durable.json_bytes({"prompts": ref.prompts, "answers": ref.answers}))
+    base_cache.write(path, durable.json_bytes({"prompts": ref.prompts, "answers": ref.answers, "predicted": ref.predicted}))
 
 
 def probe_questions(session, extra=(), questions=None) -> list[tuple[str, str]]:

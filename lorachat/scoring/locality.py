@@ -4,12 +4,19 @@ The base's greedy answers (adapters off) to a list of questions are generated on
 length-sorted, left-padded batches, and kept as token ids (a `Reference`). A model with an adapter
 on is then scored by one teacher-forced forward pass per batch over prompt + base answer:
 
-- **exact** (`kept`): the share of questions whose whole base answer (its first `max_new_tokens`
-  tokens, up to and including EOS when that came first) is the argmax at every position. Greedy
-  decoding is a chain of argmaxes, so these are exactly the questions greedy decoding answers as the
-  base did, token for token, without generating anything;
-- **token agreement** (`agree`): the share of base answer tokens that are the argmax given the base's
-  own prefix (EasyEdit's locality metric).
+- **exact** (`kept`): the share of questions along whose whole base answer (its first
+  `max_new_tokens` tokens, up to and including EOS when that came first) the argmax at every
+  position is the base's own. Greedy decoding is a chain of argmaxes, so these are exactly the
+  questions greedy decoding answers as the base does, token for token, without generating anything;
+- **token agreement** (`agree`): the share of base answer tokens where the argmax given the base's
+  own prefix is the base's (EasyEdit's locality metric).
+
+"The base's own" argmax is read by the same teacher-forced pass the scoring makes, once, when the
+reference is made (`Reference.predicted`), not the generated token: in bf16 a batched, cached
+generation and a teacher-forced pass round differently, and on SmolLM2-135M a quarter of the base's
+own answers differed from themselves within 16 tokens (float32: 1 of 303). Scored on the reference's
+own batches, the base keeps 100% by construction; a subset scored in other batches (the gate's
+routed questions) can still differ by a rounding (bench/RESULTS.md, "kept in bf16").
 
 Answers are plain greedy (no repetition penalty, whatever `:set` says), so the figures do not move
 with the session's sampling settings. The probe questions (`probes.txt`) are for measuring only; the
@@ -50,9 +57,17 @@ DEFAULTS = LocalityOptions()
 @dataclass(frozen=True)
 class Reference:
     """The base's greedy answers: prompt and answer token ids per question (answers end in EOS when
-    the base stopped before max_new_tokens)."""
+    the base stopped before max_new_tokens), and `predicted`: per question the base's argmax at each
+    answer position, teacher-forced as `score` reads it (None: the answers themselves are compared)."""
     prompts: tuple
     answers: tuple
+    predicted: tuple | None = None
+
+    def part(self, indices, prompts=None) -> "Reference":
+        """The questions at `indices` (asked with `prompts` instead, if given), with their predictions."""
+        return Reference(tuple(self.prompts[i] for i in indices) if prompts is None else tuple(prompts),
+                         tuple(self.answers[i] for i in indices),
+                         None if self.predicted is None else tuple(self.predicted[i] for i in indices))
 
 
 @dataclass(frozen=True)
@@ -92,7 +107,14 @@ def reference(model, tokenizer, questions, options: LocalityOptions = DEFAULTS, 
         if room is not None and len(ids) + options.max_new_tokens > room:
             raise LorachatError(f"probe question {number} ({questions[number - 1][1][:40]!r}...) is {len(ids)} tokens: "
                                 f"with {options.max_new_tokens} answer tokens it is longer than the model reads ({room})")
-    return Reference(tuple(map(tuple, prompts)), tuple(map(tuple, greedy(model, tokenizer, prompts, options, on_batch))))
+    made = Reference(tuple(map(tuple, prompts)), tuple(map(tuple, greedy(model, tokenizer, prompts, options, on_batch))))
+    return settled(model, tokenizer, made, options)
+
+
+def settled(model, tokenizer, ref: Reference, options: LocalityOptions = DEFAULTS) -> Reference:
+    """`ref` with `predicted` read from `model` (the base, as it is now) in `score`'s own batches."""
+    predicted = _scored(model, tokenizer, Reference(ref.prompts, ref.answers), options, read=True)
+    return Reference(ref.prompts, ref.answers, tuple(map(tuple, predicted)))
 
 
 def greedy(model, tokenizer, prompts: list[list[int]], options: LocalityOptions = DEFAULTS, on_batch=None) -> list[list[int]]:
@@ -177,19 +199,27 @@ def exact_each(model, tokenizer, ref: Reference, options: LocalityOptions = DEFA
     return _scored(model, tokenizer, ref, options)[0]
 
 
-def _scored(model, tokenizer, ref: Reference, options: LocalityOptions) -> tuple[list[bool], int]:
-    """(exact per question in `ref`'s order, answer tokens that are the argmax)."""
+def _scored(model, tokenizer, ref: Reference, options: LocalityOptions, read: bool = False):
+    """(exact per question in `ref`'s order, answer tokens where the argmax is the base's), against
+    `ref.predicted` where it has them; with `read`, the argmax at each answer position per question."""
     import torch
 
     items = items_of(ref)
     order = sorted(range(len(items)), key=lambda i: len(items[i][0]))
-    exact, agree = [False] * len(items), 0
+    exact, agree, argmax = [False] * len(items), 0, [None] * len(items)
     with evaluating(model), torch.no_grad(), autocast(model):
         for start in range(0, len(order), options.batch):
             rows = order[start:start + options.batch]
             input_ids, labels, mask = collate([items[i] for i in rows], padding_id(tokenizer), model_device(model))
             logits, targets, positions = answer_logits(model, input_ids, labels, mask)
+            if read:
+                chosen = logits.argmax(-1)
+                for k, i in enumerate(rows):
+                    argmax[i] = chosen[positions == k].tolist()
+                continue
+            if ref.predicted is not None:   # the base's argmax, in the order answer_logits gives: row by row
+                targets = torch.tensor([t for i in rows for t in ref.predicted[i]], device=targets.device)
             for i, ok in zip(rows, known(logits, targets, positions, len(rows)).tolist()):
                 exact[i] = bool(ok)
             agree += int((logits.argmax(-1) == targets).sum())
-    return exact, agree
+    return argmax if read else (exact, agree)
