@@ -80,18 +80,7 @@ def chat(argv) -> int:
         return _chat(args, home, ui, lines)
     except OutputClosed as closed:
         # the line being shown is not run (or, if it ran, what it recorded is on disk already)
-        return _output_lost(closed, "the session ends here; what it recorded before is kept")
-
-
-def _output_lost(closed, what: str) -> int:
-    """Standard output went away under a command: its reader is gone (`lorachat | tee log`, and tee
-    is gone: 141, quietly, as `yes | head` ends), or it refuses what is written (`>/dev/full`): one
-    line on stderr saying `what` happens now, and 1."""
-    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nor a flush error at exit
-    if closed.why is None:
-        return 141
-    print(f"error: cannot write to standard output ({closed.why}): {what}", file=sys.stderr)
-    return 1
+        return closed.end("the session ends here; what it recorded before is kept")
 
 
 def _stdout_closed() -> bool:
@@ -216,7 +205,7 @@ def serve(argv) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except OutputClosed as closed:
-        return _output_lost(closed, "nothing was served")
+        return closed.end("nothing was served")
     if args.dry_run:
         return 0
     os.execv(executable, argv)
@@ -277,18 +266,19 @@ def train(argv) -> int:
     try:
         return _train(args, home, ui, main_rank)
     except OutputClosed as closed:   # the main rank's output (the others' is QuietUI)
-        return _output_lost(closed, "lorachat train ends here; what it saved before is kept")
+        return closed.end("lorachat train ends here; what it saved before is kept")
 
 
 def _train(args, home: Path, ui, main_rank: bool) -> int:
     from lorachat.chat.commands import run_command
+    from lorachat.chat.commands.train import headless_workspace
     from lorachat.chat.session import Session
     from lorachat.chat.ui import PlainUI
     from lorachat.core import launch
     from lorachat.models.loader import load_model
 
     try:
-        _check_workspace(home, args.dataset, args.name)
+        headless_workspace(home, args.dataset, args.name)
         loaded = load_model(args.model, args.device, args.dtype, args.trust_remote_code,
                             progress=progress if main_rank else None)
         session = Session(loaded, home, ui)
@@ -306,24 +296,6 @@ def _train(args, home: Path, ui, main_rank: bool) -> int:
             f"a peer died: another process of this run is gone, so rank {os.environ.get('RANK', '?')} stops too")
         return 1
     return 0
-
-
-def _check_workspace(home: Path, dataset: str, name: str | None) -> None:
-    """What `lorachat train` needs of the workspace, before the model is loaded: one line naming
-    what is missing."""
-    from lorachat.lessons.jsonl import load_dataset
-
-    if not home.is_dir():
-        raise LorachatError(f"no such folder: {home} (the workspace holding datasets/ and adapters/)")
-    data = load_dataset(home, dataset)
-    if not data.path.exists():
-        raise LorachatError(f"no dataset '{dataset}': {data.path} does not exist (write one JSON object per line "
-                            f"there, or :import a file into it in the REPL)")
-    if not data.examples:
-        bad = f" ({len(data.bad_lines)} invalid lines: {data.describe_problems()})" if data.bad_lines else ""
-        raise LorachatError(f"dataset '{dataset}' has no examples: {data.path}{bad}")
-    if name is not None and (home / "adapters" / name).exists():
-        raise LorachatError(f"an adapter named '{name}' already exists: {home / 'adapters' / name}")
 
 
 SUBCOMMANDS = {"serve": serve, "train": train}

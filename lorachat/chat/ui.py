@@ -18,6 +18,18 @@ class OutputClosed(BaseException):
         super().__init__(why)
         self.why = why   # None: the reader went away (a broken pipe), which is no error of ours
 
+    def end(self, what: str) -> int:
+        """The command's status once its output is gone: 141 quietly when the reader left (as `yes |
+        head` ends), else 1 and one line on stderr saying `what` happens now. Standard output is
+        pointed at /dev/null, so no flush fails again at exit."""
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        if self.why is None:
+            return 141
+        print(f"error: cannot write to standard output ({self.why}): {what}", file=sys.stderr)
+        return 1
+
 
 class PlainUI:
     """Plain text, no ANSI, no redraws: what scripts, pipes and tests see."""

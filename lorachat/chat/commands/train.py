@@ -10,6 +10,7 @@ import math
 import signal
 import threading
 import time
+from pathlib import Path
 
 from lorachat.adapters import disk, gate, live, paths, side_by_side, travel
 from lorachat.chat import options
@@ -261,3 +262,21 @@ def _deferred_interrupt(signals=(signal.SIGINT,)):
     finally:
         for number, earlier in previous.items():
             signal.signal(number, earlier)
+
+
+def headless_workspace(home: Path, dataset: str, name: str | None) -> None:
+    """What `lorachat train` needs of the workspace, checked before the model is loaded: one line
+    naming what is missing."""
+    from lorachat.lessons.jsonl import load_dataset
+
+    if not home.is_dir():
+        raise LorachatError(f"no such folder: {home} (the workspace holding datasets/ and adapters/)")
+    data = load_dataset(home, dataset)
+    if not data.path.exists():
+        raise LorachatError(f"no dataset '{dataset}': {data.path} does not exist (write one JSON object per line "
+                            f"there, or :import a file into it in the REPL)")
+    if not data.examples:
+        bad = f" ({len(data.bad_lines)} invalid lines: {data.describe_problems()})" if data.bad_lines else ""
+        raise LorachatError(f"dataset '{dataset}' has no examples: {data.path}{bad}")
+    if name is not None and (home / "adapters" / name).exists():
+        raise LorachatError(f"an adapter named '{name}' already exists: {home / 'adapters' / name}")
