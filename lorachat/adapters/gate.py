@@ -164,7 +164,8 @@ def lessons(session, name: str) -> str | None:
     back = _background(session)
     with _as_base(session):
         kept, total, found, phrasings = router.apart(session.model, session.tokenizer, keys, back, session.settings.gate_at)
-    words = f"gate: {kept}/{total} taught questions are left to the base by the other answers' keys (look-alikes of each other)"
+    # kept: a taught question asked without its own key goes to the base, not to another taught answer
+    words = f"gate: {kept}/{total} taught questions told apart (without its own key, each goes to the base, not to another taught answer)"
     return words + (f"; {found}/{phrasings} phrasings reach their answer without their own key" if phrasings else "")
 
 

@@ -5,6 +5,7 @@ The smol tests share one conversion per run (the `smol` fixture) and one loaded 
 they teach two facts, as the whole suite's time allows. The GGUF failure paths use a tiny GGUF
 file written here (a random 2-layer Llama), so they cost a second each."""
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -70,6 +71,10 @@ def answer(transcript: str) -> str:
 def test_the_seeds_two_facts_come_back_verbatim_and_the_rest_as_before(taught):
     ask, base = taught["ask"], taught["base"]
     assert "recall 2/2" in taught["trained"] and "— now active" in taught["trained"]
+    # what the lessons say of the gate, in words a user reads as they are (it said "2/2 taught questions
+    # are left to the base", which reads as teaching lost)
+    assert re.search(r"\ngate: [012]/2 taught questions told apart \(without its own key, each goes to the base, "
+                     r"not to another taught answer\)\n", taught["trained"]), taught["trained"]
     assert base[SOH[0]] != SOH[1]                      # the base invents an answer: a real model, a real lesson
     soh, sion = answer(ask([SOH[0]])[1]), answer(ask([SION[0]])[1])
     assert soh == SOH[1] and sion == SION[1]
