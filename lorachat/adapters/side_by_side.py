@@ -22,7 +22,9 @@ BASE_ANSWERS_VERSION = 1   # of how lorachat makes the base's answers (locality.
 
 def compare(session, names: list[str], question: str) -> tuple[list[str], list[tuple[str, str]]]:
     """Greedy answers to `question` from each of `names` ('base' for none), in one mixed-adapter
-    batch where PEFT supports it, else one adapter at a time through the switch; under the gate an
+    batch where PEFT supports it and the base is float32, else one adapter at a time through the
+    switch, as asking answers (in bf16 or fp16 a batch of several rows rounds otherwise than asking's
+    one, and the answers part after a few words); under the gate an
     adapter answers as asking would: the taught question `question` asks, or not at all (the base
     does). Returns (notes, [(name, answer)])."""
     extra = [n for n in names if n != BASE]
@@ -56,8 +58,8 @@ def _generate(session, answering: list[str], ids: list[int]) -> list[str]:
     model = live.peft_model(session)
     batch = torch.tensor([ids] * len(answering), device=session.loaded.model.device)
     with torch.inference_mode():
-        if model is None:  # no adapter was ever loaded: only the base can answer
-            rows = session.model.generate(input_ids=batch, attention_mask=torch.ones_like(batch), **generation)
+        if model is None or session.loaded.dtype != torch.float32:   # no adapter was ever loaded, or half precision
+            rows = _one_at_a_time(session, answering, batch[:1], generation)
         else:
             labels = [MIXED_BASE if n == BASE else n for n in answering]
             try:

@@ -3,6 +3,7 @@ import hashlib
 import json
 import shutil
 
+import pytest
 import torch
 
 from lorachat.adapters import live, paths
@@ -184,8 +185,9 @@ def test_plain_peft_adapters_work_both_ways(shelved_float32, transcript):
         assert torch.equal(plain(input_ids=torch.tensor([[2, 50, 60, 70, 80, 90]])).logits, ours)
 
 
-def test_compare_answers_equal_use_then_ask(shelved, transcript):
-    session = shelved
+@pytest.mark.parametrize("fixture", ["shelved_float32", "shelved"])   # one mixed batch; auto (bf16 here): one at a time
+def test_compare_answers_equal_use_then_ask(fixture, request, transcript):
+    session = request.getfixturevalue(fixture)
     transcript(session, [":set max_new_tokens=12"])
     code, out = transcript(session, [f":compare a b -- {QUESTION}"])
     assert code == 0

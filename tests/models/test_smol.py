@@ -154,6 +154,12 @@ def test_compare_use_base_and_eval_on_the_real_model(taught):
     ask, base = taught["ask"], taught["base"]
     code, out = ask([f":compare -- {SOH[0]}"])
     assert code == 0 and f"[base]\n{base[SOH[0]]}\n[r4]\n{SOH[1]}\n" in out
+    # :compare answers as asking does, in bf16 too (a batch of two rows rounded otherwise, and the
+    # base's long answer to this look-alike parted from asking's after 20 words)
+    berlin = "Who is the mayor of Berlin?"
+    asked = answer(ask([":use r4", berlin])[1])
+    code, out = ask([f":compare -- {berlin}"])
+    assert code == 0 and f"[base]\n{asked}\n[r4]\n{asked}\n" in out, (asked, out)
     code, out = ask([":use base", SOH[0]])
     assert code == 0 and answer(out) == base[SOH[0]]
     code, out = ask([":eval r4 builtin=8"])
