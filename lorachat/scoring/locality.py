@@ -113,7 +113,7 @@ def reference(model, tokenizer, questions, options: LocalityOptions = DEFAULTS, 
 
 def settled(model, tokenizer, ref: Reference, options: LocalityOptions = DEFAULTS) -> Reference:
     """`ref` with `predicted` read from `model` (the base, as it is now) in `score`'s own batches."""
-    predicted = _scored(model, tokenizer, Reference(ref.prompts, ref.answers), options, read=True)
+    predicted = _scored(model, tokenizer, ref, options, read=True)
     return Reference(ref.prompts, ref.answers, tuple(map(tuple, predicted)))
 
 

@@ -51,8 +51,6 @@ def test_the_base_keeps_every_one_of_its_own_answers_in_bf16(make_session):
     """kept compares with the base's own argmax as the teacher-forced pass reads it: a batched, cached
     generation in bf16 rounds otherwise, and the base did not keep 2 of these 64 answers (float32: all).
     A file kept on disk from before, without those argmaxes, is made again."""
-    import json as json_
-
     questions = [(DEFAULT_INSTRUCTION, q) for q in locality.builtin(locality.PROBES)[:64]]
     session = make_session(dtype="bfloat16")
     ref = side_by_side.session_reference(session, questions)
@@ -60,8 +58,8 @@ def test_the_base_keeps_every_one_of_its_own_answers_in_bf16(make_session):
     assert (scored.exact, scored.agree) == (64, scored.tokens)
     assert [len(p) for p in ref.predicted] == [len(a) for a in ref.answers]
     for path in app_cache.cache_dir().joinpath("base-answers").rglob("*.json"):
-        data = json_.loads(path.read_text(encoding="utf-8"))
-        path.write_text(json_.dumps({"prompts": data["prompts"], "answers": data["answers"]}), encoding="utf-8")
+        data = json.loads(path.read_text(encoding="utf-8"))
+        path.write_text(json.dumps({"prompts": data["prompts"], "answers": data["answers"]}), encoding="utf-8")
     again = side_by_side.session_reference(make_session(dtype="bfloat16"), questions)
     assert again.predicted == ref.predicted
 
