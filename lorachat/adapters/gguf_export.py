@@ -62,7 +62,7 @@ def export_gguf(session, name: str, file: Path, form: str = "merged", quant: str
     return notes, [f"exported '{name}' {described} to {target} ({_checked_size(target)}, {QUANTS[quant][0]})",
                    f"Ollama: {model_file} (ollama create {name} -f {model_file}); llama.cpp: "
                    + (f"llama-cli -m BASE.gguf --lora {target}" if form == "adapter" else f"llama-cli -m {target}"),
-                   travel.gate_line(name, meta)]
+                   travel.gate_line(name, meta, scale)]
 
 
 def _modelfile_path(target: Path) -> Path:

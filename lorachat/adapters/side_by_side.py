@@ -138,11 +138,12 @@ def whole_answers(session, count: int = locality.LENGTH_PROBES) -> dict:
                 unchanged=locality.unchanged_share(answers, base.answers), answers=len(answers))
 
 
-def ungated_record(scored: locality.Locality, whole: dict) -> dict:
+def ungated_record(scored: locality.Locality, whole: dict, scale: float = 1.0) -> dict:
     """lorachat.json's `ungated` record (adapters/travel.py says it on the way out): kept and agree of
-    `scored` (the adapter on the probes, no gate) and its `whole_answers`."""
+    `scored` (the adapter on the probes, no gate) and its `whole_answers`, at live scale `scale`."""
     return dict(kept=round(scored.kept, 4), agree=round(scored.agreement, 4), length=round(whole["length"], 3),
-                unchanged=round(whole["unchanged"], 4), answers=whole["answers"], probes=scored.questions)
+                unchanged=round(whole["unchanged"], 4), answers=whole["answers"], probes=scored.questions,
+                **({"scale": scale} if scale != 1.0 else {}))
 
 
 # --- the base's answers, once per session ---------------------------------------------------------

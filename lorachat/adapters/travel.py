@@ -5,19 +5,28 @@ out carries the adapter's ungated figures where they were measured: lorachat.jso
 record, `{"kept": 0.317, "agree": 0.914, "length": 1.01, "unchanged": 0.094, "answers": 32, "probes":
 303}` (kept: the share of probe questions whose first tokens are the base's; agree: the share of the
 base's answer tokens kept; length: the median answer length over the base's; unchanged: the share of
-`answers` whole answers that are the base's to the last token; any may be missing). Knows nothing about how
-they are measured (`:eval NAME gate=off` writes them) or about terminals.
+`answers` whole answers that are the base's to the last token; any may be missing; "scale": the live
+`:scale` they were measured at, when not 1). Figures measured at another scale than the adapter leaves
+at are not said as its own. Knows nothing about how they are measured (`:eval NAME gate=off` writes
+them) or about terminals.
 """
 import math
 
 
-def gate_line(name: str, meta: dict | None) -> str:
-    """The one line: the gate stays in lorachat, and the ungated figures or how to measure them."""
+def gate_line(name: str, meta: dict | None, scale: float = 1.0) -> str:
+    """The one line: the gate stays in lorachat, and the ungated figures or how to measure them
+    (`scale`: the strength the adapter leaves at, the live `:scale` of an export; served: 1)."""
     said = f"the ask-time gate stays in lorachat: outside it '{name}' answers every question"
-    figures = described((meta or {}).get("ungated"))
+    record = (meta or {}).get("ungated")
+    figures = described(record)
     trained = (meta or {}).get("train")
     hint = "; trained for the gate: `:train travel=on` (or the quicker null_space=0.05) teaches one meant to travel" \
         if isinstance(trained, dict) and not (trained.get("travel") or trained.get("null_space")) else ""
+    measured = _number(record.get("scale", 1.0)) if isinstance(record, dict) else None
+    if figures and measured != scale:
+        at = f"at scale {measured:g}" if measured is not None else "at an unknown scale"
+        return f"{said} (ungated figures not measured at scale {scale:g}, the one it leaves at: :eval {name} gate=off; " \
+               f"lorachat.json's are {at}){hint}"
     if not figures:
         return f"{said} (ungated figures not measured: :eval {name} gate=off){hint}"
     return f"{said} (ungated: {', '.join(figures)}){hint}"

@@ -239,6 +239,13 @@ def test_the_gate_line_says_the_ungated_figures_or_how_to_measure_them():
     assert gate_line("seed", {"train": {"travel": False}}).endswith(f"gate=off){hint}")
     assert gate_line("seed", {"train": {"travel": True}, "ungated": {"kept": 0.5}}) == f"{said} (ungated: kept 50.0% of the probes exactly)"
     assert gate_line("seed", {"train": {"travel": False, "null_space": 0.05}}).endswith("gate=off)")
+    # figures measured at a live :scale are that scale's: said only for an adapter leaving at it
+    halved = {"ungated": {"kept": 0.5, "scale": 0.5}}
+    assert gate_line("seed", halved, 0.5) == f"{said} (ungated: kept 50.0% of the probes exactly)"
+    assert gate_line("seed", halved) == (f"{said} (ungated figures not measured at scale 1, the one it leaves at: "
+                                         ":eval seed gate=off; lorachat.json's are at scale 0.5)")
+    assert gate_line("seed", {"ungated": {"kept": 0.5}}, 0.8).endswith("lorachat.json's are at scale 1)")
+    assert gate_line("seed", {"ungated": {"kept": 0.5, "scale": "x"}}).endswith("lorachat.json's are at an unknown scale)")
 
 
 def test_exports_say_what_travels_with_the_adapters_own_figures(make_session, transcript, tmp_path, home):

@@ -282,7 +282,7 @@ def export(session, args):
         notes, path = export_model(session, name, Path(target))
         _notes(session, notes)
         session.ui.line(f"exported '{name}' merged into the base to {path}")
-        session.ui.line(travel.gate_line(name, _meta(session, name)))
+        session.ui.line(travel.gate_line(name, _meta(session, name), live.state(session).scales.get(name, 1.0)))
         return
     if rest not in ([], ["adapter"]) or set(pairs) - {"quant"}:
         odd = [w for w in rest if w != "adapter"] + [f"{k}=" for k in pairs if k != "quant"]

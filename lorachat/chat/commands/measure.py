@@ -152,7 +152,8 @@ def _ungated(session, rows) -> dict:
             live.activate(session, name)
             whole[name] = side_by_side.whole_answers(session)
             if kept is not None:
-                disk.record(session, name, {"ungated": side_by_side.ungated_record(kept, whole[name])})
+                disk.record(session, name, {"ungated": side_by_side.ungated_record(
+                    kept, whole[name], live.state(session).scales.get(name, 1.0))})
     finally:
         live.activate(session, previous if previous in live.loaded_names(session) else None)
     return whole
