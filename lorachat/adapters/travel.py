@@ -32,6 +32,21 @@ def gate_line(name: str, meta: dict | None, scale: float = 1.0) -> str:
     return f"{said} (ungated: {', '.join(figures)}){hint}"
 
 
+SHORTER = 0.9   # travel=on's answers below this share of the base's length: null_space keeps it with few facts
+
+
+def shorter(train: dict, record) -> str | None:
+    """What to try when a travel=on adapter (lorachat.json's `train` keys) answers shorter than the
+    base without the gate: with a couple of facts its rehearsal gets too few steps to keep the length,
+    which null_space keeps by construction (bench/RESULTS.md, "A scaled-down delta, and a user's two
+    facts": 0.48-0.78x against 1.04-1.16x). None when there is nothing to say."""
+    length = _number(record.get("length")) if isinstance(record, dict) else None
+    if not train.get("travel") or train.get("null_space") or length is None or length >= SHORTER:
+        return None
+    return (f"its answers are {length:.2f}× the base's length without the gate: with few facts, travel=on's rehearsal gets "
+            "few steps; `:train NAME null_space=0.05` keeps the base's length (docs/training.md, \"Keeping the rest of the model\")")
+
+
 def described(record) -> list[str]:
     """The ungated figures of a lorachat.json `ungated` record, in words (none when it holds none)."""
     if not isinstance(record, dict):

@@ -248,6 +248,19 @@ def test_the_gate_line_says_the_ungated_figures_or_how_to_measure_them():
     assert gate_line("seed", {"ungated": {"kept": 0.5, "scale": "x"}}).endswith("lorachat.json's are at an unknown scale)")
 
 
+def test_a_travel_on_adapter_that_answers_short_is_pointed_to_null_space():
+    """With a couple of facts travel=on's rehearsal gets few steps and answers shorten without the
+    gate (0.48-0.78x on smol); :train's final lines then name null_space, which keeps the length."""
+    from lorachat.adapters.travel import shorter
+
+    said = shorter({"travel": True, "null_space": 0}, {"length": 0.37, "kept": 0.28})
+    assert said.startswith("its answers are 0.37× the base's length without the gate") and "null_space=0.05" in said
+    for train, record in [({"travel": True}, {"length": 0.95}), ({"travel": True, "null_space": 0.05}, {"length": 0.4}),
+                          ({"travel": False}, {"length": 0.2}), ({"travel": True}, {"kept": 0.3}), ({"travel": True}, None),
+                          ({"travel": True}, {"length": "n/a"})]:
+        assert shorter(train, record) is None, (train, record)
+
+
 def test_exports_say_what_travels_with_the_adapters_own_figures(make_session, transcript, tmp_path, home):
     session = make_session(model=str(model_dir(tmp_path, "llama")))
     shelve(session, ["a", "b"])

@@ -342,6 +342,8 @@ def test_travel_on_measures_what_the_adapter_serves_and_records_it(make_session,
     ungated = meta["ungated"]
     assert ungated["probes"] == 8 and 0 <= ungated["kept"] <= 1 and ungated["length"] > 0
     assert f"ungated, as :export, lorachat serve and a GGUF export serve it: kept {ungated['kept']:.1%} of 8 probes" in out
+    # answers shorter than the base's without the gate: the final lines name what keeps the length
+    assert ("`:train NAME null_space=0.05` keeps the base's length" in out) == (ungated["length"] < 0.9), out
     code, out = transcript(session, [f":export t {home / 'out'}"])
     assert code == 0 and f"(ungated: kept {ungated['kept']:.1%} of 8 probes exactly" in out and "travel=on" not in out
 

@@ -84,6 +84,9 @@ def train_(session, args):
     _report(session, name, result, config, kept, _stopped_by(interrupted), time.perf_counter() - began)
     if ungated:
         session.ui.note(f"ungated, as :export, lorachat serve and a GGUF export serve it: {', '.join(travel.described(ungated))}")
+        advice = travel.shorter(dataclasses.asdict(config), ungated)
+        if advice:
+            session.ui.note(advice)
     if unsaved is not None:
         raise unsaved
 
