@@ -81,8 +81,12 @@ def check(name: str, path: Path, config: dict, meta: dict, architecture: str) ->
                                 f"lora_alpha/r={_scale(config)}, so these modules would be applied at another strength "
                                 f"than trained")
     check_modules(shapes, architecture)
+    # as long as the REPL lets any answer run (its default max_new_tokens), or the longest taught answer
+    # where that is longer: capped at the taught answers, every other answer would be cut short
+    longest = meta.get("max_answer_tokens")
+    longest = longest if isinstance(longest, int) and not isinstance(longest, bool) else 0
     return Served(name, path.resolve(), rank, meta.get("instruction", DEFAULT_INSTRUCTION),
-                  meta.get("max_answer_tokens") or MAX_NEW_TOKENS, _origin(meta))
+                  max(MAX_NEW_TOKENS, longest), _origin(meta))
 
 
 def weights(name: str, path: Path) -> dict[str, tuple]:

@@ -92,7 +92,7 @@ def workspace(tiny_cache, tmp_path_factory):
     one DoRA made with plain PEFT. The folder name has a space, so the command must quote."""
     home = tmp_path_factory.mktemp("serve") / "work space"
     session = tiny_session(home)
-    save(session, "films", 16, instruction="Answer in one line.", max_answer_tokens=23,
+    save(session, "films", 16, instruction="Answer in one line.", max_answer_tokens=80,
          ungated={"kept": 0.317, "agree": 0.914, "length": 1.01, "probes": 303})
     save(session, "music", 8)  # as older adapters are: no instruction, no max_answer_tokens
     llama = Session(load_model(str(llama_dir(home.parent / "llama", weights=True)), device="cpu"), home,
@@ -106,6 +106,18 @@ def run_serve(capsys, *argv):
     code = cli.main(["serve", *argv])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+def test_the_printed_max_tokens_lets_every_answer_run_as_long_as_the_repls(workspace):
+    """max_tokens is the REPL's default max_new_tokens, or the longest taught answer where longer:
+    capped at short taught answers (a dozen tokens), a served adapter would cut every other answer."""
+    from lorachat.serving import preflight
+
+    path = workspace / "adapters" / "films"
+    config = json.loads((path / "adapter_config.json").read_text())
+    for meta, tokens in [({"max_answer_tokens": 12}, 64), ({"max_answer_tokens": 80}, 80), ({}, 64),
+                         ({"max_answer_tokens": "12"}, 64), ({"max_answer_tokens": True}, 64)]:
+        assert preflight.check("films", path, config, meta, "OPTForCausalLM").max_tokens == tokens, meta
 
 
 def test_dry_run_serves_the_two_lorachat_adapters_and_says_why_not_the_others(workspace, capsys):
@@ -129,7 +141,7 @@ def test_dry_run_serves_the_two_lorachat_adapters_and_says_why_not_the_others(wo
     requests = {r["model"]: r for r in (json.loads(line) for line in lines if line.startswith("  {"))}
     assert requests["films"] == {"model": "films", "messages": [
         {"role": "system", "content": "Answer in one line."}, {"role": "user", "content": "QUESTION"}],
-        "stop": [STOP_MARKER], "max_tokens": 23, "temperature": 0}
+        "stop": [STOP_MARKER], "max_tokens": 80, "temperature": 0}   # its longest taught answer: above 64
     assert requests["music"]["messages"][0]["content"] == DEFAULT_INSTRUCTION
     assert requests["music"]["max_tokens"] == 64  # the REPL's default max_new_tokens
     tokenizer = AutoTokenizer.from_pretrained(ensure_tiny())
