@@ -26,6 +26,7 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", default="0")
     p.add_argument("--scales", default="1,0.8,0.6")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--dtype", default="auto", help="what --dtype takes (auto: lorachat's choice here, bf16)")
     p.add_argument("--json", default="bench/research/results/scale_sweep.jsonl")
     args = p.parse_args(argv)
     import torch
@@ -39,7 +40,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     folder = str(smol_folder())
-    loaded = load_model(folder, device="cpu", dtype="auto")
+    loaded = load_model(folder, device="cpu", dtype=args.dtype)
     base, tokenizer = loaded.model, loaded.tokenizer
     cache = S.Cache(folder, str(loaded.dtype)[6:])
     pairs, paraphrases = S.facts(args.facts)
@@ -65,7 +66,8 @@ def main(argv=None) -> int:
             long = S.answers(model, tokenizer, locality.builtin(locality.PROBES)[:40], S.LENGTH_TOKENS)
             para = S.answers(model, tokenizer, [q for q, _, _ in paraphrases], S.PARAPHRASE_TOKENS)
             median = statistics.median(S.length(a, eos) for a in long)
-            row = dict(facts=args.facts, first=args.first, method=args.method, seed=seed, steps=result.steps,
+            row = dict(facts=args.facts, first=args.first, method=args.method, dtype=str(loaded.dtype)[6:], seed=seed,
+                       steps=result.steps,
                        recall=result.recall, scale=scale, verbatim=verbatim, of=len(pairs), kept=round(scored.kept, 4),
                        agree=round(scored.agreement, 4), length_ratio=round(median / figures["median"], 3),
                        same96=sum(a == b for a, b in zip(long, figures["long"])),
