@@ -20,7 +20,8 @@ def gate_line(name: str, meta: dict | None, scale: float = 1.0) -> str:
     record = (meta or {}).get("ungated")
     figures = described(record)
     trained = (meta or {}).get("train")
-    hint = "; trained for the gate: `:train travel=on` (or the quicker null_space=0.05) teaches one meant to travel" \
+    hint = ("; trained for the gate: `:train null_space=0.05` (a few facts) or `travel=on` teaches one meant to travel "
+            "(docs/training.md says which)") \
         if isinstance(trained, dict) and not (trained.get("travel") or trained.get("null_space")) else ""
     measured = _number(record.get("scale", 1.0)) if isinstance(record, dict) else None
     if figures and measured != scale:

@@ -235,7 +235,7 @@ def test_the_gate_line_says_the_ungated_figures_or_how_to_measure_them():
     for meta in (None, {}, {"ungated": None}, {"ungated": {"kept": None, "length": "n/a"}}, {"ungated": [1]}):
         assert gate_line("seed", meta) == f"{said} (ungated figures not measured: :eval seed gate=off)"
     # an adapter :train made for the gate says how to make one meant to travel; one made with travel=on does not
-    hint = "; trained for the gate: `:train travel=on` (or the quicker null_space=0.05) teaches one meant to travel"
+    hint = "; trained for the gate: `:train null_space=0.05` (a few facts) or `travel=on` teaches one meant to travel (docs/training.md says which)"
     assert gate_line("seed", {"train": {"travel": False}}).endswith(f"gate=off){hint}")
     assert gate_line("seed", {"train": {"travel": True}, "ungated": {"kept": 0.5}}) == f"{said} (ungated: kept 50.0% of the probes exactly)"
     assert gate_line("seed", {"train": {"travel": False, "null_space": 0.05}}).endswith("gate=off)")

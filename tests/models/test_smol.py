@@ -105,13 +105,16 @@ def test_the_gate_sends_paraphrases_to_the_adapter_and_the_rest_to_the_base(taug
 STAIN = "How do I get a red-wine stain out of a carpet?"
 
 
-@pytest.mark.parametrize("keys", ["travel=on", "null_space=0.05"])
-def test_an_adapter_taught_to_travel_keeps_the_bases_manner_without_the_gate(taught, keys):
-    """:train travel=on and :train null_space=0.05 (issue 36): with the gate off, as :export and vLLM
-    serve it, the adapter still answers its taught questions verbatim and an unrelated question at
-    length, where the gate's own adapter answers it in a line (bench/RESULTS.md, "What leaves lorachat")."""
-    ask, name = taught["ask"], keys.split("=")[0]
-    code, out = ask([f":train {name} {keys} probes=8"])   # travel=on: r=4 at alpha 8, its own
+def test_an_adapter_taught_to_travel_keeps_the_bases_manner_without_the_gate(taught):
+    """:train null_space=0.05 (issue 36): with the gate off, as :export and vLLM serve it, the adapter
+    still answers its taught questions verbatim and an unrelated question at length, where the gate's
+    own adapter answers it in a line. With the two facts taught here null_space is the travelling
+    adapter to use (travel=on's rehearsal gets 7-10 steps: 0.48-0.78x the length, bench/RESULTS.md, "A
+    scaled-down delta, and a user's two facts"); travel=on's keys, final lines and record are tested
+    on tiny (tests/training/test_train.py), its figures on smol measured by bench."""
+    ask, keys = taught["ask"], "null_space=0.05"
+    name = keys.split("=")[0]
+    code, out = ask([f":train {name} {keys} probes=8"])
     assert code == 0 and "recall 2/2" in out and "ungated, as :export" in out, out
     try:
         ask([":set gate=off"])
