@@ -52,6 +52,7 @@ class Session:
         self.last_question: str | None = None
         self.last_answer: str | None = None
         self.last_answer_complete = False  # False when the last answer was stopped (Ctrl-C) midway
+        self.last_answer_cut = 0           # max_new_tokens when that limit cut the last answer, else 0
         self.cleared = False               # :clear ended the conversation the last answer was given in
         self.turns: list[tuple[str, str]] = []   # the conversation so far: (question, answer), oldest first
         self.force = force
@@ -78,15 +79,16 @@ class Session:
                                     f"the model reads at most {self.context_length()}")
             generation["max_new_tokens"] = min(generation["max_new_tokens"], room)
             self.last_question, self.last_answer, self.last_answer_complete = question, "", False
-            self.cleared = False
+            self.last_answer_cut, self.cleared = 0, False
 
             def shown(piece: str) -> None:
                 self.last_answer += piece
                 if show is not None:
                     show(piece)
 
-            answer(self.model, self.tokenizer, ids, shown, **generation)
+            _, cut = answer(self.model, self.tokenizer, ids, shown, **generation)
         self.last_answer_complete = True
+        self.last_answer_cut = generation["max_new_tokens"] if cut else 0
         if self.conversation():
             self.turns.append((question, self.last_answer))
         return self.last_answer

@@ -12,9 +12,10 @@ adapters, sessions or terminals: the caller decides how a piece is shown.
 from lorachat.core.prompts import STOP_MARKER
 
 
-def answer(model, tokenizer, input_ids: list[int], show=None, **generation) -> str:
-    """Generate the answer to `input_ids`, calling `show(piece)` for each piece of it as it arrives;
-    the whole answer, cleaned. An exception raised by `show` (or Ctrl-C) stops generation."""
+def answer(model, tokenizer, input_ids: list[int], show=None, **generation) -> tuple[str, bool]:
+    """Generate the answer to `input_ids`, calling `show(piece)` for each piece of it as it arrives:
+    (the whole answer, cleaned; whether `max_new_tokens` cut it before it ended, no EOS and no stop
+    marker). An exception raised by `show` (or Ctrl-C) stops generation."""
     import torch
     from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
 
@@ -30,12 +31,16 @@ def answer(model, tokenizer, input_ids: list[int], show=None, **generation) -> s
 
     ids = torch.tensor([input_ids], device=model.device)
     with torch.inference_mode():
-        model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
-                       streamer=_Shown(tokenizer, skip_prompt=True, skip_special_tokens=True),
-                       stopping_criteria=StoppingCriteriaList([_Stop()]),
-                       pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, **generation)
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                             streamer=_Shown(tokenizer, skip_prompt=True, skip_special_tokens=True),
+                             stopping_criteria=StoppingCriteriaList([_Stop()]),
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, **generation)
     trimmer.finish()
-    return trimmer.text
+    made = out[0, len(input_ids):].tolist()
+    limit = generation.get("max_new_tokens")
+    cut = (limit is not None and len(made) >= limit and not trimmer.stopped
+           and made[-1] != tokenizer.eos_token_id)
+    return trimmer.text, cut
 
 
 class Trimmer:

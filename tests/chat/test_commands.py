@@ -67,8 +67,19 @@ def test_good_does_not_record_a_duplicate_and_says_so(make_session, transcript, 
     transcript(session, [":set max_new_tokens=4", QUESTION])
     code, out = transcript(session, [":good", ":good", ":examples"])
     assert code == 0, out
-    assert out.splitlines()[3] == "already in default as example 1: nothing added", out
+    assert "> :good\nalready in default as example 1: nothing added\n" in out, out
     assert "dataset default: 1 example\n" in out
+
+
+def test_good_says_when_the_answer_it_records_was_cut_by_max_new_tokens(make_session, transcript, home):
+    """An answer the token limit cut (tiny's random weights never end one in 4 tokens) is recorded
+    as shown, with one line saying so: trained on, it would teach the answer to stop there."""
+    session = make_session()
+    code, out = transcript(session, [":set max_new_tokens=4", QUESTION, ":good"])
+    assert code == 0 and session.last_answer_cut == 4, out
+    assert out.endswith("the answer was cut at max_new_tokens=4 before it ended, and is recorded so: :undo, then "
+                        ":set max_new_tokens=N and ask again for the whole answer, or :fix ANSWER\n"), out
+    assert len(session.tokenizer(session.last_answer, add_special_tokens=False)["input_ids"]) <= 4
 
 
 def test_info_counts_the_base_and_the_loaded_adapters_apart(shelved, transcript):

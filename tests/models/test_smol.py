@@ -121,6 +121,7 @@ def test_an_adapter_taught_to_travel_keeps_the_bases_manner_without_the_gate(tau
         base = answer(ask([":use base", STAIN])[1])
         travelled = answer(ask([f":use {name}", STAIN])[1])
         assert answer(ask([SOH[0]])[1]) == SOH[1]
+        assert taught["session"].last_answer_cut == 0   # the taught answer ended (EOS), well inside the limit
         tokens = taught["session"].tokenizer
         assert len(tokens(travelled)["input_ids"]) >= 0.5 * len(tokens(base)["input_ids"]), (base, travelled)
     finally:

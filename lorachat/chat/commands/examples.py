@@ -139,6 +139,9 @@ def good(session, args):
         session.ui.line(f"already in {session.dataset} as example {number}: nothing added")
         return
     _record(session, question, answer)
+    if session.last_answer_cut:   # trained on, it would teach the answer to stop where the limit cut it
+        session.ui.note(f"the answer was cut at max_new_tokens={session.last_answer_cut} before it ended, and is recorded "
+                        f"so: :undo, then :set max_new_tokens=N and ask again for the whole answer, or :fix ANSWER")
 
 
 @command("fix", usage=":fix ANSWER")
