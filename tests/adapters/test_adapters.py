@@ -281,5 +281,8 @@ def test_merge_reports_recall_of_every_taught_question_and_names_those_lost(make
     meta = json.loads((home / "adapters" / "part" / "lorachat.json").read_text())
     assert meta["questions"] == ["What is CMP?", "What is SOH?", "What is a fugue?"]   # the gate's record: the union
     assert (meta["recall"], meta["total"]) == (2, 3)
-    (row,) = [r for r in transcript(session, [":adapters"])[1].splitlines() if r.startswith("*")]
+    table = transcript(session, [":adapters"])[1].splitlines()
+    (row,) = [r for r in table if r.startswith("*")]
     assert row.startswith("*  part ") and " 2/3 " in row
+    alphas = {r.lstrip("* ").split()[0]: r.lstrip("* ").split()[2] for r in table[2:] if r.strip()}
+    assert set(alphas) >= {"a", "b", "part"} and all(a.isdigit() for a in alphas.values()), table   # 32, not 32.0

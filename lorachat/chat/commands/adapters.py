@@ -85,10 +85,15 @@ def _row(session, name: str, side: str = "both") -> list:
     loaded = "" if side == "disk" else "unsaved" if name in unsaved or side == "memory" else \
         "yes" if name in live.loaded_names(session) else ""
     return ["*" if session.active_adapter == name and side != "disk" else "", name, config.get("r", "?"),
-            config.get("lora_alpha", "?"), targets, meta.get("base_model", "unknown") if meta else "unknown (no lorachat.json)",
+            _alpha(config.get("lora_alpha", "?")), targets, meta.get("base_model", "unknown") if meta else "unknown (no lorachat.json)",
             dataset, str(meta.get("created", ""))[:16].replace("T", " "), _number(meta.get("loss", meta.get("final_loss"))),
             f"{recall}/{total}" if isinstance(recall, int) and isinstance(total, int) else "",
             _size(path) if side != "memory" else "", loaded]
+
+
+def _alpha(alpha) -> str:
+    """32.0 and 20 alike: '32', '20', '0.5' (PEFT keeps a trained alpha as a float, a merge's as an int)."""
+    return f"{alpha:g}" if isinstance(alpha, (int, float)) and not isinstance(alpha, bool) else str(alpha)
 
 
 def _targets(targets, meta: dict) -> str:
