@@ -167,6 +167,8 @@ def merge(session, args):
         shown = ", ".join(f"{q} ({source})" for q, source in merged.lost[:3]) + (", ..." if len(merged.lost) > 3 else "")
         session.ui.note(f"note: {count} taught answer{'s do' if count != 1 else ' does'} not come back verbatim "
                         f"from '{name}': {shown}")
+        session.ui.note(f"  to keep every one, :train a single adapter on the examples {_and(sources)} were taught "
+                        "(their datasets are in :adapters)")
 
 
 def _and(names) -> str:
