@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from lorachat.adapters import base_cache, disk, live
 from lorachat.adapters.paths import adapter_path
 from lorachat.adapters.provenance import read_meta
+from lorachat.core.errors import LorachatError
 from lorachat.core.prompts import asked, prompt_ids
 from lorachat.models.loader import SMALL_MODEL, base_size
 from lorachat.routing import reading, router
@@ -185,10 +186,31 @@ def add_phrasing(session, name: str, example) -> bool:
     if not isinstance(meta.get("keys"), list):
         return False   # not saved, or recorded before keys
     keys = meta["keys"] + [dict(instruction=instruction, question=question, answer=answer, added=True)]
-    if not disk.record(session, name, {"keys": keys}):
+    nots = [r for r in _not_records(meta.get("not_keys")) if r["question"].strip() != question]
+    if not disk.record(session, name, {"keys": keys, "not_keys": nots}):
         return False
-    entry.keys = _keys(keys, None)
+    entry.keys = _keys(keys, None, nots)
     return True
+
+
+def unroute(session, name: str, question: str, decision: router.Decision) -> Key:
+    """Send `question`, which adapter `name` answered by `decision`, back to the base from now on: a
+    not key for the answer it reached, written to lorachat.json (router.py, "not keys"). Returns the
+    taught key it reached."""
+    key = decision.key
+    question = question.strip()
+    if key.question == question:
+        what = "a phrasing you added for" if key.added else "a question"
+        raise LorachatError(f"{question!r} is {what} '{name}' was taught, and it always answers it: to stop that, "
+                            f":drop its example and :train again")
+    meta = read_meta(adapter_path(session, name)) or {}
+    nots = [r for r in _not_records(meta.get("not_keys")) if r["question"].strip() != question] + \
+        [dict(instruction=key.instruction, question=question, answer=key.answer)]
+    if not isinstance(meta.get("keys"), list) or not disk.record(session, name, {"not_keys": nots}):
+        raise LorachatError(f"'{name}' is not saved here with its lessons, so there is nowhere to keep this: "
+                            f":save {name} first")
+    _entry(session, name).keys = _keys(meta["keys"], None, nots)
+    return key
 
 
 # --- state ---------------------------------------------------------------------------------------
@@ -203,17 +225,28 @@ class _Taught:
     loaded: object               # PEFT's config object of the adapter as loaded: a reload makes a new one
 
 
-def _keys(records, questions) -> router.Keys | None:
-    """router.Keys from lorachat.json's `keys` (or, recorded before them, its `questions`), or None."""
+def _keys(records, questions, nots=None) -> router.Keys | None:
+    """router.Keys from lorachat.json's `keys` (or, before them, its `questions`) and `not_keys`, or None."""
     if isinstance(records, list) and records and all(isinstance(r, dict) for r in records):
         try:
-            return router.Keys([Key(str(r["question"]).strip(), str(r["answer"]).strip(), str(r["instruction"]).strip(),
-                                    bool(r.get("added", False))) for r in records])
+            return router.Keys([_key(r) for r in records], nots=[_key(r) for r in _not_records(nots)])
         except KeyError:
             return None
     if isinstance(questions, list) and questions and all(isinstance(q, str) for q in questions):
         return router.Keys([Key(q.strip()) for q in questions])
     return None
+
+
+def _key(record: dict) -> Key:
+    return Key(str(record["question"]).strip(), str(record["answer"]).strip(), str(record["instruction"]).strip(),
+               bool(record.get("added", False)))
+
+
+def _not_records(nots) -> list[dict]:
+    """lorachat.json's `not_keys` as far as they are whole records (a damaged one is left out: the
+    question is then routed as before it was sent back)."""
+    whole = lambda r: isinstance(r, dict) and all(isinstance(r.get(k), str) for k in ("question", "answer", "instruction"))  # noqa: E731
+    return [r for r in nots if whole(r)] if isinstance(nots, list) else []
 
 
 def _loaded(session, name: str):
@@ -227,7 +260,7 @@ def _entry(session, name: str) -> _Taught:
     if name not in taught or taught[name].loaded is not loaded:
         origin = live.state(session).origins.get(name)   # the folder it came from, which may hold another now
         meta = (origin[1] if origin else read_meta(adapter_path(session, name))) or live.state(session).unsaved.get(name) or {}
-        taught[name] = _Taught(_keys(meta.get("keys"), meta.get("questions")), loaded)
+        taught[name] = _Taught(_keys(meta.get("keys"), meta.get("questions"), meta.get("not_keys")), loaded)
     return taught[name]
 
 

@@ -178,7 +178,8 @@ def _asking_of(session, sources) -> dict:
     """What asking a merge needs, from its sources' lorachat.json: their instruction when they
     share one (None otherwise; a source without a record, made with plain PEFT, is asked and
     served under the default one), the longest answer any of them was taught (what `lorachat
-    serve` tells clients), and the questions they were taught (the gate's)."""
+    serve` tells clients), the questions they were taught (the gate's) and those sent back to the
+    base (:unroute's not keys)."""
     metas = [provenance.read_meta(adapter_path(session, s)) or {} for s in sources]
     instructions = {m.get("instruction", DEFAULT_INSTRUCTION) for m in metas}
     longest = [m["max_answer_tokens"] for m in metas if isinstance(m.get("max_answer_tokens"), int)]
@@ -187,5 +188,8 @@ def _asking_of(session, sources) -> dict:
     recorded = [m.get("keys") for m in metas]   # with their answers: only when every source has them
     keys = list({json.dumps(k, sort_keys=True): k for ks in recorded for k in ks}.values()) \
         if questions is not None and all(isinstance(ks, list) for ks in recorded) else None
+    nots = list({json.dumps(k, sort_keys=True): k for m in metas for k in (m.get("not_keys") or [])
+                 if isinstance(k, dict)}.values()) if keys is not None else []   # :unroute's, each source's
     return dict(instruction=instructions.pop() if len(instructions) == 1 else None,
-                max_answer_tokens=max(longest, default=None), questions=questions, keys=keys)
+                max_answer_tokens=max(longest, default=None), questions=questions, keys=keys,
+                **({"not_keys": nots} if nots else {}))

@@ -9,6 +9,12 @@ added later for a taught answer. A question is decided in two steps, both read b
 A taught question asked as taught is its own key at share 1.0, with no check. The adapter then
 answers the key's trained question (a phrasing's trained sibling), so a rephrasing gets the taught
 answer, not a blend of two (bench/RESULTS.md, "Gate 2").
+3. not keys: questions the user sent back to the base (`:unroute`) after they reached a taught
+   answer. A question that passes the check for an answer with not keys goes to the base when it is
+   at least as near one of them as to every question taught or added for that answer (`both_ways`:
+   each reading's coverage of the other, averaged), so the question and its rephrasings stay the
+   base's (bench/RESULTS.md, "Gate 2": the nearest labelled question decides, measured on held-out
+   rephrasings).
 
 Keys recorded before lorachat kept answers (lorachat.json with `questions` only) are decided by
 the shortlist alone. Model-level: knows nothing about sessions, adapters or files; the caller turns
@@ -41,6 +47,7 @@ class Decision:
     coverage: float = 0.0     # of `nearest`
     checked: Key | None = None   # the key whose check scored best (None: none checked)
     share: float | None = None   # its share of lift
+    unrouted: Key | None = None  # the not key that sent it to the base after the check passed
 
 
 @dataclass
@@ -50,6 +57,8 @@ class Keys:
     keys: list
     readings: list | None = None
     taught: dict = field(default_factory=dict)   # key index -> (log P after its question, after NULL)
+    nots: list = field(default_factory=list)     # Keys sent back to the base, each with the answer it reached
+    not_readings: list | None = None
 
     def asks(self, key: Key) -> str:
         """The question the adapter was trained on for `key`'s answer: `key`'s own unless it was added."""
@@ -83,10 +92,28 @@ def decide_each(model, tokenizer, keys: Keys, back: reading.Background, question
 
 
 def _read_keys(model, tokenizer, keys: Keys, back: reading.Background) -> None:
-    if keys.readings is None:
-        texts = [k.question for k in keys.keys]
-        keys.readings = [r for i in range(0, len(texts), CHUNK)
-                         for r in reading.read(model, tokenizer, texts[i:i + CHUNK], back)]
+    for texts, attribute in (([k.question for k in keys.keys], "readings"), ([k.question for k in keys.nots], "not_readings")):
+        if getattr(keys, attribute) is None:
+            setattr(keys, attribute, [r for i in range(0, len(texts), CHUNK)
+                                      for r in reading.read(model, tokenizer, texts[i:i + CHUNK], back)])
+
+
+def both_ways(a: reading.Reading, b: reading.Reading) -> float:
+    """How near two questions are, read by the shortlist: each one's coverage of the other, averaged
+    (a short question, mostly a subject's name, is not near every question about that subject)."""
+    return (reading.coverage(a, [b])[0] + reading.coverage(b, [a])[0]) / 2
+
+
+def _unrouted(keys: Keys, key: Key, read, without) -> Key | None:
+    """The not key for `key`'s answer that `read` is at least as near as to every question taught
+    or added for that answer, or None."""
+    same = lambda k: k.answer == key.answer and k.instruction == key.instruction  # noqa: E731
+    nots = [i for i, k in enumerate(keys.nots) if same(k)]
+    if not nots:
+        return None
+    near = max(both_ways(read, keys.readings[i]) for i, k in enumerate(keys.keys) if same(k) and i not in without)
+    best = max(nots, key=lambda i: both_ways(read, keys.not_readings[i]))
+    return keys.nots[best] if both_ways(read, keys.not_readings[best]) >= near else None
 
 
 def _decided(model, tokenizer, keys: Keys, question: str, read, taught: int | None, at: float, without) -> Decision:
@@ -109,8 +136,10 @@ def _decided(model, tokenizer, keys: Keys, question: str, read, taught: int | No
     best = max(listed, key=lambda i: shares[i])
     key = keys.keys[best]
     answers = shares[best] >= at - 1e-9
+    unrouted = _unrouted(keys, key, read, without) if answers else None
+    answers = answers and unrouted is None
     return Decision(key if answers else None, keys.asks(key) if answers else None, nearest, near[order[0]],
-                    key, shares[best])
+                    key, shares[best], unrouted)
 
 
 def _shares(model, tokenizer, keys: Keys, listed: list[int], question: str) -> dict:

@@ -203,3 +203,37 @@ def test_questions_decided_together_are_decided_as_each_alone(shelved, transcrip
         # to the rounding of a batch: a padded row's states and log P move in the last bits (bf16 here)
         assert abs(a.coverage - b.coverage) < 5e-3 and (a.share is None) == (b.share is None)
         assert a.share is None or abs(a.share - b.share) < 0.02
+
+
+def test_unroute_sends_the_last_question_back_to_the_base_for_good(shelved, transcript, make_session):
+    """:unroute (issue 35): a question the adapter answered goes to the base from then on, kept in
+    lorachat.json as a not key (a later session reads it, :merge unites it, :add of it with the taught
+    answer makes it a phrasing again); a taught question or a question the base answered is one line."""
+    session = shelved
+    teach(session, "a", [(TAUGHT, ANSWER)])
+    teach(session, "b", [("What is SiON?", "SiON is silicon oxynitride.")])
+    base = answer_of(transcript, session, [":set max_new_tokens=12", ":use base", SAME_WORDS])
+    code, out = transcript(session, [":unroute"], keep_going=True)
+    assert code == 1 and "error: :unroute: no adapter was active; it sends back a question the gate gave to the adapter" in out
+    routed = [":set gate=on", ":set gate_at=-1", ":use a"]   # every shortlisted question passes the check
+    own = answer_of(transcript, session, [*routed, TAUGHT])
+    code, out = transcript(session, [":unroute"], keep_going=True)
+    assert code == 1 and f"error: {TAUGHT!r} is a question 'a' was taught, and it always answers it" in out, out
+    assert answer_of(transcript, session, [SAME_WORDS]) == own != base   # answered as the taught question
+    code, out = transcript(session, [":unroute"])
+    assert code == 0 and f"{SAME_WORDS!r} now goes to the base, not to 'a' asked {TAUGHT!r}" in out, out
+    assert answer_of(transcript, session, [SAME_WORDS]) == base and answer_of(transcript, session, [TAUGHT]) == own
+    code, out = transcript(session, [SAME_WORDS, ":why"])
+    assert code == 0 and f"was answered by the base, not adapter 'a': it is as near {SAME_WORDS!r}, sent back" in out, out
+    meta = paths.adapter_path(session, "a") / "lorachat.json"
+    assert json.loads(meta.read_text())["not_keys"] == [dict(instruction="Answer the question.", question=SAME_WORDS, answer=ANSWER)]
+
+    later = make_session(workspace=session.home)
+    assert answer_of(transcript, later, [":set max_new_tokens=12", *routed, SAME_WORDS]) == base
+    code, out = transcript(later, [":merge a b as ab"])
+    assert code == 0 and json.loads((paths.adapter_path(later, "ab") / "lorachat.json").read_text())["not_keys"] == \
+        json.loads(meta.read_text())["not_keys"]
+
+    code, out = transcript(session, [f":add {SAME_WORDS} => {ANSWER}"])
+    assert code == 0 and "it now answers this question too" in out, out
+    assert answer_of(transcript, session, [SAME_WORDS]) == own and json.loads(meta.read_text())["not_keys"] == []

@@ -154,6 +154,28 @@ def test_routing_reads_what_a_question_asks_not_its_shape(taught):
                 assert router.decide(model, tokenizer, keys, back, text).key is None, text
 
 
+def test_a_question_sent_back_to_the_base_takes_its_rephrasings_with_it(taught):
+    """:unroute's not key on smol (router level, no training): "What does SOH cost ...?" passes the
+    check for SOH's taught answer (it repeats the subject); sent back, it and a rephrasing of it go to
+    the base, while another question the answer does answer, and SiON's, are decided as before."""
+    from lorachat.adapters import live
+    from lorachat.routing import reading, router
+
+    session = taught["session"]
+    model, tokenizer = session.model, session.tokenizer
+    cost = "What does SOH cost in semiconductor manufacturing?"
+    taught_keys = [router.Key(*SOH), router.Key(*SION)]
+    with live.switch(session).disabled():   # the base reads, as the gate does
+        back = reading.background(model, tokenizer)
+        assert router.decide(model, tokenizer, router.Keys(taught_keys), back, cost).asks == SOH[0]
+        sent_back = router.Keys(taught_keys, nots=[router.Key(cost, SOH[1])])
+        for text in (cost, "How much does SOH cost in semiconductor manufacturing?"):
+            decision = router.decide(model, tokenizer, sent_back, back, text)
+            assert decision.key is None and decision.unrouted.question == cost, text
+        assert router.decide(model, tokenizer, sent_back, back, "What is SOH made of in semiconductor manufacturing?").asks == SOH[0]
+        assert router.decide(model, tokenizer, sent_back, back, SION[0]).asks == SION[0]
+
+
 def test_compare_use_base_and_eval_on_the_real_model(taught):
     ask, base = taught["ask"], taught["base"]
     code, out = ask([f":compare -- {SOH[0]}"])

@@ -1,5 +1,5 @@
 """The conversation: :clear starts a new one, :history shows the turns questions are asked after,
-:why says who answered the last question and why.
+:why says who answered the last question and why, :unroute sends it back to the base.
 
 The turns live in the session (`session.turns`, kept by Session.ask); this module shows and resets
 them. The gate's decisions are adapters/gate.py's; this module only words them. Knows nothing about
@@ -68,6 +68,9 @@ def why(session, args):
         return
     if decision.key is not None:
         session.ui.line(f"{said} adapter '{name}', asked its taught question {_clip(decision.asks)!r}")
+    elif decision.unrouted is not None:
+        session.ui.line(f"{said} the base, not adapter '{name}': it is as near {_clip(decision.unrouted.question)!r}, "
+                        f"sent back to the base with :unroute, as to any question taught for that answer")
     else:
         session.ui.line(f"{said} the base, not adapter '{name}': it asks nothing '{name}' was taught")
     if decision.nearest is not None:
@@ -77,3 +80,30 @@ def why(session, args):
         which = "" if decision.checked == decision.nearest else f" of {_clip(decision.checked.question)!r}"
         session.ui.line(f"  check: it lifts the taught answer{which} {decision.share:.2f} as much as its taught question "
                         f"does (the adapter answers from gate_at={session.settings.gate_at:g})")
+
+
+@command("unroute")
+def unroute(session, args):
+    """Send the last question back to the base: the active adapter answered it, and should not have.
+
+    For a question that asks something else about a taught subject ("What is the population of
+    Greyhollow?" after teaching its river), which the gate can mistake for a rephrasing. From now on
+    it, and questions nearer to it than to every question taught or added for the answer it reached,
+    are the base's. Kept in the adapter's lorachat.json, no training needed. A rephrasing of the
+    taught question close to it in form can go with it: `:add` that rephrasing with the taught
+    answer keeps it the adapter's (and `:add` of the sent-back question itself takes it back).
+    """
+    no_args("unroute", args)
+    last = gate.last(session)
+    if last is None:
+        raise LorachatError(":unroute: no question asked yet in this session")
+    question, name, decision = last
+    if name is None or decision is None or decision.key is None:
+        who = "no adapter was active" if name is None else \
+            "the gate did not decide it (:why says why)" if decision is None else "the base already answered it"
+        raise LorachatError(f":unroute: {who}; it sends back a question the gate gave to the adapter")
+    if name != session.active_adapter:
+        raise LorachatError(f":unroute: the last question was answered by '{name}', not the active adapter: ask it again")
+    key = gate.unroute(session, name, question, decision)
+    session.ui.line(f"{_clip(question)!r} now goes to the base, not to '{name}' asked {_clip(key.question)!r} "
+                    f"(and so do questions nearer it than any question taught for that answer)")
