@@ -278,7 +278,7 @@ def test_merge_reports_recall_of_every_taught_question_and_names_those_lost(make
     assert lines[-3].startswith("merged a + b (cat) into 'part', saved to ")
     assert lines[-3].endswith("; recall 2/3 of the questions a and b were taught; now active"), out
     assert lines[-2] == "note: 1 taught answer does not come back verbatim from 'part': What is a fugue? (b)"
-    assert lines[-1].startswith("  to keep every one, :train a single adapter on the examples a and b were taught")
+    assert lines[-1] == "  to keep every one, :train one adapter on the examples a and b were taught"
     meta = json.loads((home / "adapters" / "part" / "lorachat.json").read_text())
     assert meta["questions"] == ["What is CMP?", "What is SOH?", "What is a fugue?"]   # the gate's record: the union
     assert (meta["recall"], meta["total"]) == (2, 3)

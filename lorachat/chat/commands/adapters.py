@@ -84,16 +84,12 @@ def _row(session, name: str, side: str = "both") -> list:
     total = meta.get("total", examples)
     loaded = "" if side == "disk" else "unsaved" if name in unsaved or side == "memory" else \
         "yes" if name in live.loaded_names(session) else ""
+    alpha = config.get("lora_alpha", "?")   # PEFT keeps a trained alpha as a float (32.0), a merge's as an int
     return ["*" if session.active_adapter == name and side != "disk" else "", name, config.get("r", "?"),
-            _alpha(config.get("lora_alpha", "?")), targets, meta.get("base_model", "unknown") if meta else "unknown (no lorachat.json)",
+            f"{alpha:g}" if isinstance(alpha, float) else alpha, targets, meta.get("base_model", "unknown") if meta else "unknown (no lorachat.json)",
             dataset, str(meta.get("created", ""))[:16].replace("T", " "), _number(meta.get("loss", meta.get("final_loss"))),
             f"{recall}/{total}" if isinstance(recall, int) and isinstance(total, int) else "",
             _size(path) if side != "memory" else "", loaded]
-
-
-def _alpha(alpha) -> str:
-    """32.0 and 20 alike: '32', '20', '0.5' (PEFT keeps a trained alpha as a float, a merge's as an int)."""
-    return f"{alpha:g}" if isinstance(alpha, (int, float)) and not isinstance(alpha, bool) else str(alpha)
 
 
 def _targets(targets, meta: dict) -> str:
@@ -167,8 +163,7 @@ def merge(session, args):
         shown = ", ".join(f"{q} ({source})" for q, source in merged.lost[:3]) + (", ..." if len(merged.lost) > 3 else "")
         session.ui.note(f"note: {count} taught answer{'s do' if count != 1 else ' does'} not come back verbatim "
                         f"from '{name}': {shown}")
-        session.ui.note(f"  to keep every one, :train a single adapter on the examples {_and(sources)} were taught "
-                        "(their datasets are in :adapters)")
+        session.ui.note(f"  to keep every one, :train one adapter on the examples {_and(sources)} were taught")
 
 
 def _and(names) -> str:
