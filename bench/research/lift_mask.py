@@ -129,6 +129,15 @@ def smol_study(prog: str, doc: str, results: str, argv=None):
     return args, load_model(str(smol_folder()), device="cpu", dtype=args.dtype)
 
 
+def studied(prog: str, doc: str, results: str, study, argv=None, checked: str = "share") -> dict:
+    """smol_study, then `study(model, tokenizer, set name)` for each of --sets, its rows written
+    (write_rows): {set name: rows}."""
+    args, loaded = smol_study(prog, doc, results, argv)
+    found = {name: study(loaded.model, loaded.tokenizer, name) for name in args.sets.split(",")}
+    write_rows(args.json, found, loaded, checked)
+    return found
+
+
 def write_rows(path: str, found: dict, loaded, checked: str) -> None:
     """Append every paraphrase and look-alike row, and the probes that reached the check (`checked` set)."""
     with open(path, "a", encoding="utf-8") as f:

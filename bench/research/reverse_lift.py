@@ -16,7 +16,7 @@ per shortlisted question: at 6, about a fifth of a 32-token answer, over the ≤
 """
 import sys
 
-from bench.research.lift_mask import counted, report, shortlisted, smol_study, write_rows
+from bench.research.lift_mask import counted, report, shortlisted, studied
 
 LENGTHS = (6, 12, 24)
 
@@ -51,9 +51,7 @@ def study(model, tokenizer, name: str):
 def main(argv=None) -> int:
     from lorachat.routing import router
 
-    args, loaded = smol_study("python -m bench.research.reverse_lift", __doc__, "bench/research/results/reverse_lift.jsonl", argv)
-    found = {name: study(loaded.model, loaded.tokenizer, name) for name in args.sets.split(",")}
-    write_rows(args.json, found, loaded, "share")
+    found = studied("python -m bench.research.reverse_lift", __doc__, "bench/research/results/reverse_lift.jsonl", study, argv)
     grid = [round(0.05 * i, 2) for i in range(30)]
     for n in LENGTHS:
         report(found, f"rev{n}", lambda rows, at, n=n: counted(

@@ -17,7 +17,7 @@ Each rule alone and beside the shipped share at GATE_AT; the tune set picks the 
 """
 import sys
 
-from bench.research.lift_mask import counted, per_token, report, shortlisted, smol_study, write_rows
+from bench.research.lift_mask import counted, per_token, report, shortlisted, studied
 
 
 def study(model, tokenizer, name: str):
@@ -48,9 +48,7 @@ def study(model, tokenizer, name: str):
 def main(argv=None) -> int:
     from lorachat.routing import router
 
-    args, loaded = smol_study("python -m bench.research.token_drop", __doc__, "bench/research/results/token_drop.jsonl", argv)
-    found = {name: study(loaded.model, loaded.tokenizer, name) for name in args.sets.split(",")}
-    write_rows(args.json, found, loaded, "share")
+    found = studied("python -m bench.research.token_drop", __doc__, "bench/research/results/token_drop.jsonl", study, argv)
 
     def rule(test):
         return lambda rows, at: counted(rows, lambda r: r["share"] is not None and test(r, at))
