@@ -220,6 +220,9 @@ def test_unroute_sends_the_last_question_back_to_the_base_for_good(shelved, tran
     code, out = transcript(session, [":unroute"], keep_going=True)
     assert code == 1 and f"error: {TAUGHT!r} is a question 'a' was taught, and it always answers it" in out, out
     assert answer_of(transcript, session, [SAME_WORDS]) == own != base   # answered as the taught question
+    assert "  asks something else? :unroute sends it" in transcript(session, [":why"])[1]
+    assert ":unroute" not in transcript(session, [TAUGHT, ":why"])[1]   # the taught question itself: nothing to send back
+    transcript(session, [SAME_WORDS])
     code, out = transcript(session, [":unroute"])
     assert code == 0 and f"{SAME_WORDS!r} now goes to the base, not to 'a' asked {TAUGHT!r}" in out, out
     assert answer_of(transcript, session, [SAME_WORDS]) == base and answer_of(transcript, session, [TAUGHT]) == own

@@ -80,6 +80,8 @@ def why(session, args):
         which = "" if decision.checked == decision.nearest else f" of {_clip(decision.checked.question)!r}"
         session.ui.line(f"  check: it lifts the taught answer{which} {decision.share:.2f} as much as its taught question "
                         f"does (the adapter answers from gate_at={session.settings.gate_at:g})")
+    if decision.key is not None and decision.key.question != question.strip():
+        session.ui.line("  asks something else? :unroute sends it, and questions nearer it than the taught one, to the base")
 
 
 @command("unroute")
