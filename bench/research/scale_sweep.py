@@ -7,7 +7,8 @@ Trains one adapter per seed with `:train`'s loop (smol_locality's methods and fa
 LoRA scale (what `:scale NAME S` sets before `:export`, which merges at the live scale) measures with
 no gate: verbatim (the taught questions asked, answers of up to 64 tokens, in one batch), kept and
 agree on the 303 probes, the median length of 40 answers of up to 96 tokens over the base's, those
-answers unchanged to the last token, and paraphrases carrying the fact. `--first N` teaches only the
+answers unchanged to the last token (and to their 64th, the REPL's max_new_tokens), and paraphrases
+carrying the fact. `--first N` teaches only the
 set's first N facts (and scores only their paraphrases): what a user teaching a couple of facts gets.
 One JSON line per (seed, scale) on stdout and appended to --json.
 """
@@ -71,6 +72,7 @@ def main(argv=None) -> int:
                        recall=result.recall, scale=scale, verbatim=verbatim, of=len(pairs), kept=round(scored.kept, 4),
                        agree=round(scored.agreement, 4), length_ratio=round(median / figures["median"], 3),
                        same96=sum(a == b for a, b in zip(long, figures["long"])),
+                       same64=sum(a[:64] == b[:64] for a, b in zip(long, figures["long"])),   # the REPL's max_new_tokens
                        paraphrase=sum(S.paraphrase_hits(tokenizer, para, paraphrases)), paraphrase_of=len(paraphrases))
             print(json.dumps(row), flush=True)
             with open(args.json, "a", encoding="utf-8") as f:
