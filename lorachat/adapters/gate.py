@@ -16,10 +16,9 @@ vLLM apply an adapter to every question. Knows nothing about terminals, training
 import contextlib
 from dataclasses import dataclass
 
-from lorachat.adapters import base_cache, disk, live
+from lorachat.adapters import base_cache, live
 from lorachat.adapters.paths import adapter_path
 from lorachat.adapters.provenance import read_meta
-from lorachat.core.errors import LorachatError
 from lorachat.core.prompts import asked, prompt_ids
 from lorachat.models.loader import SMALL_MODEL, base_size
 from lorachat.routing import reading, router
@@ -60,9 +59,9 @@ def enabled(session) -> bool:
     return setting == "on"
 
 
-def remember(session, name: str, keys: list[dict] | None) -> None:
+def remember(session, name: str, keys: list[dict] | None, nots=()) -> None:
     """What loaded adapter `name` was taught (a new one, before its lorachat.json is on disk)."""
-    _state(session)["taught"][name] = _Taught(_keys(keys, None), _loaded(session, name))
+    _state(session)["taught"][name] = _Taught(keys_from(keys, None, list(nots)), _loaded(session, name))
 
 
 def decide(session, name: str, question: str) -> router.Decision | None:
@@ -73,7 +72,7 @@ def decide(session, name: str, question: str) -> router.Decision | None:
 
 def decide_each(session, name: str, questions: list[str]) -> list:
     """decide for each of `questions`, read in shared forward passes (router.decide_each)."""
-    keys = _entry(session, name).keys if enabled(session) else None
+    keys = entry(session, name).keys if enabled(session) else None
     if keys is None:
         return [None] * len(questions)
     back = _background(session)
@@ -148,7 +147,7 @@ def describe(session, name: str | None) -> str:
     at = f"on at {session.settings.gate_at:g}"
     if name is None:
         return f"{at} (no adapter active)"
-    keys = _entry(session, name).keys
+    keys = entry(session, name).keys
     if keys is None:
         return f"{at}; '{name}' answers every question (no record of what it was taught)"
     count = len({(k.instruction, k.answer) for k in keys.keys})
@@ -159,7 +158,7 @@ def describe(session, name: str | None) -> str:
 def lessons(session, name: str) -> str | None:
     """What adapter `name`'s own lessons say of the gate, in words (None when it does not decide, or
     there are fewer than two taught answers to tell apart): routing/router.py's `apart`."""
-    keys = _entry(session, name).keys if enabled(session) else None
+    keys = entry(session, name).keys if enabled(session) else None
     if keys is None or len({(k.instruction, k.answer) for k in keys.keys if k.answer is not None}) < 2:
         return None
     back = _background(session)
@@ -168,49 +167,6 @@ def lessons(session, name: str) -> str | None:
     # kept: a taught question asked without its own key goes to the base, not to another taught answer
     words = f"gate: {kept}/{total} taught questions told apart (without its own key, each goes to the base, not to another taught answer)"
     return words + (f"; {found}/{phrasings} phrasings reach their answer without their own key" if phrasings else "")
-
-
-def add_phrasing(session, name: str, example) -> bool:
-    """Record `example`'s question as another phrasing of adapter `name`'s taught answer when that
-    answer is `example`'s (same instruction): it routes at once, without training. False when the
-    adapter was not taught that answer, or already has the question. Written to lorachat.json."""
-    entry = _entry(session, name)
-    if entry.keys is None or example.text is not None:
-        return False
-    instruction, question = asked(example)
-    answer = example.output.strip()
-    taught = [k for k in entry.keys.keys if k.answer == answer and k.instruction == instruction]
-    if not taught or any(k.question == question for k in entry.keys.keys):
-        return False
-    meta = read_meta(adapter_path(session, name)) or {}
-    if not isinstance(meta.get("keys"), list):
-        return False   # not saved, or recorded before keys
-    keys = meta["keys"] + [dict(instruction=instruction, question=question, answer=answer, added=True)]
-    nots = [r for r in _not_records(meta.get("not_keys")) if r["question"].strip() != question]
-    if not disk.record(session, name, {"keys": keys, "not_keys": nots}):
-        return False
-    entry.keys = _keys(keys, None, nots)
-    return True
-
-
-def unroute(session, name: str, question: str, decision: router.Decision) -> Key:
-    """Send `question`, which adapter `name` answered by `decision`, back to the base from now on: a
-    not key for the answer it reached, written to lorachat.json (router.py, "not keys"). Returns the
-    taught key it reached."""
-    key = decision.key
-    question = question.strip()
-    if key.question == question:
-        what = "a phrasing you added for" if key.added else "a question"
-        raise LorachatError(f"{question!r} is {what} '{name}' was taught, and it always answers it: to stop that, "
-                            f":drop its example and :train again")
-    meta = read_meta(adapter_path(session, name)) or {}
-    nots = [r for r in _not_records(meta.get("not_keys")) if r["question"].strip() != question] + \
-        [dict(instruction=key.instruction, question=question, answer=key.answer)]
-    if not isinstance(meta.get("keys"), list) or not disk.record(session, name, {"not_keys": nots}):
-        raise LorachatError(f"'{name}' is not saved here with its lessons, so there is nowhere to keep this: "
-                            f":save {name} first")
-    _entry(session, name).keys = _keys(meta["keys"], None, nots)
-    return key
 
 
 # --- state ---------------------------------------------------------------------------------------
@@ -225,11 +181,11 @@ class _Taught:
     loaded: object               # PEFT's config object of the adapter as loaded: a reload makes a new one
 
 
-def _keys(records, questions, nots=None) -> router.Keys | None:
+def keys_from(records, questions, nots=None) -> router.Keys | None:
     """router.Keys from lorachat.json's `keys` (or, before them, its `questions`) and `not_keys`, or None."""
     if isinstance(records, list) and records and all(isinstance(r, dict) for r in records):
         try:
-            return router.Keys([_key(r) for r in records], nots=[_key(r) for r in _not_records(nots)])
+            return router.Keys([_key(r) for r in records], nots=[_key(r) for r in not_records(nots)])
         except KeyError:
             return None
     if isinstance(questions, list) and questions and all(isinstance(q, str) for q in questions):
@@ -242,7 +198,7 @@ def _key(record: dict) -> Key:
                bool(record.get("added", False)))
 
 
-def _not_records(nots) -> list[dict]:
+def not_records(nots) -> list[dict]:
     """lorachat.json's `not_keys` as far as they are whole records (a damaged one is left out: the
     question is then routed as before it was sent back)."""
     whole = lambda r: isinstance(r, dict) and all(isinstance(r.get(k), str) for k in ("question", "answer", "instruction"))  # noqa: E731
@@ -254,13 +210,13 @@ def _loaded(session, name: str):
     return model.peft_config.get(name) if model is not None else None
 
 
-def _entry(session, name: str) -> _Taught:
+def entry(session, name: str) -> _Taught:
     """What adapter `name` was taught, read from its lorachat.json once per load."""
     taught, loaded = _state(session)["taught"], _loaded(session, name)
     if name not in taught or taught[name].loaded is not loaded:
         origin = live.state(session).origins.get(name)   # the folder it came from, which may hold another now
         meta = (origin[1] if origin else read_meta(adapter_path(session, name))) or live.state(session).unsaved.get(name) or {}
-        taught[name] = _Taught(_keys(meta.get("keys"), meta.get("questions"), meta.get("not_keys")), loaded)
+        taught[name] = _Taught(keys_from(meta.get("keys"), meta.get("questions"), meta.get("not_keys")), loaded)
     return taught[name]
 
 

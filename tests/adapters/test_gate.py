@@ -207,8 +207,9 @@ def test_questions_decided_together_are_decided_as_each_alone(shelved, transcrip
 
 def test_unroute_sends_the_last_question_back_to_the_base_for_good(shelved, transcript, make_session):
     """:unroute (issue 35): a question the adapter answered goes to the base from then on, kept in
-    lorachat.json as a not key (a later session reads it, :merge unites it, :add of it with the taught
-    answer makes it a phrasing again); a taught question or a question the base answered is one line."""
+    lorachat.json as a not key (a later session reads it, :merge unites it, an adapter trained while it
+    is active on the same answer keeps it, :add of it with the taught answer makes it a phrasing
+    again); a taught question or a question the base answered is one line."""
     session = shelved
     teach(session, "a", [(TAUGHT, ANSWER)])
     teach(session, "b", [("What is SiON?", "SiON is silicon oxynitride.")])
@@ -235,6 +236,12 @@ def test_unroute_sends_the_last_question_back_to_the_base_for_good(shelved, tran
     assert answer_of(transcript, later, [":set max_new_tokens=12", *routed, SAME_WORDS]) == base
     code, out = transcript(later, [":merge a b as ab"])
     assert code == 0 and json.loads((paths.adapter_path(later, "ab") / "lorachat.json").read_text())["not_keys"] == \
+        json.loads(meta.read_text())["not_keys"]
+
+    # a new adapter trained while 'a' is active, on the same answer, keeps it sent back
+    code, out = transcript(session, [f":add {TAUGHT} => {ANSWER}", ":train a2 steps=1 until=recall", ":use a"])
+    assert code == 0 and "1 question sent back to the base on 'a' (:unroute) stays the base's" in out, out
+    assert json.loads((paths.adapter_path(session, "a2") / "lorachat.json").read_text())["not_keys"] == \
         json.loads(meta.read_text())["not_keys"]
 
     code, out = transcript(session, [f":add {SAME_WORDS} => {ANSWER}"])

@@ -5,7 +5,7 @@ The turns live in the session (`session.turns`, kept by Session.ask); this modul
 them. The gate's decisions are adapters/gate.py's; this module only words them. Knows nothing about
 training.
 """
-from lorachat.adapters import gate
+from lorachat.adapters import gate, steering
 from lorachat.chat.commands import command, no_args
 from lorachat.core.errors import LorachatError
 from lorachat.routing.router import SHORTLIST
@@ -106,6 +106,6 @@ def unroute(session, args):
         raise LorachatError(f":unroute: {who}; it sends back a question the gate gave to the adapter")
     if name != session.active_adapter:
         raise LorachatError(f":unroute: the last question was answered by '{name}', not the active adapter: ask it again")
-    key = gate.unroute(session, name, question, decision)
+    key = steering.unroute(session, name, question, decision)
     session.ui.line(f"{_clip(question)!r} now goes to the base, not to '{name}' asked {_clip(key.question)!r} "
                     f"(and so do questions nearer it than any question taught for that answer)")

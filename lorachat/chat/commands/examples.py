@@ -5,12 +5,12 @@ Every recorded example is on disk (fsync'd) before its acknowledgement is printe
 recorded in this session are remembered in `session.extensions["recorded"]` as jsonl.Mark (file,
 offset and bytes of the line written) so :undo removes exactly those lines, never an equal one.
 A recorded question whose answer the active adapter was taught becomes one of that answer's
-phrasings for the gate (adapters/gate.py: it routes at once, no training). Knows nothing about training.
+phrasings for the gate (adapters/steering.py: it routes at once, no training). Knows nothing about training.
 """
 import os
 import re
 
-from lorachat.adapters import gate
+from lorachat.adapters import steering
 from lorachat.chat import options
 from lorachat.chat.commands import command, no_args
 from lorachat.core.errors import LorachatError
@@ -174,7 +174,7 @@ def _record(session, question: str, answer: str) -> None:
     session.ui.line(f"added to {session.dataset} ({how_many(count)}): {_clip(question, 60)} {ARROW} {_clip(answer, 60)}")
     _warn_if_too_long(session, example, count)
     name = session.active_adapter
-    if name is not None and gate.add_phrasing(session, name, example):
+    if name is not None and steering.add_phrasing(session, name, example):
         session.ui.note(f"'{name}' was taught this answer: it now answers this question too (the gate routes it; "
                         "no training needed)")
 

@@ -12,7 +12,7 @@ import threading
 import time
 from pathlib import Path
 
-from lorachat.adapters import disk, gate, live, paths, side_by_side, travel
+from lorachat.adapters import disk, gate, live, paths, side_by_side, steering, travel
 from lorachat.chat import options
 from lorachat.chat.commands import command
 from lorachat.core import launch, prompts
@@ -58,7 +58,7 @@ def train_(session, args):
     anchors, probes = _references(session, config)
     if anchors is not None:   # the anchors with the base's answers are also the conversations questions come after
         plan = planning.in_context(session.model, session.tokenizer, plan, _turns(session, config, anchors))
-    previous, unsaved, kept, ungated = session.active_adapter, None, None, None
+    previous, unsaved, kept, ungated, nots = session.active_adapter, None, None, None, []
     live.make_room(session, keep={previous})
     with _deferred_interrupt((signal.SIGINT, signal.SIGTERM) if session.headless else (signal.SIGINT,)) as interrupted:
         lora.seeded_add(config.seed, lambda: live.add_new(session, name, lora_config))
@@ -70,11 +70,13 @@ def train_(session, args):
                 _discard(session, name, previous)
             else:
                 live.activate(session, name)
-                gate.remember(session, name, gate.taught_keys(plan.examples))
+                nots = steering.carried(session, previous, gate.taught_keys(plan.examples))   # :unroute's, for answers taught again
+                gate.remember(session, name, gate.taught_keys(plan.examples), nots)
                 kept = gate.kept(session, name, *probes) if probes else None
                 ungated = _ungated(session, probes[1]) if recipe.travels(config) and probes else None
                 if launch.is_main():  # the other ranks of `lorachat train` hold the same weights
-                    meta = dict(_meta(session, plan, result, kept), **({"ungated": ungated} if ungated else {}))
+                    meta = dict(_meta(session, plan, result, kept), **({"ungated": ungated} if ungated else {}),
+                                **({"not_keys": nots} if nots else {}))
                     unsaved, name = _save_or_keep(session, name, meta, result.state)
                 launch.barrier()
                 live.make_room(session, keep={name}, extra=0)
@@ -82,6 +84,9 @@ def train_(session, args):
             _discard(session, name, previous)
             raise
     _report(session, name, result, config, kept, _stopped_by(interrupted), time.perf_counter() - began)
+    if nots and not result.cancelled:
+        session.ui.note(f"{len(nots)} question{'s' if len(nots) != 1 else ''} sent back to the base on '{previous}' "
+                        f"(:unroute) stay{'s' if len(nots) == 1 else ''} the base's")
     if ungated:
         session.ui.note(f"ungated, as :export, lorachat serve and a GGUF export serve it: {', '.join(travel.described(ungated))}")
         advice = travel.shorter(dataclasses.asdict(config), ungated)
