@@ -227,8 +227,9 @@ def test_unroute_sends_the_last_question_back_to_the_base_for_good(shelved, tran
     code, out = transcript(session, [":unroute"])
     assert code == 0 and f"{SAME_WORDS!r} now goes to the base, not to 'a' asked {TAUGHT!r}" in out, out
     assert answer_of(transcript, session, [SAME_WORDS]) == base and answer_of(transcript, session, [TAUGHT]) == own
-    code, out = transcript(session, [SAME_WORDS, ":why"])
+    code, out = transcript(session, [SAME_WORDS, ":why", ":info"])
     assert code == 0 and f"was answered by the base, not adapter 'a': it is as near {SAME_WORDS!r}, sent back" in out, out
+    assert "the base the rest (1 question sent back with :unroute)" in out
     meta = paths.adapter_path(session, "a") / "lorachat.json"
     assert json.loads(meta.read_text())["not_keys"] == [dict(instruction="Answer the question.", question=SAME_WORDS, answer=ANSWER)]
 
