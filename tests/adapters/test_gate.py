@@ -37,6 +37,7 @@ def test_the_gate_leaves_other_questions_to_the_base_and_measures_as_it_asks(she
     transcript(session, [":set gate=on", ":set gate_at=2"])   # nothing but the taught question itself passes
     assert answer_of(transcript, session, [OTHER]) == base[OTHER]
     assert answer_of(transcript, session, [SAME_WORDS]) == base[SAME_WORDS]
+    assert f"  asks the same? :fix {ANSWER}  (it routes from then on, no training)" in transcript(session, [":why"])[1]
     assert answer_of(transcript, session, [TAUGHT]) == own[TAUGHT]   # its own key, no check
     assert "on at 2: 'a' answers questions that ask what its 1 taught answer answer, the base the rest" in \
         transcript(session, [":info"])[1]
@@ -72,6 +73,11 @@ def test_the_gate_leaves_other_questions_to_the_base_and_measures_as_it_asks(she
     assert answer_of(transcript, later, [TAUGHT]) == own[TAUGHT]
     code, out = transcript(later, [OTHER, ":why"])
     assert f"{OTHER!r} was answered by the base, not adapter 'a': it asks nothing 'a' was taught" in out
+    # what :why offers for a question that fell short of the check does what it says
+    assert answer_of(transcript, later, [SAME_WORDS]) == base[SAME_WORDS]
+    code, out = transcript(later, [":why", f":fix {ANSWER}"])
+    assert code == 0 and f":fix {ANSWER}  (it routes" in out and "it now answers this question too" in out, out
+    assert answer_of(transcript, later, [SAME_WORDS]) == own[TAUGHT]
 
 
 def test_why_says_when_the_gate_does_not_decide(shelved, transcript):
