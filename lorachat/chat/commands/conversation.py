@@ -72,7 +72,7 @@ def why(session, args):
         session.ui.line(f"{said} the base, not adapter '{name}': it is as near {_clip(decision.unrouted.question)!r}, "
                         f"sent back to the base with :unroute, as to any question taught for that answer")
     else:
-        session.ui.line(f"{said} the base, not adapter '{name}': it asks nothing '{name}' was taught")
+        session.ui.line(f"{said} the base, not adapter '{name}': it asks nothing '{name}' was taught, as the gate reads it")
     if decision.nearest is not None:
         session.ui.line(f"  nearest taught question: {_clip(decision.nearest.question)!r}, coverage "
                         f"{decision.coverage:.2f} (checked from {SHORTLIST:g})")
