@@ -70,8 +70,9 @@ def train_(session, args):
                 _discard(session, name, previous)
             else:
                 live.activate(session, name)
-                nots = steering.carried(session, previous, gate.taught_keys(plan.examples))   # :unroute's, for answers taught again
-                gate.remember(session, name, gate.taught_keys(plan.examples), nots)
+                taught = gate.taught_keys(plan.examples)
+                nots = steering.carried(session, previous, taught)   # :unroute's, for answers taught again
+                gate.remember(session, name, taught, nots)
                 kept = gate.kept(session, name, *probes) if probes else None
                 ungated = _ungated(session, probes[1]) if recipe.travels(config) and probes else None
                 if launch.is_main():  # the other ranks of `lorachat train` hold the same weights
