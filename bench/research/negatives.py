@@ -16,7 +16,8 @@ the not-key question written for it (LOOKALIKE_REPHRASINGS, two each, never used
 that the gate then leaves to the base, of those it routed before; and the taught question's
 paraphrases it still routes, of those it routed before. The tune set chose `both ways` at margin 0
 (its widest plateau), which lorachat/routing/router.py ships; its line is measured through the
-router itself with the not key as `:unroute` records it. Decisions only (the base reads).
+router itself with the not key as `:unroute` records it. Last, every routed look-alike sent back at
+once (a user who sends back each one seen). Decisions only (the base reads).
 """
 import sys
 
@@ -157,6 +158,26 @@ def study(model, tokenizer, name: str) -> dict:
     return found
 
 
+def all_sent_back(model, tokenizer, name: str) -> str:
+    """Every look-alike the gate routes sent back at once, through the shipped router: the set's
+    paraphrases still reaching their own fact, the rephrasings of those look-alikes and the
+    look-alikes themselves left to the base, before and after."""
+    from lorachat.routing import router
+
+    keys, back, looks, paraphrases, rephrased = pieces(model, tokenizer, name)
+    plain = router.Keys(keys)
+    decide = lambda ks, q: router.decide(model, tokenizer, ks, back, q).key  # noqa: E731
+    routed = [(q, decide(plain, q)) for q, _ in looks if decide(plain, q) is not None]
+    sent = router.Keys(keys, nots=[router.Key(q, key.answer, key.instruction) for q, key in routed])
+    para = [(q, keys[own]) for own, qs in paraphrases.items() for q in qs]
+    texts = [r for q, _ in routed for r in rephrased.get(q, [])]
+    counts = [(sum((decide(ks, q) or router.Key("")).answer == key.answer for q, key in para),
+               sum(decide(ks, r) is None for r in texts), sum(decide(ks, q) is None for q, _ in looks)) for ks in (plain, sent)]
+    return (f"  every routed look-alike sent back at once ({len(routed)}): paraphrases reaching their fact {counts[0][0]} -> "
+            f"{counts[1][0]} of {len(para)}; rephrasings of them to the base {counts[0][1]} -> {counts[1][1]} of {len(texts)}; "
+            f"look-alikes to the base {counts[0][2]} -> {counts[1][2]} of {len(looks)}")
+
+
 def main(argv=None) -> int:
     import json
 
@@ -175,6 +196,7 @@ def main(argv=None) -> int:
         for (v, m), c in found["by_margin"].items():
             print(f"  {v}, margin {m:+.3f}: rephrasings sent to the base {c['rephrasings']} of {c['rephrasings_routed']} routed; "
                   f"paraphrases still routed {c['paraphrases']} of {c['paraphrases_routed']}")
+        print(all_sent_back(loaded.model, loaded.tokenizer, name))
     return 0
 
 
