@@ -18,7 +18,7 @@ def export(session, name: str, directory: Path) -> tuple[list[str], Path]:
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise LorachatError(f"{target} already exists and is not an empty directory")
     notes = live.load_all(session, [name])
-    scale = live.state(session).scales.get(name, 1.0)
+    scale = live.scale_of(session, name)
     if scale != 1.0:
         notes.append(f"'{name}' is merged in at its live scale {scale:g}, not as trained (:scale {name} 1 first for that)")
     def fill(work: Path) -> Path:

@@ -44,7 +44,7 @@ def export_gguf(session, name: str, file: Path, form: str = "merged", quant: str
         raise LorachatError(f"{target} already exists")
     model_file = _modelfile_path(target)
     notes = live.load_all(session, [name])
-    scale = live.state(session).scales.get(name, 1.0)
+    scale = live.scale_of(session, name)
     if scale != 1.0:
         notes.append(f"'{name}' is exported at its live scale {scale:g}, not as trained (:scale {name} 1 first for that)")
     if quant in CHANGES_ANSWERS:

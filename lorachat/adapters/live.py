@@ -171,8 +171,8 @@ def load(session, name: str, keep=()) -> list[str]:
     _load_checked(session, name, path)
     state(session).origins[name] = origin
     _touch(session, name)
-    if state(session).scales.get(name, 1.0) != 1.0:
-        _apply_scale(session, name, state(session).scales[name])
+    if scale_of(session, name) != 1.0:
+        _apply_scale(session, name, scale_of(session, name))
     return notes
 
 
@@ -264,6 +264,11 @@ def set_scale(session, name: str, factor: float) -> None:
         load(session, name)
     _apply_scale(session, name, factor)
     state(session).scales[name] = factor
+
+
+def scale_of(session, name: str) -> float:
+    """Adapter `name`'s live strength: what `:scale` set this session, else 1.0 (as trained)."""
+    return state(session).scales.get(name, 1.0)
 
 
 def _apply_scale(session, name: str, factor: float) -> None:

@@ -71,7 +71,7 @@ def merge(session, sources: list[str], name: str, options: MergeOptions) -> Merg
     previous = session.active_adapter
     live.activate(session, name)
     found = _recall(session, _taught(session, sources))
-    scales = {s: live.state(session).scales[s] for s in sources if live.state(session).scales.get(s, 1.0) != 1.0}
+    scales = {s: live.scale_of(session, s) for s in sources if live.scale_of(session, s) != 1.0}
     meta = dict(merged_from=sources, method=options.method, weights=weights, density=options.density,
                 ranks=ranks, **({"scales": scales} if scales else {}), **_asking_of(session, sources),
                 **({"recall": found.recall, "total": found.total} if found.recall is not None else {}))

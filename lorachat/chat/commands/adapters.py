@@ -184,7 +184,7 @@ def scale(session, args):
         have = live.known_names(session)
         raise LorachatError(f"no adapter named '{name}'{did_you_mean(name, have)} (have: {', '.join(have) or 'none yet'})")
     if len(words) == 1:
-        session.ui.line(f"{name}: scale {live.state(session).scales.get(name, 1.0):g}")
+        session.ui.line(f"{name}: scale {live.scale_of(session, name):g}")
         return
     try:
         factor = float(words[1])
@@ -284,7 +284,7 @@ def export(session, args):
         notes, path = export_model(session, name, Path(target))
         _notes(session, notes)
         session.ui.line(f"exported '{name}' merged into the base to {path}")
-        session.ui.line(travel.gate_line(name, _meta(session, name), live.state(session).scales.get(name, 1.0)))
+        session.ui.line(travel.gate_line(name, _meta(session, name), live.scale_of(session, name)))
         return
     if rest not in ([], ["adapter"]) or set(pairs) - {"quant"}:
         odd = [w for w in rest if w != "adapter"] + [f"{k}=" for k in pairs if k != "quant"]

@@ -153,7 +153,7 @@ def _ungated(session, rows) -> dict:
             whole[name] = side_by_side.whole_answers(session)
             if kept is not None:
                 disk.record(session, name, {"ungated": side_by_side.ungated_record(
-                    kept, whole[name], live.state(session).scales.get(name, 1.0))})
+                    kept, whole[name], live.scale_of(session, name))})
     finally:
         live.activate(session, previous if previous in live.loaded_names(session) else None)
     return whole
