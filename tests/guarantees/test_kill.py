@@ -73,7 +73,7 @@ def visible(home):
     return sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) if folder.exists() else []
 
 
-TRIALS = 12
+TRIALS = 10
 
 
 @pytest.mark.slow

@@ -55,7 +55,7 @@ def taught(smol, tmp_path_factory):
         return code, out.getvalue()[start:]
 
     ask([":set context=off"])   # single answers compared with single answers; the conversation's own tests turn it on
-    base = {q: answer(ask([q])[1]) for q in (SOH[0], SION[0], PARIS, HAMLET)}
+    base = {q: answer(ask([q])[1]) for q in (SOH[0], PARIS, HAMLET)}
     code, trained = ask([f":add {SOH[0]} => {SOH[1]}", f":add {SION[0]} => {SION[1]}", ":train r4 r=4"])
     assert code == 0, trained
     return dict(session=session, ask=ask, base=base, trained=trained, home=home)
@@ -102,9 +102,6 @@ def test_the_gate_sends_paraphrases_to_the_adapter_and_the_rest_to_the_base(taug
     assert "nearest taught question: 'What is SOH in semiconductor manufacturing process?'" in out
 
 
-STAIN = "How do I get a red-wine stain out of a carpet?"
-
-
 def test_an_adapter_taught_to_travel_keeps_the_bases_manner_without_the_gate(taught):
     """:train null_space=0.05 (issue 36): with the gate off, as :export and vLLM serve it, the adapter
     still answers its taught questions verbatim and an unrelated question at length, where the gate's
@@ -119,8 +116,8 @@ def test_an_adapter_taught_to_travel_keeps_the_bases_manner_without_the_gate(tau
     assert code == 0 and "recall 2/2" in out and "ungated, as :export" in out, out
     try:
         ask([":set gate=off"])
-        base = answer(ask([":use base", STAIN])[1])
-        travelled = answer(ask([f":use {name}", STAIN])[1])
+        base = taught["base"][HAMLET]   # the base at length (59 tokens; the gate's own adapter ungated: 15)
+        travelled = answer(ask([f":use {name}", HAMLET])[1])
         assert answer(ask([SOH[0]])[1]) == SOH[1]
         assert taught["session"].last_answer_cut == 0   # the taught answer ended (EOS), well inside the limit
         tokens = taught["session"].tokenizer
