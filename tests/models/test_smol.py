@@ -100,6 +100,10 @@ def test_the_gate_sends_paraphrases_to_the_adapter_and_the_rest_to_the_base(taug
     code, out = ask([f":compare -- {lookalike}", ":why"])
     assert code == 0 and "the gate leaves this question to the base for r4" in out, out
     assert "nearest taught question: 'What is SOH in semiconductor manufacturing process?'" in out
+    # checked, but it hardly lifts the taught answer (0.04): no near miss, so :why offers no :fix
+    code, out = ask([":set max_new_tokens=4", "What is the SOH of a lithium battery?", ":why", ":set max_new_tokens=64"])
+    share = re.search(r"\n  check: it lifts the taught answer (-?[\d.]+) as much", out)
+    assert code == 0 and share and float(share.group(1)) < 0.4 and "asks the same?" not in out, out
 
 
 def test_an_adapter_taught_to_travel_keeps_the_bases_manner_without_the_gate(taught):

@@ -11,6 +11,9 @@ from lorachat.core.errors import LorachatError
 from lorachat.routing.router import SHORTLIST
 
 CLIP = 200   # characters of a question or answer shown per turn
+# the check's share from which :why offers :fix: the paraphrases the gate missed on smol gave 0.42-0.72,
+# look-alikes of another subject about 0 ("the mayor of Berlin": -0.07), a battery's SOH 0.04
+NEAR_MISS = 0.4
 
 
 @command("clear")
@@ -82,7 +85,8 @@ def why(session, args):
                         f"does (the adapter answers from gate_at={session.settings.gate_at:g})")
     if decision.key is not None and decision.key.question != question.strip():
         session.ui.line("  asks something else? :unroute sends it, and questions nearer it than the taught one, to the base")
-    elif decision.key is None and decision.checked is not None and decision.checked.answer is not None:
+    elif (decision.key is None and decision.checked is not None and decision.checked.answer is not None
+          and (decision.share or 0) >= NEAR_MISS):
         taught = decision.checked.answer   # :fix with it makes the question a phrasing (steering.add_phrasing)
         fix = f":fix {taught}" if len(taught) <= CLIP and "\n" not in taught else ":fix with its taught answer"
         session.ui.line(f"  asks the same? {fix}  (it routes from then on, no training)")
