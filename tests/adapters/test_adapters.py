@@ -211,8 +211,10 @@ def test_lru_keeps_max_loaded_and_scale_survives_reload(shelved, transcript):
     assert torch.allclose(logits(session), base, atol=1e-6)
     transcript(session, [":use b", ":use c"])
     assert live.loaded_names(session) == ["b", "c"]
+    assert "  no, scale 0\n" in transcript(session, [":adapters"])[1]   # unloaded, its scale kept
     transcript(session, [":use a"])  # reloaded from disk: still scaled to 0
     assert sorted(live.loaded_names(session)) == ["a", "c"]
+    assert "  yes, scale 0\n" in transcript(session, [":adapters"])[1]
     assert torch.allclose(logits(session), base, atol=1e-6)
     transcript(session, [":scale a 1"])
     assert torch.equal(logits(session), full)
