@@ -84,8 +84,7 @@ def _row(session, name: str, side: str = "both") -> list:
     total = meta.get("total", examples)
     loaded = "" if side == "disk" else "unsaved" if name in unsaved or side == "memory" else \
         "yes" if name in live.loaded_names(session) else ""
-    scale = live.scale_of(session, name)   # :scale's live strength, which :export merges at
-    if side != "disk" and scale != 1.0:
+    if side != "disk" and (scale := live.scale_of(session, name)) != 1.0:   # :scale's, which :export merges at
         loaded = f"{loaded or 'no'}, scale {scale:g}"
     alpha = config.get("lora_alpha", "?")   # PEFT keeps a trained alpha as a float (32.0), a merge's as an int
     return ["*" if session.active_adapter == name and side != "disk" else "", name, config.get("r", "?"),
