@@ -36,9 +36,10 @@ def compare(session, names: list[str], question: str) -> tuple[list[str], list[t
     asked = {n: question if n == BASE else gate.asks(session, n, question) for n in names}
     based = [n for n in extra if asked[n] is None]   # the gate leaves these to the base
     if based:
-        notes.append(f"the gate leaves this question to the base for {', '.join(based)} "
-                     f"(it asks nothing {'it was' if len(based) == 1 else 'they were'} taught; :why says why, "
-                     f":set gate=off shows {'its' if len(based) == 1 else 'their'} own answer{'' if len(based) == 1 else 's'})")
+        one = len(based) == 1
+        notes.append(f"the gate leaves this question to the base for {', '.join(based)} (it asks nothing "
+                     f"{'it was' if one else 'they were'} taught; :why says why, :set gate=off shows "
+                     f"{'its own answer' if one else 'their own answers'})")
     notes += [f"{n} answers it as its taught question {asked[n]!r}" for n in extra if asked[n] not in (None, question)]
     answers = {}
     for text in dict.fromkeys(a or question for a in asked.values()):   # one batch per question asked

@@ -14,6 +14,7 @@ import time
 import pytest
 
 from bench.kit.pairs import PARAPHRASES, SION, SOH
+from lorachat.core.prompts import MAX_NEW_TOKENS
 from lorachat.models import converted
 
 PARIS = "What is the capital of France?"
@@ -101,7 +102,8 @@ def test_the_gate_sends_paraphrases_to_the_adapter_and_the_rest_to_the_base(taug
     assert code == 0 and "the gate leaves this question to the base for r4" in out, out
     assert "nearest taught question: 'What is SOH in semiconductor manufacturing process?'" in out
     # checked, but it hardly lifts the taught answer (0.04): no near miss, so :why offers no :fix
-    code, out = ask([":set max_new_tokens=4", "What is the SOH of a lithium battery?", ":why", ":set max_new_tokens=64"])
+    code, out = ask([":set max_new_tokens=4", "What is the SOH of a lithium battery?", ":why",
+                     f":set max_new_tokens={MAX_NEW_TOKENS}"])
     share = re.search(r"\n  check: it lifts the taught answer (-?[\d.]+) as much", out)
     assert code == 0 and share and float(share.group(1)) < 0.4 and "asks the same?" not in out, out
 
