@@ -55,6 +55,8 @@ def why(session, args):
     that question's words (coverage, at least 0.4, read by the base's first layers) and make its
     taught answer about as likely as the taught question does (share, at least :set gate_at).
     The adapter is then asked the taught question. Every other question is the base's, exactly.
+    It ends with what to type when the gate got it wrong: `:unroute` for a question the adapter
+    should not have answered, `:fix` with the taught answer for one that fell just short (share 0.4 up).
     """
     no_args("why", args)
     last = gate.last(session)
