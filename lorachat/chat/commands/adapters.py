@@ -16,10 +16,6 @@ from lorachat.core.names import check_name
 SCALE_LIMIT = 10.0
 
 
-def _names(session) -> list[str]:
-    return live.known_names(session)
-
-
 def _names_and_base(session) -> list[str]:
     return [BASE] + live.known_names(session)
 
@@ -134,7 +130,7 @@ def _merge_details(session):
     session.ui.table(["key", "default", "meaning"], [list(r) for r in options.describe(merging.MERGE_DEFAULTS)])
 
 
-@command("merge", usage=":merge A B [C ...] as NAME [method=cat] [weights=w1,w2,...] [density=D]", details=_merge_details, complete=_names)
+@command("merge", usage=":merge A B [C ...] as NAME [method=cat] [weights=w1,w2,...] [density=D]", details=_merge_details, complete=live.known_names)
 def merge(session, args):
     """Merge adapters into a new one with PEFT's add_weighted_adapter; it is saved and becomes active.
 
@@ -172,7 +168,7 @@ def _and(names) -> str:
     return " and ".join(names) if len(names) <= 2 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
-@command("scale", usage=":scale NAME [FACTOR]", complete=_names)
+@command("scale", usage=":scale NAME [FACTOR]", complete=live.known_names)
 def scale(session, args):
     """Show or set the live strength of an adapter: 0 off, 1 as trained (kept for this session).
 
@@ -198,7 +194,7 @@ def scale(session, args):
     session.ui.line(f"{name}: scale {factor:g}")
 
 
-@command("delete", usage=":delete NAME [yes]", complete=_names)
+@command("delete", usage=":delete NAME [yes]", complete=live.known_names)
 def delete(session, args):
     """Delete an adapter from memory and disk (asks first; in scripts confirm with 'yes').
 
@@ -220,7 +216,7 @@ def delete(session, args):
     session.ui.line(f"deleted adapter '{name}'")
 
 
-@command("rename", usage=":rename OLD NEW", complete=_names)
+@command("rename", usage=":rename OLD NEW", complete=live.known_names)
 def rename(session, args):
     """Rename a saved adapter (its directory and its lorachat.json).
 
@@ -264,7 +260,7 @@ def save(session, args):
     session.ui.line(f"saved adapter '{name}'{taken} to {paths.adapter_path(session, saved)}")
 
 
-@command("export", usage=":export NAME DIR | :export NAME FILE.gguf [adapter] [quant=f16|f32|bf16|q8_0]", complete=_names)
+@command("export", usage=":export NAME DIR | :export NAME FILE.gguf [adapter] [quant=f16|f32|bf16|q8_0]", complete=live.known_names)
 def export(session, args):
     """Write adapter NAME out of lorachat: merged into the base as a model folder, or as GGUF for llama.cpp and Ollama.
 
