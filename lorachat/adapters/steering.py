@@ -36,6 +36,23 @@ def add_phrasing(session, name: str, example) -> bool:
     return True
 
 
+def remove_phrasing(session, name: str, example) -> bool:
+    """Take back what add_phrasing(session, name, example) recorded (`:undo` of that example): the
+    phrasing goes from lorachat.json and the gate. False when it is not there (never added, or gone)."""
+    instruction, question = asked(example)
+    meta = read_meta(adapter_path(session, name)) or {}
+    keys = meta.get("keys")
+    if not isinstance(keys, list):
+        return False
+    mine = lambda r: (isinstance(r, dict) and r.get("added") and r.get("question") == question  # noqa: E731
+                      and r.get("instruction") == instruction and r.get("answer") == example.output.strip())
+    left = [r for r in keys if not mine(r)]
+    if len(left) == len(keys) or not disk.record(session, name, {"keys": left}):
+        return False
+    gate.entry(session, name).keys = gate.keys_from(left, None, gate.not_records(meta.get("not_keys")))
+    return True
+
+
 def unroute(session, name: str, question: str, decision: router.Decision) -> Key:
     """Send `question`, which adapter `name` answered by `decision`, back to the base from now on: a
     not key for the answer it reached, written to lorachat.json (router.py, "not keys"). Returns the

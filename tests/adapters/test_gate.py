@@ -5,6 +5,7 @@ is measured on smol (tests/models/test_smol.py, bench/research/routing.py); here
 import json
 
 from lorachat.adapters import paths
+from lorachat.chat.commands import conversation
 
 TAUGHT, ANSWER = "What is SOH?", "A film."
 OTHER = "Who wrote Hamlet?"
@@ -115,6 +116,16 @@ def test_a_phrasing_recorded_for_a_taught_answer_routes_without_training(shelved
     transcript(later, [":set max_new_tokens=12", ":set gate=on", ":set gate_at=2", ":use a"])
     assert answer_of(transcript, later, [phrasing]) == own
 
+    # :undo of the example takes the phrasing back too (only that one: :undo of a plain example says nothing more)
+    code, out = transcript(session, [":undo"])
+    assert code == 0 and "no longer answers it" not in out, out
+    code, out = transcript(session, [":undo"])
+    assert code == 0 and f"removed from default (0 examples left): {phrasing} => {ANSWER}\n" \
+        "and 'a' no longer answers it as a phrasing of its taught answer" in out, out
+    assert json.loads((paths.adapter_path(session, "a") / "lorachat.json").read_text())["keys"] == \
+        [dict(instruction="Answer the question.", question=TAUGHT, answer=ANSWER)]
+    assert answer_of(transcript, session, [phrasing]) == before
+
 
 def test_the_gates_background_is_made_once_per_checkpoint_and_kept_on_disk(shelved, transcript, make_session, monkeypatch):
     """The base's background (the mean and spread routing/reading takes off every token) is made by
@@ -212,7 +223,7 @@ def test_questions_decided_together_are_decided_as_each_alone(shelved, transcrip
         assert a.share is None or abs(a.share - b.share) < 0.02
 
 
-def test_unroute_sends_the_last_question_back_to_the_base_for_good(shelved, transcript, make_session):
+def test_unroute_sends_the_last_question_back_to_the_base_for_good(shelved, transcript, make_session, monkeypatch):
     """:unroute (issue 35): a question the adapter answered goes to the base from then on, kept in
     lorachat.json as a not key (a later session reads it, :merge unites it, an adapter trained while it
     is active on the same answer keeps it, :add of it with the taught answer makes it a phrasing
@@ -234,8 +245,10 @@ def test_unroute_sends_the_last_question_back_to_the_base_for_good(shelved, tran
     code, out = transcript(session, [":unroute"])
     assert code == 0 and f"{SAME_WORDS!r} now goes to the base, not to 'a' asked {TAUGHT!r}" in out, out
     assert answer_of(transcript, session, [SAME_WORDS]) == base and answer_of(transcript, session, [TAUGHT]) == own
+    monkeypatch.setattr(conversation, "NEAR_MISS", -100.0)   # whatever the share: the user sent it back, so no :fix offer
     code, out = transcript(session, [SAME_WORDS, ":why", ":info"])
     assert code == 0 and f"was answered by the base, not adapter 'a': it is as near {SAME_WORDS!r}, sent back" in out, out
+    assert "asks the same?" not in out
     assert "the base the rest (1 question sent back with :unroute)" in out
     meta = paths.adapter_path(session, "a") / "lorachat.json"
     assert json.loads(meta.read_text())["not_keys"] == [dict(instruction="Answer the question.", question=SAME_WORDS, answer=ANSWER)]

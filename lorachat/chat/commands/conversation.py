@@ -87,8 +87,8 @@ def why(session, args):
                         f"does (the adapter answers from gate_at={session.settings.gate_at:g})")
     if decision.key is not None and decision.key.question != question.strip():
         session.ui.line("  asks something else? :unroute sends it, and questions nearer it than the taught one, to the base")
-    elif (decision.key is None and decision.checked is not None and decision.checked.answer is not None
-          and (decision.share or 0) >= NEAR_MISS):
+    elif (decision.key is None and decision.unrouted is None and decision.checked is not None
+          and decision.checked.answer is not None and (decision.share or 0) >= NEAR_MISS):
         taught = decision.checked.answer   # :fix with it makes the question a phrasing (steering.add_phrasing)
         fix = f":fix {taught}" if len(taught) <= CLIP and "\n" not in taught else ":fix with its taught answer"
         session.ui.line(f"  asks the same? {fix}  (it routes from then on, no training)")

@@ -175,6 +175,7 @@ def _record(session, question: str, answer: str) -> None:
     _warn_if_too_long(session, example, count)
     name = session.active_adapter
     if name is not None and steering.add_phrasing(session, name, example):
+        session.extensions.setdefault("phrasings", []).append((mark, name, example))   # :undo takes it back
         session.ui.note(f"'{name}' was taught this answer: it now answers this question too (the gate routes it; "
                         "no training needed)")
 
@@ -240,7 +241,8 @@ def drop(session, args):
 def undo(session, args):
     """Remove the last example recorded in this session (by :add, :good or :fix).
 
-    That very line goes, and only while it is still where it was written."""
+    That very line goes, and only while it is still where it was written. When recording it made
+    the question a phrasing of the active adapter's taught answer, the adapter stops routing it too."""
     no_args("undo", args)
     recorded = session.extensions.get("recorded") or []
     if not recorded:
@@ -253,6 +255,11 @@ def undo(session, args):
         raise
     recorded.pop()
     session.ui.line(f"removed from {mark.name} ({how_many(left)} left): {_describe(removed)}")
+    added = session.extensions.get("phrasings") or []
+    for name, example in [(n, e) for m, n, e in added if m is mark]:
+        if steering.remove_phrasing(session, name, example):
+            session.ui.line(f"and '{name}' no longer answers it as a phrasing of its taught answer (the gate decides it as before)")
+    session.extensions["phrasings"] = [entry for entry in added if entry[0] is not mark]
 
 
 def _describe(example: Example) -> str:
