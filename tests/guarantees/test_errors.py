@@ -21,6 +21,18 @@ def test_scale_of_an_unknown_adapter_and_quit_with_words_are_errors(shelved, tra
     assert out.endswith("> :scale a\na: scale 1\n")  # the session did not end at ':quit now'
 
 
+def test_eval_of_an_unknown_adapter_says_so_before_any_work(shelved, transcript, monkeypatch):
+    """The name is checked before the base answers the probes (half a minute on smol)."""
+    from lorachat.adapters import side_by_side
+
+    answered, real = [], side_by_side.session_reference
+    monkeypatch.setattr(side_by_side, "session_reference", lambda *a, **k: answered.append(1) or real(*a, **k))
+    code, out = transcript(shelved, [":add What is SOH? => A film.", ":eval a nosuch builtin=4"], keep_going=True)
+    assert code == 1 and out.endswith("> :eval a nosuch builtin=4\nerror: no adapter named 'nosuch' (have: a, b, c)\n"), out
+    assert not answered
+    assert transcript(shelved, [":eval a builtin=4"])[0] == 0 and answered   # a known name goes on to the probes
+
+
 def test_add_splits_at_the_first_spaced_arrow_and_says_what_it_stored(make_session, transcript, home):
     from lorachat.lessons import jsonl
 

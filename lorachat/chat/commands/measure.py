@@ -12,7 +12,7 @@ from lorachat.chat import options
 from lorachat.chat.commands import command
 from lorachat.chat.commands.adapters import _names_and_base, _notes
 from lorachat.chat.commands.examples import note_bad_lines
-from lorachat.core.errors import LorachatError
+from lorachat.core.errors import LorachatError, did_you_mean
 from lorachat.core.names import check_name
 from lorachat.scoring import locality
 
@@ -99,6 +99,10 @@ def _evaluate(session, positional, opts):
     names = [BASE] + [n for n in names if n != BASE]
     if len(set(names)) != len(names):
         raise LorachatError(":eval: each adapter may be named once")
+    have = live.known_names(session)
+    for name in names[1:]:   # before the base answers the probes, which takes a while
+        if name not in have:
+            raise LorachatError(f"no adapter named '{name}'{did_you_mean(name, have)} (have: {', '.join(have) or 'none yet'})")
     encoded = _eval_examples(session, dataset, opts.limit)
     extra = locality.questions_of(_dataset(session, check_name(opts.probes, "dataset")).examples) if opts.probes else []
     if opts.probes and not extra:
