@@ -61,6 +61,8 @@ class Merged:
     recall: int | None = None     # taught questions answered verbatim as asked now (None: no source has a record)
     total: int = 0                # taught questions checked: each source's own, from its dataset
     lost: list = field(default_factory=list)   # (question, source) of those not answered
+    reasons: list = field(default_factory=list)   # why some of them cannot come back as asked now (recall.reasons)
+    explained: int = 0            # how many of `lost` those reasons cover
 
 
 def merge(session, sources: list[str], name: str, options: MergeOptions) -> Merged:
@@ -169,9 +171,12 @@ def _recall(session, found: dict) -> Merged:
         return Merged([], None)
     encoded = encode(session.tokenizer, [e for e, _ in found.values()], session.context_length())
     source = {id(e): s for e, s in found.values()}
-    _, flags = Recall(session.tokenizer, encoded.examples, encoded.items, session.asking()).evaluate_each(session.model)
-    lost = [(asked(encoded.examples[i])[1], source[id(encoded.examples[i])]) for i, ok in sorted(flags.items()) if not ok]
-    return Merged([], None, sum(flags.values()), len(found), lost)
+    recall = Recall(session.tokenizer, encoded.examples, encoded.items, session.asking())
+    _, flags = recall.evaluate_each(session.model)
+    missed = [i for i, ok in sorted(flags.items()) if not ok]
+    lost = [(asked(encoded.examples[i])[1], source[id(encoded.examples[i])]) for i in missed]
+    return Merged([], None, sum(flags.values()), len(found), lost, recall.reasons(missed),
+                  sum(1 for i in missed if recall.why.get(i)))
 
 
 def _asking_of(session, sources) -> dict:

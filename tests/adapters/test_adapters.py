@@ -289,3 +289,9 @@ def test_merge_reports_recall_of_every_taught_question_and_names_those_lost(make
     assert row.startswith("*  part ") and " 2/3 " in row
     alphas = {r.lstrip("* ").split()[0]: r.lstrip("* ").split()[2] for r in table[2:] if r.strip()}
     assert set(alphas) >= {"a", "b", "part"} and all(a.isdigit() for a in alphas.values()), table   # 32, not 32.0
+    # answers cut by max_new_tokens are lost to the setting, not the merge: it says so, and no retraining is advised
+    code, out = transcript(session, [":set max_new_tokens=1", ":merge a b as cut"])
+    lines = out.splitlines()
+    assert code == 0 and lines[-3].endswith("; recall 0/3 of the questions a and b were taught; now active"), out
+    assert lines[-2].startswith("note: 3 taught answers do not come back verbatim from 'cut': ")
+    assert lines[-1].startswith("  3 answers longer than max_new_tokens=1 (:set max_new_tokens="), out

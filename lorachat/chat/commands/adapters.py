@@ -161,7 +161,9 @@ def merge(session, args):
         shown = ", ".join(f"{q} ({source})" for q, source in merged.lost[:3]) + (", ..." if len(merged.lost) > 3 else "")
         session.ui.note(f"note: {count} taught answer{'s do' if count != 1 else ' does'} not come back verbatim "
                         f"from '{name}': {shown}")
-        session.ui.note(f"  to keep every one, :train one adapter on the examples {_and(sources)} were taught")
+        advice = [f"  to keep every one, :train one adapter on the examples {_and(sources)} were taught"]
+        for line in [f"  {reason}" for reason in merged.reasons] + (advice if merged.explained < count else []):
+            session.ui.note(line)   # a reason is how they are asked now (max_new_tokens ...), not the merge's doing
 
 
 def _and(names) -> str:
