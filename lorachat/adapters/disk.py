@@ -134,6 +134,13 @@ def held_elsewhere(session, name: str) -> bool:
     return path.is_dir() and (origin is None or provenance.identity(path) != origin[0])
 
 
+def gone(session, name: str) -> bool:
+    """Whether loaded adapter `name` came from adapters/NAME (trained, saved or loaded there) and
+    that folder is gone (another session's :delete or :rename, or a move): it is now only here."""
+    return (name in live.loaded_names(session) and name in live.state(session).origins
+            and not adapter_path(session, name).exists())
+
+
 def clash(session, name: str) -> str:
     """The line saying adapters/NAME is not the loaded `name`, and how to keep both."""
     return (f"adapters/{name} holds another adapter than the '{name}' this session has loaded (another session "

@@ -105,3 +105,22 @@ def test_a_folder_replaced_under_a_loaded_adapter_is_never_taken_for_it(make_ses
     assert session.active_adapter == "default-2" and torch.equal(logits(session), mine)
     code, out = transcript(session, [":use default"])
     assert code == 0 and torch.equal(logits(session), their_logits) and digest(home / "adapters" / "default") == before
+
+
+def test_a_loaded_adapter_whose_folder_another_session_deleted_can_be_saved_again(make_session, transcript, home):
+    """Another session's :delete (or a move) takes the folder away: this session's adapter is then only
+    in memory, listed unsaved, and :save writes it back, bit for bit."""
+    session = make_session()
+    code, out = transcript(session, [":add What is SOH? => A hardmask.", f":train y r=8 {KEYS}"])
+    assert code == 0 and session.active_adapter == "y", out
+    mine = logits(session)
+    code, out = transcript(make_session(workspace=home), [":delete y yes"])
+    assert code == 0 and not (home / "adapters" / "y").exists(), out
+    code, out = transcript(session, [":adapters", ":save y"])
+    assert code == 0, out
+    (row,) = [r for r in out.splitlines() if r.startswith("*")]
+    assert ranks([row]) == [("*", "y", "8")] and row.endswith(" unsaved") and "no lorachat.json" not in row, out
+    assert out.endswith(f"saved adapter 'y' to {home / 'adapters' / 'y'}\n"), out
+    later = make_session(workspace=home)
+    code, out = transcript(later, [":use y"])
+    assert code == 0 and torch.equal(logits(later), mine), out

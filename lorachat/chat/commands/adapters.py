@@ -60,7 +60,7 @@ def _row(session, name: str, side: str = "both") -> list:
     (side "disk" / "memory") only one of two that are not."""
     path = paths.adapters_dir(session) / name
     unsaved = live.state(session).unsaved
-    meta = (read_meta(path) if side != "memory" else disk.held_meta(session, name)) or unsaved.get(name) or {}
+    meta = (read_meta(path) if side != "memory" and path.is_dir() else disk.held_meta(session, name)) or unsaved.get(name) or {}
     try:
         config = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -78,7 +78,7 @@ def _row(session, name: str, side: str = "both") -> list:
         dataset = f"{dataset} ({examples})"
     recall = meta.get("recall")
     total = meta.get("total", examples)
-    loaded = "" if side == "disk" else "unsaved" if name in unsaved or side == "memory" else \
+    loaded = "" if side == "disk" else "unsaved" if name in unsaved or side == "memory" or disk.gone(session, name) else \
         "yes" if name in live.loaded_names(session) else ""
     if side != "disk" and (scale := live.scale_of(session, name)) != 1.0:   # :scale's, which :export merges at
         loaded = f"{loaded or 'no'}, scale {scale:g}"
@@ -180,8 +180,7 @@ def scale(session, args):
     if not 1 <= len(words) <= 2:
         raise LorachatError(":scale: usage: :scale NAME [FACTOR]")
     name = check_name(words[0], "adapter")
-    if name not in live.known_names(session):
-        have = live.known_names(session)
+    if name not in (have := live.known_names(session)):
         raise LorachatError(f"no adapter named '{name}'{did_you_mean(name, have)} (have: {', '.join(have) or 'none yet'})")
     if len(words) == 1:
         session.ui.line(f"{name}: scale {live.scale_of(session, name):g}")
@@ -235,9 +234,9 @@ def rename(session, args):
 def save(session, args):
     """Save an adapter that exists only in memory, into adapters/NAME or a new folder DIR.
 
-    Such an adapter is marked unsaved in :adapters: the disk refused it when :train ended, or
-    another session (or a move) put another adapter in adapters/NAME since: it is then saved as
-    NAME-2 (the first free name), and the other adapter is left as it is.
+    Such an adapter is marked unsaved in :adapters: the disk refused it when :train ended, another
+    session deleted or moved its folder, or put another adapter in adapters/NAME since: it is then
+    saved as NAME-2 (the first free name), and the other adapter is left as it is.
 
     :save films                 once adapters/ can be written again
     :save films /mnt/usb/films  a copy elsewhere; it stays unsaved in the workspace
@@ -246,14 +245,15 @@ def save(session, args):
     if not 1 <= len(words) <= 2:
         raise LorachatError(":save: usage: :save NAME [DIR]")
     name, unsaved = check_name(words[0], "adapter"), live.state(session).unsaved
-    meta = disk.held_meta(session, name) if name in unsaved or disk.held_elsewhere(session, name) else None
+    mine = name in unsaved or disk.gone(session, name) or disk.held_elsewhere(session, name)   # not in adapters/NAME
+    meta = disk.held_meta(session, name) if mine else None
     if meta is None:
         if name in paths.saved_names(session):
             raise LorachatError(f"adapter '{name}' is saved already, in {paths.adapter_path(session, name)}")
         raise LorachatError(f"no unsaved adapter named '{name}' (unsaved: {', '.join(sorted(unsaved)) or 'none'})")
     if len(words) == 2:
         path = disk.save(session, name, meta, target=Path(words[1]))
-        still = name in unsaved and not paths.adapter_path(session, name).exists()
+        still = not paths.adapter_path(session, name).exists()
         session.ui.line(f"saved adapter '{name}' to {path}" + (f"; it is still unsaved in the workspace (copy that "
                                                                f"folder to adapters/{name})" if still else ""))
         return
