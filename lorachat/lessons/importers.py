@@ -97,7 +97,7 @@ def _opened(source: str, options: ImportOptions):
         if _exists(path) or _looks_like_path(source):
             with tempfile.TemporaryDirectory(prefix="lorachat-import-") as cache:
                 yield _load(source, lambda: datasets.load_dataset(
-                    _builder(path), data_files=str(path), split=options.split, cache_dir=cache))
+                    _builder(path), data_files=str(path), split=options.split, cache_dir=cache), path)
         else:
             yield _open_hub(source, options)
     finally:
@@ -153,7 +153,7 @@ def _open_hub(source: str, options: ImportOptions):
         source, split=options.split, cache_dir=str(cache_dir() / "datasets"), streaming=bool(options.limit)))
 
 
-def _load(source: str, load):
+def _load(source: str, load, path: Path | None = None):
     import pyarrow
 
     import datasets
@@ -165,7 +165,27 @@ def _load(source: str, load):
         # 'Instruction "train" corresponds to no data!', naming its own split instruction
         if isinstance(exc, ValueError) and "corresponds to no data" in str(exc):
             raise LorachatError(f"no examples in {source}") from None
-        raise LorachatError(f"cannot import {source}: {_reason(exc)}") from None
+        reason = _reason(exc)
+        if path is not None and "JSON parse error" in reason:
+            reason = _bad_json_line(path) or reason
+        raise LorachatError(f"cannot import {source}: {reason}") from None
+
+
+def _bad_json_line(path: Path) -> str | None:
+    """'line 5 is not valid JSON (...)' for the first bad line of a JSON-lines file, numbered from 1
+    as :examples numbers them (pyarrow counts a block's rows from 0); None for a JSON array."""
+    import json
+
+    try:
+        lines = path.read_bytes().splitlines()
+    except OSError:
+        return None
+    for number, line in enumerate(lines, 1):
+        try:
+            json.loads(line.strip() or b"null")
+        except ValueError as exc:
+            return None if line.lstrip().startswith(b"[") else f"line {number} is not valid JSON ({str(exc)[:80]})"
+    return None
 
 
 def _reason(exc: BaseException) -> str:

@@ -135,7 +135,8 @@ def test_unreadable_sources_get_one_line_and_write_nothing(make_session, transcr
     code, out = transcript(session, lines, keep_going=True)
     assert time.monotonic() - start < 20
     assert code == 1 and out.count("\nerror: ") == len(lines) and "Traceback" not in out
-    assert "JSON parse error" in out and "the file is empty" in out and "unknown file type '.txt'" in out
+    assert f"cannot import {tmp_path / 'broken.jsonl'}: line 2 is not valid JSON (" in out   # numbered as :examples does
+    assert "the file is empty" in out and "unknown file type '.txt'" in out
     assert "missing.jsonl: no such file" in out and "it is a folder" in out
     assert "cannot tell the format from the fields (question, reply); give format=" in out
     assert 'Unknown split "test"' in out
