@@ -29,6 +29,21 @@ def test_script_transcript_echoes_and_sets(make_session, transcript):
     assert session.settings.max_new_tokens == 5
 
 
+def test_instruction_takes_quotes_off_refuses_empty_and_says_when_it_outlives_a_dataset(make_session, transcript):
+    session = make_session()
+    code, out = transcript(session, [':instruction "You are a guide."', ":dataset birds", ':instruction ""', ":instruction",
+                                     ":instruction default", ":dataset fish"], keep_going=True)
+    assert code == 1 and out == ('> :instruction "You are a guide."\ninstruction set: You are a guide.\n'
+                                 "> :dataset birds\n" + out.split("> :dataset birds\n")[1].split("\n")[0] + "\n"
+                                 "instruction still: You are a guide. (:instruction default sets 'Answer the question.')\n"
+                                 "> :instruction \"\"\nerror: an instruction cannot be empty: :instruction default sets "
+                                 "lorachat's own ('Answer the question.')\n"
+                                 "> :instruction\ninstruction: You are a guide.\n"
+                                 "> :instruction default\ninstruction set: Answer the question.\n"
+                                 "> :dataset fish\n" + out.split("> :dataset fish\n")[1]), out
+    assert "instruction still" not in out.split("> :dataset fish\n")[1]   # lorachat's own: nothing to say
+
+
 def test_unknown_command_suggests(make_session, transcript):
     session = make_session()
     code, out = transcript(session, [":hlep", ":info"])

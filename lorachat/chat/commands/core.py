@@ -5,6 +5,7 @@ from lorachat import __version__
 from lorachat.chat import options
 from lorachat.chat.commands import COMMANDS, QuitSession, command, find, no_args
 from lorachat.core.errors import LorachatError
+from lorachat.core.prompts import DEFAULT_INSTRUCTION
 from lorachat.models import converted
 
 USAGE_WIDTH = 24   # plain :help: usages up to this wide share their line with the summary
@@ -120,11 +121,20 @@ def set_(session, args):
     session.ui.line("set " + ", ".join(f"{k}={options.describe_value(getattr(session.settings, k))}" for k in pairs))
 
 
-@command("instruction", usage=":instruction [TEXT]")
+@command("instruction", usage=":instruction [TEXT|default]")
 def instruction(session, args):
-    """Show or set the instruction line that goes with every question (and every recorded example)."""
+    """Show or set the instruction line that goes with every question (and every recorded example).
+
+    :instruction You are a patient birdwatching guide.
+    :instruction default        lorachat's own, 'Answer the question.'
+    """
     if not args:
         session.ui.line(f"instruction: {session.instruction}")
         return
-    session.instruction = args
-    session.ui.line(f"instruction set: {args}")
+    text = args.strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":   # quoted as a whole: the quotes are not part of it
+        text = text[1:-1].strip()
+    if not text:
+        raise LorachatError(f"an instruction cannot be empty: :instruction default sets lorachat's own ({DEFAULT_INSTRUCTION!r})")
+    session.instruction = DEFAULT_INSTRUCTION if text == "default" else text
+    session.ui.line(f"instruction set: {session.instruction}")

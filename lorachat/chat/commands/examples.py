@@ -15,7 +15,7 @@ from lorachat.chat import options
 from lorachat.chat.commands import command, no_args
 from lorachat.core.errors import LorachatError
 from lorachat.core.names import check_name
-from lorachat.core.prompts import Example, asked, example_ids, shared_instruction
+from lorachat.core.prompts import DEFAULT_INSTRUCTION, Example, asked, example_ids, shared_instruction
 from lorachat.lessons import jsonl
 
 ARROW = "=>"
@@ -70,6 +70,8 @@ def take_instruction(session, current: jsonl.DatasetFile) -> None:
     if shared is not None and shared != session.instruction:
         session.instruction = shared
         session.ui.line(f"instruction set: {shared} (every example in {current.name} is asked under it)")
+    elif shared is None and session.instruction != DEFAULT_INSTRUCTION:   # kept from before: say so
+        session.ui.line(f"instruction still: {session.instruction} (:instruction default sets {DEFAULT_INSTRUCTION!r})")
 
 
 @command("datasets")
