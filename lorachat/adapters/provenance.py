@@ -55,7 +55,9 @@ def read_config(name: str, path: Path) -> dict:
         raise LorachatError(f"adapter '{name}': {CONFIG_FILE} is unreadable or not JSON ({brief(exc)})") from None
     if not isinstance(config, dict):
         raise LorachatError(f"adapter '{name}': {CONFIG_FILE} is not a JSON object")
-    kind = config.get("peft_type", "LORA")
+    kind = config.get("peft_type")
+    if kind is None:   # PEFT reads the adapter's kind from it
+        raise LorachatError(f"adapter '{name}': {CONFIG_FILE} has no peft_type (a LoRA adapter's says \"peft_type\": \"LORA\")")
     if kind != "LORA":
         raise LorachatError(f"adapter '{name}' is a {kind} adapter; lorachat uses LoRA adapters")
     return config
@@ -93,12 +95,15 @@ def _pickle_shapes(name: str, file: Path) -> dict[str, tuple]:
     return {key: tuple(value.shape) for key, value in state.items() if hasattr(value, "shape")}
 
 
-def check_base(session, name: str, meta: dict | None, config: dict, fingerprint: str, legacy=None) -> list[str]:
+def check_base(session, name: str, meta: dict | None, config: dict, fingerprint: str, legacy=None,
+               damaged: bool = False) -> list[str]:
     """Notes to show; raises when lorachat.json names another base (unless --force). `legacy()`: the
-    fingerprint older lorachats recorded, asked for only when the stored one does not match."""
+    fingerprint older lorachats recorded, asked for only when the stored one does not match;
+    `damaged`: a lorachat.json is there but unreadable."""
     if meta is None or not meta.get("base_fingerprint"):
         made_for = config.get("base_model_name_or_path") or "an unknown base model"
-        return [f"adapter '{name}' has no {META_FILE}: its provenance is unknown (its config names {made_for!r})"]
+        has = "a damaged" if meta is None and damaged else "no"
+        return [f"adapter '{name}' has {has} {META_FILE}: its provenance is unknown (its config names {made_for!r})"]
     stored = meta["base_fingerprint"]
     if stored == fingerprint or legacy is not None and stored == legacy():
         return []
@@ -168,7 +173,7 @@ def inspect(session, name: str, path: Path, fingerprint: str, legacy=None) -> li
     config = read_config(name, path)
     shapes = weight_shapes(name, path, session.allow_pickle)
     meta = read_meta(path)
-    notes = check_base(session, name, meta, config, fingerprint, legacy)
+    notes = check_base(session, name, meta, config, fingerprint, legacy, damaged=(path / META_FILE).exists())
     check_modules(session, name, shapes, meta, config)
     return notes
 

@@ -41,6 +41,7 @@ def test_broken_adapters_are_refused_and_change_nothing(shelved, transcript, wra
     truncated.write_bytes(truncated.read_bytes()[:500])
     (clone(session, "b", "noconfig") / "adapter_config.json").unlink()
     (clone(session, "b", "badjson") / "adapter_config.json").write_text("{not json")
+    (clone(session, "b", "notype") / "adapter_config.json").write_text('{"r": "x"}')
     meta = clone(session, "b", "elsewhere") / "lorachat.json"
     meta.write_text(json.dumps(dict(json.loads(meta.read_text()), base_model="facebook/opt-125m", base_fingerprint="sha256:0123")))
     config = clone(session, "b", "wrongrank") / "adapter_config.json"
@@ -50,9 +51,9 @@ def test_broken_adapters_are_refused_and_change_nothing(shelved, transcript, wra
 
     save_file({k.replace("model.decoder.layers", "model.layers"): v for k, v in load_file(foreign).items()}, foreign)
     before = state(session)
-    code, out = transcript(session, [f":use {n}" for n in ("truncated", "noconfig", "badjson", "elsewhere", "wrongrank", "llama", "nothere")], keep_going=True)
+    code, out = transcript(session, [f":use {n}" for n in ("truncated", "noconfig", "badjson", "elsewhere", "wrongrank", "llama", "nothere", "notype")], keep_going=True)
     errors = [line for line in out.splitlines() if line.startswith("error: ")]
-    assert code == 1 and len(errors) == 7 and "Traceback" not in out
+    assert code == 1 and len(errors) == 8 and "Traceback" not in out
     assert "adapter_model.safetensors is corrupt or truncated" in errors[0]
     assert "has no adapter_config.json" in errors[1]
     assert "adapter_config.json is unreadable or not JSON" in errors[2]
@@ -60,6 +61,7 @@ def test_broken_adapters_are_refused_and_change_nothing(shelved, transcript, wra
     assert errors[4].startswith("error: cannot load adapter 'wrongrank': ") and "size mismatch" in errors[4]
     assert "targets 4 module(s) the loaded model 'tiny' lacks, e.g. model.layers.0.self_attn.q_proj" in errors[5]
     assert "no adapter named 'nothere'" in errors[6]
+    assert errors[7] == "error: adapter 'notype': adapter_config.json has no peft_type (a LoRA adapter's says \"peft_type\": \"LORA\")"
     assert_unchanged(session, before)
     # --force overrides the fingerprint only
     session.force = True
@@ -128,3 +130,11 @@ def test_hidden_leftovers_of_dead_writers_are_swept_on_the_next_save(shelved):
     assert paths.saved_names(shelved) == ["a", "b"]  # hidden: ignored
     shelve(shelved, ["c"])
     assert not dead.exists() and live.exists()
+
+
+def test_a_damaged_lorachat_json_is_called_damaged_not_missing(shelved, transcript):
+    (clone(shelved, "b", "badmeta") / "lorachat.json").write_text("{not json")
+    code, out = transcript(shelved, [":use badmeta", ":adapters"])
+    assert code == 0 and "adapter 'badmeta' has a damaged lorachat.json: its provenance is unknown" in out, out
+    (row,) = [r for r in out.splitlines() if r.startswith("*")]
+    assert "unknown (damaged lorachat.json)" in row, out

@@ -7,7 +7,7 @@ from lorachat.adapters import disk, live, merging, paths, travel
 from lorachat.adapters.export import export as export_model
 from lorachat.adapters.gguf_export import export_gguf
 from lorachat.adapters.paths import BASE
-from lorachat.adapters.provenance import CONFIG_FILE, read_meta
+from lorachat.adapters.provenance import CONFIG_FILE, META_FILE, read_meta
 from lorachat.chat import options
 from lorachat.chat.commands import command, no_args
 from lorachat.core.errors import LorachatError, did_you_mean
@@ -84,7 +84,8 @@ def _row(session, name: str, side: str = "both") -> list:
         loaded = f"{loaded or 'no'}, scale {scale:g}"
     alpha = config.get("lora_alpha", "?")   # PEFT keeps a trained alpha as a float (32.0), a merge's as an int
     return ["*" if session.active_adapter == name and side != "disk" else "", name, config.get("r", "?"),
-            f"{alpha:g}" if isinstance(alpha, float) else alpha, targets, meta.get("base_model", "unknown") if meta else "unknown (no lorachat.json)",
+            f"{alpha:g}" if isinstance(alpha, float) else alpha, targets, meta.get("base_model", "unknown") if meta else
+            f"unknown ({'damaged' if (path / META_FILE).exists() else 'no'} lorachat.json)",
             dataset, str(meta.get("created", ""))[:16].replace("T", " "), _number(meta.get("loss", meta.get("final_loss"))),
             f"{recall}/{total}" if isinstance(recall, int) and isinstance(total, int) else "",
             _size(path) if side != "memory" else "", loaded]
@@ -152,9 +153,8 @@ def merge(session, args):
     opts = options.apply_kv(merging.MERGE_DEFAULTS, pairs)
     merged = merging.merge(session, sources, rest[0], opts)
     _notes(session, merged.notes)
-    name, recall = merged.path.name, ""
-    if merged.recall is not None:
-        recall = f"; recall {merged.recall}/{merged.total} of the questions {_and(sources)} were taught"
+    name, taught = merged.path.name, f"of the questions {_and(sources)} were taught"
+    recall = f"; recall {merged.recall}/{merged.total} {taught}" if merged.recall is not None else ""
     session.ui.line(f"merged {' + '.join(sources)} ({opts.method}) into '{name}', saved to {merged.path}{recall}; now active")
     if merged.lost:
         count = merged.total - merged.recall
