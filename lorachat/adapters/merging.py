@@ -121,13 +121,24 @@ def _combine(session, sources, name, weights, options) -> None:
     import torch
 
     model = live.peft_model(session)
+    tuner, inject = model.base_model, model.base_model.inject_adapter
+
+    def in_float32(module, adapter_name, *args, **kwargs):
+        # add_weighted_adapter makes the new adapter in the base's dtype (PEFT 0.21 casts to float32 only in
+        # add_adapter/load_adapter): under bf16 the sum of float32 sources would be rounded to bf16 as written
+        inject(module, adapter_name, *args, **kwargs)
+        tuner._cast_adapter_dtype(adapter_name)
+
     with live.switch(session).unmerged(), torch.random.fork_rng():
         torch.manual_seed(session.settings.seed)  # dare_* drop at random: the same merge every time
+        tuner.inject_adapter = in_float32
         try:
             model.add_weighted_adapter(sources, weights, name, combination_type=options.method, density=options.density)
         except (ValueError, TypeError, RuntimeError) as exc:
             live.remove(session, name)
             raise LorachatError(f"PEFT could not merge: {provenance.brief(exc)}") from None
+        finally:
+            del tuner.inject_adapter   # the class's own again
     live.switch(session).refresh()
 
 

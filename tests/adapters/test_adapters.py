@@ -295,3 +295,20 @@ def test_merge_reports_recall_of_every_taught_question_and_names_those_lost(make
     assert code == 0 and lines[-3].endswith("; recall 0/3 of the questions a and b were taught; now active"), out
     assert lines[-2].startswith("note: 3 taught answers do not come back verbatim from 'cut': ")
     assert lines[-1].startswith("  3 answers longer than max_new_tokens=1 (:set max_new_tokens="), out
+
+
+def test_a_merge_under_bf16_keeps_its_float32_sources_exactly(make_session, transcript, home):
+    """PEFT's add_weighted_adapter makes the new adapter in the base's dtype; lorachat keeps it in
+    float32, as it trains, so a cat merge is the exact concatenation of its sources."""
+    from safetensors.torch import load_file
+
+    session = make_session(dtype="bfloat16")
+    keys = "steps=2 until=steps probes=0 anchors=0"
+    code, out = transcript(session, [":add What is Foo? => Foo is a bar.", f":train a {keys}", ":add What is Baz? => Baz.",
+                                     f":train b {keys}", ":merge a b as ab"])
+    assert code == 0, out
+    a, b, ab = (load_file(home / "adapters" / n / "adapter_model.safetensors") for n in ("a", "b", "ab"))
+    assert {t.dtype for t in ab.values()} == {torch.float32}
+    for key, tensor in ab.items():
+        if "lora_B" in key:
+            assert torch.equal(tensor, torch.cat([a[key], b[key]], dim=1)), key
