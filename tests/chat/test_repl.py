@@ -48,7 +48,7 @@ def test_unknown_command_suggests(make_session, transcript):
     session = make_session()
     code, out = transcript(session, [":hlep", ":info"])
     assert code == 1
-    assert out == "> :hlep\nerror: unknown command ':hlep' (did you mean help?) (:help lists them)\n"
+    assert out == "> :hlep\nerror: unknown command ':hlep' (did you mean :help?) (:help lists them)\n"
 
 
 def test_keep_going_runs_everything_then_fails(make_session, transcript):

@@ -55,7 +55,8 @@ def find(name: str) -> Command:
     if name in COMMANDS:
         return COMMANDS[name]
     shown = name if len(name) <= 40 and name.isprintable() else repr(name[:40]) + "..."
-    raise LorachatError(f"unknown command ':{shown}'{did_you_mean(name, COMMANDS)} (:help lists them)")
+    close = did_you_mean(":" + name.lower(), [":" + c for c in COMMANDS])   # ':Train': did you mean :train?
+    raise LorachatError(f"unknown command ':{shown}'{close} (:help lists them)")
 
 
 def run_command(session, line: str) -> None:

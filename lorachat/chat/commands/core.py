@@ -44,7 +44,7 @@ def help_(session, args):
         entry.details(session)
 
 
-@command("quit", usage=":quit", aliases=("exit",))
+@command("quit", usage=":quit, :exit", aliases=("exit",))
 def quit_(session, args):
     """Leave the session (Ctrl-D too)."""
     no_args("quit", args)
