@@ -10,6 +10,7 @@
 Knows nothing about what the bytes mean: datasets, adapters and models are their owners' business.
 """
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -50,7 +51,7 @@ def locked_folder(folder: Path):
     """Create the folder if needed and hold an exclusive lock on it, so two sessions writing the
     same workspace never lose each other's lines between a read and a rewrite."""
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        make_folder(folder)
         fd = os.open(folder, os.O_RDONLY)
     except OSError as exc:
         raise LorachatError(f"cannot write to {folder}: {exc.strerror}") from None
@@ -148,6 +149,14 @@ def fsync_folder(folder: Path) -> None:
 
 
 
+def make_folder(folder: Path) -> None:
+    """mkdir -p, saying which file is in the way where mkdir would say only "File exists"."""
+    blocking = next((a for a in (folder, *folder.parents) if a.exists() or a.is_symlink()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, f"{blocking} is a file, not a folder")
+    folder.mkdir(parents=True, exist_ok=True)
+
+
 def write_files(files: list, what: str) -> None:
     """New files, whole or not at all: each `(target, fill)` has `fill(temp)` write a hidden file
     beside its target; when every one is written and fsynced, each is linked to its target (which
@@ -155,7 +164,7 @@ def write_files(files: list, what: str) -> None:
     placed, temps = [], []
     try:
         for target, fill in files:
-            target.parent.mkdir(parents=True, exist_ok=True)
+            make_folder(target.parent)
             for stale in target.parent.glob(f".{target.name}.tmp-*"):    # a killed writer's
                 _sweep(stale)
             temp = target.parent / f".{target.name}.tmp-{os.getpid()}"
@@ -186,7 +195,7 @@ def check_writable(folder: Path, what: str) -> None:
     if folder.exists() and not folder.is_dir():
         raise LorachatError(f"cannot save {what}: {folder} is not a folder")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        make_folder(folder)
         probe = Path(tempfile.mkdtemp(prefix=f".probe.tmp-{os.getpid()}-", dir=folder))
         try:
             (probe / "probe").write_bytes(b"")
@@ -205,7 +214,7 @@ def write_atomically(target: Path, fill, what: str, sweep: bool = True, raced: b
     when it finished first, its copy is kept and this one dropped. `replace`: a folder already at
     `target` (a damaged one) is hidden and removed once the new one is complete, not before."""
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
+        make_folder(target.parent)
         if sweep:
             sweep_leftovers(target.parent)
         work = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))

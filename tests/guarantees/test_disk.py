@@ -72,6 +72,14 @@ def test_a_rename_whose_metadata_cannot_be_written_is_undone(shelved, transcript
     assert not (home / "adapters" / "a2").exists()
 
 
+def test_a_file_in_the_way_of_a_folder_is_named(shelved, transcript, tmp_path):
+    """mkdir says only "File exists" (or "Not a directory"): the line names the file in the way."""
+    (tmp_path / "afile").write_text("")
+    code, out = transcript(shelved, [f":export a {tmp_path / 'afile' / 'out'}", f":export a {tmp_path / 'afile' / 'deep' / 'out'}"],
+                           keep_going=True)
+    assert code == 1 and out.count(f": {tmp_path / 'afile'} is a file, not a folder\n") == 2, out
+
+
 def test_train_refuses_before_training_when_adapters_cannot_be_written(make_session, transcript, home):
     (home / "adapters").write_text("a file where the folder should be\n")  # unwritable, even for root
     session = make_session()

@@ -79,6 +79,7 @@ def test_record_show_drop_undo_transcript(make_session, transcript, home):
                    "> :undo\nremoved from semi (2 examples left): Q4 => A4 ⏎ second line\n"
                    f"> :dataset default\ndataset default: 0 examples in {home / 'datasets' / 'default.jsonl'} "
                    "(new: the file is written with the first example)\n"
+                   "instruction still: Be brief. (:instruction default sets 'Answer the question.')\n"
                    "> :add x => y\nadded to default (1 example): x => y\n"
                    "> :undo\nremoved from default (0 examples left): x => y\n"
                    "> :undo\nremoved from semi (1 example left): What is SiON? => Silicon oxynitride.\n"
