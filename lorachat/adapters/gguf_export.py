@@ -21,7 +21,7 @@ from pathlib import Path
 from lorachat.adapters import live, modelfile, paths, travel
 from lorachat.adapters.export import merged_state_dict
 from lorachat.adapters.provenance import PEFT_PREFIX, read_meta
-from lorachat.core.durable import write_files
+from lorachat.core.durable import check_writable, write_files
 from lorachat.core.errors import LorachatError
 from lorachat.core.names import check_name
 from lorachat.models import converted, gguf_header, gguf_metadata, gguf_names, gguf_writing
@@ -42,6 +42,7 @@ def export_gguf(session, name: str, file: Path, form: str = "merged", quant: str
         raise LorachatError(f"quant={quant}: choose one of {', '.join(QUANTS)}")
     if target.exists():
         raise LorachatError(f"{target} already exists")
+    check_writable(target.parent, f"the GGUF export of '{name}'")   # before fetching and converting
     model_file = _modelfile_path(target)
     notes = live.load_all(session, [name])
     scale = live.scale_of(session, name)

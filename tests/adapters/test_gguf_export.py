@@ -218,6 +218,9 @@ def test_export_arguments_are_checked(make_session, transcript, tmp_path):
                       "error: :export: unexpected argument 'bits='; usage: :export NAME DIR, or :export NAME FILE.gguf "
                       "[adapter] [quant=f16|f32|bf16|q8_0]"]
     assert not any(p.suffix == ".gguf" for p in tmp_path.iterdir())
+    (tmp_path / "afile").write_text("")   # checked before the work (for smol: before pip fetches its wheel again)
+    code, out = transcript(session, [f":export a {tmp_path / 'afile' / 'x.gguf'}"], keep_going=True)
+    assert code == 1 and out.endswith(f"error: cannot save the GGUF export of 'a': {tmp_path / 'afile'} is not a folder\n"), out
 
 
 # --- what travels: one line, with the ungated figures where lorachat.json has them ----------------
