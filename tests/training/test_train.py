@@ -532,6 +532,11 @@ def test_a_run_that_ends_short_of_recall_says_what_to_try(make_session, transcri
     assert code == 0, out
     assert re.search(r"^not every answer was learned \(\d/2 after 2 steps\): train longer \(steps=\), with a lower lr "
                      r"\(lr=0\.0025\) or a larger r \(r=32\)$", out, re.M), out
+    # what stopped it is what to change: epochs=, or a warm-up the lr never came out of
+    code, out = transcript(make_session(), [":train e epochs=1 probes=0 anchors=0", ":train w steps=2 warmup=50 probes=0 anchors=0"])
+    assert code == 0 and re.search(r"^not every answer was learned \(\d/2 after 1 steps\): more epochs \(epochs=2\), ", out, re.M), out
+    assert re.search(r"^not every answer was learned \(\d/2 after 2 steps\): a warm-up shorter than the 2 steps trained "
+                     r"\(warmup=\)$", out, re.M), out
 
 
 def test_kl_rehearsal_compares_with_the_base_after_a_check_merged_the_adapter(make_session, transcript):

@@ -243,8 +243,12 @@ def _report(session, name, result, config, kept, how, seconds) -> None:
     for reason in result.reasons:
         session.ui.note(f"not recalled as asked: {reason}")
     if result.known < result.examples and not result.cancelled and config.until == "recall":
-        session.ui.note(f"not every answer was learned ({result.known}/{result.examples} after {result.steps} steps): "
-                        f"train longer (steps=), with a lower lr (lr={result.lr / 2:g}) or a larger r (r={config.r * 2})")
+        longer = f"more epochs (epochs={config.epochs * 2})" if config.epochs and result.steps < config.steps else \
+            "train longer (steps=)"
+        advice = f"{longer}, with a lower lr (lr={result.lr / 2:g}) or a larger r (r={config.r * 2})"
+        if config.warmup and config.warmup >= result.steps:   # the lr never reached its value: that comes first
+            advice = f"a warm-up shorter than the {result.steps} steps trained (warmup=)"
+        session.ui.note(f"not every answer was learned ({result.known}/{result.examples} after {result.steps} steps): {advice}")
 
 
 @contextlib.contextmanager
