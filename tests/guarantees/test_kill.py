@@ -73,7 +73,7 @@ def visible(home):
     return sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) if folder.exists() else []
 
 
-TRIALS = 10
+TRIALS = 8
 
 
 @pytest.mark.slow
