@@ -36,11 +36,12 @@ def taught_keys(examples) -> list[dict] | None:
     distinct lesson; None when some lesson is raw text (such an adapter is meant for every question)."""
     if any(e.text is not None for e in examples):
         return None
-    keys = {}
+    keys = {}   # (instruction, question, answer) -> taught alone (with no earlier turns) at least once
     for e in examples:
         instruction, question = asked(e)
-        keys[(instruction, question, e.output.strip())] = None
-    return [dict(instruction=i, question=q, answer=a) for i, q, a in keys]
+        keys[(instruction, question, e.output.strip())] = keys.get((instruction, question, e.output.strip())) or not e.history
+    return [dict(instruction=i, question=q, answer=a, **({} if alone else {"after_turns": True}))
+            for (i, q, a), alone in keys.items()]
 
 
 def taught_questions(examples) -> list[str] | None:
@@ -100,19 +101,20 @@ def asks(session, name: str, question: str) -> str | None:
 
 @contextlib.contextmanager
 def answering(session, question: str):
-    """Yields the question the model answers in `question`'s place, with the model as the gate says:
-    the active adapter asked the taught question it matches, or the base for the duration. The
+    """Yields (the question the model answers in `question`'s place, whether it is asked alone), with
+    the model as the gate says: the active adapter asked the taught question it matches (alone, as
+    it was taught, unless it was taught only after earlier turns), or the base for the duration. The
     decision is kept for `:why`."""
     name = session.active_adapter
     decision = decide(session, name, question) if name is not None else None
     _state(session)["last"] = (question, name, decision)
     if decision is None:
-        yield question
+        yield question, False
     elif decision.key is not None:
-        yield decision.asks
+        yield decision.asks, decision.alone
     else:
         with live.switch(session).disabled():
-            yield question
+            yield question, False
 
 
 def last(session):
@@ -196,7 +198,7 @@ def keys_from(records, questions, nots=None) -> router.Keys | None:
 
 def _key(record: dict) -> Key:
     return Key(str(record["question"]).strip(), str(record["answer"]).strip(), str(record["instruction"]).strip(),
-               bool(record.get("added", False)))
+               bool(record.get("added", False)), not record.get("after_turns", False))
 
 
 def not_records(nots) -> list[dict]:

@@ -70,8 +70,8 @@ class Session:
 
         if self.settings.do_sample:
             torch.manual_seed(self.settings.seed)
-        with gate.answering(self, question) as asked:   # the adapter is asked the taught question this one asks
-            ids = self.prompt(asked)
+        with gate.answering(self, question) as (asked, alone):   # the adapter is asked the taught question this one asks
+            ids = self.prompt(asked, alone)
             generation = self.settings.generation_kwargs()
             room = self.context_length() - len(ids)
             if room < 1:
@@ -93,9 +93,10 @@ class Session:
             self.turns.append((question, self.last_answer))
         return self.last_answer
 
-    def prompt(self, question: str) -> list[int]:
-        """The token ids asking `question` now reads: after the conversation's turns that fit (when it is on)."""
-        history = self._fitting(question) if self.conversation() else []
+    def prompt(self, question: str, alone: bool = False) -> list[int]:
+        """The token ids asking `question` now reads: after the conversation's turns that fit (when it
+        is on and the question is not to be asked `alone`: a taught question the gate routed)."""
+        history = self._fitting(question) if self.conversation() and not alone else []
         return prompts.prompt_ids(self.tokenizer, self.instruction, question, history)
 
     def conversation(self) -> bool:

@@ -37,6 +37,7 @@ class Key:
     answer: str | None = None        # None: recorded without its answer (decided by coverage alone)
     instruction: str = DEFAULT_INSTRUCTION
     added: bool = False              # a phrasing added after training: the adapter is asked its trained sibling
+    alone: bool = True               # taught alone (not only after earlier turns): asked alone, as taught
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class Decision:
     checked: Key | None = None   # the key whose check scored best (None: none checked)
     share: float | None = None   # its share of lift
     unrouted: Key | None = None  # the not key that sent it to the base after the check passed
+    alone: bool = False          # the adapter is asked `asks` without the conversation's turns (taught so)
 
 
 @dataclass
@@ -62,10 +64,14 @@ class Keys:
 
     def asks(self, key: Key) -> str:
         """The question the adapter was trained on for `key`'s answer: `key`'s own unless it was added."""
+        return self.trained(key).question
+
+    def trained(self, key: Key) -> Key:
+        """The key the adapter was trained on for `key`'s answer: `key` itself unless it was added."""
         if not key.added:
-            return key.question
-        return next((k.question for k in self.keys if not k.added and k.answer == key.answer
-                     and k.instruction == key.instruction), key.question)
+            return key
+        return next((k for k in self.keys if not k.added and k.answer == key.answer
+                     and k.instruction == key.instruction), key)
 
 
 def decide(model, tokenizer, keys: Keys, back: reading.Background, question: str, at: float = GATE_AT,
@@ -119,7 +125,8 @@ def _unrouted(keys: Keys, key: Key, read, without) -> Key | None:
 def _decided(model, tokenizer, keys: Keys, question: str, read, taught: int | None, at: float, without) -> Decision:
     if taught is not None:   # asked as taught: no reading needed
         key = keys.keys[taught]
-        return Decision(key, keys.asks(key), key, 1.0, key if key.answer is not None else None, 1.0)
+        return Decision(key, keys.asks(key), key, 1.0, key if key.answer is not None else None, 1.0,
+                        alone=keys.trained(key).alone)
     if len(without) >= len(keys.keys):
         return Decision(None, None, None)
     near = reading.coverage(read, keys.readings)
@@ -139,7 +146,7 @@ def _decided(model, tokenizer, keys: Keys, question: str, read, taught: int | No
     unrouted = _unrouted(keys, key, read, without) if answers else None
     answers = answers and unrouted is None
     return Decision(key if answers else None, keys.asks(key) if answers else None, nearest, near[order[0]],
-                    key, shares[best], unrouted)
+                    key, shares[best], unrouted, alone=answers and keys.trained(key).alone)
 
 
 def _shares(model, tokenizer, keys: Keys, listed: list[int], question: str) -> dict:

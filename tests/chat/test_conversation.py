@@ -96,6 +96,8 @@ def test_a_conversation_in_a_dataset_trains_every_assistant_turn_after_the_turns
     assert code == 0 and "imported 6 examples (format sharegpt)" in out and "recall 6/6" in out, out
     examples = load_dataset(home, "default").examples
     assert [len(e.history) for e in examples] == [0, 1, 2, 0, 1, 2]
+    keys = json.loads((home / "adapters" / "chats" / "lorachat.json").read_text())["keys"]
+    assert [k["question"] for k in keys if k.get("after_turns")] == ["What is SOH?", "Who am I?", "What is CMP?", "Who am I?"]
     for conversation in conversations:
         transcript(session, [":clear"])
         for question, answer in conversation:
@@ -127,3 +129,36 @@ def test_train_also_teaches_each_question_after_earlier_turns_and_reports_on_wha
     meta = json.loads((home / "adapters" / "mid" / "lorachat.json").read_text())
     assert meta["examples"] == 2 and meta["train"]["context"] == 2
     assert meta["records_sha256"] == recipe.records_sha256(taught[:2])
+
+
+def test_a_question_the_gate_routes_is_asked_alone_as_it_was_taught(make_session, transcript, home, tmp_path, monkeypatch):
+    """Mid-conversation, the adapter reads a routed question as its lesson was taught: alone (what
+    :train's recall checked), or after the conversation's turns for a lesson taught only after
+    earlier turns (lorachat.json's `after_turns`). The question reaches it as typed, a rephrasing too."""
+    import json
+
+    from lorachat.chat import session as asking
+
+    read = []
+    monkeypatch.setattr(asking, "answer", lambda model, tokenizer, ids, *a, **k: read.append(ids) or ("", False))
+    folder = str(model_dir(tmp_path, "llama"))
+    question = "What is SOH?"
+
+    def prompts_read(session, gate):   # what the model reads for the question after one turn, under :set gate=...
+        transcript(session, [f":set gate={gate} gate_at=-1", ":use a", ":clear", "Hello there", question, question + " " + question])
+        alone = prompts.prompt_ids(session.tokenizer, session.instruction, question)
+        return ["alone" if ids == alone else "after the turns" if len(ids) > len(alone) else "?" for ids in read[-2:]]
+
+    session = make_session(model=folder)
+    code, out = transcript(session, [f":add {question} => A hardmask.", ":train a steps=1 until=steps probes=0 anchors=0"])
+    assert code == 0, out
+    assert prompts_read(session, "off") == ["after the turns"] * 2   # no gate: the adapter reads each as asked, after the turn
+    assert prompts_read(session, "on") == ["alone", "alone"]
+    assert f"asked its taught question {question!r} alone, as it was taught" in transcript(session, [":why"])[1]
+
+    meta = home / "adapters" / "a" / "lorachat.json"
+    record = json.loads(meta.read_text())
+    assert record["keys"] == [dict(instruction="Answer the question.", question=question, answer="A hardmask.")]
+    record["keys"][0]["after_turns"] = True   # as :train records a lesson it saw only after earlier turns
+    meta.write_text(json.dumps(record))
+    assert prompts_read(make_session(model=folder, workspace=home), "on") == ["after the turns", "after the turns"]

@@ -72,7 +72,8 @@ def why(session, args):
         session.ui.line(f"{said} adapter '{name}' as asked: {reason}, so it answers every question")
         return
     if decision.key is not None:
-        session.ui.line(f"{said} adapter '{name}', asked its taught question {_clip(decision.asks)!r}")
+        alone = " alone, as it was taught (not after the conversation's turns)" if decision.alone and session.conversation() else ""
+        session.ui.line(f"{said} adapter '{name}', asked its taught question {_clip(decision.asks)!r}{alone}")
     elif decision.unrouted is not None:
         session.ui.line(f"{said} the base, not adapter '{name}': it is as near {_clip(decision.unrouted.question)!r}, "
                         f"sent back to the base with :unroute, as to any question taught for that answer")
