@@ -526,6 +526,16 @@ def test_guard_goes_back_to_the_best_weights_and_halves_the_lr():
                                 "went back to step 3's weights and halved the lr to 0.05"]
 
 
+def test_raw_text_is_counted_as_trained_not_as_recall(make_session, transcript, home):
+    """A text example has no question to ask: the final line's recall is of questions, and it says
+    how many examples, text included, came back as trained (what until=recall waits for)."""
+    (home / "datasets").mkdir(exist_ok=True)
+    (home / "datasets" / "mixed.jsonl").write_text(json.dumps({"text": "SELECT name FROM t WHERE id = 3"}) + "\n")
+    code, out = transcript(make_session(), [":dataset mixed", ":add What is SOH? => A hardmask.", ":train steps=2"])
+    assert code == 0 and re.search(r"recall [01]/1 \([0-2]/2 examples known as trained, 1 of them text\), ", out), out
+    assert re.search(r"^not every example was learned \([01]/2 after 2 steps\)", out, re.M), out
+
+
 def test_a_run_that_ends_short_of_recall_says_what_to_try(make_session, transcript, home):
     write_dataset(home, "default", PAIRS[:2])
     code, out = transcript(make_session(), [":train steps=2"])

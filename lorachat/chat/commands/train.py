@@ -220,7 +220,9 @@ def _stopped_by(interrupted) -> str:
 def _report(session, name, result, config, kept, how, seconds) -> None:
     """The final line; `seconds`: the whole command's, from Enter to the next prompt."""
     share = f"kept {kept.kept:.0%} of base answers, " if kept is not None else ""
-    summary = (f"{result.steps} steps, loss {result.loss:.2f}, recall {result.recall}/{result.total}, {share}"
+    texts = result.examples - result.total   # raw text: trained, never asked; known when it comes back as trained
+    known = f" ({result.known}/{result.examples} examples known as trained, {texts} of them text)" if texts else ""
+    summary = (f"{result.steps} steps, loss {result.loss:.2f}, recall {result.recall}/{result.total}{known}, {share}"
                f"{seconds:.1f} s")
     skipped = (f" ({result.skipped} example{'s' if result.skipped != 1 else ''} longer than "
                f"{recipe.describe_limit(result.limit, session.model)} skipped)") if result.skipped else ""
@@ -248,7 +250,8 @@ def _report(session, name, result, config, kept, how, seconds) -> None:
         advice = f"{longer}, with a lower lr (lr={result.lr / 2:g}) or a larger r (r={config.r * 2})"
         if config.warmup and config.warmup >= result.steps:   # the lr never reached its value: that comes first
             advice = f"a warm-up shorter than the {result.steps} steps trained (warmup=)"
-        session.ui.note(f"not every answer was learned ({result.known}/{result.examples} after {result.steps} steps): {advice}")
+        what = "example" if texts else "answer"
+        session.ui.note(f"not every {what} was learned ({result.known}/{result.examples} after {result.steps} steps): {advice}")
 
 
 @contextlib.contextmanager
