@@ -17,7 +17,7 @@ def gate_line(name: str, meta: dict | None, scale: float = 1.0) -> str:
     """The one line: the gate stays in lorachat, and the ungated figures or how to measure them
     (`scale`: the strength the adapter leaves at, the live `:scale` of an export; served: 1)."""
     said = f"the ask-time gate stays in lorachat: outside it '{name}' answers every question"
-    record = (meta or {}).get("ungated")
+    record = _at_scale(meta or {}, scale)
     figures = described(record)
     trained = (meta or {}).get("train")
     hint = ("; trained for the gate: `:train null_space=0.05` (a few facts) or `travel=on` teaches one meant to travel "
@@ -31,6 +31,25 @@ def gate_line(name: str, meta: dict | None, scale: float = 1.0) -> str:
     if not figures:
         return f"{said} (ungated figures not measured: :eval {name} gate=off){hint}"
     return f"{said} (ungated: {', '.join(figures)}){hint}"
+
+
+def recorded(meta: dict | None, record: dict) -> dict:
+    """The lorachat.json fields that keep `record`, measured at its "scale": `ungated` at scale 1
+    (what :train and `lorachat serve` speak of), else `ungated_scaled` by scale beside it, so a look
+    at a scaled-down delta never replaces the as-trained figures."""
+    scale = _number(record.get("scale", 1.0))
+    if scale is None or scale == 1.0:
+        return {"ungated": record}
+    scaled = (meta or {}).get("ungated_scaled")
+    return {"ungated_scaled": dict(scaled if isinstance(scaled, dict) else {}, **{f"{scale:g}": record})}
+
+
+def _at_scale(meta: dict, scale: float):
+    """The ungated record measured at `scale` where lorachat.json has one, else `ungated`."""
+    scaled = meta.get("ungated_scaled")
+    if scale != 1.0 and isinstance(scaled, dict) and isinstance(scaled.get(f"{scale:g}"), dict):
+        return scaled[f"{scale:g}"]
+    return meta.get("ungated")
 
 
 SHORTER = 0.9   # travel=on's answers below this share of the base's length: null_space keeps it with few facts

@@ -193,13 +193,16 @@ def test_eval_with_the_gate_off_measures_what_travels_and_the_export_says_it(she
     code, out = transcript(session, [f":export a {tmp_path / 'out'}"])
     assert code == 0 and f"(ungated: kept {ungated['kept']:.1%} of 8 probes exactly" in out, out
     assert session.settings.gate == "auto"   # :eval's key is for that measurement only
-    # measured at a live :scale, the figures are that scale's: an export at another scale does not say them
+    # measured at a live :scale, the figures are that scale's, kept beside the as-trained ones (never replacing them)
     code, out = transcript(session, [":scale a 0.5", ":eval a builtin=8 gate=off", f":export a {tmp_path / 'half'}"])
-    halved = json.loads((paths.adapter_path(session, "a") / "lorachat.json").read_text())["ungated"]
+    meta = json.loads((paths.adapter_path(session, "a") / "lorachat.json").read_text())
+    halved = meta["ungated_scaled"]["0.5"]
     assert code == 0 and halved["scale"] == 0.5 and f"(ungated: kept {halved['kept']:.1%} of 8 probes" in out, out
-    code, out = transcript(session, [":scale a 1", f":export a {tmp_path / 'whole'}"])
-    assert code == 0 and ("(ungated figures not measured at scale 1, the one it leaves at: :eval a gate=off; "
-                          "lorachat.json's are at scale 0.5)") in out, out
+    assert meta["ungated"] == ungated
+    code, out = transcript(session, [":scale a 1", f":export a {tmp_path / 'whole'}", ":scale a 0.8", f":export a {tmp_path / 'most'}"])
+    assert code == 0 and f"(ungated: kept {ungated['kept']:.1%} of 8 probes exactly" in out, out
+    assert ("(ungated figures not measured at scale 0.8, the one it leaves at: :eval a gate=off; "
+            "lorachat.json's are at scale 1)") in out, out
 
 
 def test_questions_decided_together_are_decided_as_each_alone(shelved, transcript):

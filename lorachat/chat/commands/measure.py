@@ -6,8 +6,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Optional
 
-from lorachat.adapters import gate, live, side_by_side
-from lorachat.adapters.paths import BASE
+from lorachat.adapters import gate, live, side_by_side, travel
+from lorachat.adapters.paths import BASE, adapter_path
+from lorachat.adapters.provenance import read_meta
 from lorachat.chat import options
 from lorachat.chat.commands import command
 from lorachat.chat.commands.adapters import _names_and_base, _notes
@@ -156,8 +157,8 @@ def _ungated(session, rows) -> dict:
             live.activate(session, name)
             whole[name] = side_by_side.whole_answers(session)
             if kept is not None:
-                disk.record(session, name, {"ungated": side_by_side.ungated_record(
-                    kept, whole[name], live.scale_of(session, name))})
+                disk.record(session, name, travel.recorded(read_meta(adapter_path(session, name)), side_by_side.ungated_record(
+                    kept, whole[name], live.scale_of(session, name))))
     finally:
         live.activate(session, previous if previous in live.loaded_names(session) else None)
     return whole
