@@ -104,7 +104,7 @@ def test_from_a_gguf_base_the_metadata_is_the_sources_and_the_adapter_form_adds_
     code, out = transcript(session, [f":export a {tmp_path / 'out' / 'merged.gguf'} quant=f32",
                                      f":export a {tmp_path / 'out' / 'lora.gguf'} adapter"])
     assert code == 0, out
-    assert "metadata copied from sha256-5e1f" in out and "as a LoRA adapter GGUF (llama, 6 matrices, alpha 8)" in out
+    assert "metadata copied from sha256-5e1f" in out and "as a LoRA adapter GGUF (llama, 6 adapted matrices (A and B each), alpha 8)" in out
     before, after = fields(source), fields(tmp_path / "out" / "merged.gguf")
     assert {k: v for k, v in after.items() if k != "general.file_type"} == {k: v for k, v in before.items() if k != "general.file_type"}
     model, _ = reread(tmp_path / "out" / "merged.gguf")
