@@ -201,13 +201,16 @@ OPENERS = [("Hi! How are you today?", "What is the tallest mountain in the world
 
 
 def test_taught_answers_come_back_verbatim_as_the_third_turn_of_a_conversation(taught):
+    """The gate asks a routed question alone, as taught (the turns before it made smol blend a long
+    taught answer with the last one): the openers' answers are cut short, which changes nothing."""
     ask = taught["ask"]
     ask([":use r4", ":set context=on"])
     try:
         for (question, taught_answer), openers in zip((SOH, SION), OPENERS):
-            ask([":clear", *openers])
+            ask([":clear", ":set max_new_tokens=12", *openers, ":set max_new_tokens=64"])
             assert len(taught["session"].turns) == 2
             assert answer(ask([question])[1]) == taught_answer
+            assert "alone, as it was taught" in ask([":why"])[1]
     finally:
         ask([":clear", ":set context=off"])
 
