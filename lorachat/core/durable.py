@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from lorachat.core.errors import LorachatError
+from lorachat.core.modes import as_created
 
 # hidden leftovers of an interrupted write or delete: `.NAME.tmp-PID` (a file), `.NAME.tmp-PID-RANDOM`
 # (a folder), `.NAME.deleted-PID-NS`
@@ -292,27 +293,3 @@ def _alive(pid: int) -> bool:
         return True
     return True
 
-
-def umask() -> int:
-    """The process's umask, read without changing it where /proc tells it."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def as_created(root: Path) -> None:
-    """Give a tree this process just wrote the modes a plain mkdir and open give under the umask:
-    tempfile.mkdtemp makes its folder 0700 and safetensors writes 0600 files, which a server running
-    under another account (vLLM, a shared team folder) could not read."""
-    mask = umask()
-    for folder, _, files in os.walk(root):
-        os.chmod(folder, 0o777 & ~mask)
-        for name in files:
-            os.chmod(os.path.join(folder, name), 0o666 & ~mask)
