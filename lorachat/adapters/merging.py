@@ -118,20 +118,26 @@ def _prepare(session, sources, name, options) -> tuple[list[str], list[float], d
 
 def _combine(session, sources, name, weights, options) -> None:
     """PEFT's add_weighted_adapter: the new adapter `name`, loaded beside its sources."""
+    import dataclasses
+
     import torch
+    from peft.tuners.tuners_utils import cast_adapter_dtype
 
     model = live.peft_model(session)
     tuner, inject = model.base_model, model.base_model.inject_adapter
 
-    def in_float32(module, adapter_name, *args, **kwargs):
-        # add_weighted_adapter makes the new adapter in the base's dtype (PEFT 0.21 casts to float32 only in
-        # add_adapter/load_adapter): under bf16 the sum of float32 sources would be rounded to bf16 as written
+    def as_summed(module, adapter_name, *args, **kwargs):
+        # add_weighted_adapter folds each source's scaling into the new A and B and sets lora_alpha = r, but
+        # keeps the first source's use_rslora: scaling alpha/sqrt(r) would make the sum sqrt(r) times too strong
+        tuner.peft_config[adapter_name] = dataclasses.replace(tuner.peft_config[adapter_name], use_rslora=False)
         inject(module, adapter_name, *args, **kwargs)
-        tuner._cast_adapter_dtype(adapter_name)
+        # it also makes the new adapter in the base's dtype (PEFT 0.21 casts to float32 only in
+        # add_adapter/load_adapter): under bf16 the sum of float32 sources would be rounded to bf16 as written
+        cast_adapter_dtype(tuner.model, adapter_name)
 
     with live.switch(session).unmerged(), torch.random.fork_rng():
         torch.manual_seed(session.settings.seed)  # dare_* drop at random: the same merge every time
-        tuner.inject_adapter = in_float32
+        tuner.inject_adapter = as_summed
         try:
             model.add_weighted_adapter(sources, weights, name, combination_type=options.method, density=options.density)
         except (ValueError, TypeError, RuntimeError) as exc:
@@ -140,6 +146,7 @@ def _combine(session, sources, name, weights, options) -> None:
         finally:
             del tuner.inject_adapter   # the class's own again
     live.switch(session).refresh()
+    live.switch(session).eval_adapter(name)  # PEFT makes its dropout in training mode; answers need it off
 
 
 def _taught(session, sources) -> dict:

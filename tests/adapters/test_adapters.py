@@ -312,3 +312,21 @@ def test_a_merge_under_bf16_keeps_its_float32_sources_exactly(make_session, tran
     for key, tensor in ab.items():
         if "lora_B" in key:
             assert torch.equal(tensor, torch.cat([a[key], b[key]], dim=1)), key
+
+
+def test_a_merge_of_rslora_adapters_is_the_sum_of_their_deltas_and_answers_without_dropout(make_session, transcript):
+    """PEFT's add_weighted_adapter folds each source's scaling into the new A and B (alpha = r) but keeps
+    use_rslora, which would scale the sum by sqrt(r) again; and it makes the new adapter's dropout in
+    training mode."""
+    session = make_session(dtype="float32")
+    keys = "steps=2 until=steps probes=0 anchors=0 rslora=on dropout=0.1"
+    code, out = transcript(session, [":add What is Foo? => Foo is a bar.", f":train a {keys}", ":add What is Baz? => Baz.",
+                                     f":train b {keys}", ":merge a b as ab"])
+    assert code == 0, out
+    layers = live.switch(session).layers
+    for layer in layers:
+        assert torch.allclose(layer.get_delta_weight("ab"), layer.get_delta_weight("a") + layer.get_delta_weight("b"),
+                              atol=1e-6)
+    assert layers and not any(layer.lora_dropout["ab"].training for layer in layers)
+    saved = json.loads((session.home / "adapters" / "ab" / "adapter_config.json").read_text())
+    assert saved["use_rslora"] is False and saved["lora_alpha"] == saved["r"]
