@@ -51,4 +51,10 @@ def merged_state_dict(session, name: str) -> dict:
                 raise LorachatError(f"adapter '{name}' is not plain LoRA (DoRA or another variant): export merges plain LoRA only")
             weight = layer.get_base_layer().weight
             state[f"{qualified}.weight"] = (weight.float() + layer.get_delta_weight(name).float()).to(weight.dtype)
+            if getattr(layer, "lora_bias", {}).get(name, False):   # PEFT's lora_bias: B's bias, scaled as B is
+                bias = layer.get_base_layer().bias
+                if bias is None:
+                    raise LorachatError(f"adapter '{name}' has a LoRA bias on {qualified}, where the base has no bias "
+                                        "to merge it into")
+                state[f"{qualified}.bias"] = (bias.float() + layer.lora_B[name].bias.float() * layer.scaling[name]).to(bias.dtype)
     return state

@@ -165,11 +165,13 @@ class Switch:
 
     def _mergeable(self, name: str, layers) -> bool:
         """Plain LoRA on ordinary Linear layers over floating-point weights (not DoRA, not
-        quantized): anything else answers unmerged, through PEFT's own forward."""
+        quantized, no LoRA bias: the merge adds weights only): anything else answers unmerged,
+        through PEFT's own forward."""
         from peft.tuners.lora import Linear
 
         return bool(layers) and self.supported(self.layers) and all(
             type(l) is Linear and name not in getattr(l, "lora_variant", {name: None})
+            and not getattr(l, "lora_bias", {}).get(name, False)
             and self.pristine[l].dtype.is_floating_point for l in layers) and self._fits(layers)
 
     def _fits(self, layers) -> bool:

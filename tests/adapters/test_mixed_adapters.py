@@ -99,3 +99,21 @@ def test_adapter_names_say_what_is_allowed_and_unusable_folders_say_why(shelved,
     assert "error: invalid adapter name '../evil': use letters, digits, '_' and '-'\n" in out
     assert "note: adapters/sp ace cannot be used (invalid adapter name 'sp ace': use letters, digits, '_' and '-'): rename its folder" in out
     assert "note: adapters/v1.2 cannot be used (adapter name 'v1.2' cannot contain '.'" in out
+
+
+def test_an_adapter_with_lora_biases_answers_and_exports_with_them(make_session, transcript, home, tmp_path):
+    """PEFT's lora_bias adds B's bias; lorachat's own merge for decoding, and the export, add weights only."""
+    from transformers import AutoModelForCausalLM
+
+    from tests.helpers import logits
+
+    plain_peft(home / "adapters" / "lb", 3, lora_bias=True)
+    session = make_session(dtype="float32")
+    expected = peft_logits(home / "adapters" / "lb")
+    code, out = transcript(session, [":use lb", f":export lb {tmp_path / 'out'}"])
+    assert code == 0, out
+    with torch.inference_mode():   # as an answer is decoded: merged where lorachat can merge
+        assert torch.allclose(logits(session), expected, atol=1e-5)
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    with torch.no_grad():
+        assert torch.allclose(exported(input_ids=torch.tensor([[2, 50, 60, 70, 80, 90]])).logits, expected, atol=1e-4)
