@@ -56,7 +56,8 @@ def _generate(session, answering: list[str], ids: list[int]) -> list[str]:
 
     settings = session.settings
     generation = dict(max_new_tokens=settings.max_new_tokens, do_sample=False, repetition_penalty=settings.repetition_penalty,
-                      pad_token_id=session.tokenizer.pad_token_id, eos_token_id=session.tokenizer.eos_token_id)
+                      pad_token_id=session.tokenizer.pad_token_id,
+                      eos_token_id=prompts.stop_ids(session.tokenizer, session.loaded.model) or None)
     model = live.peft_model(session)
     batch = torch.tensor([ids] * len(answering), device=session.loaded.model.device)
     with torch.inference_mode():
@@ -74,7 +75,7 @@ def _generate(session, answering: list[str], ids: list[int]) -> list[str]:
                 # mixed batches; a modules_to_save copy that not every adapter has is a KeyError.
                 # The first forward fails, so this costs one prompt's pass.
                 rows = _one_at_a_time(session, answering, batch[:1], generation)
-    return [decode_answer(session.tokenizer, row[len(ids):].tolist()) for row in rows]
+    return [decode_answer(session.tokenizer, row[len(ids):].tolist(), generation["eos_token_id"]) for row in rows]
 
 
 def _one_at_a_time(session, names: list[str], batch, generation) -> list:
@@ -91,11 +92,12 @@ def _one_at_a_time(session, names: list[str], batch, generation) -> list:
     return rows
 
 
-def decode_answer(tokenizer, ids: list[int]) -> str:
-    """What streaming shows for these generated ids: up to EOS, specials dropped, cleaned."""
-    eos = tokenizer.eos_token_id
-    if eos is not None and eos in ids:
-        ids = ids[:ids.index(eos)]
+def decode_answer(tokenizer, ids: list[int], stops=None) -> str:
+    """What streaming shows for these generated ids: up to the first of `stops` (default: the
+    tokenizer's EOS), specials dropped, cleaned."""
+    stops = [tokenizer.eos_token_id] if stops is None else stops
+    ends = [k for k, i in enumerate(ids) if i in stops]
+    ids = ids[:ends[0]] if ends else ids
     return prompts.clean_answer(tokenizer.decode(ids, skip_special_tokens=True))
 
 

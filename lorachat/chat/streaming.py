@@ -9,7 +9,7 @@ trailing space, and a following `Instruction:` block (which also stops generatio
 so the pieces join to exactly `prompts.clean_answer(...)` of the whole text. Knows nothing about
 adapters, sessions or terminals: the caller decides how a piece is shown.
 """
-from lorachat.core.prompts import STOP_MARKER
+from lorachat.core.prompts import STOP_MARKER, stop_ids
 
 
 def answer(model, tokenizer, input_ids: list[int], show=None, **generation) -> tuple[str, bool]:
@@ -30,16 +30,17 @@ def answer(model, tokenizer, input_ids: list[int], show=None, **generation) -> t
             return trimmer.stopped
 
     ids = torch.tensor([input_ids], device=model.device)
+    stops = stop_ids(tokenizer, model)
     with torch.inference_mode():
         out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
                              streamer=_Shown(tokenizer, skip_prompt=True, skip_special_tokens=True),
                              stopping_criteria=StoppingCriteriaList([_Stop()]),
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, **generation)
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=stops or None, **generation)
     trimmer.finish()
     made = out[0, len(input_ids):].tolist()
     limit = generation.get("max_new_tokens")
     cut = (limit is not None and len(made) >= limit and not trimmer.stopped
-           and made[-1] != tokenizer.eos_token_id)
+           and made[-1] not in stops)
     return trimmer.text, cut
 
 

@@ -108,6 +108,15 @@ def answer_ids(tokenizer, instruction, question, answer, prompt=None, history=()
     return ids + [eos] if eos is not None else ids
 
 
+def stop_ids(tokenizer, model=None) -> list[int]:
+    """The tokens that end an answer: the tokenizer's EOS (what a taught answer ends with) and every end
+    token the model's generation config names (a chat model's end of turn: Llama 3's <|eot_id|>,
+    Gemma's <end_of_turn>). generate's eos_token_id replaces the config's, so it is given them all."""
+    named = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    named = named if isinstance(named, (list, tuple)) else [named]
+    return [i for i in dict.fromkeys([tokenizer.eos_token_id, *named]) if i is not None]
+
+
 def clean_answer(text: str) -> str:
     """The answer proper: cut where a new line starts another `Instruction:` block, surrounding
     space stripped (what a server's stop string "\nInstruction:" and a strip give too)."""

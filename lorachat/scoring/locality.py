@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 
 from lorachat.core.errors import LorachatError
-from lorachat.core.prompts import IGNORE, asked, prompt_ids
+from lorachat.core.prompts import IGNORE, asked, prompt_ids, stop_ids
 from lorachat.scoring.batches import (
     answer_logits,
     autocast,
@@ -118,11 +118,12 @@ def settled(model, tokenizer, ref: Reference, options: LocalityOptions = DEFAULT
 
 
 def greedy(model, tokenizer, prompts: list[list[int]], options: LocalityOptions = DEFAULTS, on_batch=None) -> list[list[int]]:
-    """Greedy answer ids per prompt, at most max_new_tokens, cut after the first EOS; generated in
-    batches of similar length, left-padded, so padding costs little and positions stay right."""
+    """Greedy answer ids per prompt, at most max_new_tokens, cut after the first end token
+    (prompts.stop_ids); generated in batches of similar length, left-padded, so padding costs little
+    and positions stay right."""
     import torch
 
-    pad, eos = padding_id(tokenizer), tokenizer.eos_token_id
+    pad, stops = padding_id(tokenizer), stop_ids(tokenizer, model)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     answers = [None] * len(prompts)
     with evaluating(model):
@@ -135,9 +136,10 @@ def greedy(model, tokenizer, prompts: list[list[int]], options: LocalityOptions 
             with torch.inference_mode():
                 out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
                                      max_new_tokens=options.max_new_tokens, min_new_tokens=0, repetition_penalty=1.0,
-                                     pad_token_id=pad, eos_token_id=eos)
+                                     pad_token_id=pad, eos_token_id=stops or None)
             for i, row in zip(rows, out[:, width:].tolist()):
-                answers[i] = row[:row.index(eos) + 1] if eos is not None and eos in row else row
+                ends = [k for k, token in enumerate(row) if token in stops]
+                answers[i] = row[:ends[0] + 1] if ends else row
             if on_batch is not None:
                 on_batch(start + len(rows))
     return answers

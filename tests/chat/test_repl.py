@@ -149,3 +149,24 @@ def test_cli_exit_codes_and_stdin(home):
     assert usage.returncode == 2
     version = run_cli("--version")
     assert version.returncode == 0 and version.stdout.startswith(b"lorachat ")
+
+
+def test_an_answer_ends_at_every_end_token_the_models_generation_config_names(make_session):
+    """A chat model's end of turn (Llama 3's <|eot_id|>, Gemma's <end_of_turn>) is in its generation
+    config, not the tokenizer's EOS; generate's eos_token_id replaces the config's list."""
+    import torch
+
+    from lorachat.core import prompts
+    from lorachat.scoring import locality
+
+    session = make_session()
+    session.settings.repetition_penalty = 1.0
+    ids = prompts.prompt_ids(session.tokenizer, session.instruction, "What is SOH?")
+    with torch.no_grad():
+        first = int(session.model(input_ids=torch.tensor([ids])).logits[0, -1].argmax())
+    assert first != session.tokenizer.eos_token_id and session.ask("What is SOH?") != ""
+    config = session.loaded.model.generation_config
+    config.eos_token_id = [session.tokenizer.eos_token_id, first]
+    # it stops right after that token (shown here: a real end token is special, so not shown)
+    assert session.ask("What is SOH?") == session.tokenizer.decode([first]).strip() and not session.last_answer_cut
+    assert locality.greedy(session.model, session.tokenizer, [ids]) == [[first]]
