@@ -107,7 +107,7 @@ def gate_routes(session, questions: list[str]) -> tuple[list, list[float]]:
 
 def measure(args, name: str, seed: int, cache) -> list[dict]:
     from bench.kit.workspace import command
-    from lorachat.adapters import gate, side_by_side
+    from lorachat.adapters import side_by_side
     from lorachat.lessons import jsonl
     from lorachat.core.prompts import DEFAULT_INSTRUCTION, Example
     from lorachat.scoring import locality

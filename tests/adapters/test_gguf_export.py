@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.helpers import lora_config, model_dir, shelve, write_gguf
+from tests.helpers import model_dir, shelve, write_gguf
 
 IDS = [[2, 50, 60, 70, 80, 90]]
 EVERY_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
