@@ -58,7 +58,7 @@ def import_examples(source: str, options: ImportOptions, instruction: str) -> Im
         fmt = detect_format(columns) if options.format == "auto" else options.format
         result = Imported([], fmt, columns)
         mapper = MAPPERS[fmt]
-        for row in rows:
+        for row in _decoded(rows, source):
             try:
                 mapped = mapper(row, instruction)
             except Skip as why:
@@ -69,6 +69,15 @@ def import_examples(source: str, options: ImportOptions, instruction: str) -> Im
                 del result.examples[options.limit:]
                 break
     return result
+
+
+def _decoded(rows, source: str):
+    """The rows, where pyarrow's reading of text that is not UTF-8 (stored as read) is one line."""
+    try:
+        yield from rows
+    except UnicodeDecodeError as exc:
+        bad = exc.object[exc.start:exc.start + 1].hex()
+        raise LorachatError(f"cannot import {source}: it holds text that is not UTF-8 (byte 0x{bad})") from None
 
 
 def detect_format(columns: list[str]) -> str:
@@ -135,7 +144,33 @@ def _builder(path: Path) -> str:
         raise LorachatError(f"cannot import {path}: unknown file type '{path.suffix}' (use .json, .jsonl, .csv or .parquet)")
     if path.stat().st_size == 0:
         raise LorachatError(f"cannot import {path}: the file is empty")
+    if builder == "json":
+        _check_first_row(path)
     return builder
+
+
+def _check_first_row(path: Path) -> None:
+    """datasets' JSON reader (pyarrow) kills the process, a segfault with no message, when the first
+    row is null: the first row (of a JSON array, or the first line of JSON lines) must be an object.
+    Only the file's first MiB is read; a first row that does not parse there is left to the reader."""
+    import json
+
+    with open(path, "rb") as handle:
+        raw = handle.read(1 << 20).decode("utf-8", errors="replace")
+    head = raw.lstrip("\ufeff \t\r\n")
+    if head.startswith("["):
+        where, text = "its first row", head[1:].lstrip()
+    else:   # JSON lines: counted from 1, blank lines before it included, as :import numbers a bad line
+        where, text = f"line {raw[:len(raw) - len(head)].count(chr(10)) + 1}", head
+    if not text or text.startswith(("]", "{")):
+        return
+    try:
+        value, _ = json.JSONDecoder().raw_decode(text)
+    except ValueError:
+        return
+    shown = json.dumps(value)[:40]
+    raise LorachatError(f"cannot import {path}: {where} is {shown}, not a JSON object "
+                        "(each row an object such as {\"input\": ..., \"output\": ...})")
 
 
 def _open_hub(source: str, options: ImportOptions):
