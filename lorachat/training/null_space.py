@@ -8,8 +8,9 @@ lora_A is kept orthogonal to them (projected at the start and after every optimi
 from lorachat.core.errors import LorachatError
 
 
-def covariances(model, items, base, batch: int = 16) -> dict:
-    """{a LoRA layer's name: X^T X (float32) of the inputs it sees} over the tokens of `items`
+def covariances(model, items, base, batch: int = 16, adapter: str | None = None) -> dict:
+    """{a LoRA layer's name (of `adapter` when given; other loaded adapters may target other layers):
+    X^T X (float32) of the inputs it sees} over the tokens of `items`
     ((input_ids, labels) of the anchors with the base's answers; padding left out), `batch` rows a
     pass, under `base()` (the model answering as the base: the layer is called, its LoRA branch is not)."""
     import torch
@@ -18,7 +19,7 @@ def covariances(model, items, base, batch: int = 16) -> dict:
 
     sums, hooks, batch_mask = {}, [], {}
     for name, module in model.named_modules():
-        if isinstance(getattr(module, "lora_A", None), torch.nn.ModuleDict):
+        if isinstance(getattr(module, "lora_A", None), torch.nn.ModuleDict) and (adapter is None or adapter in module.lora_A):
             def hook(mod, args, name=name):
                 x = args[0].detach()   # (rows, tokens, width), or flattened (OPT's fc1 sees rows*tokens)
                 x = x.reshape(-1, x.shape[-1])[batch_mask["now"]].float()
@@ -48,7 +49,7 @@ class Projection:
 
         self.eps, self.pairs, self.dims = eps, [], []   # dims: each layer's null space, in dimensions
         modules = dict(model.named_modules())
-        for name, cov in covariances(model, items, base).items():
+        for name, cov in covariances(model, items, base, adapter=adapter).items():
             values, vectors = torch.linalg.eigh(cov.double())  # ascending
             values = values.clamp(min=0)
             spare = vectors[:, values.cumsum(0) <= eps * values.sum()]

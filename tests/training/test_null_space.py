@@ -71,9 +71,11 @@ def test_null_space_is_a_train_key_that_asks_for_the_anchors_and_measures_ungate
 
     session = make_session()
     transcript(session, [":add What is SOH? => A hardmask.", ":add What is SiON? => A nitride."])
-    code, out = transcript(session, [":train ns null_space=0.05 steps=2 until=steps probes=8 anchors=0"])
+    code, out = transcript(session, [":train other targets=lm_head steps=1 until=steps probes=0 anchors=0",  # loaded beside it
+                                     ":train ns null_space=0.05 steps=2 until=steps probes=8 anchors=0"])
     assert code == 0 and "ungated, as :export, lorachat serve and a GGUF export serve it: kept" in out, out
     meta = json.loads((home / "adapters" / "ns" / "lorachat.json").read_text())
+    assert "lm_head" not in meta["train"]["targets"]
     assert meta["train"]["null_space"] == 0.05 and meta["train"]["anchor_tokens"] == 64 and meta["ungated"]["probes"] == 8
     code, out = transcript(session, [":train bad null_space=2"])
     assert "error: null_space" in out and "Traceback" not in out, out
