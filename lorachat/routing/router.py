@@ -125,7 +125,8 @@ def _unrouted(keys: Keys, key: Key, read, without) -> Key | None:
 def _decided(model, tokenizer, keys: Keys, question: str, read, taught: int | None, at: float, without) -> Decision:
     if taught is not None:   # asked as taught: no reading needed
         key = keys.keys[taught]
-        return Decision(key, keys.asks(key), key, 1.0, key if key.answer is not None else None, 1.0,
+        checked = key if key.answer is not None else None   # a key recorded without its answer has no check
+        return Decision(key, keys.asks(key), key, 1.0, checked, 1.0 if checked is not None else None,
                         alone=keys.trained(key).alone)
     if len(without) >= len(keys.keys):
         return Decision(None, None, None)

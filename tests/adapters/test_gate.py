@@ -271,3 +271,12 @@ def test_unroute_sends_the_last_question_back_to_the_base_for_good(shelved, tran
     code, out = transcript(session, [f":add {SAME_WORDS} => {ANSWER}"])
     assert code == 0 and "it now answers this question too" in out, out
     assert answer_of(transcript, session, [SAME_WORDS]) == own and json.loads(meta.read_text())["not_keys"] == []
+
+
+def test_why_of_an_adapter_recorded_with_its_questions_alone(shelved, transcript):
+    """lorachat.json written before `keys`: `questions` only, no answers, so nothing is checked."""
+    meta = paths.adapter_path(shelved, "c") / "lorachat.json"
+    meta.write_text(json.dumps(dict(json.loads(meta.read_text()), questions=[TAUGHT])))
+    code, out = transcript(shelved, [":set gate=on", ":use c", TAUGHT, ":why"])
+    assert code == 0 and "Traceback" not in out, out
+    assert f"answered by adapter 'c', asked its taught question {TAUGHT!r}" in out and "check:" not in out
