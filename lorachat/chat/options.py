@@ -52,6 +52,8 @@ def _convert(field: dataclasses.Field, hint, raw: str):
                 return False
             raise ValueError
         if hint is int:
+            if len(raw) > 40:   # int() refuses over 4300 digits with its own ValueError; no setting needs 40
+                raise ValueError
             return int(raw)
         if hint is float:
             value = float(raw)
@@ -60,7 +62,7 @@ def _convert(field: dataclasses.Field, hint, raw: str):
             return value
     except ValueError:
         kind = {bool: "on or off", int: "a whole number", float: "a number"}[hint]
-        raise LorachatError(f"{name}={raw!r}: expected {kind}") from None
+        raise LorachatError(f"{name}={raw[:40]!r}: expected {kind}") from None
     return raw
 
 

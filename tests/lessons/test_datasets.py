@@ -127,7 +127,8 @@ BAD_INPUT = [":add", ":add no arrow", ":add => answer only", ":add question only
              ":fix", ":fix   ", ":drop", ":drop 0", ":drop -1", ":drop x", ":drop 1 2", ":drop 99", ":examples x",
              ":examples 0", ":examples 1 2", ":examples 'unbalanced", ":undo", ":undo 1", ":datasets x",
              ":dataset a b", ":dataset ..", ":import", ":import a b", ":import x.json limit=abc",
-             ":import x.json limit=-1", ":import x.json foo=1", ":import x.json format=yaml", ":import x.json limit=1 limit=2"]
+             ":import x.json limit=-1", ":import x.json foo=1", ":import x.json format=yaml", ":import x.json limit=1 limit=2",
+             f":drop {'9' * 5000}", ":examples ²", f":examples {'9' * 5000}", f":import x.json limit={'9' * 5000}"]   # int(): 4300 digits
 
 
 def test_bad_input_gets_one_line_and_writes_nothing(make_session, transcript, home):

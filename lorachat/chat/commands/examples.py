@@ -194,7 +194,7 @@ def _warn_if_too_long(session, example: Example, number: int) -> None:
 def examples(session, args):
     """Show the current dataset's last N examples (10 by default, or all), numbered for :drop."""
     words = options.split_words(args)
-    if len(words) > 1 or words and words[0] != "all" and not (words[0].isdigit() and int(words[0]) > 0):
+    if len(words) > 1 or words and words[0] != "all" and not _number(words[0]):
         raise LorachatError(f":examples takes a number (1 or more) or 'all' (got {args[:40]!r})")
     current = jsonl.load_dataset(session.home, session.dataset)
     total = len(current.examples)
@@ -211,6 +211,11 @@ def examples(session, args):
             else:
                 session.ui.line(f"{number}. [{_clip(instruction, 60)}] {_clip(question)} {ARROW} {_clip(answer)}")
     note_bad_lines(session, current, always=True)
+
+
+def _number(word: str) -> bool:
+    """A whole number from 1 written in ASCII digits (int() takes '٣' and refuses '²' and 5000 digits)."""
+    return word.isascii() and word.isdigit() and len(word) < 19 and int(word) > 0
 
 
 def _fields(example: Example) -> list[str]:
@@ -232,7 +237,7 @@ def _after(example: Example) -> str:
 def drop(session, args):
     """Remove example N (as :examples numbers it) from the current dataset, and say what it was."""
     words = options.split_words(args)
-    if len(words) != 1 or not words[0].isdigit() or int(words[0]) < 1:
+    if len(words) != 1 or not _number(words[0]):
         raise LorachatError(f"write :drop N, with N an example number from :examples (got {args[:40]!r})")
     removed, left = jsonl.remove_example(session.home, session.dataset, int(words[0]),
                                             session.extensions.get("recorded", ()))
