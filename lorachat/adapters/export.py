@@ -15,8 +15,10 @@ def export(session, name: str, directory: Path) -> tuple[list[str], Path]:
     tokenizer). The live model is not changed: merged tensors are new ones."""
     check_name(name, "adapter")
     target = Path(directory).expanduser()
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise LorachatError(f"{target} already exists and is not an empty directory")
+    if target.exists() and not target.is_dir():
+        raise LorachatError(f"{target} is a file, not a folder: give a new or empty folder to export to")
+    if target.exists() and any(target.iterdir()):
+        raise LorachatError(f"{target} already exists and is not an empty folder")
     notes = live.load_all(session, [name])
     scale = live.scale_of(session, name)
     if scale != 1.0:

@@ -158,7 +158,12 @@ def test_export_reloads_anywhere_and_leaves_the_live_model_alone(shelved_float32
     assert any(p.suffix == ".safetensors" for p in (tmp_path / "out").iterdir())
     assert base_hash(session) == original and torch.equal(logits(session), adapter_logits)
     code, out = transcript(session, [f":export a {tmp_path / 'out'}"])
-    assert code == 1 and "already exists and is not an empty directory" in out
+    assert code == 1 and "already exists and is not an empty folder" in out
+    (tmp_path / "file").write_text("mine")
+    code, out = transcript(session, [f":export a {tmp_path / 'file'}", ":export a ''", ':export a "out\x00x"',
+                                     ':export a "out\x00x.gguf"'], keep_going=True)
+    assert out.count("\nerror: ") == 4 and "Traceback" not in out, out
+    assert f"{tmp_path / 'file'} is a file, not a folder" in out and "'' is not a usable path" in out
 
 
 def test_plain_peft_adapters_work_both_ways(shelved_float32, transcript):
