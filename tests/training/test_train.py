@@ -253,6 +253,20 @@ def test_bad_input_gets_one_line_and_writes_nothing(make_session, transcript, ho
     assert sorted(p.name for p in home.iterdir()) == ["datasets"]
 
 
+def test_a_file_or_a_dead_link_in_the_way_of_a_name_is_said_before_training(make_session, transcript, home):
+    """Trained, such an adapter could not be saved there, and :delete knows no adapter by that name."""
+    from lorachat.adapters import live
+
+    write_dataset(home, "default", PAIRS[:1])
+    (home / "adapters").mkdir()
+    (home / "adapters" / "stray").write_text("mine")
+    (home / "adapters" / "dead").symlink_to(home / "nowhere")
+    session = make_session()
+    code, out = transcript(session, [":train stray steps=1 until=steps", ":train dead steps=1 until=steps"], keep_going=True)
+    assert code == 1 and "adapters/stray is a file, not an adapter: choose another name" in out, out
+    assert "adapters/dead is a link to nothing, not an adapter" in out and live.peft_model(session) is None
+
+
 def test_until_steps_runs_them_all_and_names_follow_the_dataset(make_session, transcript, home):
     write_dataset(home, "default", PAIRS[:2])
     session = make_session()
