@@ -72,6 +72,8 @@ def parse_line(text: str) -> Example:
         return Example(text=obj["text"])
     if not isinstance(obj.get("output"), str):
         raise ValueError('has no "output" string (nor a "text")')
+    if not obj["output"].strip():   # :add and :import refuse an empty answer: trained, it teaches an answer to stop at once
+        raise ValueError('has an empty "output"')
     for key in ("instruction", "input"):
         if obj.get(key) is not None and not isinstance(obj[key], str):
             raise ValueError(f'has an "{key}" that is not a string')
@@ -92,6 +94,8 @@ def format_line(example: Example) -> bytes:
     """The JSON line for an example, newline included; readable UTF-8, one physical line."""
     if example.text is not None:
         obj = {"text": example.text}
+    elif not example.output.strip():   # parse_line would not read it back
+        raise LorachatError("the example's answer is empty")
     else:
         obj = {"instruction": example.instruction, "input": example.input, "output": example.output}
         if example.history:

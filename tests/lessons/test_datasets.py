@@ -145,20 +145,20 @@ def test_corrupt_line_in_the_middle_is_reported_and_never_rewritten(make_session
     path = folder / "broken.jsonl"
     good = json.dumps({"instruction": "i", "input": "q1", "output": "a1"}).encode()
     content = b"\n".join([good, b'{"input": "q2", "outp', b"\xff\xfe junk", b"[1, 2]", b"[" * 100_000,
-                          b"", json.dumps({"text": "t"}).encode()]) + b"\n"
+                          b"", json.dumps({"text": "t"}).encode(), b'{"input": "q3", "output": " "}']) + b"\n"
     path.write_bytes(content)
     loaded = jsonl.load_dataset(home, "broken")
-    assert loaded.bad_lines == [2, 3, 4, 5]
-    assert loaded.problems[5] == "is not valid JSON (nested too deeply)"
+    assert loaded.bad_lines == [2, 3, 4, 5, 8]
+    assert loaded.problems[5] == "is not valid JSON (nested too deeply)" and loaded.problems[8] == 'has an empty "output"'
     assert loaded.examples == [Example("i", "q1", "a1"), Example(text="t")]
     session = make_session()
     code, out = transcript(session, [":dataset broken", ":examples", ":drop 1", ":datasets"], keep_going=True)
     assert code == 1
-    assert f"dataset broken: 2 examples in {path}\nwarning: {path}: 4 invalid line(s) skipped (line 2 is not valid JSON" in out
-    assert "line 3 is not UTF-8 text; line 4 is not a JSON object; and 1 more); fix or delete them in an editor" in out
+    assert f"dataset broken: 2 examples in {path}\nwarning: {path}: 5 invalid line(s) skipped (line 2 is not valid JSON" in out
+    assert "line 3 is not UTF-8 text; line 4 is not a JSON object; and 2 more); fix or delete them in an editor" in out
     assert "1. [i] q1 => a1\n2. (text) t\n" in out
     assert "> :drop 1\nerror: " in out and "never rewritten while they are there: fix or delete those lines" in out
-    assert "*  broken   2         4 invalid lines" in out
+    assert "*  broken   2         5 invalid lines" in out
     assert out.count("error: ") == 1  # only the refused :drop
     assert path.read_bytes() == content
 
@@ -248,7 +248,8 @@ def test_any_example_round_trips_through_one_line(instruction, question, answer,
     example = Example(text=text) if text is not None else Example(instruction, question, answer)
     try:
         line = jsonl.format_line(example)
-    except LorachatError:   # lone surrogates: not Unicode text, refused with one line
+    except LorachatError as exc:   # lone surrogates (not Unicode text), or an empty answer: refused with one line
+        assert "not valid Unicode" in str(exc) or text is None and not answer.strip(), exc
         return
     assert line.endswith(b"\n") and line.count(b"\n") == 1
     assert jsonl.parse_line(line.decode("utf-8")) == example
