@@ -60,6 +60,11 @@ def read_config(name: str, path: Path) -> dict:
         raise LorachatError(f"adapter '{name}': {CONFIG_FILE} has no peft_type (a LoRA adapter's says \"peft_type\": \"LORA\")")
     if kind != "LORA":
         raise LorachatError(f"adapter '{name}' is a {kind} adapter; lorachat uses LoRA adapters")
+    number = lambda value: isinstance(value, (int, float)) and not isinstance(value, bool)  # noqa: E731
+    for field, check, what in (("r", lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0, "a whole number from 1"),
+                               ("lora_alpha", lambda v: v is None or number(v), "a number")):
+        if field in config and not check(config[field]):   # PEFT would fail on it with a bare TypeError
+            raise LorachatError(f"adapter '{name}': {CONFIG_FILE} has {field}={json.dumps(config[field])[:40]}, not {what}")
     return config
 
 
