@@ -41,7 +41,7 @@ def script_lines(args) -> list[str] | None:
     lines = []
     if args.script is not None:
         try:
-            lines += args.script.read_text(encoding="utf-8", errors="replace").splitlines()  # repl strips a BOM
+            lines += args.script.read_text(encoding="utf-8", errors="surrogateescape").splitlines()  # repl strips a BOM
         except OSError as exc:
             raise LorachatError(f"cannot read script {args.script}: {exc.strerror}") from None
     lines += args.lines
@@ -49,7 +49,8 @@ def script_lines(args) -> list[str] | None:
         return lines
     if sys.stdin.isatty():  # a person typing, whatever stdout is (`lorachat | tee log`)
         return None
-    stdin = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="replace") if hasattr(sys.stdin, "buffer") else sys.stdin
+    # bytes that are not UTF-8 are kept as surrogates (as Python keeps them in -e's argv) for the REPL to refuse
+    stdin = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="surrogateescape") if hasattr(sys.stdin, "buffer") else sys.stdin
     return stdin  # read lazily, line by line
 
 

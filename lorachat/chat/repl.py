@@ -60,7 +60,8 @@ class Repl:
         ui = self.session.ui
         try:
             for line in logical_lines(lines):
-                ui.echo(line if len(line) <= 200 else line[:200] + "...")
+                shown = line if len(line) <= 200 else line[:200] + "..."
+                ui.echo(shown.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
                 if not self._scripted(line):
                     self.failed += 1
                     if not self.keep_going:
@@ -75,6 +76,10 @@ class Repl:
     def _scripted(self, line: str) -> bool:
         """One script line; Ctrl-C stops it as it stops :train in a script: the line fails with one
         line and the script goes on with --keep-going."""
+        bad = next((c for c in line if "\udc80" <= c <= "\udcff"), None)   # surrogateescape's undecodable bytes
+        if bad is not None:
+            self.session.ui.error(f"this line is not UTF-8 text (byte 0x{ord(bad) - 0xdc00:02x}); nothing was done with it")
+            return False
         try:
             return self.handle(line)
         except KeyboardInterrupt:
