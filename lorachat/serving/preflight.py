@@ -54,6 +54,9 @@ class Served:
 
 def check(name: str, path: Path, config: dict, meta: dict, architecture: str) -> Served:
     """The adapter as vLLM would take it; raises with the reason where vLLM would refuse it."""
+    if name.startswith("-"):   # --lora-modules -x=PATH: vLLM's argument parser reads it as an option
+        raise LorachatError(f"a name starting with '-' reads as an option on vLLM's command line; "
+                            f"`:rename {name} NEW` first")
     if architecture in NO_LORA:
         raise LorachatError(f"vLLM's {architecture} does not support LoRA (vllm/model_executor/models/"
                             f"{NO_LORA[architecture]} does not implement SupportsLoRA); `:export {name} DIR` writes "

@@ -118,6 +118,8 @@ def test_the_printed_max_tokens_lets_every_answer_run_as_long_as_the_repls(works
     for meta, tokens in [({"max_answer_tokens": 12}, 64), ({"max_answer_tokens": 80}, 80), ({}, 64),
                          ({"max_answer_tokens": "12"}, 64), ({"max_answer_tokens": True}, 64)]:
         assert preflight.check("films", path, config, meta, "OPTForCausalLM").max_tokens == tokens, meta
+    with pytest.raises(LorachatError, match="a name starting with '-' reads as an option on vLLM's command line"):
+        preflight.check("-x", path, config, {}, "OPTForCausalLM")   # --lora-modules -x=PATH
 
 
 def test_dry_run_serves_the_two_lorachat_adapters_and_says_why_not_the_others(workspace, capsys):
