@@ -40,12 +40,16 @@ def remove_phrasing(session, name: str, example) -> bool:
     """Take back what add_phrasing(session, name, example) recorded (`:undo` of that example): the
     phrasing goes from lorachat.json and the gate. False when it is not there (never added, or gone)."""
     instruction, question = asked(example)
+    return _remove(session, name, instruction, question, example.output.strip())
+
+
+def _remove(session, name: str, instruction: str, question: str, answer: str) -> bool:
     meta = read_meta(adapter_path(session, name)) or {}
     keys = meta.get("keys")
     if not isinstance(keys, list):
         return False
     mine = lambda r: (isinstance(r, dict) and r.get("added") and r.get("question") == question  # noqa: E731
-                      and r.get("instruction") == instruction and r.get("answer") == example.output.strip())
+                      and r.get("instruction") == instruction and r.get("answer") == answer)
     left = [r for r in keys if not mine(r)]
     if len(left) == len(keys) or not disk.record(session, name, {"keys": left}):
         return False
@@ -55,13 +59,18 @@ def remove_phrasing(session, name: str, example) -> bool:
 
 def unroute(session, name: str, question: str, decision: router.Decision) -> Key:
     """Send `question`, which adapter `name` answered by `decision`, back to the base from now on: a
-    not key for the answer it reached, written to lorachat.json (router.py, "not keys"). Returns the
-    taught key it reached."""
+    not key for the answer it reached, written to lorachat.json (router.py, "not keys"); a phrasing
+    the user added (`:add`, `:fix`) is taken back instead, and the gate decides it as any question
+    again. Returns the key it reached."""
     key = decision.key
     question = question.strip()
+    if key.question == question and key.added:
+        if not _remove(session, name, key.instruction, key.question, key.answer):
+            raise LorachatError(f"'{name}' is not saved here with its lessons, so the phrasing cannot be taken back: "
+                                f":save {name} first")
+        return key
     if key.question == question:
-        what = "a phrasing you added for" if key.added else "a question"
-        raise LorachatError(f"{question!r} is {what} '{name}' was taught, and it always answers it: to stop that, "
+        raise LorachatError(f"{question!r} is a question '{name}' was taught, and it always answers it: to stop that, "
                             f":drop its example and :train again")
     meta = read_meta(adapter_path(session, name)) or {}
     nots = [r for r in gate.not_records(meta.get("not_keys")) if r["question"].strip() != question] + \

@@ -126,6 +126,15 @@ def test_a_phrasing_recorded_for_a_taught_answer_routes_without_training(shelved
         [dict(instruction="Answer the question.", question=TAUGHT, answer=ANSWER)]
     assert answer_of(transcript, session, [phrasing]) == before
 
+    # made again, then in a later session, where :undo cannot reach it, :unroute takes the phrasing back
+    transcript(session, [f":add {phrasing} => {ANSWER}"])
+    later = make_session(workspace=session.home)
+    code, out = transcript(later, [":set max_new_tokens=12", ":set gate=on", ":set gate_at=2", ":use a", phrasing,
+                                   ":unroute", phrasing])
+    assert code == 0 and f"{phrasing!r} is no longer a phrasing of what 'a' was taught" in out, out
+    assert out.rstrip("\n").splitlines()[-1] == before
+    assert [k["question"] for k in json.loads((paths.adapter_path(session, "a") / "lorachat.json").read_text())["keys"]] == [TAUGHT]
+
 
 def test_the_gates_background_is_made_once_per_checkpoint_and_kept_on_disk(shelved, transcript, make_session, monkeypatch):
     """The base's background (the mean and spread routing/reading takes off every token) is made by

@@ -118,5 +118,9 @@ def unroute(session, args):
     if name != session.active_adapter:
         raise LorachatError(f":unroute: the last question was answered by '{name}', not the active adapter: ask it again")
     key = steering.unroute(session, name, question, decision)
+    if key.added and key.question == question.strip():
+        session.ui.line(f"{_clip(question)!r} is no longer a phrasing of what '{name}' was taught: the gate decides it "
+                        f"as any question again (:unroute once more, if it still reaches '{name}')")
+        return
     session.ui.line(f"{_clip(question)!r} now goes to the base, not to '{name}' asked {_clip(key.question)!r} "
                     f"(and so do questions nearer it than any question taught for that answer)")
