@@ -105,6 +105,7 @@ def unroute(session, args):
     are the base's. Kept in the adapter's lorachat.json, no training needed. A rephrasing of the
     taught question close to it in form can go with it: `:add` that rephrasing with the taught
     answer keeps it the adapter's (and `:add` of the sent-back question itself takes it back).
+    A phrasing you added (`:add`, `:fix`) is taken back instead: the gate decides it as any question.
     """
     no_args("unroute", args)
     last = gate.last(session)
