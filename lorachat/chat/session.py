@@ -54,6 +54,7 @@ class Session:
         self.last_answer_complete = False  # False when the last answer was stopped (Ctrl-C) midway
         self.last_answer_cut = 0           # max_new_tokens when that limit cut the last answer, else 0
         self.cleared = False               # :clear ended the conversation the last answer was given in
+        self.last_turns_read = 0           # the conversation's turns the last question was asked after
         self.turns: list[tuple[str, str]] = []   # the conversation so far: (question, answer), oldest first
         self.force = force
         self.allow_pickle = allow_pickle
@@ -97,6 +98,7 @@ class Session:
         """The token ids asking `question` now reads: after the conversation's turns that fit (when it
         is on and the question is not to be asked `alone`: a taught question the gate routed)."""
         history = self._fitting(question) if self.conversation() and not alone else []
+        self.last_turns_read = len(history)
         return prompts.prompt_ids(self.tokenizer, self.instruction, question, history)
 
     def conversation(self) -> bool:

@@ -289,3 +289,13 @@ def test_why_of_an_adapter_recorded_with_its_questions_alone(shelved, transcript
     code, out = transcript(shelved, [":set gate=on", ":use c", TAUGHT, ":why"])
     assert code == 0 and "Traceback" not in out, out
     assert f"answered by adapter 'c', asked its taught question {TAUGHT!r}" in out and "check:" not in out
+
+
+def test_why_says_the_base_read_a_question_after_the_conversations_turns(shelved, transcript):
+    """In a conversation the base's answer follows the earlier turns, a taught answer among them."""
+    teach(shelved, "a", [(TAUGHT, ANSWER)])
+    transcript(shelved, [":set max_new_tokens=4", ":set gate=on", ":set gate_at=2", ":set context=on", ":use a"])
+    code, out = transcript(shelved, [OTHER, ":why"])
+    assert code == 0 and "earlier turn" not in out, out
+    code, out = transcript(shelved, [TAUGHT, OTHER, ":why"])
+    assert code == 0 and "the base read it after the conversation's 2 earlier turns, whose answers it may repeat" in out, out

@@ -79,6 +79,10 @@ def why(session, args):
                         f"sent back to the base with :unroute, as to any question taught for that answer")
     else:
         session.ui.line(f"{said} the base, not adapter '{name}': it asks nothing '{name}' was taught, as the gate reads it")
+    if decision.key is None and session.last_turns_read:   # what the base answered follows the turns, taught answers too
+        count = session.last_turns_read
+        session.ui.line(f"  the base read it after the conversation's {count} earlier turn{'s' if count > 1 else ''}, "
+                        "whose answers it may repeat (:clear starts afresh; :set context=off asks each question alone)")
     if decision.nearest is not None:
         session.ui.line(f"  nearest taught question: {_clip(decision.nearest.question)!r}, coverage "
                         f"{decision.coverage:.2f} (checked from {SHORTLIST:g})")
