@@ -30,7 +30,8 @@ def _details(session):
     if isinstance(used, (set, list)) and sorted(used) != [recipe.DEFAULTS.targets]:
         for row in rows:
             if row[0] == "targets":
-                row[1:] = [",".join(sorted(used)), f"{row[2]} (on this model: {recipe.DEFAULTS.targets} by its own name)"]
+                row[1:] = [",".join(sorted(used)), f"{row[2]} (the default, {recipe.DEFAULTS.targets} in OPT's names, is "
+                                                   f"{','.join(sorted(used))} on this model)"]
     session.ui.table(["key", "default", "meaning"], rows)
 
 
