@@ -166,10 +166,18 @@ def lessons(session, name: str) -> str | None:
         return None
     back = _background(session)
     with _as_base(session):
-        kept, total, found, phrasings = router.apart(session.model, session.tokenizer, keys, back, session.settings.gate_at)
+        kept, total, found, phrasings, mixed = router.apart(session.model, session.tokenizer, keys, back, session.settings.gate_at)
     # kept: a taught question asked without its own key goes to the base, not to another taught answer
     words = f"gate: {kept}/{total} taught questions told apart (without its own key, each goes to the base, not to another taught answer)"
+    if mixed:
+        question, reached = mixed[0]
+        more = f" and {len(mixed) - 1} more" if len(mixed) > 1 else ""
+        words += f"; not apart: {_clipped(question)!r} would reach the answer of {_clipped(reached.question)!r}{more}"
     return words + (f"; {found}/{phrasings} phrasings reach their answer without their own key" if phrasings else "")
+
+
+def _clipped(text: str, width: int = 60) -> str:
+    return text if len(text) <= width else text[:width - 3] + "..."
 
 
 # --- state ---------------------------------------------------------------------------------------

@@ -168,20 +168,24 @@ def _shares(model, tokenizer, keys: Keys, listed: list[int], question: str) -> d
     return out
 
 
-def apart(model, tokenizer, keys: Keys, back: reading.Background, at: float = GATE_AT) -> tuple[int, int, int, int]:
+def apart(model, tokenizer, keys: Keys, back: reading.Background, at: float = GATE_AT) -> tuple[int, int, int, int, list]:
     """What the lessons alone say of the gate: (taught questions the other answers' keys leave to
     the base, of how many; phrasings that reach their own answer without their own key, of how
-    many). Each taught question is a look-alike of the others' (another subject in the same form:
-    "What is SION ...?" beside "What is SOH ...?"); a phrasing is a question whose answer another
-    key also has."""
+    many; (taught question, the key it reached) for each not left to the base). Each taught question
+    is a look-alike of the others' (another subject in the same form: "What is SION ...?" beside
+    "What is SOH ...?"); a phrasing is a question whose answer another key also has."""
     kept = total = found = phrasings = 0
+    mixed = []
     for i, key in enumerate(keys.keys):
         if key.answer is None:
             continue
         same = [j for j, k in enumerate(keys.keys) if k.answer == key.answer and k.instruction == key.instruction]
         total += 1
-        kept += decide(model, tokenizer, keys, back, key.question, at, without=set(same)).key is None
+        reached = decide(model, tokenizer, keys, back, key.question, at, without=set(same)).key
+        kept += reached is None
+        if reached is not None:
+            mixed.append((key.question, reached))
         if len(same) > 1:
             phrasings += 1
             found += (decide(model, tokenizer, keys, back, key.question, at, without={i}).key or Key("")).answer == key.answer
-    return kept, total, found, phrasings
+    return kept, total, found, phrasings, mixed

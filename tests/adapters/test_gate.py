@@ -299,3 +299,17 @@ def test_why_says_the_base_read_a_question_after_the_conversations_turns(shelved
     assert code == 0 and "earlier turn" not in out, out
     code, out = transcript(shelved, [TAUGHT, OTHER, ":why"])
     assert code == 0 and "the base read it after the conversation's 2 earlier turns, whose answers it may repeat" in out, out
+
+
+def test_the_lessons_line_names_a_taught_question_that_would_reach_another_answer(shelved, transcript):
+    """:train's and :eval's gate line: a taught question that, without its own key, passes another's check."""
+    from lorachat.adapters import gate
+
+    teach(shelved, "a", [(TAUGHT, ANSWER), (SAME_WORDS, "Another.")])
+    transcript(shelved, [":set gate=on", ":use a"])
+    transcript(shelved, [":set gate_at=-1"])   # (nearly) every check passes: nothing is told apart
+    said = gate.lessons(shelved, "a")
+    assert said.startswith("gate: 0/2 taught questions told apart") and \
+        f"; not apart: {TAUGHT!r} would reach the answer of {SAME_WORDS!r} and 1 more" in said, said
+    transcript(shelved, [":set gate_at=2"])   # none passes: each goes to the base
+    assert "not apart" not in gate.lessons(shelved, "a")
