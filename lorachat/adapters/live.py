@@ -194,7 +194,8 @@ def _load_checked(session, name: str, path) -> None:
         current.set_active(session.active_adapter)
     except (ValueError, RuntimeError, OSError, KeyError, TypeError, SafetensorError) as exc:
         _undo_load(session, name, model)
-        raise LorachatError(f"cannot load adapter '{name}': {provenance.brief(exc)}") from None
+        why = f"missing {exc.args[0]!r}" if isinstance(exc, KeyError) and exc.args else provenance.brief(exc)   # str(KeyError): the key alone
+        raise LorachatError(f"cannot load adapter '{name}': {why}") from None
     except BaseException:
         _undo_load(session, name, model)
         raise

@@ -46,6 +46,8 @@ def test_broken_adapters_are_refused_and_change_nothing(shelved, transcript, wra
     meta.write_text(json.dumps(dict(json.loads(meta.read_text()), base_model="facebook/opt-125m", base_fingerprint="sha256:0123")))
     config = clone(session, "b", "wrongrank") / "adapter_config.json"
     config.write_text(json.dumps(dict(json.loads(config.read_text()), r=8)))  # tensors are r=4: PEFT fails mid-load
+    config = clone(session, "b", "nohead") / "adapter_config.json"   # its weights hold no lm_head copy
+    config.write_text(json.dumps(dict(json.loads(config.read_text()), modules_to_save=["lm_head"])))
     config = clone(session, "b", "badalpha") / "adapter_config.json"
     config.write_text(json.dumps(dict(json.loads(config.read_text()), lora_alpha="x")))
     foreign = clone(session, "b", "llama") / "adapter_model.safetensors"
@@ -53,9 +55,9 @@ def test_broken_adapters_are_refused_and_change_nothing(shelved, transcript, wra
 
     save_file({k.replace("model.decoder.layers", "model.layers"): v for k, v in load_file(foreign).items()}, foreign)
     before = state(session)
-    code, out = transcript(session, [f":use {n}" for n in ("truncated", "noconfig", "badjson", "elsewhere", "wrongrank", "llama", "nothere", "notype", "badalpha")], keep_going=True)
+    code, out = transcript(session, [f":use {n}" for n in ("truncated", "noconfig", "badjson", "elsewhere", "wrongrank", "llama", "nothere", "notype", "badalpha", "nohead")], keep_going=True)
     errors = [line for line in out.splitlines() if line.startswith("error: ")]
-    assert code == 1 and len(errors) == 9 and "Traceback" not in out
+    assert code == 1 and len(errors) == 10 and "Traceback" not in out
     assert "adapter_model.safetensors is corrupt or truncated" in errors[0]
     assert "has no adapter_config.json" in errors[1]
     assert "adapter_config.json is unreadable or not JSON" in errors[2]
@@ -65,6 +67,7 @@ def test_broken_adapters_are_refused_and_change_nothing(shelved, transcript, wra
     assert "no adapter named 'nothere'" in errors[6]
     assert errors[7] == "error: adapter 'notype': adapter_config.json has no peft_type (a LoRA adapter's says \"peft_type\": \"LORA\")"
     assert errors[8] == "error: adapter 'badalpha': adapter_config.json has lora_alpha=\"x\", not a number"
+    assert errors[9] == "error: cannot load adapter 'nohead': missing 'base_model.model.lm_head.weight'"
     assert_unchanged(session, before)
     # --force overrides the fingerprint only
     session.force = True
