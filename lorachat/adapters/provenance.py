@@ -107,7 +107,7 @@ def check_base(session, name: str, meta: dict | None, config: dict, fingerprint:
     `damaged`: a lorachat.json is there but unreadable."""
     if meta is None or not meta.get("base_fingerprint"):
         made_for = config.get("base_model_name_or_path") or "an unknown base model"
-        has = "a damaged" if meta is None and damaged else "no"
+        has = "a damaged" if damaged or meta is not None else "no"   # one without base_fingerprint is no record either
         return [f"adapter '{name}' has {has} {META_FILE}: its provenance is unknown (its config names {made_for!r})"]
     stored = meta["base_fingerprint"]
     if stored == fingerprint or legacy is not None and stored == legacy():

@@ -144,3 +144,6 @@ def test_a_damaged_lorachat_json_is_called_damaged_not_missing(shelved, transcri
     assert code == 0 and "adapter 'badmeta' has a damaged lorachat.json: its provenance is unknown" in out, out
     (row,) = [r for r in out.splitlines() if r.startswith("*")]
     assert "unknown (damaged lorachat.json)" in row, out
+    (clone(shelved, "b", "emptymeta") / "lorachat.json").write_text("{}")   # JSON, but no record: the same words
+    code, out = transcript(shelved, [":use emptymeta"])
+    assert code == 0 and "adapter 'emptymeta' has a damaged lorachat.json: its provenance is unknown" in out, out
