@@ -127,6 +127,7 @@ def evaluate(session, names: list[str], encoded, on_batch=None, probes=(), optio
                 rows.append((n, loss, sum(flags.values()), kept))
     finally:
         live.activate(session, previous if previous in live.loaded_names(session) else None)
+        live.make_room(session, keep={session.active_adapter}, extra=0)   # evaluated together, kept to max_loaded after
     return notes, rows
 
 

@@ -263,6 +263,8 @@ def test_max_loaded_1_keeps_one_adapter_loaded(shelved, transcript):
     assert live.loaded_names(session) == ["a"]
     transcript(session, [":add q => a", ":train t steps=1 until=steps"])
     assert live.loaded_names(session) == ["t"] and session.active_adapter == "t"
+    code, out = transcript(session, [":eval a b builtin=0"])   # evaluated together, then back to one
+    assert code == 0 and live.loaded_names(session) == ["t"], out
 
 
 def test_export_says_a_live_scale_was_merged_in_and_named_adapters_have_peft_readme(shelved, transcript, home, tmp_path):
