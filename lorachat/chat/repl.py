@@ -4,6 +4,7 @@ Lines come from an iterable (scripts, stdin, tests) or from prompt_toolkit on a 
 the one error boundary: LorachatError becomes `error: ...`; anything else is a bug and propagates
 with its traceback.
 """
+import re
 import sys
 import traceback
 from pathlib import Path
@@ -12,6 +13,9 @@ from lorachat.chat.commands import COMMANDS, QuitSession, run_command, split_com
 from lorachat.core.errors import LorachatError
 
 BLOCK = '"""'
+
+
+CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")   # not echoed raw: ESC would drive the terminal showing the transcript
 
 
 def logical_lines(lines, skip_comments: bool = True):
@@ -61,7 +65,8 @@ class Repl:
         try:
             for line in logical_lines(lines):
                 shown = line if len(line) <= 200 else line[:200] + "..."
-                ui.echo(shown.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
+                shown = shown.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+                ui.echo(CONTROLS.sub(lambda m: "^" + chr(ord(m.group()) ^ 0x40), shown))   # ESC as ^[, as terminals show it
                 if not self._scripted(line):
                     self.failed += 1
                     if not self.keep_going:

@@ -80,7 +80,7 @@ def test_huge_line_gets_one_line(make_session, transcript):
 
 def test_binary_junk_on_stdin(home):
     junk = (b":set max_new_tokens=4\n" + bytes(range(256)) * 3 + b"\n\xff\xfe\x00:set \x00\x01=\xff\n:\x80\x81\n:\x01\x02\n"
-            b":add Q\xff? => A.\n")
+            b":add Q\xff? => A.\n:set \x1b[31mred\x07\n")
     proc = subprocess.run([sys.executable, "-m", "lorachat", "--model", "tiny", "--home", str(home), "--keep-going"],
                           input=junk, capture_output=True, timeout=180)
     assert b"Traceback" not in proc.stderr + proc.stdout
@@ -88,4 +88,5 @@ def test_binary_junk_on_stdin(home):
     assert b"error: unknown command" in proc.stdout
     assert b"> :add Q\xef\xbf\xbd? => A.\nerror: this line is not UTF-8 text (byte 0xff)" in proc.stdout
     assert not (home / "datasets").exists()
+    assert b"> :set ^[[31mred^G\n" in proc.stdout   # echoed as a terminal shows control keys, not driving it
     assert proc.stdout.count(b"error: ") == proc.stdout.count(b"\nerror: ")  # each at a line start
