@@ -7,7 +7,7 @@ import pytest
 
 from lorachat.core.prompts import Example
 from lorachat.lessons import jsonl
-from lorachat.lessons.importers import detect_format
+from lorachat.lessons.formats import detect_format
 
 ASK = "Answer the question."
 

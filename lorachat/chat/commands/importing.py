@@ -10,7 +10,8 @@ from lorachat.core.errors import LorachatError
 from lorachat.core.names import check_name
 from lorachat.core.prompts import example_ids
 from lorachat.lessons import jsonl
-from lorachat.lessons.importers import FORMATS, ImportOptions, import_examples
+from lorachat.lessons.formats import FORMATS
+from lorachat.lessons.importers import ImportOptions, import_examples
 
 
 def _import_details(session):
