@@ -49,9 +49,8 @@ def script_lines(args) -> list[str] | None:
         return lines
     if sys.stdin.isatty():  # a person typing, whatever stdout is (`lorachat | tee log`)
         return None
-    # bytes that are not UTF-8 are kept as surrogates (as Python keeps them in -e's argv) for the REPL to refuse
-    stdin = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="surrogateescape") if hasattr(sys.stdin, "buffer") else sys.stdin
-    return stdin  # read lazily, line by line
+    # bytes that are not UTF-8 stay surrogates (as in -e's argv) for the REPL to refuse; read lazily, line by line
+    return io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="surrogateescape") if hasattr(sys.stdin, "buffer") else sys.stdin
 
 
 def main(argv=None) -> int:

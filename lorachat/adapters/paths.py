@@ -27,6 +27,15 @@ def saved_names(session) -> list[str]:
     return sorted(p.name for p in entries if p.is_dir() and not p.name.startswith("."))
 
 
+def check_nothing_in_the_way(session, name: str) -> None:
+    """Refuses a new adapter `name` whose folder is taken by a file or a dead link: trained, it could
+    not be saved there, and no command knows it as an adapter."""
+    path = adapter_path(session, name)
+    if path.is_symlink() and not path.exists() or path.exists() and not path.is_dir():
+        what = "a link to nothing" if not path.exists() else "a file"
+        raise LorachatError(f"{path} is {what}, not an adapter: choose another name, or move it away")
+
+
 def check_loadable_name(name: str) -> str:
     """A name PEFT can hold in memory: PEFT keys adapters inside module paths, where '.' separates
     parts, and as keys of torch ModuleDicts, whose own attributes ('items', 'keys', 'train' ...)

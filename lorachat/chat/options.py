@@ -8,6 +8,7 @@ import dataclasses
 import shlex
 import types
 import typing
+from pathlib import Path
 
 from lorachat.core.errors import LorachatError, did_you_mean
 
@@ -21,6 +22,13 @@ def split_words(text: str) -> list[str]:
         return shlex.split(text)
     except ValueError as exc:
         raise LorachatError(f"cannot read arguments: {exc}") from None
+
+
+def path_word(word: str, command: str) -> Path:
+    """A path typed for `command`: not empty, no NUL byte (the system refuses it with a ValueError)."""
+    if not word.strip() or "\x00" in word:
+        raise LorachatError(f"{command}: {word[:40]!r} is not a usable path")
+    return Path(word)
 
 
 def split_kv(words: list[str]) -> tuple[list[str], dict[str, str]]:

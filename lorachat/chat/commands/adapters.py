@@ -252,7 +252,7 @@ def save(session, args):
             raise LorachatError(f"adapter '{name}' is saved already, in {paths.adapter_path(session, name)}")
         raise LorachatError(f"no unsaved adapter named '{name}' (unsaved: {', '.join(sorted(unsaved)) or 'none'})")
     if len(words) == 2:
-        path = disk.save(session, name, meta, target=_path(words[1], ":save"))
+        path = disk.save(session, name, meta, target=options.path_word(words[1], ":save"))
         still = not paths.adapter_path(session, name).exists()
         session.ui.line(f"saved adapter '{name}' to {path}" + (f"; it is still unsaved in the workspace (copy that "
                                                                f"folder to adapters/{name})" if still else ""))
@@ -281,7 +281,7 @@ def export(session, args):
         if rest or pairs:
             raise LorachatError(f":export: unexpected argument {(rest or [f'{k}={v}' for k, v in pairs.items()])[0][:40]!r} "
                                 f"(adapter and quant= are for a FILE.gguf); usage: {usage}")
-        notes, path = export_model(session, name, _path(target, ":export"))
+        notes, path = export_model(session, name, options.path_word(target, ":export"))
         _notes(session, notes)
         session.ui.line(f"exported '{name}' merged into the base to {path}")
         session.ui.line(travel.gate_line(name, _meta(session, name), live.scale_of(session, name)))
@@ -289,18 +289,11 @@ def export(session, args):
     if rest not in ([], ["adapter"]) or set(pairs) - {"quant"}:
         odd = [w for w in rest if w != "adapter"] + [f"{k}=" for k in pairs if k != "quant"]
         raise LorachatError(f":export: unexpected argument {odd[0][:40]!r}; usage: {usage}")
-    notes, lines = export_gguf(session, name, _path(target, ":export"), "adapter" if rest else "merged", pairs.get("quant"),
+    notes, lines = export_gguf(session, name, options.path_word(target, ":export"), "adapter" if rest else "merged", pairs.get("quant"),
                                progress=session.ui.note)
     _notes(session, notes)
     for line in lines:
         session.ui.line(line)
-
-
-def _path(word: str, command: str) -> Path:
-    """A path typed for `command`: not empty, no NUL byte (the system refuses it with a ValueError)."""
-    if not word.strip() or "\x00" in word:
-        raise LorachatError(f"{command}: {word[:40]!r} is not a usable path")
-    return Path(word)
 
 
 def _meta(session, name: str) -> dict:

@@ -140,12 +140,9 @@ def parse(args: str) -> tuple[str | None, recipe.TrainConfig]:
 def _parse(session, args) -> tuple[str, recipe.TrainConfig]:
     name, config = parse(args)
     if name is not None:
-        path = paths.adapter_path(session, name)
-        if name in live.known_names(session) or path.is_dir():
+        if name in live.known_names(session) or paths.adapter_path(session, name).is_dir():
             raise LorachatError(f"an adapter named '{name}' already exists (choose another name, or :delete {name})")
-        if path.is_symlink() or path.exists():   # trained, it could not be saved there
-            what = "a link to nothing" if not path.exists() else "a file"
-            raise LorachatError(f"{path} is {what}, not an adapter: choose another name, or move it away")
+        paths.check_nothing_in_the_way(session, name)
         return name, config
     return disk.free_name(session, session.dataset), config
 
