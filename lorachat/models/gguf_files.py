@@ -42,7 +42,7 @@ def convert(gguf_path: Path, work: Path, progress=print, sha256: str | None = No
     source_sha256 = sha256 or sha256_of(gguf_path)
     where = dict(pretrained_model_name_or_path=str(gguf_path.parent), gguf_file=gguf_path.name)
     try:
-        with _quiet():
+        with _quiet(), read_once():
             tokenizer = AutoTokenizer.from_pretrained(**where)
             loaded = AutoModelForCausalLM.from_pretrained(**where, dtype=torch.float32)
     except (OSError, ValueError, KeyError, NotImplementedError, struct.error) as exc:
@@ -127,6 +127,36 @@ def _check_folder(work: Path, tokenizer) -> None:
         raise LorachatError(f"the converted folder {work} lacks {', '.join(missing)}")
     if AutoTokenizer.from_pretrained(work).chat_template != tokenizer.chat_template:
         raise LorachatError(f"the chat template did not survive saving the tokenizer to {work}")
+
+
+@contextlib.contextmanager
+def read_once():
+    """transformers reads a GGUF file's header anew for the config, the tokenizer and the weights, and
+    maps its tensor names by asking gguf for the architecture's name map once per module of the
+    model (397 times for SmolLM2), which gguf builds anew each time: for SmolLM2's file, 3 readers
+    of ~4 s (its 49,152-token vocabulary) and ~4 s of maps, of 18 s. Within a conversion each is made
+    once; the readers are only read (a read-only memory map), and the folder written is the same to
+    the byte."""
+    import functools
+
+    import gguf
+
+    made = gguf.GGUFReader, gguf.get_tensor_name_map
+    readers = {}
+
+    def reader(path, mode="r"):
+        key = (str(path), mode)
+        if mode != "r":
+            return made[0](path, mode)
+        if key not in readers:
+            readers[key] = made[0](path, mode)
+        return readers[key]
+
+    gguf.GGUFReader, gguf.get_tensor_name_map = reader, functools.lru_cache(maxsize=4)(made[1])
+    try:
+        yield
+    finally:
+        gguf.GGUFReader, gguf.get_tensor_name_map = made
 
 
 @contextlib.contextmanager
