@@ -169,8 +169,12 @@ def plain_peft(directory, seed, **config):
 
 # --- `lorachat train` as a process, alone or under torchrun --------------------------------------
 
-def environment():
-    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")])))
+def environment(**extra):
+    """A child process's environment: one thread each (two ranks share the two cores), this checkout
+    importable, and `extra` (e.g. LORACHAT_PROGRESS_SECONDS="0.5": a kill test waits for a progress
+    line, which would come after 5 s)."""
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")])),
+                **extra)
 
 
 def train_command(home, *words, ranks=1):

@@ -4,8 +4,12 @@ Commands talk to `session.ui` (line, error, table, answer, progress) and never t
 this module knows nothing about models or adapters.
 """
 import contextlib
+import math
+import os
 import sys
 import time
+
+PROGRESS_EVERY = 5.0   # seconds between plain progress lines, unless LORACHAT_PROGRESS_SECONDS says
 
 
 class OutputClosed(BaseException):
@@ -36,9 +40,9 @@ class PlainUI:
 
     interactive = False
 
-    def __init__(self, out=None, progress_every: float = 5.0):
+    def __init__(self, out=None, progress_every: float | None = None):
         self.out = out if out is not None else sys.stdout
-        self.progress_every = progress_every
+        self.progress_every, self._bad_every = (progress_every, None) if progress_every is not None else _progress_seconds()
 
     def line(self, text: str = "") -> None:
         self._write(text + "\n")
@@ -88,6 +92,9 @@ class PlainUI:
     def progress(self, description: str, total: int):
         """Yields update(step, **fields); prints one plain line every few seconds."""
         last = [time.monotonic()]
+        if self._bad_every:   # said once, where it matters: the session goes on at the default
+            self.line(self._bad_every)
+            self._bad_every = None
 
         def update(step: int, **fields) -> None:
             now = time.monotonic()
@@ -97,6 +104,23 @@ class PlainUI:
                 self.line(f"{description} {step}/{total}  {extra}".rstrip())
 
         yield update
+
+
+def _progress_seconds() -> tuple[float, str | None]:
+    """(seconds between plain progress lines, the line saying a bad setting was not taken): a log of
+    `lorachat train` wants fewer or more lines than a pipe read by a person, so
+    LORACHAT_PROGRESS_SECONDS may say, as a number of seconds from 0.1 up (default 5)."""
+    raw = os.environ.get("LORACHAT_PROGRESS_SECONDS")
+    if not raw:
+        return PROGRESS_EVERY, None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = math.nan
+    if not (0.1 <= seconds < math.inf):
+        return PROGRESS_EVERY, (f"error: LORACHAT_PROGRESS_SECONDS={raw[:40]!r} is not a number of seconds from 0.1 up: "
+                                f"a progress line every {PROGRESS_EVERY:g} s")
+    return seconds, None
 
 
 class QuietUI(PlainUI):

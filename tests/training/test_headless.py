@@ -21,7 +21,7 @@ def test_a_killed_rank_leaves_one_line_on_the_other_and_no_traceback_of_lorachat
 
     write_dataset(home, "films", [("Who directed Alien?", "Ridley Scott."), ("Who directed Heat?", "Michael Mann.")])
     launcher = subprocess.Popen(train_command(home, "--name", "never", "until=steps", "steps=100000", "batch=1", ranks=2),
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=environment())
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=environment(LORACHAT_PROGRESS_SECONDS="0.5"))
     try:
         seen = read_until(launcher.stdout.fileno(), b"training never", 180)
         os.kill(max(children(launcher.pid)), signal.SIGKILL)
@@ -77,6 +77,27 @@ def test_lorachat_train_workspace_errors_exit_1_naming_what_is_missing(home, cap
     assert code == 1 and "no-model" in out
 
 
+@pytest.mark.parametrize("setting, every", [("0.5", 0.5), ("soon", None), ("0", None), ("inf", None), ("", 5.0)])
+def test_progress_seconds_come_from_the_environment_and_a_bad_value_is_one_line(home, capsys, monkeypatch, setting, every):
+    """LORACHAT_PROGRESS_SECONDS: how often a plain progress line is printed (a log of `lorachat train`);
+    a value that is not seconds from 0.1 up is said once, at the first progress, and 5 s stays."""
+    from lorachat import cli
+    from tests.helpers import write_dataset
+
+    monkeypatch.setenv("LORACHAT_PROGRESS_SECONDS", setting)
+    write_dataset(home, "films", [("Who directed Alien?", "Ridley Scott.")])
+    assert cli.main(["train", "--model", "tiny", "--home", str(home), "--dataset", "films", "until=steps", "steps=1", "probes=0"]) == 0
+    out = capsys.readouterr().out
+    said = [line for line in out.splitlines() if "LORACHAT_PROGRESS_SECONDS" in line]
+    if every is None:
+        assert said == [f"error: LORACHAT_PROGRESS_SECONDS={setting!r} is not a number of seconds from 0.1 up: "
+                        "a progress line every 5 s"], out
+    else:
+        assert said == [], out
+        from lorachat.chat.ui import PlainUI
+        assert PlainUI().progress_every == every
+
+
 def test_lorachat_train_stopped_by_sigterm_says_so(home):
     import os
     import signal
@@ -86,7 +107,7 @@ def test_lorachat_train_stopped_by_sigterm_says_so(home):
 
     write_dataset(home, "films", [("Who directed Alien?", "Ridley Scott.")])
     proc = subprocess.Popen(train_command(home, "--name", "never", "until=steps", "steps=100000", "probes=0"),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=environment())
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=environment(LORACHAT_PROGRESS_SECONDS="0.5"))
     try:
         seen = read_until(proc.stdout.fileno(), b"training never", 120)
         os.kill(proc.pid, signal.SIGTERM)
