@@ -191,17 +191,26 @@ def append_examples(home: Path, name: str, examples: list[Example]) -> int:
 def _append(home: Path, name: str, data: bytes, added: int) -> tuple[int, tuple]:
     """Append `data` (`added` examples) under the folder lock; (the dataset's new count, where).
     The count is the last one read plus `added` when the file is as it was read then (the usual
-    `:add` after `:add`), else the file is read again."""
+    `:add` after `:add`), else the file is read first. A file with lines but no example among them
+    (a file of another kind, reached through a link) is never written to."""
     path = dataset_path(home, name)
     with durable.locked_folder(path.parent):
         before = _state(path) or (None, None, 0, None)
-        where = durable.append_bytes(path, data)
         known = _counted.get(str(path))
-        if known is not None and known[0] == before or before[2] == 0:
-            count = (known[1] if before[2] else 0) + added
-            _counted[str(path)] = (_state(path), count)
-            return count, where
-    return len(load_dataset(home, name).examples), where
+        if not before[2]:
+            count = 0
+        elif known is not None and known[0] == before and known[1]:
+            count = known[1]
+        else:   # changed since it was read (or never read), or read with no example in it
+            current = _parse(name, path, durable.read_bytes(path))
+            count = len(current.examples)
+            if not count and current.bad_lines:   # a file of another kind, reached through a link the user made
+                raise LorachatError(f"nothing written to {path}: it holds no example, only lines that are not one "
+                                    f"({current.describe_problems()}); fix it in an editor, or choose another dataset")
+        where = durable.append_bytes(path, data)
+        count += added
+        _counted[str(path)] = (_state(path), count)
+        return count, where
 
 
 def remove_example(home: Path, name: str, number: int, marks=()) -> tuple[Example, int]:

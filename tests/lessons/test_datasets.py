@@ -215,6 +215,30 @@ def test_hostile_files_in_place_of_a_dataset(make_session, transcript, home, tmp
     assert not (tmp_path / "outside.jsonl").exists()
 
 
+def test_a_file_of_another_kind_behind_a_dataset_name_is_never_written_to(make_session, transcript, home, tmp_path):
+    """datasets/notes.jsonl linked to a user's notes (no line of it an example): :add and :import
+    refuse in one line and the notes stay as they were; a dataset with one good line takes :add."""
+    folder = home / "datasets"
+    folder.mkdir()
+    notes = tmp_path / "notes.txt"
+    notes.write_bytes(b"buy milk\ncall Ada\n")
+    (folder / "notes.jsonl").symlink_to(notes)
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"input": "q2", "output": "a2"}) + "\n")
+    (folder / "mixed.jsonl").write_bytes(b'not json\n{"input": "q", "output": "a"}\n')
+    session = make_session()
+    code, out = transcript(session, [":dataset notes", ":add q => a", f":import {rows}", ":dataset mixed", ":add q3 => a3"],
+                           keep_going=True)
+    assert code == 1 and "Traceback" not in out
+    refused = (f"error: nothing written to {folder / 'notes.jsonl'}: it holds no example, only lines that are not one "
+               "(line 1 is not valid JSON (Expecting value); line 2 is not valid JSON (Expecting value)); fix it in an editor, "
+               "or choose another dataset")
+    assert out.count(refused) == 2, out
+    assert notes.read_bytes() == b"buy milk\ncall Ada\n"
+    assert "added to mixed (2 examples)" in out
+    assert [e.input for e in jsonl.load_dataset(home, "mixed").examples] == ["q", "q3"]
+
+
 def test_acknowledged_adds_survive_sigkill(home):
     """Kill -9 right after reading an acknowledgement: every acknowledged example is on disk, whole."""
     process = subprocess.Popen([sys.executable, "-m", "lorachat", "--model", "tiny", "--home", str(home), "--dataset", "lessons"],
