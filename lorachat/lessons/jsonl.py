@@ -38,9 +38,10 @@ class DatasetFile:
 
 @dataclass
 class Mark:
-    """Where one line appended by this process lies: its file (device and inode), the byte offset
-    and the bytes of the line. `:undo` removes that very line, never an equal one written by
-    someone else; rewrites made here move the mark along (or mark the line gone)."""
+    """Where the lines one append of this process wrote lie (an :add's one line, an :import's
+    many): their file (device and inode), the byte offset and the bytes. `:undo` removes those very
+    lines, never equal ones written by someone else; rewrites made here move the mark along (or
+    mark it gone, when one of its lines went)."""
     name: str
     file: tuple[int, int]
     offset: int
@@ -176,10 +177,10 @@ def append_example(home: Path, name: str, example: Example) -> int:
     return append_examples(home, name, [example])
 
 
-def append_marked(home: Path, name: str, example: Example) -> tuple[int, Mark]:
-    """append_example, and the Mark of the line it wrote (for :undo)."""
-    data = format_line(example)
-    count, (file, offset) = _append(home, name, data, 1)
+def append_marked(home: Path, name: str, examples: list[Example]) -> tuple[int, Mark]:
+    """append_examples, and the Mark of the lines it wrote (for :undo)."""
+    data = b"".join(format_line(example) for example in examples)
+    count, (file, offset) = _append(home, name, data, len(examples))
     return count, Mark(name, file, offset, data)
 
 
@@ -216,17 +217,19 @@ def _append(home: Path, name: str, data: bytes, added: int) -> tuple[int, tuple]
 def remove_example(home: Path, name: str, number: int, marks=()) -> tuple[Example, int]:
     """Remove example `number` (1-based, as `:examples` numbers them); (removed, count left).
     `marks` of this file are moved along with the lines they point at."""
-    def choose(current: DatasetFile, data: bytes, file: tuple) -> int:
+    def choose(current: DatasetFile, data: bytes, file: tuple) -> list[int]:
         if not 1 <= number <= len(current.examples):
             have = f"1 to {len(current.examples)}" if current.examples else "none: it is empty"
             raise LorachatError(f"no example {number} in {name} (examples are numbered {have})")
-        return number - 1
-    return _rewrite_without(home, name, choose, marks)
+        return [number - 1]
+    removed, left = _rewrite_without(home, name, choose, marks)
+    return removed[0], left
 
 
-def remove_marked(home: Path, mark: Mark, marks=()) -> tuple[Example, int]:
-    """Remove the very line `mark` points at, only while it is still there (else LineGone)."""
-    gone = LineGone(f"that example is no longer in {mark.name} (was it dropped or edited?)")
+def remove_marked(home: Path, mark: Mark, marks=()) -> tuple[list[Example], int]:
+    """Remove the very lines `mark` points at, only while all are still there (else LineGone)."""
+    what = "that example is" if mark.data.count(b"\n") == 1 else "one of the examples of that :import is"
+    gone = LineGone(f"{what} no longer in {mark.name} (was it dropped or edited?)")
     if mark.gone or not durable.read_bytes(dataset_path(home, mark.name)).strip():
         raise gone
 
@@ -235,14 +238,16 @@ def remove_marked(home: Path, mark: Mark, marks=()) -> tuple[Example, int]:
             raise LineGone(f"{mark.name} was rewritten since that example was recorded (by another session or "
                            "an editor), so :undo cannot tell it from an equal line: use :examples and :drop N")
         at = mark.offset
-        number = data.count(b"\n", 0, at) + 1
-        if data[at:at + len(mark.data)] != mark.data or at and data[at - 1:at] != b"\n" or number not in current.lines:
+        first = data.count(b"\n", 0, at) + 1
+        numbers = range(first, first + mark.data.count(b"\n"))
+        if data[at:at + len(mark.data)] != mark.data or at and data[at - 1:at] != b"\n" or \
+                not set(numbers) <= set(current.lines):
             raise gone
-        return current.lines.index(number)
+        return [current.lines.index(number) for number in numbers]
     return _rewrite_without(home, mark.name, choose, marks)
 
 
-def _rewrite_without(home, name, choose, marks=()) -> tuple[Example, int]:
+def _rewrite_without(home, name, choose, marks=()) -> tuple[list[Example], int]:
     path = dataset_path(home, name)
     if not durable.read_bytes(path).strip():   # checked before the lock, which would create datasets/
         raise LorachatError(f"dataset {name} is empty: nothing to remove")
@@ -252,18 +257,18 @@ def _rewrite_without(home, name, choose, marks=()) -> tuple[Example, int]:
         if current.bad_lines:
             raise LorachatError(f"{path} has invalid lines ({current.describe_problems()}); it is never "
                                 "rewritten while they are there: fix or delete those lines in an editor, then try again")
-        index = choose(current, data, old_file)
-        drop = current.lines[index]
+        indices = choose(current, data, old_file)
+        drop = {current.lines[index] for index in indices}
         kept, moved, start, size = [], {}, 0, 0
         for number, raw in enumerate(_split_lines(data), start=1):
-            if number != drop and raw.strip():
+            if number not in drop and raw.strip():
                 moved[start] = size
                 kept.append(raw + b"\n")
                 size += len(raw) + 1
             start += len(raw) + 1
         durable.replace_file(path, b"".join(kept))
         _move_marks(marks, name, old_file, _identity(path), moved)
-    return current.examples[index], len(current.examples) - 1
+    return [current.examples[index] for index in indices], len(current.examples) - len(indices)
 
 
 def _move_marks(marks, name: str, old_file: tuple, new_file: tuple, moved: dict) -> None:

@@ -96,6 +96,23 @@ def test_undo_of_an_example_dropped_meanwhile_moves_on(make_session, transcript,
                         "> :undo\nerror: nothing to undo: no example was recorded in this session\n")
 
 
+def test_undo_takes_back_a_whole_import_and_only_while_all_of_it_is_there(make_session, transcript, home, tmp_path):
+    """:undo after :import removes the lines that import wrote, in one rewrite, and not an equal
+    line written since; an import one of whose rows was dropped meanwhile is left (one line)."""
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"input": f"q{i}", "output": f"a{i}"}) + "\n" for i in range(3)))
+    session = make_session()
+    code, out = transcript(session, [":add first => 1", f":import {rows}", ":add q1 => a1", ":undo", ":undo", ":undo", ":undo"],
+                           keep_going=True)
+    assert "> :undo\nremoved from default (4 examples left): q1 => a1\n" in out   # the :add of an equal question
+    assert "> :undo\nremoved from default (1 example left): the 3 examples :import added\n" in out
+    assert out.endswith("> :undo\nremoved from default (0 examples left): first => 1\n"
+                        "> :undo\nerror: nothing to undo: no example was recorded in this session\n")
+    code, out = transcript(session, [f":import {rows}", ":add last => 9", ":drop 2", ":undo", ":undo", ":examples"], keep_going=True)
+    assert out.count("> :undo\nerror: ") == 1 and "error: one of the examples of that :import is no longer in default" in out
+    assert [line["input"] for line in lines_of(home / "datasets" / "default.jsonl")] == ["q0", "q2"]
+
+
 def test_tab_completes_dataset_names(make_session, home):
     from prompt_toolkit.document import Document
 

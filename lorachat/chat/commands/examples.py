@@ -3,7 +3,7 @@
 
 Every recorded example is on disk (fsync'd) before its acknowledgement is printed. The examples
 recorded in this session are remembered in `session.extensions["recorded"]` as jsonl.Mark (file,
-offset and bytes of the line written) so :undo removes exactly those lines, never an equal one.
+offset and bytes of the lines written, an :import's too) so :undo removes exactly those lines, never equal ones.
 A recorded question whose answer the active adapter was taught becomes one of that answer's
 phrasings for the gate (adapters/steering.py: it routes at once, no training). Knows nothing about training.
 """
@@ -171,7 +171,7 @@ def _last_question(session) -> str:
 
 def _record(session, question: str, answer: str) -> None:
     example = Example(session.instruction, question, answer)
-    count, mark = jsonl.append_marked(session.home, session.dataset, example)
+    count, mark = jsonl.append_marked(session.home, session.dataset, [example])
     session.extensions.setdefault("recorded", []).append(mark)
     session.ui.line(f"added to {session.dataset} ({how_many(count)}): {_clip(question, 60)} {ARROW} {_clip(answer, 60)}")
     _warn_if_too_long(session, example, count)
@@ -246,10 +246,11 @@ def drop(session, args):
 
 @command("undo")
 def undo(session, args):
-    """Remove the last example recorded in this session (by :add, :good or :fix).
+    """Remove the last example recorded in this session (by :add, :good or :fix), or the examples of its last :import.
 
-    That very line goes, and only while it is still where it was written. When recording it made
-    the question a phrasing of the active adapter's taught answer, the adapter stops routing it too."""
+    Those very lines go, and only while they are still where they were written. When recording an
+    example made its question a phrasing of the active adapter's taught answer, the adapter stops
+    routing it too."""
     no_args("undo", args)
     recorded = session.extensions.get("recorded") or []
     if not recorded:
@@ -261,7 +262,8 @@ def undo(session, args):
         recorded.pop()  # it can never come back: the next :undo goes on to the one before
         raise
     recorded.pop()
-    session.ui.line(f"removed from {mark.name} ({how_many(left)} left): {_describe(removed)}")
+    shown = _describe(removed[0]) if len(removed) == 1 else f"the {len(removed)} examples :import added"
+    session.ui.line(f"removed from {mark.name} ({how_many(left)} left): {shown}")
     added = session.extensions.get("phrasings") or []
     for name, example in [(n, e) for m, n, e in added if m is mark]:
         if steering.remove_phrasing(session, name, example):

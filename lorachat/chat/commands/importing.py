@@ -1,7 +1,8 @@
 """Importing examples from files and hub datasets: :import.
 
 lessons/importers.py maps the rows; this command appends them to the current dataset (on disk
-before the acknowledgement), says what was skipped and which examples are too long to train on.
+before the acknowledgement, in one write that :undo takes back whole), says what was skipped and
+which examples are too long to train on.
 """
 from lorachat.chat import options
 from lorachat.chat.commands import command
@@ -36,7 +37,8 @@ def import_(session, args):
         session.ui.note(f"format auto: chose {result.format} (fields {', '.join(result.columns)})")
     if not result.examples:
         raise LorachatError(f"nothing imported from {positional[0]} (format {result.format}); {result.describe_skipped()}")
-    jsonl.append_examples(session.home, session.dataset, result.examples)
+    mark = jsonl.append_marked(session.home, session.dataset, result.examples)[1]
+    session.extensions.setdefault("recorded", []).append(mark)   # :undo takes them all back
     session.ui.line(f"imported {how_many(len(result.examples))} (format {result.format}) into {session.dataset}; "
                     f"{result.describe_skipped()}")
     _warn_long(session, result.examples)
