@@ -79,6 +79,12 @@ def _opened(source: str, options: ImportOptions):
     import datasets
 
     datasets.disable_progress_bars()
+    try:   # a slice, by datasets' own parser, before any file is read or the hub asked (a name is the source's to know)
+        if not options.split.strip() or set("[]()%:") & set(options.split):
+            datasets.ReadInstruction.from_spec(options.split)
+    except ValueError:
+        raise LorachatError(f"split={options.split[:40]!r} is not a split: give a name (train, test) or a slice "
+                            "(train[:100], train[10%:])") from None
     verbosity = datasets.logging.get_verbosity()
     datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its own error logs would repeat ours
     try:
@@ -126,7 +132,20 @@ def _builder(path: Path) -> str:
         raise LorachatError(f"cannot import {path}: the file is empty")
     if builder == "json":
         _check_first_row(path)
+    if builder == "parquet" and _parquet_rows(path) == 0:   # datasets says "BatchSize must be greater than 0"
+        raise LorachatError(f"no examples in {path}")
     return builder
+
+
+def _parquet_rows(path: Path) -> int | None:
+    """The rows a Parquet file's footer counts; None when it is not one (the reader then says why)."""
+    import pyarrow
+    import pyarrow.parquet
+
+    try:
+        return pyarrow.parquet.read_metadata(path).num_rows
+    except (pyarrow.ArrowException, OSError):
+        return None
 
 
 def _check_first_row(path: Path) -> None:

@@ -127,12 +127,17 @@ def test_unreadable_sources_get_one_line_and_write_nothing(make_session, transcr
     (tmp_path / "nulls.jsonl").write_text('\nnull\n{"input": "q", "output": "a"}\n')   # pyarrow: a segfault
     (tmp_path / "nulls.json").write_text('[null, {"input": "q", "output": "a"}]')
     (tmp_path / "latin1.jsonl").write_bytes(b'{"input": "caf\xe9?", "output": "a"}\n')
+    import pyarrow
+    import pyarrow.parquet
+
+    pyarrow.parquet.write_table(pyarrow.table({"input": pyarrow.array([], pyarrow.string())}), tmp_path / "none.parquet")
     lines = [f":import {tmp_path / 'broken.jsonl'}", f":import {tmp_path / 'empty.json'}", f":import {tmp_path / 'notes.txt'}",
              f":import {tmp_path / 'missing.jsonl'}", f":import {tmp_path / 'folder.json'}", f":import {tmp_path / 'odd.jsonl'}",
              f":import {tmp_path / 'ok.jsonl'} split=test", f":import {tmp_path / 'ok.jsonl'} format=alpaca",
              ":import someone/some-dataset", ":import 'not a hub id!'", f":import {tmp_path / 'zeros.jsonl'}",
              f":import {'x' * 5000}", ":import ~no-such-user-here/x.json", ':import "nul\x00byte"',
-             f":import {tmp_path / 'nulls.jsonl'}", f":import {tmp_path / 'nulls.json'}", f":import {tmp_path / 'latin1.jsonl'}"]
+             f":import {tmp_path / 'nulls.jsonl'}", f":import {tmp_path / 'nulls.json'}", f":import {tmp_path / 'latin1.jsonl'}",
+             f":import {tmp_path / 'none.parquet'}", f":import {tmp_path / 'ok.jsonl'} split=train[:ten]"]
     session = make_session()
     capfd.readouterr()
     start = time.monotonic()
@@ -150,5 +155,7 @@ def test_unreadable_sources_get_one_line_and_write_nothing(make_session, transcr
     assert "not a usable file name (File name too long)" in out and "no such home directory" in out
     assert "nulls.jsonl: line 2 is null, not a JSON object" in out and "nulls.json: its first row is null" in out
     assert "latin1.jsonl: it holds text that is not UTF-8 (byte 0xe9)" in out
+    assert f"error: no examples in {tmp_path / 'none.parquet'}\n" in out   # datasets: "BatchSize must be greater than 0"
+    assert "error: split='train[:ten]' is not a split: give a name (train, test) or a slice (train[:100], train[10%:])" in out
     assert list(home.iterdir()) == []
     assert capfd.readouterr().err == ""   # the library's own error logs stay quiet: ours is the one line
