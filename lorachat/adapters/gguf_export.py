@@ -174,7 +174,7 @@ def _adapter(session, name, config, quant, target, meta, notes):
     base, hint = _base_gguf(session)
     text, more = modelfile.build(session.tokenizer, base, meta.get("instruction"), f"./{target.name}", hint)
     notes.extend(more)
-    return write, f"as a LoRA adapter GGUF ({architecture}, {len(planned) // 2} adapted matrices (A and B each), alpha {alpha:g})", text
+    return write, f"as a LoRA adapter GGUF ({architecture}, {len(planned) // 2} adapted {'matrix' if len(planned) == 2 else 'matrices'} (A and B each), alpha {alpha:g})", text
 
 
 def _lora_tensors(session, name, config) -> tuple[float, list[Planned]]:

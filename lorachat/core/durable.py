@@ -107,7 +107,10 @@ def _write_all(fd: int, data: bytes) -> None:
 def replace_file(path: Path, data: bytes, failed: str | None = None) -> None:
     """Write `data` to a hidden temporary file beside `path`, fsync it, rename it over `path` (whose
     mode it keeps), fsync the folder. `failed`: how the one-line error starts when the disk refuses
-    (default 'cannot rewrite PATH'); the file is then unchanged."""
+    (default 'cannot rewrite PATH'); the file is then unchanged. A symbolic link stays one: the file
+    it points at is rewritten, as an append writes there (a dataset you linked from elsewhere)."""
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
     for stale in path.parent.glob(f".{path.name}.tmp-*"):   # a dead writer's; a live one's is left alone
         _sweep(stale)
     temp = path.parent / f".{path.name}.tmp-{os.getpid()}"

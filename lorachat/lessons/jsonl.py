@@ -137,11 +137,13 @@ def _state(path: Path) -> tuple | None:
 def _parse(name: str, path: Path, data: bytes) -> DatasetFile:
     result = DatasetFile(name, path)
     for number, raw in enumerate(_split_lines(data), start=1):
+        if number == 1:   # a byte-order mark (Notepad's "UTF-8"); alone, the line is blank
+            raw = raw.removeprefix(b"\xef\xbb\xbf")
         if not raw.strip():
             continue
         try:
             text = raw.decode("utf-8")
-            result.examples.append(parse_line(text.removeprefix("\ufeff") if number == 1 else text))
+            result.examples.append(parse_line(text))
             result.lines.append(number)
         except UnicodeDecodeError:
             result.bad_lines.append(number)
@@ -272,10 +274,15 @@ def _rewrite_without(home, name, choose, marks=()) -> tuple[list[Example], int]:
 
 
 def _move_marks(marks, name: str, old_file: tuple, new_file: tuple, moved: dict) -> None:
-    """Marks on the rewritten file follow their lines (old offset -> new offset); a dropped line's is gone."""
+    """Marks on the rewritten file follow their lines (old offset -> new offset); a mark one of whose
+    lines was dropped is gone (an :import's block is taken back whole or not at all)."""
     for mark in marks:
         if mark.name == name and mark.file == old_file and not mark.gone:
-            if mark.offset in moved:
+            starts, at = [], mark.offset   # where each of its lines began
+            for line in mark.data.split(b"\n")[:-1]:
+                starts.append(at)
+                at += len(line) + 1
+            if all(start in moved and moved[start] - moved[mark.offset] == start - mark.offset for start in starts):
                 mark.file, mark.offset = new_file, moved[mark.offset]
             else:
                 mark.gone = True

@@ -207,7 +207,8 @@ def test_export_arguments_are_checked(make_session, transcript, tmp_path):
     session = make_session(model=str(model_dir(tmp_path, "llama")))
     shelve(session, ["a"])
     code, out = transcript(session, [f":export a {tmp_path / 'x.gguf'} quant=q4", f":export a {tmp_path / 'x.gguf'} lora",
-                                     f":export a {tmp_path / 'dir'} adapter", f":export a {tmp_path / 'x.gguf'} bits=8"],
+                                     f":export a {tmp_path / 'dir'} adapter", f":export a {tmp_path / 'x.gguf'} bits=8",
+                                     f":export a {tmp_path / 'x.gguf'} adapter adapter"],
                            keep_going=True)
     errors = [line for line in out.splitlines() if line.startswith("error:")]
     assert errors == ["error: quant=q4: choose one of f16, f32, bf16, q8_0",
@@ -216,7 +217,9 @@ def test_export_arguments_are_checked(make_session, transcript, tmp_path):
                       "error: :export: unexpected argument 'adapter' (adapter and quant= are for a FILE.gguf); usage: "
                       ":export NAME DIR, or :export NAME FILE.gguf [adapter] [quant=f16|f32|bf16|q8_0]",
                       "error: :export: unexpected argument 'bits='; usage: :export NAME DIR, or :export NAME FILE.gguf "
-                      "[adapter] [quant=f16|f32|bf16|q8_0]"]
+                      "[adapter] [quant=f16|f32|bf16|q8_0]",
+                      "error: :export: unexpected argument 'adapter'; usage: :export NAME DIR, or :export NAME FILE.gguf "
+                      "[adapter] [quant=f16|f32|bf16|q8_0]"]   # the second one (it was an IndexError)
     assert not any(p.suffix == ".gguf" for p in tmp_path.iterdir())
     (tmp_path / "afile").write_text("")   # checked before the work (for smol: before pip fetches its wheel again)
     code, out = transcript(session, [f":export a {tmp_path / 'afile' / 'x.gguf'}"], keep_going=True)

@@ -113,6 +113,30 @@ def test_undo_takes_back_a_whole_import_and_only_while_all_of_it_is_there(make_s
     assert [line["input"] for line in lines_of(home / "datasets" / "default.jsonl")] == ["q0", "q2"]
 
 
+def test_a_linked_dataset_stays_linked_through_drop_and_undo_and_an_import_with_a_line_gone_is_not_undone(
+        make_session, transcript, home, tmp_path):
+    """:drop rewrites the file a dataset link points at (the link stays, as appends follow it); an
+    :import one of whose rows was dropped is not taken back, even when an equal row was appended since
+    by someone else (another session, an editor): it would remove that row."""
+    folder, elsewhere = home / "datasets", tmp_path / "films.jsonl"
+    folder.mkdir()
+    elsewhere.write_bytes("\ufeff".encode() + b"\n")   # only a byte-order mark: an empty file, to an editor
+    (folder / "films.jsonl").symlink_to(elsewhere)
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"input": f"b{i}", "output": f"B{i}"}) + "\n" for i in (1, 2)))
+    session = make_session()
+    code, out = transcript(session, [":dataset films", ":add a => A", f":import {rows}", ":drop 3"])
+    assert code == 0, out
+    with open(folder / "films.jsonl", "a") as other:
+        other.write(json.dumps({"instruction": "Answer the question.", "input": "b2", "output": "B2"}) + "\n")
+    code, out = transcript(session, [":undo", ":undo"], keep_going=True)
+    assert out.startswith("> :undo\nerror: one of the examples of that :import is no longer in films"), out
+    assert "removed from films (2 examples left): a => A" in out
+    assert (folder / "films.jsonl").is_symlink()
+    assert [e.input for e in jsonl.load_dataset(home, "films").examples] == ["b1", "b2"]
+    assert elsewhere.read_bytes().startswith("\ufeff\n".encode())
+
+
 def test_tab_completes_dataset_names(make_session, home):
     from prompt_toolkit.document import Document
 

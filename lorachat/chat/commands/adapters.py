@@ -287,7 +287,7 @@ def export(session, args):
         session.ui.line(travel.gate_line(name, _meta(session, name), live.scale_of(session, name)))
         return
     if rest not in ([], ["adapter"]) or set(pairs) - {"quant"}:
-        odd = [w for w in rest if w != "adapter"] + [f"{k}=" for k in pairs if k != "quant"]
+        odd = [w for w in rest if w != "adapter"] + [f"{k}=" for k in pairs if k != "quant"] or rest[1:]   # or adapter twice
         raise LorachatError(f":export: unexpected argument {odd[0][:40]!r}; usage: {usage}")
     notes, lines = export_gguf(session, name, options.path_word(target, ":export"), "adapter" if rest else "merged", pairs.get("quant"),
                                progress=session.ui.note)
