@@ -230,15 +230,16 @@ def remove_example(home: Path, name: str, number: int, marks=()) -> tuple[Exampl
 
 def remove_marked(home: Path, mark: Mark, marks=()) -> tuple[list[Example], int]:
     """Remove the very lines `mark` points at, only while all are still there (else LineGone)."""
-    what = "that example is" if mark.data.count(b"\n") == 1 else "one of the examples of that :import is"
+    single = mark.data.count(b"\n") == 1
+    what = "that example is" if single else "one of the examples of that :import is"
     gone = LineGone(f"{what} no longer in {mark.name} (was it dropped or edited?)")
     if mark.gone or not durable.read_bytes(dataset_path(home, mark.name)).strip():
         raise gone
 
-    def choose(current: DatasetFile, data: bytes, file: tuple) -> int:
+    def choose(current: DatasetFile, data: bytes, file: tuple) -> list[int]:
         if file != mark.file:
-            raise LineGone(f"{mark.name} was rewritten since that example was recorded (by another session or "
-                           "an editor), so :undo cannot tell it from an equal line: use :examples and :drop N")
+            raise LineGone(f"{mark.name} was rewritten since {'that example was recorded' if single else 'that :import'} (by "
+                           "another session or an editor), so :undo cannot tell it from an equal line: use :examples and :drop N")
         at = mark.offset
         first = data.count(b"\n", 0, at) + 1
         numbers = range(first, first + mark.data.count(b"\n"))

@@ -111,6 +111,10 @@ def test_undo_takes_back_a_whole_import_and_only_while_all_of_it_is_there(make_s
     code, out = transcript(session, [f":import {rows}", ":add last => 9", ":drop 2", ":undo", ":undo", ":examples"], keep_going=True)
     assert out.count("> :undo\nerror: ") == 1 and "error: one of the examples of that :import is no longer in default" in out
     assert [line["input"] for line in lines_of(home / "datasets" / "default.jsonl")] == ["q0", "q2"]
+    transcript(session, [f":import {rows}"])
+    jsonl.remove_example(home, "default", 1)   # another session rewrites the file
+    code, out = transcript(session, [":undo"], keep_going=True)
+    assert out.startswith("> :undo\nerror: default was rewritten since that :import (by another session or an editor)"), out
 
 
 def test_a_linked_dataset_stays_linked_through_drop_and_undo_and_an_import_with_a_line_gone_is_not_undone(
