@@ -215,8 +215,10 @@ def _bad_json_line(path: Path) -> str | None:
     except OSError:
         return None
     for number, line in enumerate(lines, 1):
-        try:
-            json.loads(line.strip() or b"null")
+        try:   # Python's reader takes an escaped lone surrogate ("\\ud800"), which pyarrow refuses
+            json.dumps(json.loads(line.strip() or b"null"), ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            return f"line {number} holds an escaped lone surrogate (such as \\ud800), which is no character"
         except ValueError as exc:
             return None if line.lstrip().startswith(b"[") else f"line {number} is not valid JSON ({str(exc)[:80]})"
     return None

@@ -130,6 +130,7 @@ def test_unreadable_sources_get_one_line_and_write_nothing(make_session, transcr
     import pyarrow
     import pyarrow.parquet
 
+    (tmp_path / "surrogate.jsonl").write_text('{"input": "q", "output": "a"}\n{"input": "q", "output": "a \\ud800"}\n')
     pyarrow.parquet.write_table(pyarrow.table({"input": pyarrow.array([], pyarrow.string())}), tmp_path / "none.parquet")
     lines = [f":import {tmp_path / 'broken.jsonl'}", f":import {tmp_path / 'empty.json'}", f":import {tmp_path / 'notes.txt'}",
              f":import {tmp_path / 'missing.jsonl'}", f":import {tmp_path / 'folder.json'}", f":import {tmp_path / 'odd.jsonl'}",
@@ -137,7 +138,8 @@ def test_unreadable_sources_get_one_line_and_write_nothing(make_session, transcr
              ":import someone/some-dataset", ":import 'not a hub id!'", f":import {tmp_path / 'zeros.jsonl'}",
              f":import {'x' * 5000}", ":import ~no-such-user-here/x.json", ':import "nul\x00byte"',
              f":import {tmp_path / 'nulls.jsonl'}", f":import {tmp_path / 'nulls.json'}", f":import {tmp_path / 'latin1.jsonl'}",
-             f":import {tmp_path / 'none.parquet'}", f":import {tmp_path / 'ok.jsonl'} split=train[:ten]"]
+             f":import {tmp_path / 'none.parquet'}", f":import {tmp_path / 'ok.jsonl'} split=train[:ten]",
+             f":import {tmp_path / 'surrogate.jsonl'}"]
     session = make_session()
     capfd.readouterr()
     start = time.monotonic()
@@ -155,7 +157,8 @@ def test_unreadable_sources_get_one_line_and_write_nothing(make_session, transcr
     assert "not a usable file name (File name too long)" in out and "no such home directory" in out
     assert "nulls.jsonl: line 2 is null, not a JSON object" in out and "nulls.json: its first row is null" in out
     assert "latin1.jsonl: it holds text that is not UTF-8 (byte 0xe9)" in out
-    assert f"error: no examples in {tmp_path / 'none.parquet'}\n" in out   # datasets: "BatchSize must be greater than 0"
+    assert f"error: no examples in {tmp_path / 'none.parquet'}\n" in out
+    assert "surrogate.jsonl: line 2 holds an escaped lone surrogate (such as \\ud800), which is no character\n" in out   # pyarrow: "row 1"   # datasets: "BatchSize must be greater than 0"
     assert "error: split='train[:ten]' is not a split: give a name (train, test) or a slice (train[:100], train[10%:])" in out
     assert list(home.iterdir()) == []
     assert capfd.readouterr().err == ""   # the library's own error logs stay quiet: ours is the one line
