@@ -73,6 +73,11 @@ def test_lorachat_train_workspace_errors_exit_1_naming_what_is_missing(home, cap
     (home / "adapters" / "taken").mkdir(parents=True)
     code, out = run("--home", str(home), "--dataset", "films", "--name", "taken")
     assert code == 1 and out == f"error: an adapter named 'taken' already exists: {home / 'adapters' / 'taken'}\n"
+    (home / "adapters" / "afile").write_text("")
+    (home / "adapters" / "dead").symlink_to(home / "nowhere")
+    for name in ("afile", "dead"):
+        code, out = run("--home", str(home), "--dataset", "films", "--name", name)
+        assert code == 1 and out == f"error: {home / 'adapters' / name} is not an adapter: choose another --name, or move it away\n"
     code, out = run("--home", str(home), "--dataset", "films")   # now only the model is missing
     assert code == 1 and "no-model" in out
 

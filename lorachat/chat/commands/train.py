@@ -296,5 +296,5 @@ def headless_workspace(home: Path, dataset: str, name: str | None) -> None:
     if not data.examples:
         bad = f" ({len(data.bad_lines)} invalid lines: {data.describe_problems()})" if data.bad_lines else ""
         raise LorachatError(f"dataset '{dataset}' has no examples: {data.path}{bad}")
-    if name is not None and (home / "adapters" / name).exists():
-        raise LorachatError(f"an adapter named '{name}' already exists: {home / 'adapters' / name}")
+    if name is not None and ((taken := home / "adapters" / name).is_symlink() or taken.exists()):   # a dead link too
+        raise LorachatError(f"an adapter named '{name}' already exists: {taken}" if taken.is_dir() else f"{taken} is not an adapter: choose another --name, or move it away")
