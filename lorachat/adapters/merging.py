@@ -74,6 +74,8 @@ def merge(session, sources: list[str], name: str, options: MergeOptions) -> Merg
     live.activate(session, name)
     found = _recall(session, _taught(session, sources))
     scales = {s: live.scale_of(session, s) for s in sources if live.scale_of(session, s) != 1.0}
+    notes = notes + [f"'{s}' is merged in at its live scale {scale:g}, not as trained (:scale {s} 1 first for that)"
+                     for s, scale in scales.items()]   # as :export says it
     meta = dict(merged_from=sources, method=options.method, weights=weights, density=options.density,
                 ranks=ranks, **({"scales": scales} if scales else {}), **_asking_of(session, sources),
                 **({"recall": found.recall, "total": found.total} if found.recall is not None else {}))

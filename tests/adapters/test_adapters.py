@@ -267,13 +267,16 @@ def test_max_loaded_1_keeps_one_adapter_loaded(shelved, transcript):
     assert code == 0 and live.loaded_names(session) == ["t"], out
 
 
-def test_export_says_a_live_scale_was_merged_in_and_named_adapters_have_peft_readme(shelved, transcript, home, tmp_path):
+def test_export_and_merge_say_a_live_scale_was_merged_in_and_named_adapters_have_peft_readme(shelved, transcript, home, tmp_path):
     session = shelved
     assert (home / "adapters" / "a" / "README.md").is_file()  # PEFT's model card, nested names too
     code, out = transcript(session, [":scale a 0.5", f":export a {tmp_path / 'half'}", ":scale a 1", f":export a {tmp_path / 'full'}"])
     assert code == 0
     assert out.count("merged in at its live scale") == 1
     assert "> :export a " + str(tmp_path / "half") + "\n'a' is merged in at its live scale 0.5, not as trained (:scale a 1 first for that)\n" in out
+    code, out = transcript(session, [":scale b 0.5", ":merge a b as ab"])   # :merge says it too, once, for b only
+    assert code == 0 and out.count("merged in at its live scale") == 1
+    assert "'b' is merged in at its live scale 0.5, not as trained (:scale b 1 first for that)\n" in out, out
 
 
 def test_merge_reports_recall_of_every_taught_question_and_names_those_lost(make_session, transcript, home):
