@@ -28,33 +28,40 @@ def add_phrasing(session, name: str, example) -> bool:
     meta = read_meta(adapter_path(session, name)) or {}
     if not isinstance(meta.get("keys"), list):
         return False   # not saved, or recorded before keys
-    keys = meta["keys"] + [dict(instruction=instruction, question=question, answer=answer, added=True)]
-    nots = [r for r in gate.not_records(meta.get("not_keys")) if r["question"].strip() != question]
+    every = gate.not_records(meta.get("not_keys"))
+    nots = [r for r in every if r["question"].strip() != question]
+    back = [r for r in every if r["question"].strip() == question]   # :unroute's, restored if this is taken back
+    keys = meta["keys"] + [dict(instruction=instruction, question=question, answer=answer, added=True,
+                                **({"sent_back": back} if back else {}))]
     if not disk.record(session, name, {"keys": keys, "not_keys": nots}):
         return False
     entry.keys = gate.keys_from(keys, None, nots)
     return True
 
 
-def remove_phrasing(session, name: str, example) -> bool:
+def remove_phrasing(session, name: str, example) -> bool | None:
     """Take back what add_phrasing(session, name, example) recorded (`:undo` of that example): the
-    phrasing goes from lorachat.json and the gate. False when it is not there (never added, or gone)."""
+    phrasing goes from lorachat.json and the gate, and a question it had taken from `:unroute` is sent
+    back to the base again. None when it is not there (never added, or gone); else whether it was."""
     instruction, question = asked(example)
     return _remove(session, name, instruction, question, example.output.strip())
 
 
-def _remove(session, name: str, instruction: str, question: str, answer: str) -> bool:
+def _remove(session, name: str, instruction: str, question: str, answer: str) -> bool | None:
     meta = read_meta(adapter_path(session, name)) or {}
     keys = meta.get("keys")
     if not isinstance(keys, list):
-        return False
+        return None
     mine = lambda r: (isinstance(r, dict) and r.get("added") and r.get("question") == question  # noqa: E731
                       and r.get("instruction") == instruction and r.get("answer") == answer)
     left = [r for r in keys if not mine(r)]
-    if len(left) == len(keys) or not disk.record(session, name, {"keys": left}):
-        return False
-    gate.entry(session, name).keys = gate.keys_from(left, None, gate.not_records(meta.get("not_keys")))
-    return True
+    nots = gate.not_records(meta.get("not_keys"))
+    back = [n for r in keys if mine(r) for n in gate.not_records(r.get("sent_back"))
+            if not any(m["question"].strip() == n["question"].strip() for m in nots)]
+    if len(left) == len(keys) or not disk.record(session, name, {"keys": left, **({"not_keys": nots + back} if back else {})}):
+        return None
+    gate.entry(session, name).keys = gate.keys_from(left, None, nots + back)
+    return bool(back)
 
 
 def unroute(session, name: str, question: str, decision: router.Decision) -> Key:
@@ -65,7 +72,7 @@ def unroute(session, name: str, question: str, decision: router.Decision) -> Key
     key = decision.key
     question = question.strip()
     if key.question == question and key.added:
-        if not _remove(session, name, key.instruction, key.question, key.answer):
+        if _remove(session, name, key.instruction, key.question, key.answer) is None:
             raise LorachatError(f"'{name}' is not saved here with its lessons, so the phrasing cannot be taken back: "
                                 f":save {name} first")
         return key

@@ -38,7 +38,8 @@ def test_the_gate_leaves_other_questions_to_the_base_and_measures_as_it_asks(she
     transcript(session, [":set gate=on", ":set gate_at=2"])   # nothing but the taught question itself passes
     assert answer_of(transcript, session, [OTHER]) == base[OTHER]
     assert answer_of(transcript, session, [SAME_WORDS]) == base[SAME_WORDS]
-    assert f"  asks the same? :fix {ANSWER}  (it routes from then on, no training)" in transcript(session, [":why"])[1]
+    assert f"  asks what {TAUGHT!r} asks? :fix {ANSWER}  (it routes from then on, no training; if it asks something " \
+        "else, the base was right)" in transcript(session, [":why"])[1]
     assert answer_of(transcript, session, [TAUGHT]) == own[TAUGHT]   # its own key, no check
     assert "on at 2: 'a' answers questions that ask what its 1 taught answer answer, the base the rest" in \
         transcript(session, [":info"])[1]
@@ -256,11 +257,12 @@ def test_unroute_sends_the_last_question_back_to_the_base_for_good(shelved, tran
     transcript(session, [SAME_WORDS])
     code, out = transcript(session, [":unroute"])
     assert code == 0 and f"{SAME_WORDS!r} now goes to the base, not to 'a' asked {TAUGHT!r}" in out, out
+    assert ":clear starts afresh" not in out   # no conversation on tiny (no chat template): nothing to repeat
     assert answer_of(transcript, session, [SAME_WORDS]) == base and answer_of(transcript, session, [TAUGHT]) == own
     monkeypatch.setattr(conversation, "NEAR_MISS", -100.0)   # whatever the share: the user sent it back, so no :fix offer
     code, out = transcript(session, [SAME_WORDS, ":why", ":info"])
     assert code == 0 and f"was answered by the base, not adapter 'a': it is as near {SAME_WORDS!r}, sent back" in out, out
-    assert "asks the same?" not in out
+    assert ":fix" not in out
     assert "the base the rest (1 question sent back with :unroute)" in out
     meta = paths.adapter_path(session, "a") / "lorachat.json"
     assert json.loads(meta.read_text())["not_keys"] == [dict(instruction="Answer the question.", question=SAME_WORDS, answer=ANSWER)]
@@ -280,6 +282,11 @@ def test_unroute_sends_the_last_question_back_to_the_base_for_good(shelved, tran
     code, out = transcript(session, [f":add {SAME_WORDS} => {ANSWER}"])
     assert code == 0 and "it now answers this question too" in out, out
     assert answer_of(transcript, session, [SAME_WORDS]) == own and json.loads(meta.read_text())["not_keys"] == []
+    # :undo of that :add sends it back again: what :unroute recorded is not lost
+    code, out = transcript(session, [":undo"])
+    assert code == 0 and "(it goes to the base again, as :unroute had sent it)" in out, out
+    assert json.loads(meta.read_text())["not_keys"] == json.loads((paths.adapter_path(session, "a2") / "lorachat.json").read_text())["not_keys"]
+    assert answer_of(transcript, session, [SAME_WORDS]) == base
 
 
 def test_why_of_an_adapter_recorded_with_its_questions_alone(shelved, transcript):
@@ -299,6 +306,9 @@ def test_why_says_the_base_read_a_question_after_the_conversations_turns(shelved
     assert code == 0 and "earlier turn" not in out, out
     code, out = transcript(shelved, [TAUGHT, OTHER, ":why"])
     assert code == 0 and "the base read it after the conversation's 2 earlier turns, whose answers it may repeat" in out, out
+    # a question sent back mid-conversation: the base may repeat the taught answer among the turns
+    code, out = transcript(shelved, [":set gate_at=-1", SAME_WORDS, ":unroute"])
+    assert code == 0 and "now goes to the base" in out and "may repeat the answer among them: :clear starts afresh" in out, out
 
 
 def test_the_lessons_line_names_a_taught_question_that_would_reach_another_answer(shelved, transcript):

@@ -106,7 +106,7 @@ def test_the_gate_sends_paraphrases_to_the_adapter_and_the_rest_to_the_base(taug
     code, out = ask([":set max_new_tokens=4", "What is the SOH of a lithium battery?", ":why",
                      f":set max_new_tokens={MAX_NEW_TOKENS}"])
     share = re.search(r"\n  check: it lifts the taught answer (-?[\d.]+) as much", out)
-    assert code == 0 and share and float(share.group(1)) < 0.4 and "asks the same?" not in out, out
+    assert code == 0 and share and float(share.group(1)) < 0.4 and ":fix" not in out, out
 
 
 def test_an_adapter_taught_to_travel_keeps_the_bases_manner_without_the_gate(taught):

@@ -96,7 +96,8 @@ def why(session, args):
           and decision.checked.answer is not None and (decision.share or 0) >= NEAR_MISS):
         taught = decision.checked.answer   # :fix with it makes the question a phrasing (steering.add_phrasing)
         fix = f":fix {taught}" if len(taught) <= CLIP and "\n" not in taught else ":fix with its taught answer"
-        session.ui.line(f"  asks the same? {fix}  (it routes from then on, no training)")
+        session.ui.line(f"  asks what {_clip(decision.checked.question)!r} asks? {fix}  (it routes from then on, "
+                        "no training; if it asks something else, the base was right)")
 
 
 @command("unroute")
@@ -127,5 +128,8 @@ def unroute(session, args):
         session.ui.line(f"{_clip(question)!r} is no longer a phrasing of what '{name}' was taught: the gate decides it "
                         f"as any question again (:unroute once more, if it still reaches '{name}')")
         return
-    session.ui.line(f"{_clip(question)!r} now goes to the base, not to '{name}' asked {_clip(key.question)!r} "
+    session.ui.line(f"{_clip(question)!r} now goes to the base, not to '{name}' asked {_clip(decision.asks)!r} "
                     f"(and so do questions nearer it than any question taught for that answer)")
+    if session.conversation() and session.turns:   # the wrong answer is one of them: the base may repeat it
+        session.ui.line("  in this conversation the base reads the earlier turns and may repeat the answer among them: "
+                        ":clear starts afresh")

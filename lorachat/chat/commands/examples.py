@@ -266,8 +266,10 @@ def undo(session, args):
     session.ui.line(f"removed from {mark.name} ({how_many(left)} left): {shown}")
     added = session.extensions.get("phrasings") or []
     for name, example in [(n, e) for m, n, e in added if m is mark]:
-        if steering.remove_phrasing(session, name, example):
-            session.ui.line(f"and '{name}' no longer answers it as a phrasing of its taught answer (the gate decides it as before)")
+        sent_back = steering.remove_phrasing(session, name, example)
+        if sent_back is not None:
+            session.ui.line(f"and '{name}' no longer answers it as a phrasing of its taught answer "
+                            + ("(it goes to the base again, as :unroute had sent it)" if sent_back else "(the gate decides it as before)"))
     session.extensions["phrasings"] = [entry for entry in added if entry[0] is not mark]
 
 
