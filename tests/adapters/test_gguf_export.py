@@ -254,6 +254,21 @@ def test_the_gate_line_says_the_ungated_figures_or_how_to_measure_them():
     assert gate_line("seed", {"ungated": {"kept": 0.5, "scale": "x"}}).endswith("lorachat.json's are at an unknown scale)")
 
 
+def test_the_recorded_figures_read_as_eval_printed_them():
+    """:eval gate=off prints its measurement, then records it; :export, serve and the GGUF export say
+    the record: the same figures, with no second rounding (a length of 0.94512 is 0.95x in both)."""
+    from types import SimpleNamespace
+
+    from lorachat.adapters.side_by_side import ungated_record
+    from lorachat.adapters.travel import described
+
+    for length, kept, unchanged in [(0.94512, 0.344496, 0.1234999), (1.0049, 0.99951, 0.0), (0.125, 10 / 29, 3 / 32)]:
+        record = ungated_record(SimpleNamespace(kept=kept, agreement=kept, questions=29),
+                                dict(length=length, unchanged=unchanged, answers=32))
+        assert described(record) == [f"kept {kept:.1%} of 29 probes exactly", f"{kept:.1%} of the base's answer tokens",
+                                     f"answers {length:.2f}× the base's length", f"{unchanged:.1%} of 32 whole answers unchanged"]
+
+
 def test_a_travel_on_adapter_that_answers_short_is_pointed_to_null_space():
     """With a couple of facts travel=on's rehearsal gets few steps and answers shorten without the
     gate (0.48-0.78x on smol); :train's final lines then name null_space, which keeps the length."""
