@@ -20,20 +20,14 @@ from dataclasses import dataclass, field
 from lorachat.core.errors import LorachatError
 from lorachat.models.loader import positions
 from lorachat.scoring import locality
-from lorachat.scoring.batches import answer_logits, collate, model_device, padding_id
+from lorachat.scoring.batches import answer_logits, collate, evaluating, model_device, padding_id
 from lorachat.scoring.recall import Asking, Recall
 from lorachat.training import attention, null_space
 from lorachat.training.guard import Guard
 from lorachat.training.ranks import Ranks
 from lorachat.training.planning import Plan
 from lorachat.training.recipe import make_optimizer, make_schedule, out_of_memory
-from lorachat.training.steps import (
-    KNOWN,
-    Shuffled,
-    answer_tokens,
-    one_step,
-    optimizer_steps,
-)
+from lorachat.training.steps import KNOWN, Shuffled, answer_tokens, one_step, optimizer_steps
 
 CHECK_EVERY = 10      # steps between checks when the training passes give no hint
 CHECK_SHARE = 9.0     # ... and only after this many times the last check's cost in training
@@ -102,21 +96,25 @@ def run(model, tokenizer, plan: Plan, on_step=None, should_stop=None, asking=Non
     device = model_device(model)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), attention.for_training(model):
         torch.manual_seed(config.seed)
-        result = _Loop(model, tokenizer, plan, checker, params, on_step, should_stop, anchors, base).run()
+        ranks = Ranks(model, cpu=device.type == "cpu")
+        try:
+            result = _Loop(model, tokenizer, plan, checker, params, on_step, should_stop, ranks, anchors, base).run()
+        finally:   # whatever ended it: accelerate's autocast forward must not stay on the session's model
+            ranks.finish()
     return dataclasses.replace(result, skipped=encoded.skipped, limit=encoded.limit)
 
 
 class _Loop:
     """One training run's state: the optimizer, where it is, what the training passes showed."""
 
-    def __init__(self, model, tokenizer, plan, checker, params, on_step, should_stop, anchors=None, base=None):
+    def __init__(self, model, tokenizer, plan, checker, params, on_step, should_stop, ranks, anchors=None, base=None):
         import torch
 
         config = plan.config
         self.model, self.tokenizer, self.items, self.checker = model, tokenizer, plan.encoded.items, checker
         self.taught = len(plan.examples)   # what the result reports on (the copies in context are waited for)
         self.config, self.params, self.on_step, self.should_stop = config, params, on_step, should_stop
-        self.ranks = Ranks(model, cpu=model_device(model).type == "cpu")
+        self.ranks = ranks
         # constant lr by default: with until=recall the last step is not known; linear decay (as HF
         # Trainer) is schedule=linear. Clipping at 1.0 (HF's default) keeps a too-high lr from diverging.
         optimizer = make_optimizer(model, params, config)
@@ -158,6 +156,8 @@ class _Loop:
                         break
         except KeyboardInterrupt:
             self.cancelled = True
+            if self.projection is not None:   # it may have come between a step and its projection (keep=partial saves it)
+                self.projection.project()
         except torch.OutOfMemoryError:
             self.optimizer.zero_grad(set_to_none=True)
             torch.cuda.empty_cache()
@@ -173,7 +173,6 @@ class _Loop:
             notes.append(f"the run ended with the loss climbing: kept step {self.guard.best_step}'s weights")
         result = self._result(start)
         state = self.ranks.full_state_dict()
-        self.ranks.finish()
         return dataclasses.replace(result, notes=notes, lr=self.optimizer.param_groups[0]["lr"],
                                    world=self.ranks.world, state=state)
 
@@ -226,13 +225,14 @@ class _Loop:
         return [(j, self.anchor_items[j]) for j in self.ranks.shard(picked)]
 
     def _base_logprobs(self, riders):
-        """The base's log-probabilities (adapter disabled, no gradient) at the riders' answer
-        positions, in the order one_step meets them: what anchor_loss=kl pulls the adapter towards."""
+        """The base's log-probabilities (adapter disabled, no gradient, eval mode: the base's own
+        dropout off, as when it made the anchors' answers) at the riders' answer positions, in the
+        order one_step meets them: what anchor_loss=kl pulls the adapter towards."""
         import torch
 
         model = self.ranks.checking_model()
         input_ids, labels, mask = collate(riders, padding_id(self.tokenizer), model_device(model))
-        with torch.no_grad(), (self.base or model.disable_adapter)(), self.ranks.autocast():
+        with torch.no_grad(), evaluating(model), (self.base or model.disable_adapter)(), self.ranks.autocast():
             logits, _, _ = answer_logits(model, input_ids, labels, mask)
         return torch.log_softmax(logits, -1)
 

@@ -89,3 +89,30 @@ def test_null_space_refuses_fsdp_in_one_line():
     with pytest.raises(LorachatError, match="null_space: not under FSDP"):
         null_space.held(object(), None, config, None, fsdp=True)
     assert null_space.held(object(), None, recipe.DEFAULTS, None, fsdp=False) is None
+
+
+def test_an_interrupt_between_a_step_and_its_projection_still_leaves_lora_a_projected(tmp_path, monkeypatch):
+    """A second Ctrl-C (keep=partial saves the run) can land between optimizer.step() and the
+    projection: the run still ends with every lora_A off the anchors' directions."""
+    from lorachat.models.loader import load_model
+
+    loaded = load_model(str(model_dir(tmp_path, "llama")), device="cpu", dtype="float32")
+    config = dataclasses.replace(recipe.DEFAULTS, steps=6, until="steps", anchors=0, probes=0, lr=5e-3,
+                                 null_space=0.05, keep="partial")
+    anchors = locality.anchor_reference(loaded.model, loaded.tokenizer, "Answer.", 8, locality.LocalityOptions(max_new_tokens=8))
+    model = lora.wrapped(loaded.model, config)
+    real, calls = trainer.one_step, []
+
+    def interrupted_after_the_third(*args):   # the optimizer has stepped; the projection has not run
+        out = real(*args)
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return out
+
+    monkeypatch.setattr(trainer, "one_step", interrupted_after_the_third)
+    result = trainer.run(model, loaded.tokenizer, planning.plan(model, loaded.tokenizer, examples_of(PAIRS[:2]), config),
+                         anchors=anchors)
+    assert result.cancelled and result.steps == 2
+    covs = null_space.covariances(model, locality.items_of(anchors), model.disable_adapter)
+    assert _share_on_leading(model, covs, 0.05) < 1e-3

@@ -18,6 +18,7 @@ from lorachat.scoring import batches
 from lorachat.training import lora, planning, ranks, recipe, steps, trainer
 from tests.helpers import (
     examples_of,
+    model_dir,
     read_until,
     spawn_repl,
     write_dataset,
@@ -617,3 +618,45 @@ def test_on_the_cpu_training_attends_eagerly_and_answering_goes_back_to_sdpa(arc
     assert abs(eager_loss - sdpa_loss) < 1e-4 * max(1.0, abs(sdpa_loss)), (eager_loss, sdpa_loss)
     with torch.no_grad():
         assert loaded.model(input_ids=torch.tensor([[2, 50, 60]])).logits.isfinite().all()
+
+
+def test_rehearsals_teacher_reads_the_base_without_its_dropout(tmp_path, monkeypatch):
+    """travel=on's KL pulls the adapter towards the base's answers, which the base made in eval mode:
+    on a base with dropout (OPT's 0.1, GPT-2's) the teacher must read the same, whatever step it is."""
+    import torch
+
+    from lorachat.models.loader import load_model
+    from lorachat.scoring import locality
+
+    loaded = load_model(str(model_dir(tmp_path, "opt")), device="cpu", dtype="float32")
+    assert loaded.model.config.dropout > 0
+    config = dataclasses.replace(recipe.DEFAULTS, steps=2, until="steps", probes=0, travel=True, guard=False)
+    anchors = locality.anchor_reference(loaded.model, loaded.tokenizer, "Answer.", 8, locality.LocalityOptions(max_new_tokens=8))
+    model = lora.wrapped(loaded.model, config)
+    real, read = trainer._Loop._base_logprobs, []
+
+    def twice(self, riders):
+        first = real(self, riders)
+        read.append((first, real(self, riders), self.model.training))
+        return first
+
+    monkeypatch.setattr(trainer._Loop, "_base_logprobs", twice)
+    trainer.run(model, loaded.tokenizer, planning.plan(model, loaded.tokenizer, examples_of(PAIRS[:2]), config), anchors=anchors)
+    assert read and all(torch.equal(a, b) and training for a, b, training in read)   # the same teacher; training goes on
+
+
+def test_an_error_mid_training_gives_the_plain_model_back(make_session, monkeypatch):
+    """accelerate's prepare wraps the model's forward in autocast under mixed precision; an error
+    mid-run (out of memory, a bug) must not leave that wrapper on the session's model."""
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    session = make_session()
+    config = dataclasses.replace(recipe.DEFAULTS, steps=3, until="steps", anchors=0, probes=0)
+    model = lora.wrapped(session.model, config)
+
+    def failing(*args):
+        raise RuntimeError("a bug mid-run")
+
+    with pytest.raises(RuntimeError, match="a bug mid-run"):
+        trainer.run(model, session.tokenizer, planning.plan(model, session.tokenizer, examples_of(PAIRS[:2]), config),
+                    on_step=failing)
+    assert "_is_accelerate_prepared" not in model.__dict__ and "_original_forward" not in model.__dict__
