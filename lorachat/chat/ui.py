@@ -118,7 +118,7 @@ def _progress_seconds() -> tuple[float, str | None]:
     except ValueError:
         seconds = math.nan
     if not (0.1 <= seconds < math.inf):
-        return PROGRESS_EVERY, (f"error: LORACHAT_PROGRESS_SECONDS={raw[:40]!r} is not a number of seconds from 0.1 up: "
+        return PROGRESS_EVERY, (f"warning: LORACHAT_PROGRESS_SECONDS={raw[:40]!r} is not a number of seconds from 0.1 up: "
                                 f"a progress line every {PROGRESS_EVERY:g} s")
     return seconds, None
 

@@ -91,8 +91,10 @@ def _opened(source: str, options: ImportOptions):
         path = _expand(source)
         if _exists(path) or _looks_like_path(source):
             with tempfile.TemporaryDirectory(prefix="lorachat-import-") as cache:
+                builder = _builder(path)
                 yield _load(source, lambda: datasets.load_dataset(
-                    _builder(path), data_files=str(path), split=options.split, cache_dir=cache), path)
+                    builder, data_files=str(path), split=options.split, cache_dir=cache,
+                    **({"converters": _as_text(path)} if builder == "csv" else {})), path)
         else:
             yield _open_hub(source, options)
     finally:
@@ -135,6 +137,16 @@ def _builder(path: Path) -> str:
     if builder == "parquet" and _parquet_rows(path) == 0:   # datasets says "BatchSize must be greater than 0"
         raise LorachatError(f"no examples in {path}")
     return builder
+
+
+def _as_text(path: Path) -> dict:
+    """pandas' converters keeping every CSV column as the text written: an answer "4" or "3.140"
+    is an answer, not the number pandas would read (and the import skip as not text)."""
+    import csv
+
+    with open(path, encoding="utf-8-sig", errors="replace", newline="") as handle:
+        header = next(csv.reader(handle), [])
+    return {i: str for i in range(len(header))}
 
 
 def _parquet_rows(path: Path) -> int | None:

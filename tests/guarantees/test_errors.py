@@ -68,7 +68,8 @@ def test_undo_removes_only_the_line_this_session_wrote(make_session, transcript,
     jsonl.append_example(home, "default", Example(text="x"))
     session = make_session()
     code, out = transcript(session, [":add What is SOH? => A hardmask.", ":drop 3", ":undo"], keep_going=True)
-    assert out.endswith("> :undo\nerror: that example is no longer in default (was it dropped or edited?)\n")
+    assert out.endswith("> :undo\nerror: that example is no longer in default (was it dropped or edited?) "
+                        "[What is SOH? => A hardmask.]\n")
     assert jsonl.load_dataset(home, "default").examples == [soh, Example(text="x")]
 
     code, out = transcript(session, [":add a => 1", ":add b => 2", ":drop 3", ":undo"])   # its own :drop moves the mark
@@ -78,5 +79,6 @@ def test_undo_removes_only_the_line_this_session_wrote(make_session, transcript,
     jsonl.remove_example(home, "default", 2)   # another session rewrites the file: equal lines are indistinguishable
     code, out = transcript(session, [":undo", ":undo"], keep_going=True)
     assert out.splitlines()[1].startswith("error: default was rewritten since that example was recorded")
-    assert out.endswith("> :undo\nerror: that example is no longer in default (was it dropped or edited?)\n")  # 'a', dropped
+    assert out.splitlines()[1].endswith(" [c => 3]")   # which one: the next :undo goes on to the one before
+    assert out.endswith("> :undo\nerror: that example is no longer in default (was it dropped or edited?) [a => 1]\n")  # dropped
     assert [e.output for e in jsonl.load_dataset(home, "default").examples] == ["A hardmask.", "3"]

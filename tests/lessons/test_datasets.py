@@ -91,7 +91,7 @@ def test_record_show_drop_undo_transcript(make_session, transcript, home):
 def test_undo_of_an_example_dropped_meanwhile_moves_on(make_session, transcript, home):
     session = make_session()
     code, out = transcript(session, [":add a => 1", ":add b => 2", ":drop 2", ":undo", ":undo", ":undo"], keep_going=True)
-    assert out.endswith("> :undo\nerror: that example is no longer in default (was it dropped or edited?)\n"
+    assert out.endswith("> :undo\nerror: that example is no longer in default (was it dropped or edited?) [b => 2]\n"
                         "> :undo\nremoved from default (0 examples left): a => 1\n"
                         "> :undo\nerror: nothing to undo: no example was recorded in this session\n")
 
@@ -115,6 +115,7 @@ def test_undo_takes_back_a_whole_import_and_only_while_all_of_it_is_there(make_s
     jsonl.remove_example(home, "default", 1)   # another session rewrites the file
     code, out = transcript(session, [":undo"], keep_going=True)
     assert out.startswith("> :undo\nerror: default was rewritten since that :import (by another session or an editor)"), out
+    assert out.endswith(" [the 3 examples :import added]\n"), out
 
 
 def test_a_linked_dataset_stays_linked_through_drop_and_undo_and_an_import_with_a_line_gone_is_not_undone(

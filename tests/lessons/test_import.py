@@ -44,11 +44,14 @@ def test_alpaca_json_array_auto(make_session, transcript, home, tmp_path, capfd)
 
 def test_prompt_completion_csv(make_session, transcript, home, tmp_path):
     source = tmp_path / "pc.csv"
-    source.write_text('prompt,completion\nWhat is SOH?,A hardmask.\n"a, quoted",b\n', encoding="utf-8")
+    source.write_text('\ufeffprompt,completion\nWhat is SOH?,A hardmask.\n"a, quoted",b\nWhat is 2+2?,4\nPi?,3.140\n',
+                      encoding="utf-8")
     session = make_session()
     code, out = transcript(session, [":instruction Be brief.", f":import {source} format=prompt-completion"])
-    assert code == 0 and out.endswith("imported 2 examples (format prompt-completion) into default; skipped 0\n")
-    assert imported(home) == [Example("Be brief.", "What is SOH?", "A hardmask."), Example("Be brief.", "a, quoted", "b")]
+    assert code == 0 and out.endswith("imported 4 examples (format prompt-completion) into default; skipped 0\n")
+    # numbers are answers as written, not what pandas would read them as
+    assert imported(home) == [Example("Be brief.", "What is SOH?", "A hardmask."), Example("Be brief.", "a, quoted", "b"),
+                              Example("Be brief.", "What is 2+2?", "4"), Example("Be brief.", "Pi?", "3.140")]
 
 
 def test_messages_each_assistant_turn_after_the_turns_before_it(make_session, transcript, home, tmp_path):

@@ -95,7 +95,7 @@ def test_progress_seconds_come_from_the_environment_and_a_bad_value_is_one_line(
     out = capsys.readouterr().out
     said = [line for line in out.splitlines() if "LORACHAT_PROGRESS_SECONDS" in line]
     if every is None:
-        assert said == [f"error: LORACHAT_PROGRESS_SECONDS={setting!r} is not a number of seconds from 0.1 up: "
+        assert said == [f"warning: LORACHAT_PROGRESS_SECONDS={setting!r} is not a number of seconds from 0.1 up: "
                         "a progress line every 5 s"], out
     else:
         assert said == [], out

@@ -258,9 +258,11 @@ def undo(session, args):
     mark = recorded[-1]
     try:
         removed, left = jsonl.remove_marked(session.home, mark, recorded)
-    except jsonl.LineGone:
+    except jsonl.LineGone as exc:
         recorded.pop()  # it can never come back: the next :undo goes on to the one before
-        raise
+        lines = mark.data.decode("utf-8", "surrogateescape").splitlines()
+        which = _describe(jsonl.parse_line(lines[0])) if len(lines) == 1 else f"the {len(lines)} examples :import added"
+        raise jsonl.LineGone(f"{exc} [{which}]") from None
     recorded.pop()
     shown = _describe(removed[0]) if len(removed) == 1 else f"the {len(removed)} examples :import added"
     session.ui.line(f"removed from {mark.name} ({how_many(left)} left): {shown}")
