@@ -154,7 +154,7 @@ def describe(session, name: str | None) -> str:
         return f"{at}; '{name}' answers every question (no record of what it was taught)"
     count, back = len({(k.instruction, k.answer) for k in keys.keys}), len(keys.nots)
     return (f"{at}: '{name}' answers questions that ask what its {count} taught "
-            f"answer{'s' if count != 1 else ''} answer, the base the rest"
+            f"{'answers answer' if count != 1 else 'answer answers'}, the base the rest"
             + (f" ({back} question{'s' if back != 1 else ''} sent back with :unroute)" if back else ""))
 
 

@@ -41,7 +41,7 @@ def test_the_gate_leaves_other_questions_to_the_base_and_measures_as_it_asks(she
     assert f"  asks what {TAUGHT!r} asks? :fix {ANSWER}  (it routes from then on, no training; if it asks something " \
         "else, the base was right)" in transcript(session, [":why"])[1]
     assert answer_of(transcript, session, [TAUGHT]) == own[TAUGHT]   # its own key, no check
-    assert "on at 2: 'a' answers questions that ask what its 1 taught answer answer, the base the rest" in \
+    assert "on at 2: 'a' answers questions that ask what its 1 taught answer answers, the base the rest" in \
         transcript(session, [":info"])[1]
     code, out = transcript(session, [f":compare a b -- {OTHER}"])
     assert code == 0 and "the gate leaves this question to the base for a (it asks nothing it was taught; :why says why, " \
