@@ -160,7 +160,7 @@ def _resolve(name: str, progress=None) -> str:
         if not (path / "config.json").exists():
             raise LorachatError(f"cannot load model '{name}': the directory has no config.json; {TRY}")
         return str(path)
-    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+    if name.startswith((".", "/", "~")) or name.endswith(("/", "\\")) or name.count("/") > 1:   # a hub id is OWNER/NAME
         raise LorachatError(f"cannot load model '{name}': no such directory; {TRY}")
     return name
 

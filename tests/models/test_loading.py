@@ -82,6 +82,8 @@ def test_missing_directory_and_not_a_causal_lm(tmp_path):
 
     with pytest.raises(LorachatError, match="no such directory"):
         load_model(str(tmp_path / "nope"), device="cpu")
+    with pytest.raises(LorachatError, match="no such directory"):   # a folder's name, not a hub id
+        load_model("nosuchdir/", device="cpu")
     t5 = tmp_path / "t5"
     T5Model(T5Config(d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=2, vocab_size=1000)).save_pretrained(t5)
     AutoTokenizer.from_pretrained(ensure_tiny()).save_pretrained(t5)
