@@ -146,7 +146,7 @@ def whole_answers(session, count: int = locality.LENGTH_PROBES) -> dict:
 def ungated_record(scored: locality.Locality, whole: dict, scale: float = 1.0) -> dict:
     """lorachat.json's `ungated` record (adapters/travel.py says it on the way out): kept and agree of
     `scored` (the adapter on the probes, no gate) and its `whole_answers`, at live scale `scale`. Not
-    rounded: what `:export` and `serve` print from it reads as `:eval` printed it (0.945 kept would say 0.94)."""
+    rounded: what `:export` and `serve` print from it reads as `:eval` printed it (a length of 0.945 said 0.94)."""
     return dict(kept=scored.kept, agree=scored.agreement, length=whole["length"],
                 unchanged=whole["unchanged"], answers=whole["answers"], probes=scored.questions,
                 **({"scale": scale} if scale != 1.0 else {}))

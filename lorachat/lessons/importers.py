@@ -91,10 +91,11 @@ def _opened(source: str, options: ImportOptions):
         path = _expand(source)
         if _exists(path) or _looks_like_path(source):
             with tempfile.TemporaryDirectory(prefix="lorachat-import-") as cache:
-                builder = _builder(path)
-                yield _load(source, lambda: datasets.load_dataset(
-                    builder, data_files=str(path), split=options.split, cache_dir=cache,
-                    **({"converters": _as_text(path)} if builder == "csv" else {})), path)
+                def read():   # inside _load: a file that cannot be read is one line
+                    builder = _builder(path)
+                    return datasets.load_dataset(builder, data_files=str(path), split=options.split, cache_dir=cache,
+                                                 **({"converters": _as_text(path)} if builder == "csv" else {}))
+                yield _load(source, read, path)
         else:
             yield _open_hub(source, options)
     finally:
@@ -141,7 +142,7 @@ def _builder(path: Path) -> str:
 
 def _as_text(path: Path) -> dict:
     """pandas' converters keeping every CSV column as the text written: an answer "4" or "3.140"
-    is an answer, not the number pandas would read (and the import skip as not text)."""
+    is an answer, not the number pandas would read (which the import skipped as not text)."""
     import csv
 
     with open(path, encoding="utf-8-sig", errors="replace", newline="") as handle:
